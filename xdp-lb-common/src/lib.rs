@@ -1,0 +1,230 @@
+//! The kernel/userspace ABI of xdp-lb: every map key and value both sides touch, the
+//! constants that size the maps, and the pure functions (flow hash, checksum update)
+//! the XDP program runs and the control plane's tests re-run to predict its output.
+//!
+//! Layout rules: `#[repr(C)]`, explicit padding, no `bool`/`Option`/`usize`, and a
+//! compile-time size check per struct, so a layout change breaks the build instead
+//! of corrupting a map.
+//!
+//! Byte order: every address and port field holds the bytes exactly as they sit in
+//! the packet (network byte order), loaded into a native integer without swapping.
+//! `ip_to_words`/`port_to_wire` in userspace produce that representation.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+
+/// Address family tags stored in keys and backends.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Services map capacity (hash map entries).
+pub const MAX_SERVICES: u32 = 1024;
+/// Backend slots across all services (array map entries).
+pub const MAX_BACKENDS: u32 = 16384;
+/// Per-service backend limit enforced by the control plane.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 1024;
+/// Default Maglev table size: prime, ~256 slots per backend at 256 backends.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Largest table size accepted; the ring map is sized from it at load time.
+pub const MAX_RING_SIZE: u32 = 1_000_003;
+/// Default flow-table capacity (each of the two LRU maps).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// A ring slot that selects no backend (service with no active backend).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Service flags (`Service::flags`).
+pub const SVC_FWD_DSR: u32 = 1 << 0;
+/// Hash only the source address ("IP hash" persistence) instead of the 5-tuple.
+pub const SVC_HASH_SRC_ONLY: u32 = 1 << 1;
+
+/// Backend states (`Backend::state`).
+pub const BACKEND_ACTIVE: u8 = 0;
+/// Keeps its established flows, gets no new ones (absent from the ring).
+pub const BACKEND_DRAINING: u8 = 1;
+/// Established flows are re-dispatched; also the state of a freed slot.
+pub const BACKEND_DOWN: u8 = 2;
+
+/// Key of the SERVICES map: a VIP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// Network byte order; IPv4 in `addr[0]`, other words zero.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the SERVICES map. Replaced as a whole when the control plane publishes a
+/// new Maglev table: the kernel sees the old offset or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into SERVICE_STATS.
+    pub id: u32,
+    /// Start of this service's active table in MAGLEV_RING.
+    pub ring_offset: u32,
+    /// Table size M (a prime).
+    pub ring_size: u32,
+    /// `SVC_*` flags.
+    pub flags: u32,
+}
+
+/// Value of the BACKENDS array (indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Network byte order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_*`.
+    pub state: u8,
+    /// Bumped whenever the slot is (re)assigned, so a flow pinned to an earlier
+    /// occupant of the slot is re-dispatched instead of following the new one.
+    pub generation: u32,
+}
+
+/// Key of the flow tables: a connection's 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Network byte order.
+    pub src: [u32; 4],
+    /// Network byte order.
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of FLOWS: which backend a client flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    /// `Backend::generation` when the flow was pinned.
+    pub generation: u32,
+}
+
+/// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client): the VIP and
+/// port to put back as the reply's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReverse {
+    /// Network byte order.
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vport: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU traffic counters, per service and per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Indexes into GLOBAL_STATS: why a packet got the verdict it got.
+pub mod reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    pub const PASS_NOT_IP: u32 = 0;
+    /// IP, but not TCP/UDP to a service and not a NAT reply.
+    pub const PASS_NOT_SERVICE: u32 = 1;
+    /// Truncated or inconsistent headers.
+    pub const PASS_MALFORMED: u32 = 2;
+    /// IPv4 fragment or IPv6 fragment header.
+    pub const PASS_FRAGMENT: u32 = 3;
+    /// IPv4 options or IPv6 extension headers before L4.
+    pub const PASS_IP_OPTIONS: u32 = 4;
+    /// Next hop not resolved in the neighbour table yet: the kernel resolves it.
+    pub const PASS_NO_NEIGH: u32 = 5;
+    /// FIB lookup failed otherwise (no route, forwarding disabled, ...).
+    pub const PASS_FIB_FAILED: u32 = 6;
+    /// TTL/hop limit would expire: the kernel sends the ICMP error.
+    pub const PASS_TTL: u32 = 7;
+    /// Service has no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 8;
+    /// Forwarded back out of the ingress interface.
+    pub const TX: u32 = 9;
+    /// Forwarded out of another interface through TX_PORTS.
+    pub const REDIRECT: u32 = 10;
+    /// Backend reply translated back to the VIP.
+    pub const NAT_REPLY: u32 = 11;
+    /// Flow-table insert failed; the packet was still forwarded.
+    pub const FLOW_INSERT_FAILED: u32 = 12;
+    /// Egress interface missing from TX_PORTS; handed to the kernel.
+    pub const PASS_NO_TX_PORT: u32 = 13;
+    pub const COUNT: u32 = 14;
+
+    /// Names for logs and metrics, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ip",
+        "pass_not_service",
+        "pass_malformed",
+        "pass_fragment",
+        "pass_ip_options",
+        "pass_no_neigh",
+        "pass_fib_failed",
+        "pass_ttl",
+        "drop_no_backend",
+        "tx",
+        "redirect",
+        "nat_reply",
+        "flow_insert_failed",
+        "pass_no_tx_port",
+    ];
+}
+
+/// Index of the bench harness's saved frame in BENCH_FRAME.
+pub const BENCH_FRAME_MAX: usize = 256;
+
+/// The frame the benchmark wrapper restores before every tail call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BenchFrame {
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; BENCH_FRAME_MAX],
+}
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+assert_size!(ServiceKey, 20);
+assert_size!(Service, 16);
+assert_size!(Backend, 24);
+assert_size!(FlowKey, 40);
+assert_size!(FlowValue, 8);
+assert_size!(NatReverse, 20);
+assert_size!(Counters, 24);
+assert_size!(BenchFrame, 264);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all fields are integers or arrays of integers, padding is explicit.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for BenchFrame {}
+}

@@ -1,0 +1,3 @@
+//! Host-side placeholder: the XDP program is the `xdp-lb-ebpf` binary target, built
+//! for bpfel-unknown-none by xdp-lb's build script.
+#![no_std]

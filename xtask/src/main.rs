@@ -1,0 +1,4 @@
+//! `cargo xtask setup|run|test|bench`.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
