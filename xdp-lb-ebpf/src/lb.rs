@@ -1,0 +1,83 @@
+//! The balancer's decision for one packet: service lookup, backend choice, rewrite,
+//! send; or, for a packet that is not to a service, the NAT reply path.
+use aya_ebpf::{bindings::{xdp_action, BPF_ANY}, programs::XdpContext};
+use xdp_lb_common::{reason, FlowKey, NatReverse, ServiceKey, SVC_FWD_DSR};
+
+use crate::{
+    forward::{self, Side},
+    maps::{NAT_REVERSE, SERVICES},
+    parse::{self, Packet},
+    select, stats,
+};
+
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> u32 {
+    let pkt = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(r) => return pass(r),
+    };
+    let skey = ServiceKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    if let Some(svc) = unsafe { SERVICES.get(&skey) } {
+        let svc = *svc;
+        let choice = match select::backend_for(&pkt.key, &svc) {
+            Ok(c) => c,
+            Err(r) => {
+                stats::reason(r);
+                return if r == reason::DROP_NO_BACKEND { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS };
+            }
+        };
+        stats::service(svc.id, pkt.len, choice.new_flow);
+        stats::backend(choice.id, pkt.len, choice.new_flow);
+        let b = &choice.backend;
+        if svc.flags & SVC_FWD_DSR != 0 {
+            // Only the MACs change; the backend holds the VIP itself.
+            return forward::send(ctx, &pkt, &pkt.key.src, &b.addr);
+        }
+        if choice.new_flow {
+            remember_reply(&pkt, b.addr, b.port);
+        }
+        if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
+            return pass(r);
+        }
+        return forward::send(ctx, &pkt, &pkt.key.src, &b.addr);
+    }
+    if let Some(rev) = unsafe { NAT_REVERSE.get(&pkt.key) } {
+        let rev = *rev;
+        if let Err(r) = forward::nat(ctx, &pkt, Side::Src, &rev.vip, rev.vport) {
+            return pass(r);
+        }
+        stats::reason(reason::NAT_REPLY);
+        return forward::send(ctx, &pkt, &rev.vip, &pkt.key.dst);
+    }
+    pass(reason::PASS_NOT_SERVICE)
+}
+
+/// Records how to translate the backend's replies back to the VIP.
+#[inline(always)]
+fn remember_reply(pkt: &Packet, backend_addr: [u32; 4], backend_port: u16) {
+    let k = &pkt.key;
+    let reply = FlowKey {
+        src: backend_addr,
+        dst: k.src,
+        sport: backend_port,
+        dport: k.sport,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let v = NatReverse { vip: k.dst, vport: k.dport, _pad: [0; 2] };
+    if NAT_REVERSE.insert(&reply, &v, BPF_ANY as u64).is_err() {
+        stats::reason(reason::FLOW_INSERT_FAILED);
+    }
+}
+
+#[inline(always)]
+fn pass(r: u32) -> u32 {
+    stats::reason(r);
+    xdp_action::XDP_PASS
+}

@@ -1,0 +1,61 @@
+//! Every map of the data plane. Sizes marked "set at load" are overridden by the
+//! control plane (`EbpfLoader::set_max_entries`) from its configuration.
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+};
+use xdp_lb_common::{
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, Service, ServiceKey,
+    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+};
+
+/// VIP, port and protocol -> service record (active Maglev table, flags).
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id -> address, port, state and generation.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev lookup tables of all services, two slots each; entries are backend ids.
+/// Size set at load (max_services * 2 * max_table_size).
+#[map]
+pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Client 5-tuple -> pinned backend. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no
+/// cross-CPU lock on insert/evict; a flow stays on one RX queue so one list sees it.
+/// Size set at load.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Reply 5-tuple (backend -> client) -> VIP and port to restore, for NAT services.
+/// Size set at load.
+#[map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Per service id: packets, bytes, new flows.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per backend id: packets, bytes, new flows.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Packets per verdict reason (`xdp_lb_common::reason`).
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// Interfaces we may XDP_REDIRECT to, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Benchmark only: the frame the wrapper restores before each tail call.
+#[map]
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// Benchmark only: slot 0 holds the program under test.
+#[map]
+pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
