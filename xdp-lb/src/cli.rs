@@ -89,8 +89,22 @@ pub fn init_logging(verbose: u8) {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(_) | Command::Check(_) | Command::XdpPass { .. } => {
+        Command::Check(args) => check(&args),
+        Command::Run(_) | Command::XdpPass { .. } => {
             anyhow::bail!("not implemented yet")
         }
     }
+}
+
+/// `xdp-lb check`: everything `run` does before touching the kernel.
+fn check(args: &RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let cfg = crate::config::load(args).context("invalid configuration")?;
+    crate::plan::Planner::new(cfg.max_services, cfg.max_table_size)
+        .apply(&cfg)
+        .context("configuration cannot be programmed")?;
+    print!("{}", crate::summary::render(&cfg));
+    println!("\nconfiguration OK");
+    Ok(())
 }

@@ -3,3 +3,5 @@
 pub mod cli;
 pub mod config;
 pub mod maglev;
+pub mod plan;
+pub mod summary;
