@@ -176,25 +176,29 @@ impl BackendState {
 
 impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
     }
 }
 
 impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
     }
 }
 
 impl fmt::Display for Forwarding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
     }
 }
 
 impl fmt::Display for BackendState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
     }
 }
 
@@ -227,7 +231,9 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{origin}:{line}:{column}: {message} (check the spelling against the documented keys)")]
+    #[error(
+        "{origin}:{line}:{column}: {message} (check the spelling against the documented keys)"
+    )]
     UnknownKey {
         origin: String,
         line: usize,
@@ -307,7 +313,11 @@ pub enum ConfigError {
         suggestion: u32,
     },
     #[error("service {service:?}: table_size {size} exceeds max_table_size {max}; raise max_table_size or lower table_size")]
-    TableSizeTooLarge { service: String, size: u32, max: u32 },
+    TableSizeTooLarge {
+        service: String,
+        size: u32,
+        max: u32,
+    },
     #[error("service {service:?}: {count} backends, more than the limit of {max} per service")]
     TooManyBackends {
         service: String,
@@ -631,8 +641,7 @@ fn parse_ip(context: &str, value: &str) -> Result<IpAddr, ConfigError> {
                  (no port, no brackets)"
             .into(),
     })?;
-    if addr.is_unspecified() || addr.is_multicast() || addr == IpAddr::from([255, 255, 255, 255])
-    {
+    if addr.is_unspecified() || addr.is_multicast() || addr == IpAddr::from([255, 255, 255, 255]) {
         return Err(ConfigError::BadAddress {
             context: context.into(),
             value: value.into(),
@@ -762,7 +771,10 @@ fn split_addr_port(context: &str, s: &str) -> Result<(IpAddr, Option<i64>), Conf
         let (host, after) = rest.split_once(']').ok_or_else(|| bad(syntax))?;
         match after {
             "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad(syntax))?)),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or_else(|| bad(syntax))?),
+            ),
         }
     } else if s.matches(':').count() == 1 {
         let (host, port) = s.split_once(':').expect("one colon");
@@ -923,7 +935,7 @@ pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return true;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return false;
     }
     let n = u64::from(n);
@@ -945,7 +957,6 @@ pub fn next_prime(n: u32) -> u32 {
     }
     c
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1084,7 +1095,10 @@ state = "down"
             ConfigError::Syntax { line, column, .. } => assert_eq!((*line, *column), (3, 18)),
             other => panic!("expected Syntax, got {other:?}"),
         }
-        assert!(e.to_string().starts_with("<config>:3:18: invalid TOML"), "{e}");
+        assert!(
+            e.to_string().starts_with("<config>:3:18: invalid TOML"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1137,7 +1151,10 @@ state = "down"
         assert!(matches!(e, ConfigError::PortZero { .. }), "{e:?}");
         assert!(e.to_string().contains("backend 198.18.1.2"), "{e}");
         let e = err(&one("", "").replace("port = 8080", "port = 70000"));
-        assert!(matches!(e, ConfigError::PortOutOfRange { value: 70000, .. }));
+        assert!(matches!(
+            e,
+            ConfigError::PortOutOfRange { value: 70000, .. }
+        ));
     }
 
     #[test]
@@ -1145,14 +1162,20 @@ state = "down"
         let e = err(&one("", "").replace("port = 8080\n", ""));
         assert!(matches!(e, ConfigError::MissingBackendPort { .. }), "{e:?}");
         let e = err(&one("forwarding = \"dsr\"", ""));
-        assert!(matches!(e, ConfigError::DsrPortMismatch { port: 80, .. }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::DsrPortMismatch { port: 80, .. }),
+            "{e:?}"
+        );
         let ok = parse_str(&one("forwarding = \"dsr\"", "").replace("port = 8080", "port = 80"));
         assert_eq!(ok.unwrap().services[0].backends[0].port, 80);
     }
 
     #[test]
     fn duplicate_backend() {
-        let text = format!("{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n", one("", ""));
+        let text = format!(
+            "{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n",
+            one("", "")
+        );
         let e = err(&text);
         assert!(matches!(e, ConfigError::DuplicateBackend { .. }), "{e:?}");
         assert_eq!(
@@ -1160,7 +1183,10 @@ state = "down"
             "service \"web\": backend 198.18.1.2:8080 listed twice"
         );
         // Same address, other port: a different backend.
-        let text = format!("{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8081\n", one("", ""));
+        let text = format!(
+            "{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8081\n",
+            one("", "")
+        );
         assert_eq!(parse_str(&text).unwrap().services[0].backends.len(), 2);
     }
 
@@ -1173,10 +1199,19 @@ state = "down"
         assert!(e.to_string().contains("198.18.100.1:80/tcp"), "{e}");
         // Same vip+port on the other protocol is a different service.
         let udp = second.replace("port = 80\n[[", "port = 80\nproto = \"udp\"\n[[");
-        assert_eq!(parse_str(&format!("{}{udp}", one("", ""))).unwrap().services.len(), 2);
+        assert_eq!(
+            parse_str(&format!("{}{udp}", one("", "")))
+                .unwrap()
+                .services
+                .len(),
+            2
+        );
         let renamed = udp.replace("web2", "web");
         let e = err(&format!("{}{renamed}", one("", "")));
-        assert!(matches!(e, ConfigError::DuplicateServiceName { .. }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::DuplicateServiceName { .. }),
+            "{e:?}"
+        );
         let e = err(&one("", "").replace("name = \"web\"", "name = \" \""));
         assert!(matches!(e, ConfigError::EmptyServiceName), "{e:?}");
     }
@@ -1212,35 +1247,63 @@ state = "down"
     fn table_size_rules() {
         let e = err(&one("table_size = 65536", ""));
         assert!(
-            matches!(e, ConfigError::TableSizeNotPrime { suggestion: 65537, .. }),
+            matches!(
+                e,
+                ConfigError::TableSizeNotPrime {
+                    suggestion: 65537,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         // One backend needs 100 slots: 97 is prime but too small, 101 is fine.
         let e = err(&one("table_size = 97", ""));
         assert!(
-            matches!(e, ConfigError::TableSizeTooSmall { suggestion: 101, .. }),
+            matches!(
+                e,
+                ConfigError::TableSizeTooSmall {
+                    suggestion: 101,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         assert!(parse_str(&one("table_size = 101", "")).is_ok());
         let e = err(&one("table_size = 131071", ""));
-        assert!(matches!(e, ConfigError::TableSizeTooLarge { max: 65537, .. }), "{e:?}");
-        let raised = format!("max_table_size = 131071\n{}", one("table_size = 131071", ""));
+        assert!(
+            matches!(e, ConfigError::TableSizeTooLarge { max: 65537, .. }),
+            "{e:?}"
+        );
+        let raised = format!(
+            "max_table_size = 131071\n{}",
+            one("table_size = 131071", "")
+        );
         assert_eq!(parse_str(&raised).unwrap().services[0].table_size, 131071);
     }
 
     #[test]
     fn backend_count_limits() {
-        let e = err(&one("", "").replace("[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n", ""));
+        let e = err(&one("", "").replace(
+            "[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n",
+            "",
+        ));
         assert!(matches!(e, ConfigError::NoBackends { .. }), "{e:?}");
         let n = MAX_BACKENDS_PER_SERVICE as usize + 1;
         let mut text = "interfaces = [\"eth0\"]\nmax_table_size = 131071\n[[service]]\n\
                         name = \"big\"\nvip = \"198.18.100.1\"\nport = 80\ntable_size = 131071\n"
             .to_string();
         for i in 0..n {
-            text += &format!("[[service.backend]]\naddr = \"198.18.{}.{}\"\nport = 80\n", 1 + i / 250, 1 + i % 250);
+            text += &format!(
+                "[[service.backend]]\naddr = \"198.18.{}.{}\"\nport = 80\n",
+                1 + i / 250,
+                1 + i % 250
+            );
         }
         let e = err(&text);
-        assert!(matches!(e, ConfigError::TooManyBackends { count: 1025, .. }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::TooManyBackends { count: 1025, .. }),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1255,13 +1318,46 @@ state = "down"
             );
         }
         let e = err(&text);
-        assert!(matches!(e, ConfigError::TooManyServices { count: 3, max: 2 }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::TooManyServices { count: 3, max: 2 }),
+            "{e:?}"
+        );
         let e = err(&format!("max_services = 0\n{}", one("", "")));
-        assert!(matches!(e, ConfigError::BadLimit { key: "max_services", .. }), "{e:?}");
-        let e = err(&format!("max_services = 1024\nmax_table_size = 1000003\n{}", one("", "")));
-        assert!(matches!(e, ConfigError::BadLimit { key: "max_table_size", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "max_services",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = err(&format!(
+            "max_services = 1024\nmax_table_size = 1000003\n{}",
+            one("", "")
+        ));
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "max_table_size",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = err(&format!("flow_table_size = 0\n{}", one("", "")));
-        assert!(matches!(e, ConfigError::BadLimit { key: "flow_table_size", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "flow_table_size",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1270,7 +1366,10 @@ state = "down"
         assert!(matches!(err(&body), ConfigError::NoInterfaces));
         for bad in ["", "a-very-long-interface", "eth/0", "eth 0", ".."] {
             let e = err(&format!("interfaces = [{bad:?}]\n{body}"));
-            assert!(matches!(e, ConfigError::BadInterface { .. }), "{bad:?}: {e:?}");
+            assert!(
+                matches!(e, ConfigError::BadInterface { .. }),
+                "{bad:?}: {e:?}"
+            );
         }
         let e = err(&format!("interfaces = [\"eth0\", \"eth0\"]\n{body}"));
         assert!(matches!(e, ConfigError::DuplicateInterface { .. }), "{e:?}");
@@ -1299,16 +1398,28 @@ state = "down"
         assert_eq!(s.name, "198.18.100.1:80/tcp");
         assert_eq!((s.port, s.table_size), (80, DEFAULT_RING_SIZE));
         assert_eq!(
-            s.backends.iter().map(|b| (b.socket_addr().to_string(), b.weight)).collect::<Vec<_>>(),
-            [("198.18.1.2:8080".to_string(), 3), ("198.18.1.3:8080".to_string(), 1)]
+            s.backends
+                .iter()
+                .map(|b| (b.socket_addr().to_string(), b.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("198.18.1.2:8080".to_string(), 3),
+                ("198.18.1.3:8080".to_string(), 1)
+            ]
         );
 
-        let mut args = flags("[2001:db8::10]:443", &["[2001:db8::2]:8443@2", "[2001:db8::3]"]);
+        let mut args = flags(
+            "[2001:db8::10]:443",
+            &["[2001:db8::2]:8443@2", "[2001:db8::3]"],
+        );
         args.forwarding = "dsr".into();
         args.proto = "udp".into();
         args.table_size = Some(1009);
         let e = build(RawConfig::default(), &args).unwrap_err();
-        assert!(matches!(e, ConfigError::DsrPortMismatch { port: 443, .. }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::DsrPortMismatch { port: 443, .. }),
+            "{e:?}"
+        );
         args.backends[0] = "[2001:db8::2]:443@2".into();
         let cfg = build(RawConfig::default(), &args).unwrap();
         let s = &cfg.services[0];

@@ -104,15 +104,26 @@ pub enum PlanError {
     #[error("{count} services configured but the maps were sized for max_services = {max}; restart to change max_services")]
     TooManyServices { count: usize, max: u32 },
     #[error("service {service:?}: table_size {size} exceeds max_table_size {max} the ring map was sized for; restart to change max_table_size")]
-    TableTooLarge { service: String, size: u32, max: u32 },
+    TableTooLarge {
+        service: String,
+        size: u32,
+        max: u32,
+    },
     #[error("service {service:?}: table_size {size} is not prime")]
     TableSizeNotPrime { service: String, size: u32 },
     #[error("service {service:?}: table_size must be {max} or less and non-zero, got {size}")]
-    TableSizeZero { service: String, size: u32, max: u32 },
+    TableSizeZero {
+        service: String,
+        size: u32,
+        max: u32,
+    },
     #[error("{endpoint} configured twice")]
     DuplicateService { endpoint: String },
     #[error("service {service:?}: backend {backend} listed twice")]
-    DuplicateBackend { service: String, backend: SocketAddr },
+    DuplicateBackend {
+        service: String,
+        backend: SocketAddr,
+    },
     #[error("out of backend slots: {needed} new backends but only {available} free of {MAX_BACKENDS} (removed backends' slots are reused one reload later)")]
     BackendSlotsExhausted { needed: usize, available: usize },
 }
@@ -511,4 +522,371 @@ fn table_for(svc: &ServiceConfig, backends: &BTreeMap<SocketAddr, AppliedBackend
         return vec![NO_BACKEND; svc.table_size as usize];
     }
     table.into_iter().map(|i| ids[i as usize]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::config::parse_str;
+
+    const M: u32 = 1009;
+
+    fn cfg(services: &str) -> Config {
+        parse_str(&format!(
+            "interfaces = [\"veth0\"]\nmax_services = 4\nmax_table_size = {M}\n{services}"
+        ))
+        .unwrap()
+    }
+
+    fn service(name: &str, vip: &str, backends: &[(&str, u32, &str)]) -> String {
+        let mut s = format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\ntable_size = {M}\n"
+        );
+        for (addr, weight, state) in backends {
+            s += &format!(
+                "[[service.backend]]\naddr = \"{addr}\"\nport = 8080\nweight = {weight}\nstate = \"{state}\"\n"
+            );
+        }
+        s
+    }
+
+    fn web(backends: &[(&str, u32, &str)]) -> Config {
+        cfg(&service("web", "198.18.100.1", backends))
+    }
+
+    const TWO: [(&str, u32, &str); 2] = [("198.18.1.2", 1, "active"), ("198.18.1.3", 1, "active")];
+    const THREE: [(&str, u32, &str); 3] = [
+        ("198.18.1.2", 1, "active"),
+        ("198.18.1.3", 1, "active"),
+        ("198.18.1.4", 1, "active"),
+    ];
+
+    fn ids(planner: &Planner) -> Vec<(SocketAddr, u32)> {
+        planner.assignments()[0].backends.clone()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn wire_representation() {
+        let (w, f) = ip_to_words(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(f, FAMILY_V4);
+        assert_eq!(w[0].to_ne_bytes(), [198, 18, 0, 1]);
+        assert_eq!(&w[1..], &[0, 0, 0]);
+        let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let (w, f) = ip_to_words(IpAddr::V6(v6));
+        assert_eq!(f, FAMILY_V6);
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        assert_eq!(bytes, v6.octets());
+        assert_eq!(port_to_wire(8080).to_ne_bytes(), [0x1f, 0x90]);
+    }
+
+    #[test]
+    fn first_apply_writes_everything() {
+        let c = cfg(&format!(
+            "{}{}",
+            service("web", "198.18.100.1", &TWO),
+            service("v6", "2001:db8::10", &[("2001:db8::2", 2, "active")])
+                .replace("port = 8080\n", "")
+                .replace(
+                    "table_size",
+                    "forwarding = \"dsr\"\nalgorithm = \"src-hash\"\ntable_size"
+                )
+        ));
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&c).unwrap();
+        assert_eq!(plan.backend_writes.len(), 3);
+        let (id, b) = plan.backend_writes[0];
+        assert_eq!(id, 0);
+        assert_eq!(b.addr[0].to_ne_bytes(), [198, 18, 1, 2]);
+        assert_eq!(b.port, port_to_wire(8080));
+        assert_eq!(
+            (b.family, b.state, b.generation),
+            (FAMILY_V4, BACKEND_ACTIVE, 1)
+        );
+        // DSR backends carry the service port.
+        let (_, b6) = plan.backend_writes[2];
+        assert_eq!((b6.port, b6.family), (port_to_wire(80), FAMILY_V6));
+
+        assert_eq!(plan.ring_writes.len(), 2);
+        assert_eq!(plan.ring_writes[0].0, 0);
+        assert_eq!(plan.ring_writes[1].0, 2 * M, "service 1, half 0");
+        let table = &plan.ring_writes[0].1;
+        assert_eq!(table.len(), M as usize);
+        assert!(table.iter().all(|&id| id == 0 || id == 1));
+        assert!(plan.ring_writes[1].1.iter().all(|&id| id == 2));
+
+        let (key, svc) = plan.service_writes[0];
+        assert_eq!(key.addr[0].to_ne_bytes(), [198, 18, 100, 1]);
+        assert_eq!(
+            (key.port, key.proto, key.family),
+            (port_to_wire(80), 6, FAMILY_V4)
+        );
+        assert_eq!(
+            svc,
+            Service {
+                id: 0,
+                ring_offset: 0,
+                ring_size: M,
+                flags: 0
+            }
+        );
+        let (_, svc6) = plan.service_writes[1];
+        assert_eq!(svc6.id, 1);
+        assert_eq!(svc6.flags, SVC_FWD_DSR | SVC_HASH_SRC_ONLY);
+        assert!(plan.service_deletes.is_empty() && plan.backend_frees.is_empty());
+        assert!(!plan.log.is_empty());
+    }
+
+    #[test]
+    fn reapplying_same_config_is_empty() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let plan = p.apply(&web(&TWO)).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+        assert!(plan.log.is_empty(), "{:?}", plan.log);
+    }
+
+    #[test]
+    fn adding_a_backend_flips_to_the_idle_half() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let before = ids(&p);
+        let plan = p.apply(&web(&THREE)).unwrap();
+        assert_eq!(&ids(&p)[..2], &before[..]);
+        assert_eq!(plan.backend_writes.len(), 1);
+        assert_eq!(plan.backend_writes[0].0, 2);
+        assert_eq!(plan.ring_writes.len(), 1);
+        assert_eq!(plan.ring_writes[0].0, M, "idle half of service 0");
+        assert!(plan.ring_writes[0].1.contains(&2));
+        assert_eq!(plan.service_writes.len(), 1);
+        assert_eq!(plan.service_writes[0].1.ring_offset, M);
+        assert!(plan.service_deletes.is_empty() && plan.backend_frees.is_empty());
+        assert!(
+            plan.log.iter().any(|l| l.contains("+198.18.1.4:8080")),
+            "{:?}",
+            plan.log
+        );
+        // And the next change flips back to half 0.
+        let plan = p.apply(&web(&TWO)).unwrap();
+        assert_eq!(plan.ring_writes[0].0, 0);
+        assert_eq!(plan.service_writes[0].1.ring_offset, 0);
+    }
+
+    #[test]
+    fn removed_backend_is_freed_and_not_reused_next() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&THREE)).unwrap();
+        let plan = p.apply(&web(&TWO)).unwrap();
+        assert!(plan.backend_writes.is_empty());
+        assert_eq!(plan.backend_frees.len(), 1);
+        let (id, b) = plan.backend_frees[0];
+        assert_eq!((id, b.state, b.generation), (2, BACKEND_DOWN, 1));
+        assert_eq!(b.addr[0].to_ne_bytes(), [198, 18, 1, 4]);
+        assert!(!plan.ring_writes[0].1.contains(&2));
+        assert_eq!(plan.service_writes.len(), 1);
+
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 1, "active"),
+                ("198.18.1.3", 1, "active"),
+                ("198.18.1.5", 1, "active"),
+            ]))
+            .unwrap();
+        assert_eq!(plan.backend_writes.len(), 1);
+        assert_ne!(plan.backend_writes[0].0, 2, "freed id reused at once");
+        assert_eq!(plan.backend_writes[0].0, 3);
+    }
+
+    #[test]
+    fn reweight_changes_only_the_ring() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 3, "active"),
+                ("198.18.1.3", 1, "active"),
+            ]))
+            .unwrap();
+        assert!(plan.backend_writes.is_empty() && plan.backend_frees.is_empty());
+        assert_eq!(plan.ring_writes.len(), 1);
+        assert_eq!(plan.service_writes.len(), 1);
+        let zeros = plan.ring_writes[0].1.iter().filter(|&&i| i == 0).count();
+        assert!(zeros > 700, "weight 3 of 4 should own ~757 of {M}: {zeros}");
+        assert!(
+            plan.log.iter().any(|l| l.contains("weight 1 -> 3")),
+            "{:?}",
+            plan.log
+        );
+    }
+
+    #[test]
+    fn draining_keeps_record_but_leaves_ring() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let before = ids(&p);
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 1, "active"),
+                ("198.18.1.3", 1, "draining"),
+            ]))
+            .unwrap();
+        assert_eq!(ids(&p), before);
+        assert_eq!(plan.backend_writes.len(), 1);
+        let (id, b) = plan.backend_writes[0];
+        assert_eq!((id, b.state, b.generation), (1, BACKEND_DRAINING, 1));
+        assert!(plan.backend_frees.is_empty());
+        assert!(plan.ring_writes[0].1.iter().all(|&i| i == 0));
+        // All backends out of service: table of NO_BACKEND.
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 1, "down"),
+                ("198.18.1.3", 1, "draining"),
+            ]))
+            .unwrap();
+        assert_eq!(plan.backend_writes[0].1.state, BACKEND_DOWN);
+        assert!(plan.ring_writes[0].1.iter().all(|&i| i == NO_BACKEND));
+        assert_eq!(plan.ring_writes[0].1.len(), M as usize);
+    }
+
+    #[test]
+    fn service_removal_deletes_key_and_frees_backends() {
+        let two = cfg(&format!(
+            "{}{}",
+            service("web", "198.18.100.1", &TWO),
+            service("api", "198.18.100.2", &[("198.18.2.2", 1, "active")])
+        ));
+        let mut p = Planner::new(4, M);
+        let first = p.apply(&two).unwrap();
+        let api_key = first.service_writes[1].0;
+        let plan = p.apply(&web(&TWO)).unwrap();
+        assert_eq!(plan.service_deletes, vec![api_key]);
+        assert_eq!(plan.backend_frees.len(), 1);
+        assert_eq!(plan.backend_frees[0].0, 2);
+        assert_eq!(plan.backend_frees[0].1.state, BACKEND_DOWN);
+        assert!(plan.backend_writes.is_empty() && plan.ring_writes.is_empty());
+        assert!(plan.service_writes.is_empty());
+
+        // Its id is reusable by a new service, which starts in the half the old
+        // holder did not publish.
+        let plan = p
+            .apply(&cfg(&format!(
+                "{}{}",
+                service("web", "198.18.100.1", &TWO),
+                service("new", "198.18.100.3", &[("198.18.3.2", 1, "active")])
+            )))
+            .unwrap();
+        let (_, svc) = plan.service_writes[0];
+        assert_eq!(svc.id, 1);
+        assert_eq!(svc.ring_offset, 3 * M, "service 1, half 1");
+        assert_eq!(plan.ring_writes[0].0, 3 * M);
+    }
+
+    #[test]
+    fn replacing_every_service_at_once_never_touches_live_halves() {
+        let mut p = Planner::new(1, M);
+        let one = |vip: &str| {
+            parse_str(&format!(
+                "interfaces = [\"veth0\"]\nmax_services = 1\nmax_table_size = {M}\n{}",
+                service("s", vip, &TWO)
+            ))
+            .unwrap()
+        };
+        let first = p.apply(&one("198.18.100.1")).unwrap();
+        assert_eq!(first.ring_writes[0].0, 0);
+        let plan = p.apply(&one("198.18.100.9")).unwrap();
+        assert_eq!(plan.service_deletes.len(), 1);
+        assert_eq!(plan.service_writes[0].1.id, 0);
+        assert_eq!(plan.ring_writes[0].0, M, "old service still reads half 0");
+        // The old backends are freed, the new ones get fresh slots.
+        assert_eq!(plan.backend_frees.len(), 2);
+        let new_ids: Vec<u32> = plan.backend_writes.iter().map(|(id, _)| *id).collect();
+        assert_eq!(new_ids, [2, 3]);
+    }
+
+    #[test]
+    fn too_many_services_is_an_error_and_changes_nothing() {
+        let mut p = Planner::new(1, M);
+        p.apply(&web(&TWO)).unwrap();
+        let two = cfg(&format!(
+            "{}{}",
+            service("web", "198.18.100.1", &THREE),
+            service("api", "198.18.100.2", &[("198.18.2.2", 1, "active")])
+        ));
+        assert_eq!(
+            p.apply(&two).unwrap_err(),
+            PlanError::TooManyServices { count: 2, max: 1 }
+        );
+        assert!(p.apply(&web(&TWO)).unwrap().is_empty());
+        let mut big = web(&TWO);
+        big.services[0].table_size = 2003;
+        assert!(matches!(
+            p.apply(&big).unwrap_err(),
+            PlanError::TableTooLarge { size: 2003, .. }
+        ));
+    }
+
+    #[test]
+    fn generation_bumps_on_reuse() {
+        let mut p = Planner::new(4, M);
+        // Use up every fresh id, so the free list is the only source left.
+        p.next_fresh_backend = MAX_BACKENDS - 3;
+        p.apply(&web(&THREE)).unwrap();
+        let removed = p.apply(&web(&TWO)).unwrap();
+        let freed = removed.backend_frees[0].0;
+        assert_eq!(freed, MAX_BACKENDS - 1);
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 1, "active"),
+                ("198.18.1.3", 1, "active"),
+                ("198.18.1.9", 1, "active"),
+            ]))
+            .unwrap();
+        let (id, b) = plan.backend_writes[0];
+        assert_eq!(id, freed);
+        assert_eq!(b.generation, 2);
+        assert_eq!(b.addr[0].to_ne_bytes(), [198, 18, 1, 9]);
+        // Reweights and state changes keep the generation.
+        let plan = p
+            .apply(&web(&[
+                ("198.18.1.2", 1, "active"),
+                ("198.18.1.3", 1, "active"),
+                ("198.18.1.9", 5, "draining"),
+            ]))
+            .unwrap();
+        assert_eq!(plan.backend_writes[0].1.generation, 2);
+        // With no slot left at all, the planner refuses.
+        let more = web(&[
+            ("198.18.1.2", 1, "active"),
+            ("198.18.1.3", 1, "active"),
+            ("198.18.1.9", 1, "active"),
+            ("198.18.1.10", 1, "active"),
+        ]);
+        assert!(matches!(
+            p.apply(&more).unwrap_err(),
+            PlanError::BackendSlotsExhausted {
+                needed: 1,
+                available: 0
+            }
+        ));
+        assert_eq!(ids(&p).len(), 3);
+        assert!(ids(&p).contains(&(sa("198.18.1.9:8080"), freed)));
+    }
+
+    #[test]
+    fn flag_changes_rewrite_only_the_service() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let mut c = web(&TWO);
+        c.services[0].algorithm = Algorithm::SrcHash;
+        let plan = p.apply(&c).unwrap();
+        assert!(plan.ring_writes.is_empty() && plan.backend_writes.is_empty());
+        assert_eq!(plan.service_writes.len(), 1);
+        assert_eq!(plan.service_writes[0].1.flags, SVC_HASH_SRC_ONLY);
+        assert_eq!(plan.service_writes[0].1.ring_offset, 0);
+    }
 }

@@ -2,7 +2,10 @@
 //! prints: what will be programmed, so an operator can eyeball it before traffic flows.
 use std::fmt::Write;
 
-use crate::config::{BackendState, Config};
+use crate::{
+    cli::XdpMode,
+    config::{BackendState, Config},
+};
 
 /// Renders `cfg` as aligned text: global settings, then each service with its
 /// backends and the share of new flows each active backend is expected to get.
@@ -10,9 +13,13 @@ pub fn render(cfg: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "interfaces: {} (xdp mode {:?}), flow table {}, max services {}, max table size {}",
+        "interfaces: {} (xdp mode {}), flow table {}, max services {}, max table size {}",
         cfg.interfaces.join(", "),
-        cfg.xdp_mode,
+        match cfg.xdp_mode {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        },
         cfg.flow_table_size,
         cfg.max_services,
         cfg.max_table_size
@@ -50,8 +57,8 @@ pub fn render(cfg: &Config) -> String {
     for (svc, endpoint) in cfg.services.iter().zip(&endpoints) {
         let _ = writeln!(
             out,
-            "\n  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  {}",
-            "SERVICE", "ENDPOINT", "ALGORITHM", "FORWARDING", "TABLE"
+            "\n  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  TABLE",
+            "SERVICE", "ENDPOINT", "ALGORITHM", "FORWARDING"
         );
         let _ = writeln!(
             out,
@@ -66,15 +73,12 @@ pub fn render(cfg: &Config) -> String {
             .sum();
         let _ = writeln!(
             out,
-            "      {:<backend_w$}  {:>6}  {:>6}  {}",
-            "BACKEND", "WEIGHT", "SHARE", "STATE"
+            "      {:<backend_w$}  {:>6}  {:>6}  STATE",
+            "BACKEND", "WEIGHT", "SHARE"
         );
         for b in &svc.backends {
             let share = if b.state == BackendState::Active && active_weight > 0 {
-                format!(
-                    "{:.1}%",
-                    100.0 * f64::from(b.weight) / active_weight as f64
-                )
+                format!("{:.1}%", 100.0 * f64::from(b.weight) / active_weight as f64)
             } else {
                 "-".to_string()
             };
@@ -138,7 +142,7 @@ state = "down"
         .unwrap();
         let text = render(&cfg);
         println!("{text}");
-        assert!(text.contains("interfaces: veth0"), "{text}");
+        assert!(text.contains("interfaces: veth0 (xdp mode auto)"), "{text}");
         assert!(text.contains("2 services:"), "{text}");
         let web = text.lines().find(|l| l.contains("web")).unwrap();
         for field in ["198.18.100.1:80/tcp", "maglev", "nat", "65537"] {
@@ -148,7 +152,10 @@ state = "down"
         assert!(line("198.18.1.2:8080").contains("75.0%"), "{text}");
         assert!(line("198.18.1.3:8080").contains("25.0%"), "{text}");
         let draining = line("198.18.1.4:8080");
-        assert!(draining.contains("draining") && draining.contains(" - "), "{draining}");
+        assert!(
+            draining.contains("draining") && draining.contains(" - "),
+            "{draining}"
+        );
         let dns = line("[2001:db8::10]:53/udp");
         assert!(dns.contains("src-hash") && dns.contains("dsr") && dns.contains("1009"));
         assert!(line("[2001:db8::2]:53").contains("down"), "{text}");
