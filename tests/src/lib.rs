@@ -2,3 +2,4 @@
 //! topologies with no link into the root namespace, backends and clients that run in
 //! those namespaces, and helpers to start the real `xdp-lb` binary inside them.
 pub mod pkt;
+pub mod bench;

@@ -160,6 +160,11 @@ fn setup_links() {
 }
 
 impl Bed {
+    /// Adds a permanent neighbour entry (MAC `CLIENT_MAC`) for `ip`.
+    pub fn add_client_neighbour(&self, ip: &str) {
+        sh(&["ip", "neigh", "replace", ip, "lladdr", &mac(&CLIENT_MAC), "dev", LB_IF, "nud", "permanent"]);
+    }
+
     /// Loads the program and programs `services` (service id = index in the slice).
     pub fn load(&self, services: &[SvcSpec]) -> Dataplane {
         self.load_sized(services, 4096)

@@ -189,15 +189,22 @@ pub mod reason {
     ];
 }
 
-/// Index of the bench harness's saved frame in BENCH_FRAME.
+/// Largest frame the benchmark wrapper can restore.
 pub const BENCH_FRAME_MAX: usize = 256;
 
-/// The frame the benchmark wrapper restores before every tail call.
+/// The frame the benchmark wrapper restores before every tail call, and how it
+/// varies the flow from one iteration to the next.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BenchFrame {
     pub len: u32,
-    pub _pad: u32,
+    /// Distinct flows to cycle through (0: always the frame as saved). Flow n
+    /// carries n + `base` in the 16-bit port at `port_off` (low bits) and the
+    /// 16-bit address word at `addr_off` (high bits), both big endian.
+    pub flows: u32,
+    pub base: u32,
+    pub port_off: u16,
+    pub addr_off: u16,
     pub data: [u8; BENCH_FRAME_MAX],
 }
 
@@ -213,7 +220,7 @@ assert_size!(FlowKey, 40);
 assert_size!(FlowValue, 8);
 assert_size!(NatReverse, 20);
 assert_size!(Counters, 24);
-assert_size!(BenchFrame, 264);
+assert_size!(BenchFrame, 272);
 
 #[cfg(feature = "user")]
 mod pod {

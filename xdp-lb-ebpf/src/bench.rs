@@ -13,10 +13,10 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use xdp_lb_common::{FlowKey, BENCH_FRAME_MAX};
+use xdp_lb_common::{BenchFrame, FlowKey, BENCH_FRAME_MAX};
 
 use crate::{
-    maps::{BENCH_FRAME, BENCH_TARGET, FLOWS},
+    maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, FLOWS},
     parse,
 };
 
@@ -48,8 +48,31 @@ pub fn xdp_bench_wrapper(ctx: XdpContext) -> u32 {
     if rc != 0 {
         return xdp_action::XDP_ABORTED;
     }
+    if frame.flows != 0 && vary(&ctx, frame).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
     unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
+}
+
+/// Writes the iteration's flow number into the frame (see `BenchFrame::flows`).
+#[inline(always)]
+fn vary(ctx: &XdpContext, frame: &BenchFrame) -> Option<()> {
+    let c = BENCH_COUNTER.get_ptr_mut(0)?;
+    let n = unsafe { *c };
+    unsafe { *c = if n + 1 >= frame.flows { 0 } else { n + 1 } };
+    let v = n.wrapping_add(frame.base);
+    let port = (v as u16).to_be_bytes();
+    let addr = ((v >> 16) as u16).to_be_bytes();
+    let p = ctx.as_ptr() as *mut _;
+    unsafe {
+        if bpf_xdp_store_bytes(p, frame.port_off as u32, port.as_ptr() as *mut _, 2) != 0
+            || bpf_xdp_store_bytes(p, frame.addr_off as u32, addr.as_ptr() as *mut _, 2) != 0
+        {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// The empty target: what the wrapper alone costs.

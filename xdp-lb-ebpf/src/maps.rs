@@ -56,6 +56,10 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
+/// Benchmark only: which of `BenchFrame::flows` the next iteration sends.
+#[map]
+pub static BENCH_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Benchmark only: slot 0 holds the program under test.
 #[map]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
