@@ -125,7 +125,11 @@ pub fn build(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
         // and finds a free one while the table is not full.
         loop {
             let slot = cursor[pos] as usize;
-            cursor[pos] = (cursor[pos] + skip[pos]) % m64;
+            // skip < M, so one conditional subtraction replaces a division.
+            cursor[pos] += skip[pos];
+            if cursor[pos] >= m64 {
+                cursor[pos] -= m64;
+            }
             if table[slot] == EMPTY {
                 table[slot] = order[pos] as u32;
                 break;
