@@ -909,6 +909,48 @@ mod tests {
     }
 
     #[test]
+    fn table_size_change_goes_to_idle_half() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let mut c = web(&TWO);
+        c.services[0].table_size = 503;
+        let plan = p.apply(&c).unwrap();
+        assert!(plan.backend_writes.is_empty());
+        assert_eq!(plan.ring_writes.len(), 1);
+        assert_eq!(
+            (plan.ring_writes[0].0, plan.ring_writes[0].1.len()),
+            (M, 503)
+        );
+        assert_eq!(plan.service_writes[0].1.ring_size, 503);
+        assert_eq!(plan.service_writes[0].1.ring_offset, M);
+    }
+
+    #[test]
+    fn same_backend_in_two_services_gets_two_slots() {
+        let c = cfg(&format!(
+            "{}{}",
+            service("web", "198.18.100.1", &TWO),
+            service("api", "198.18.100.2", &TWO)
+        ));
+        let mut p = Planner::new(4, M);
+        p.apply(&c).unwrap();
+        let a = p.assignments();
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a[0].backends,
+            [(sa("198.18.1.2:8080"), 0), (sa("198.18.1.3:8080"), 1)]
+        );
+        assert_eq!(
+            a[1].backends,
+            [(sa("198.18.1.2:8080"), 2), (sa("198.18.1.3:8080"), 3)]
+        );
+        // Removing one service frees only its own slots.
+        let plan = p.apply(&web(&TWO)).unwrap();
+        let freed: Vec<u32> = plan.backend_frees.iter().map(|(id, _)| *id).collect();
+        assert_eq!(freed, [2, 3]);
+    }
+
+    #[test]
     fn flag_changes_rewrite_only_the_service() {
         let mut p = Planner::new(4, M);
         p.apply(&web(&TWO)).unwrap();
