@@ -698,15 +698,12 @@ fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
     for b in raw.backends {
         let context = format!("service {name:?}: backend");
         let addr = parse_ip(&context, &b.addr)?;
-        let label = match b.port {
-            Some(p) => format!("{}", SocketAddr::new(addr, p.clamp(0, 65535) as u16)),
-            None => addr.to_string(),
-        };
         let bport = match b.port {
             Some(p) => Some(check_port(&format!("service {name:?}: backend {addr}"), p)?),
             None => None,
         };
         let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
+        let label = SocketAddr::new(addr, port).to_string();
         let weight = check_weight(&name, &label, b.weight.unwrap_or(1))?;
         let state = parse_state(&name, &label, b.state.as_deref().unwrap_or("active"))?;
         backends.push(BackendConfig {
