@@ -445,6 +445,11 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
 }
 
 fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
+    // Nothing to balance is the most basic mistake: report it before anything else.
+    if raw.services.is_empty() && args.vip.is_none() {
+        service_from_flags(args)?;
+        return Err(ConfigError::NoServices);
+    }
     let interfaces = if args.ifaces.is_empty() {
         raw.interfaces
     } else {
@@ -693,15 +698,12 @@ fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
     for b in raw.backends {
         let context = format!("service {name:?}: backend");
         let addr = parse_ip(&context, &b.addr)?;
-        let label = match b.port {
-            Some(p) => format!("{}", SocketAddr::new(addr, p.clamp(0, 65535) as u16)),
-            None => addr.to_string(),
-        };
         let bport = match b.port {
             Some(p) => Some(check_port(&format!("service {name:?}: backend {addr}"), p)?),
             None => None,
         };
         let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
+        let label = SocketAddr::new(addr, port).to_string();
         let weight = check_weight(&name, &label, b.weight.unwrap_or(1))?;
         let state = parse_state(&name, &label, b.state.as_deref().unwrap_or("active"))?;
         backends.push(BackendConfig {
@@ -803,6 +805,17 @@ fn service_from_flags(args: &RunArgs) -> Result<Option<ServiceConfig>, ConfigErr
             return Err(ConfigError::FlagWithoutVip {
                 flag: "--table-size",
             });
+        }
+        // These have defaults, so only a non-default value shows the operator meant
+        // to describe a service (`RunArgs::default()` leaves them empty).
+        for (flag, value, default) in [
+            ("--proto", &args.proto, "tcp"),
+            ("--algorithm", &args.algorithm, "maglev"),
+            ("--forwarding", &args.forwarding, "nat"),
+        ] {
+            if !value.is_empty() && value != default {
+                return Err(ConfigError::FlagWithoutVip { flag });
+            }
         }
         return Ok(None);
     };
@@ -1455,6 +1468,21 @@ state = "down"
         assert!(matches!(
             build(raw(), &args).unwrap_err(),
             ConfigError::FlagWithoutVip { flag: "--backend" }
+        ));
+        // A non-default service flag next to a file but without --vip is a mistake.
+        let mut args = flags("x", &[]);
+        args.vip = None;
+        args.forwarding = "dsr".into();
+        assert!(matches!(
+            parse_str_with_args(GOOD, &args).unwrap_err(),
+            ConfigError::FlagWithoutVip {
+                flag: "--forwarding"
+            }
+        ));
+        // No file and no --vip: say so, not that interfaces are missing.
+        assert!(matches!(
+            build(raw(), &RunArgs::default()).unwrap_err(),
+            ConfigError::NoServices
         ));
     }
 

@@ -125,7 +125,11 @@ pub fn build(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
         // and finds a free one while the table is not full.
         loop {
             let slot = cursor[pos] as usize;
-            cursor[pos] = (cursor[pos] + skip[pos]) % m64;
+            // skip < M, so one conditional subtraction replaces a division.
+            cursor[pos] += skip[pos];
+            if cursor[pos] >= m64 {
+                cursor[pos] -= m64;
+            }
             if table[slot] == EMPTY {
                 table[slot] = order[pos] as u32;
                 break;
@@ -256,6 +260,46 @@ mod tests {
                 assert!(collateral < 0.02, "collateral {collateral} for N={n}");
             }
         }
+    }
+
+    #[test]
+    fn adding_or_reweighting_disturbs_little() {
+        let weights = [3, 1, 2, 5, 1, 4, 2, 2, 1, 3];
+        let all = backends(&weights);
+        let before = build(&all[..9], M);
+        let after = build(&all, M);
+        let moved_to_new = after.iter().filter(|&&i| i == 9).count();
+        let collateral = before
+            .iter()
+            .zip(&after)
+            .filter(|(&b, &a)| a != 9 && a != b)
+            .count();
+        let share = 3.0 / 24.0;
+        println!(
+            "weighted add (w=3 of 24): {:.3}% of slots to the new backend (share {:.3}%), \
+             {:.3}% between others",
+            100.0 * moved_to_new as f64 / f64::from(M),
+            100.0 * share,
+            100.0 * collateral as f64 / f64::from(M)
+        );
+        assert!((moved_to_new as f64 / f64::from(M) - share).abs() < 0.01);
+        assert!((collateral as f64) < 0.02 * f64::from(M));
+
+        // Doubling one weight of ten: it gains ~its extra share, others mostly stay.
+        let mut heavier = all.clone();
+        heavier[0].weight = 6;
+        let reweighted = build(&heavier, M);
+        let changed = after
+            .iter()
+            .zip(&reweighted)
+            .filter(|(a, b)| a != b)
+            .count();
+        println!(
+            "reweight 3 -> 6 of 24: {:.3}% of slots changed owner",
+            100.0 * changed as f64 / f64::from(M)
+        );
+        // Its share goes from 3/24 to 6/27: about 9.7% of the table must move.
+        assert!((changed as f64) < 0.15 * f64::from(M), "{changed}");
     }
 
     #[test]

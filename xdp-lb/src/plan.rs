@@ -101,6 +101,12 @@ impl Plan {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
+    #[error("{key} changed from {running} to {configured}; it sizes kernel maps, so restart xdp-lb to change it")]
+    LimitChanged {
+        key: &'static str,
+        running: u32,
+        configured: u32,
+    },
     #[error("{count} services configured but the maps were sized for max_services = {max}; restart to change max_services")]
     TooManyServices { count: usize, max: u32 },
     #[error("service {service:?}: table_size {size} exceeds max_table_size {max} the ring map was sized for; restart to change max_table_size")]
@@ -217,6 +223,18 @@ impl Planner {
     /// Checks everything that can fail before any state changes, so a rejected
     /// config leaves the planner exactly as it was.
     fn precheck(&self, cfg: &Config) -> Result<(), PlanError> {
+        for (key, running, configured) in [
+            ("max_services", self.max_services, cfg.max_services),
+            ("max_table_size", self.max_table_size, cfg.max_table_size),
+        ] {
+            if running != configured {
+                return Err(PlanError::LimitChanged {
+                    key,
+                    running,
+                    configured,
+                });
+            }
+        }
         if cfg.services.len() > self.max_services as usize {
             return Err(PlanError::TooManyServices {
                 count: cfg.services.len(),
@@ -811,7 +829,9 @@ mod tests {
     #[test]
     fn too_many_services_is_an_error_and_changes_nothing() {
         let mut p = Planner::new(1, M);
-        p.apply(&web(&TWO)).unwrap();
+        let mut first = web(&TWO);
+        first.max_services = 1;
+        p.apply(&first).unwrap();
         let two = cfg(&format!(
             "{}{}",
             service("web", "198.18.100.1", &THREE),
@@ -819,10 +839,21 @@ mod tests {
         ));
         assert_eq!(
             p.apply(&two).unwrap_err(),
+            PlanError::LimitChanged {
+                key: "max_services",
+                running: 1,
+                configured: 4
+            }
+        );
+        // A hand-built config that bypassed validation.
+        let mut forced = two.clone();
+        forced.max_services = 1;
+        assert_eq!(
+            p.apply(&forced).unwrap_err(),
             PlanError::TooManyServices { count: 2, max: 1 }
         );
-        assert!(p.apply(&web(&TWO)).unwrap().is_empty());
-        let mut big = web(&TWO);
+        assert!(p.apply(&first).unwrap().is_empty());
+        let mut big = first.clone();
         big.services[0].table_size = 2003;
         assert!(matches!(
             p.apply(&big).unwrap_err(),
@@ -875,6 +906,48 @@ mod tests {
         ));
         assert_eq!(ids(&p).len(), 3);
         assert!(ids(&p).contains(&(sa("198.18.1.9:8080"), freed)));
+    }
+
+    #[test]
+    fn table_size_change_goes_to_idle_half() {
+        let mut p = Planner::new(4, M);
+        p.apply(&web(&TWO)).unwrap();
+        let mut c = web(&TWO);
+        c.services[0].table_size = 503;
+        let plan = p.apply(&c).unwrap();
+        assert!(plan.backend_writes.is_empty());
+        assert_eq!(plan.ring_writes.len(), 1);
+        assert_eq!(
+            (plan.ring_writes[0].0, plan.ring_writes[0].1.len()),
+            (M, 503)
+        );
+        assert_eq!(plan.service_writes[0].1.ring_size, 503);
+        assert_eq!(plan.service_writes[0].1.ring_offset, M);
+    }
+
+    #[test]
+    fn same_backend_in_two_services_gets_two_slots() {
+        let c = cfg(&format!(
+            "{}{}",
+            service("web", "198.18.100.1", &TWO),
+            service("api", "198.18.100.2", &TWO)
+        ));
+        let mut p = Planner::new(4, M);
+        p.apply(&c).unwrap();
+        let a = p.assignments();
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a[0].backends,
+            [(sa("198.18.1.2:8080"), 0), (sa("198.18.1.3:8080"), 1)]
+        );
+        assert_eq!(
+            a[1].backends,
+            [(sa("198.18.1.2:8080"), 2), (sa("198.18.1.3:8080"), 3)]
+        );
+        // Removing one service frees only its own slots.
+        let plan = p.apply(&web(&TWO)).unwrap();
+        let freed: Vec<u32> = plan.backend_frees.iter().map(|(id, _)| *id).collect();
+        assert_eq!(freed, [2, 3]);
     }
 
     #[test]
