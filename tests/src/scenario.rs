@@ -110,3 +110,32 @@ impl Tally {
         s.join(", ")
     }
 }
+
+/// A topology ready for XDP: `backends` backends and the XDP_PASS program on the lb's
+/// bridge port.
+pub fn xdp_topology(backends: usize, mode: crate::Forwarding) -> Topology {
+    crate::TopologyBuilder::new(backends, mode)
+        .xdp_pass(true)
+        .build()
+        .unwrap_or_else(|e| panic!("building the {mode:?} topology: {e}"))
+}
+
+/// Starts `xdp-lb run` for one service given by flags; panics with its output on failure.
+pub fn start_service(topo: &Topology, svc: &ServiceSpec) -> crate::lb::XdpLbProcess {
+    topo.start_lb(&svc.run_args(crate::topology::IFACE))
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
+/// Deterministic, incompressible-looking test data (xorshift64).
+pub fn test_data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
