@@ -100,14 +100,6 @@ pub struct Bed {
     specs: RefCell<Vec<SvcSpec>>,
 }
 
-/// Panics with a clear message unless running as root.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("this test needs root (network namespaces, XDP): run `sudo cargo xtask test`");
-    }
-}
-
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -117,7 +109,7 @@ fn sh(args: &[&str]) {
 /// interface. The namespace disappears with the thread, so nothing is left behind
 /// even if `f` panics; the panic is re-raised here.
 pub fn with_bed<F: FnOnce(&Bed) + Send>(f: F) {
-    require_root();
+    crate::require_root();
     std::thread::scope(|s| {
         let h = s.spawn(|| {
             // SAFETY: affects only this thread's namespaces.

@@ -1,4 +1,163 @@
-//! `cargo xtask setup|run|test|bench`.
-fn main() -> anyhow::Result<()> {
+//! `cargo xtask setup|run|test|bench`: the project's one entry point for preparing a
+//! machine, running the demo or the real binary, running every test and benchmarking.
+mod setup;
+mod workspace;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "xdp-lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Without arguments: the namespace demo. With arguments: build and run `xdp-lb ARGS`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test of the workspace (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build release and run the benchmarks.
+    Bench {
+        #[arg(value_enum, default_value_t = BenchKind::All)]
+        what: BenchKind,
+    },
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum BenchKind {
+    Pkt,
+    E2e,
+    Cache,
+    All,
+}
+
+impl BenchKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BenchKind::Pkt => "pkt",
+            BenchKind::E2e => "e2e",
+            BenchKind::Cache => "cache",
+            BenchKind::All => "all",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ws = workspace::Workspace::locate()?;
+    match cli.task {
+        Task::Setup => {
+            setup::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Test { args } => {
+            require_root("test")?;
+            setup::run()?;
+            let bin = ws.build_xdp_lb(false)?;
+            let mut cmd = ws.cargo();
+            cmd.args(["test", "--workspace"]).args(&args);
+            cmd.env("XDP_LB_BIN", &bin);
+            println!(
+                "xtask: running `cargo test --workspace` with XDP_LB_BIN={}",
+                bin.display()
+            );
+            // Cargo's own summary lines are the last thing printed.
+            status_code(&mut cmd)
+        }
+        Task::Run { args } if args.is_empty() => {
+            require_root("run (demo)")?;
+            setup::run()?;
+            let bin = ws.build_xdp_lb(false)?;
+            let mut cmd = ws.cargo();
+            cmd.args([
+                "run",
+                "--quiet",
+                "-p",
+                "xdp-lb-tests",
+                "--bin",
+                "xdp-lb-demo",
+            ]);
+            cmd.env("XDP_LB_BIN", &bin);
+            forward_interrupts();
+            status_code(&mut cmd)
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            let bin = ws.build_xdp_lb(false)?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(&args);
+            forward_interrupts();
+            status_code(&mut cmd)
+        }
+        Task::Bench { what } => {
+            if !matches!(what, BenchKind::Cache) {
+                require_root("bench")?;
+            }
+            setup::run()?;
+            let bin = ws.build_xdp_lb(true)?;
+            let mut cmd = ws.cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-p",
+                "xdp-lb-tests",
+                "--bin",
+                "xdp-lb-bench",
+                "--",
+            ]);
+            cmd.arg(what.as_str());
+            cmd.env("XDP_LB_BIN", &bin);
+            forward_interrupts();
+            status_code(&mut cmd)
+        }
+    }
+}
+
+fn require_root(task: &str) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!("`cargo xtask {task}` needs root (network namespaces, XDP): run `sudo cargo xtask {task}`");
+    }
     Ok(())
+}
+
+/// Ctrl-C reaches the whole foreground process group; xtask must outlive its child so
+/// the child's own clean-up (namespaces, processes) finishes before the prompt returns.
+fn forward_interrupts() {
+    if let Err(e) = ctrlc::set_handler(|| {}) {
+        eprintln!("xtask: warning: cannot install the Ctrl-C handler: {e}");
+    }
+}
+
+fn status_code(cmd: &mut Command) -> anyhow::Result<ExitCode> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

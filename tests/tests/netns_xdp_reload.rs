@@ -1,0 +1,187 @@
+//! Configuration reload (file rewrite + SIGHUP) under load, NAT and DSR: a long-lived
+//! connection keeps its backend while another backend is removed and a new one added;
+//! new connections follow the new set. A broken file is refused and the old set kept.
+use std::{thread, time::Duration};
+
+use xdp_lb_tests::{
+    client::{self, LineClient},
+    lbconfig::{self, ConfigFile, ServiceSpec},
+    require_root,
+    scenario::{self, Tally},
+    topology::{IFACE, TCP_PORT},
+    Forwarding, Topology,
+};
+
+const PINGS: usize = 60;
+const RELOAD_AT: usize = 15;
+const NEW_CONNECTIONS: usize = 60;
+
+fn config(topo: &Topology, backends: &[usize]) -> String {
+    let mut svc: ServiceSpec = scenario::service(topo, false, TCP_PORT, "tcp", &[]);
+    svc.backends = backends
+        .iter()
+        .map(|&i| scenario::backend_spec(topo, i, false, TCP_PORT, 1))
+        .collect();
+    lbconfig::render(&[IFACE], &[svc])
+}
+
+fn new_connections(topo: &Topology) -> Tally {
+    let vip = topo.vip(false, TCP_PORT);
+    topo.client
+        .run(|| {
+            let mut t = Tally::default();
+            for _ in 0..NEW_CONNECTIONS {
+                match client::tcp_name(vip) {
+                    Ok((name, _)) => t.add(&name),
+                    Err(e) => t.error(e),
+                }
+            }
+            t
+        })
+        .expect("entering the client namespace")
+}
+
+fn long_connection_survives_reload(mode: Forwarding) {
+    require_root();
+    let topo = scenario::xdp_topology(3, mode);
+    let file = ConfigFile::new(&config(&topo, &[1, 2])).expect("writing the config file");
+    let args = vec![
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ];
+    let mut lb = topo
+        .start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let vip = topo.vip(false, TCP_PORT);
+
+    let mut conn = topo
+        .client
+        .run(|| LineClient::connect(vip))
+        .expect("entering the client namespace")
+        .unwrap_or_else(|e| panic!("{mode:?}: first connection failed: {e}\n{}", lb.output()));
+    let home = conn.greeting().to_string();
+    let (home_idx, other_idx) = match home.as_str() {
+        "backend-1" => (1, 2),
+        "backend-2" => (2, 1),
+        other => panic!("greeting {other:?} from a backend that is not configured"),
+    };
+
+    let mut answers = Vec::new();
+    for i in 0..PINGS {
+        if i == RELOAD_AT {
+            file.write(&config(&topo, &[home_idx, 3]))
+                .expect("rewriting the config file");
+            lb.reload()
+                .unwrap_or_else(|e| panic!("{mode:?}: reload failed: {e}"));
+        }
+        answers.push(conn.ping().map_err(|e| e.to_string()));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let bad: Vec<(usize, &Result<String, String>)> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.as_deref() != Ok(home.as_str()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{mode:?}: the long-lived connection on {home} broke across the reload (ping index, answer): {bad:?}\n{}",
+        lb.output()
+    );
+
+    let after = new_connections(&topo);
+    let report = format!("{mode:?} after reload: {}\n{}", after.report(), lb.output());
+    assert!(after.errors.is_empty(), "{report}");
+    assert_eq!(
+        after.get(&format!("backend-{other_idx}")),
+        0,
+        "removed backend still gets new connections: {report}"
+    );
+    assert!(
+        after.get("backend-3") > 0,
+        "added backend gets no new connections: {report}"
+    );
+    assert_eq!(
+        after.get(&home) + after.get("backend-3"),
+        NEW_CONNECTIONS,
+        "{report}"
+    );
+}
+
+#[test]
+fn nat_reload_keeps_long_lived_connection() {
+    long_connection_survives_reload(Forwarding::Nat);
+}
+
+#[test]
+fn dsr_reload_keeps_long_lived_connection() {
+    long_connection_survives_reload(Forwarding::Dsr);
+}
+
+#[test]
+fn nat_broken_config_is_refused_and_old_one_kept() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1])).expect("writing the config file");
+    let args = vec![
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ];
+    let mut lb = topo
+        .start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    file.write("this is [not a valid = config\n")
+        .expect("rewriting the config file");
+    let err = lb.reload().expect_err("a broken config must not reload");
+    assert!(
+        err.to_string().contains("xdp-lb reload failed"),
+        "expected `xdp-lb reload failed`, got: {err}"
+    );
+    let t = new_connections(&topo);
+    assert!(
+        t.errors.is_empty(),
+        "old config no longer served: {}\n{}",
+        t.report(),
+        lb.output()
+    );
+    assert_eq!(t.get("backend-1"), NEW_CONNECTIONS, "{}", t.report());
+}
+
+#[test]
+fn bad_flags_fail_before_attaching() {
+    require_root();
+    let topo = xdp_lb_tests::TopologyBuilder::new(1, Forwarding::Nat)
+        .build()
+        .expect("building the topology");
+    let bin = xdp_lb_tests::binary::xdp_lb_bin().unwrap_or_else(|e| panic!("{e}"));
+    let out = topo
+        .lb
+        .command(&bin)
+        .args([
+            "run",
+            "--iface",
+            IFACE,
+            "--vip",
+            "198.18.100.1:80",
+            "--backend",
+            "not-an-address",
+        ])
+        .output()
+        .expect("running xdp-lb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "bad --backend accepted; stderr: {stderr}"
+    );
+    assert!(stderr.contains("error:"), "no `error:` on stderr: {stderr}");
+    let links = topo
+        .lb
+        .ip(&["link", "show", "dev", IFACE])
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("xdp"),
+        "a program stayed attached after a failed start: {links}"
+    );
+}

@@ -1,0 +1,169 @@
+//! TCP through the XDP balancer, NAT and DSR: weighted spread of new connections,
+//! a 10 MB transfer that arrives intact, and an IPv6 VIP.
+use std::collections::HashSet;
+
+use sha2::{Digest, Sha256};
+use xdp_lb_tests::{
+    client::{self, LineClient},
+    require_root,
+    scenario::{self, Tally},
+    servers::hex,
+    topology::TCP_PORT,
+    Forwarding,
+};
+
+const CONNECTIONS: usize = 600;
+const WEIGHTS: [u32; 3] = [3, 2, 1];
+const TOLERANCE_PP: f64 = 5.0;
+
+fn weighted_spread(mode: Forwarding) {
+    require_root();
+    let topo = scenario::xdp_topology(3, mode);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &WEIGHTS);
+    let lb = scenario::start_service(&topo, &svc);
+    let vip = topo.vip(false, TCP_PORT);
+    let (tally, ports) = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            let mut ports = HashSet::new();
+            for _ in 0..CONNECTIONS {
+                match client::tcp_name(vip) {
+                    Ok((name, port)) => {
+                        tally.add(&name);
+                        ports.insert(port);
+                    }
+                    Err(e) => tally.error(e),
+                }
+            }
+            (tally, ports)
+        })
+        .expect("entering the client namespace");
+    let report = format!(
+        "{mode:?} distribution over {CONNECTIONS}: {}\n{}",
+        tally.report(),
+        lb.output()
+    );
+    assert!(tally.errors.is_empty(), "connections failed: {report}");
+    assert_eq!(tally.total(), CONNECTIONS, "{report}");
+    assert_eq!(
+        ports.len(),
+        CONNECTIONS,
+        "source ports were reused: {report}"
+    );
+    let sum: u32 = WEIGHTS.iter().sum();
+    for (b, w) in topo.backends.iter().zip(WEIGHTS) {
+        let want = 100.0 * f64::from(w) / f64::from(sum);
+        let got = tally.share(&b.name);
+        assert!(
+            (got - want).abs() <= TOLERANCE_PP,
+            "{} got {got:.1}%, configured {want:.1}% (+-{TOLERANCE_PP} pp): {report}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn nat_weights_3_2_1_spread_new_connections() {
+    weighted_spread(Forwarding::Nat);
+}
+
+#[test]
+fn dsr_weights_3_2_1_spread_new_connections() {
+    weighted_spread(Forwarding::Dsr);
+}
+
+fn transfer_10mb(mode: Forwarding) {
+    require_root();
+    let topo = scenario::xdp_topology(2, mode);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
+    let lb = scenario::start_service(&topo, &svc);
+    let vip = topo.vip(false, TCP_PORT);
+    let data = scenario::test_data(10 * 1024 * 1024);
+    let want = hex(&Sha256::digest(&data));
+    let result = topo
+        .client
+        .run(|| -> xdp_lb_tests::Result<(String, String)> {
+            let mut c = LineClient::connect(vip)?;
+            let digest = c.sha(&data)?;
+            Ok((c.greeting().to_string(), digest))
+        })
+        .expect("entering the client namespace");
+    let (greeting, got) =
+        result.unwrap_or_else(|e| panic!("{mode:?} transfer failed: {e}\n{}", lb.output()));
+    assert!(
+        topo.backends.iter().any(|b| b.name == greeting),
+        "unexpected greeting {greeting:?}"
+    );
+    assert_eq!(
+        got, want,
+        "{mode:?}: {greeting} received different bytes than sent"
+    );
+}
+
+#[test]
+fn nat_10mb_transfer_arrives_intact() {
+    transfer_10mb(Forwarding::Nat);
+}
+
+#[test]
+fn dsr_10mb_transfer_arrives_intact() {
+    transfer_10mb(Forwarding::Dsr);
+}
+
+fn ipv6_vip(mode: Forwarding) {
+    require_root();
+    let topo = scenario::xdp_topology(3, mode);
+    let svc = scenario::service(&topo, true, TCP_PORT, "tcp", &[1, 1, 1]);
+    let lb = scenario::start_service(&topo, &svc);
+    let vip = topo.vip(true, TCP_PORT);
+    let tally = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..30 {
+                let r = LineClient::connect(vip).and_then(|mut c| {
+                    let pong = c.ping()?;
+                    if pong == c.greeting() && c.peer() == Some(vip) {
+                        Ok(pong)
+                    } else {
+                        Err(xdp_lb_tests::BedError::Protocol(format!(
+                            "greeting {:?}, pong {pong:?}, peer {:?}",
+                            c.greeting(),
+                            c.peer()
+                        )))
+                    }
+                });
+                match r {
+                    Ok(name) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        })
+        .expect("entering the client namespace");
+    let report = format!("{mode:?} IPv6: {}\n{}", tally.report(), lb.output());
+    assert!(tally.errors.is_empty(), "{report}");
+    assert_eq!(tally.total(), 30, "{report}");
+    assert!(
+        tally
+            .counts
+            .keys()
+            .all(|k| topo.backends.iter().any(|b| &b.name == k)),
+        "answers from unknown backends: {report}"
+    );
+    assert!(
+        tally.counts.len() >= 2,
+        "30 connections all went to one backend: {report}"
+    );
+}
+
+#[test]
+fn nat_ipv6_vip_serves_tcp() {
+    ipv6_vip(Forwarding::Nat);
+}
+
+#[test]
+fn dsr_ipv6_vip_serves_tcp() {
+    ipv6_vip(Forwarding::Dsr);
+}
