@@ -4,7 +4,7 @@
 //! and the per-packet benchmark feed to BPF_PROG_TEST_RUN.
 use std::{
     cell::RefCell,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Command,
 };
 
@@ -246,6 +246,20 @@ pub fn v6(proto: u8, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, hop: 
     } else {
         b.udp(sport, dport).write(&mut out, payload).unwrap();
     }
+    out
+}
+
+/// Like `v4`/`v6` with TCP, but an ACK of an established connection instead of a SYN.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_ack(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ttl: u8, smac: [u8; 6], dmac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac, dmac);
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), ttl),
+        _ => panic!("mixed address families"),
+    };
+    let mut out = Vec::new();
+    b.tcp(sport, dport, 1001, 64240).ack(1).write(&mut out, payload).unwrap();
     out
 }
 

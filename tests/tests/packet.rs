@@ -234,6 +234,10 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
             .map(|i| v4(PROTO_TCP, CLIENT4, VIP4, 42000 + i, 80, 64, CLIENT_MAC, LB_MAC, b""))
             .collect();
         let first: Vec<usize> = flows.iter().map(|f| backend_of(&run(&mut dp, f).1)).collect();
+        // From now on the connections are established: ACKs, not SYNs.
+        let flows: Vec<Vec<u8>> = (0..40)
+            .map(|i| tcp_ack(CLIENT4.into(), VIP4.into(), 42000 + i, 80, 64, CLIENT_MAC, LB_MAC, b""))
+            .collect();
         // New table: every slot now points at backend 2, backend 1 goes down.
         bed.publish_ring(&mut dp, 0, &[2; 13], 1);
         bed.set_backend_state(&mut dp, 1, BACKEND_DOWN);
@@ -255,6 +259,23 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
         let flows_map: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(dp.ebpf_mut().map("FLOWS").unwrap()).unwrap();
         assert_eq!(flows_map.keys().count(), 41);
+    });
+}
+
+#[test]
+fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let syn = v4(PROTO_TCP, CLIENT4, VIP4, 45000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        let first = backend_of(&run(&mut dp, &syn).1);
+        let other = (first as u32 + 1) % 3;
+        bed.publish_ring(&mut dp, 0, &[other; RING as usize], 1);
+        let ack = tcp_ack(CLIENT4.into(), VIP4.into(), 45000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        assert_eq!(backend_of(&run(&mut dp, &ack).1), first, "established flow must stay");
+        // A new SYN on the same 5-tuple (port reuse) starts a new connection.
+        assert_eq!(backend_of(&run(&mut dp, &syn).1), other as usize);
+        assert_eq!(backend_of(&run(&mut dp, &ack).1), other as usize, "the new connection is pinned");
+        assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
     });
 }
 

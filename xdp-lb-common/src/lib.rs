@@ -118,7 +118,9 @@ pub struct FlowValue {
 }
 
 /// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client): the VIP and
-/// port to put back as the reply's source.
+/// port to put back as the reply's source, and the way back to the client, taken
+/// from the request that created the flow (replies leave through the interface the
+/// request came in on, to the MAC it came from), so replies need no FIB lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReverse {
@@ -127,7 +129,31 @@ pub struct NatReverse {
     /// Network byte order.
     pub vport: u16,
     pub _pad: [u8; 2],
+    /// Interface the request arrived on.
+    pub ifindex: u32,
+    /// The request's destination MAC: the reply's source.
+    pub smac: [u8; 6],
+    /// The request's source MAC (client or router): the reply's destination.
+    pub dmac: [u8; 6],
 }
+
+/// Per-CPU cache of the FIB answer towards a backend (NEXTHOPS, by backend id), so
+/// established flows skip `bpf_fib_lookup`. Kernel-only state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// CLOCK_MONOTONIC (coarse) ns after which the entry is looked up again.
+    pub expires: u64,
+    pub ifindex: u32,
+    /// `Backend::generation` the entry was looked up for: a reassigned slot misses.
+    pub generation: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// How long a cached next hop is trusted before the FIB is asked again.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Per-CPU traffic counters, per service and per backend.
 #[repr(C)]
@@ -218,7 +244,8 @@ assert_size!(Service, 16);
 assert_size!(Backend, 24);
 assert_size!(FlowKey, 40);
 assert_size!(FlowValue, 8);
-assert_size!(NatReverse, 20);
+assert_size!(NatReverse, 36);
+assert_size!(NextHop, 32);
 assert_size!(Counters, 24);
 assert_size!(BenchFrame, 272);
 
@@ -232,6 +259,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchFrame {}
 }

@@ -1,16 +1,20 @@
 //! Rewriting and sending: NAT towards a backend, NAT back towards the client, and
-//! the L2 next hop from the kernel's FIB and neighbour table.
+//! the L2 next hop. Towards a backend the next hop comes from the kernel's FIB and
+//! neighbour table (`bpf_fib_lookup`), cached per CPU and backend for a second;
+//! towards a client it is the way the flow's first request came in.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::generated::bpf_fib_lookup,
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
     EbpfContext,
 };
-use xdp_lb_common::{csum::Update, reason, FAMILY_V4, PROTO_TCP};
+use xdp_lb_common::{csum::Update, reason, NextHop, FAMILY_V4, NEXTHOP_TTL_NS, PROTO_TCP};
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NEXTHOPS, TX_PORTS},
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, TCP_CHECK_OFF, UDP_CHECK_OFF},
     stats,
 };
@@ -98,12 +102,65 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u1
     Ok(())
 }
 
-/// Looks up the next hop towards `dst` and sends the frame there: XDP_TX out of the
-/// ingress interface, XDP_REDIRECT through TX_PORTS otherwise. Failures hand the
-/// (possibly rewritten) packet to the kernel, which routes it and resolves the
-/// neighbour; nothing is dropped silently.
+/// Sends the frame to backend `id` at `dst`: the cached next hop while it is fresh,
+/// else a FIB lookup whose answer is cached. A failed lookup hands the (possibly
+/// rewritten) packet to the kernel, which routes it and resolves the neighbour;
+/// nothing is dropped silently.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+pub fn to_backend(ctx: &XdpContext, pkt: &Packet, id: u32, generation: u32, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(cache) = NEXTHOPS.get_ptr_mut(id) else {
+        stats::reason(reason::PASS_FIB_FAILED);
+        return xdp_action::XDP_PASS;
+    };
+    let cache = unsafe { &mut *cache };
+    if cache.expires < now || cache.generation != generation {
+        match fib(ctx, pkt, src, dst) {
+            Ok(mut nh) => {
+                nh.expires = now + NEXTHOP_TTL_NS;
+                nh.generation = generation;
+                *cache = nh;
+            }
+            Err(r) => {
+                stats::reason(r);
+                return xdp_action::XDP_PASS;
+            }
+        }
+    }
+    emit(ctx, cache.ifindex, &cache.smac, &cache.dmac)
+}
+
+/// Rewrites the MACs and sends the frame out of `ifindex`: XDP_TX when that is the
+/// ingress interface, XDP_REDIRECT through TX_PORTS otherwise.
+#[inline(always)]
+pub fn emit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        stats::reason(reason::PASS_MALFORMED);
+        return xdp_action::XDP_PASS;
+    };
+    unsafe {
+        (*eth).dst = *dmac;
+        (*eth).src = *smac;
+    }
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        stats::reason(reason::TX);
+        return xdp_action::XDP_TX;
+    }
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(action) => {
+            stats::reason(reason::REDIRECT);
+            action
+        }
+        Err(_) => {
+            stats::reason(reason::PASS_NO_TX_PORT);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// The kernel's next hop towards `dst`, or the reason there is none.
+#[inline(always)]
+fn fib(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> Result<NextHop, u32> {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = pkt.key.proto;
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
@@ -118,41 +175,13 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> u
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
+        bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0)
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        stats::reason(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-            reason::PASS_NO_NEIGH
-        } else {
-            reason::PASS_FIB_FAILED
-        });
-        return xdp_action::XDP_PASS;
-    }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        stats::reason(reason::PASS_MALFORMED);
-        return xdp_action::XDP_PASS;
-    };
-    unsafe {
-        (*eth).dst = p.dmac;
-        (*eth).src = p.smac;
-    }
-    if p.ifindex == ctx.ingress_ifindex() as u32 {
-        stats::reason(reason::TX);
-        return xdp_action::XDP_TX;
-    }
-    match TX_PORTS.redirect(p.ifindex, 0) {
-        Ok(action) => {
-            stats::reason(reason::REDIRECT);
-            action
-        }
-        Err(_) => {
-            stats::reason(reason::PASS_NO_TX_PORT);
-            xdp_action::XDP_PASS
-        }
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        Ok(NextHop { expires: 0, ifindex: p.ifindex, generation: 0, smac: p.smac, dmac: p.dmac, _pad: [0; 4] })
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Err(reason::PASS_NO_NEIGH)
+    } else {
+        Err(reason::PASS_FIB_FAILED)
     }
 }

@@ -24,7 +24,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
     };
     if let Some(svc) = unsafe { SERVICES.get(&skey) } {
         let svc = *svc;
-        let choice = match select::backend_for(&pkt.key, &svc) {
+        let choice = match select::backend_for(&pkt.key, pkt.syn, &svc) {
             Ok(c) => c,
             Err(r) => {
                 stats::reason(r);
@@ -36,15 +36,15 @@ pub fn process(ctx: &XdpContext) -> u32 {
         let b = &choice.backend;
         if svc.flags & SVC_FWD_DSR != 0 {
             // Only the MACs change; the backend holds the VIP itself.
-            return forward::send(ctx, &pkt, &pkt.key.src, &b.addr);
+            return forward::to_backend(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
         }
         if choice.new_flow {
-            remember_reply(&pkt, b.addr, b.port);
+            remember_reply(ctx, &pkt, b.addr, b.port);
         }
         if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
             return pass(r);
         }
-        return forward::send(ctx, &pkt, &pkt.key.src, &b.addr);
+        return forward::to_backend(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
     }
     if let Some(rev) = unsafe { NAT_REVERSE.get(&pkt.key) } {
         let rev = *rev;
@@ -52,14 +52,19 @@ pub fn process(ctx: &XdpContext) -> u32 {
             return pass(r);
         }
         stats::reason(reason::NAT_REPLY);
-        return forward::send(ctx, &pkt, &rev.vip, &pkt.key.dst);
+        return forward::emit(ctx, rev.ifindex, &rev.smac, &rev.dmac);
     }
     pass(reason::PASS_NOT_SERVICE)
 }
 
-/// Records how to translate the backend's replies back to the VIP.
+/// Records how to translate the backend's replies back to the VIP, and the way back
+/// to the client: the interface and MACs of this request, reversed.
 #[inline(always)]
-fn remember_reply(pkt: &Packet, backend_addr: [u32; 4], backend_port: u16) {
+fn remember_reply(ctx: &XdpContext, pkt: &Packet, backend_addr: [u32; 4], backend_port: u16) {
+    let Some(eth) = parse::ptr_at::<parse::EthHdr>(ctx, 0) else {
+        return;
+    };
+    let (smac, dmac) = unsafe { ((*eth).dst, (*eth).src) };
     let k = &pkt.key;
     let reply = FlowKey {
         src: backend_addr,
@@ -70,7 +75,14 @@ fn remember_reply(pkt: &Packet, backend_addr: [u32; 4], backend_port: u16) {
         family: k.family,
         _pad: [0; 2],
     };
-    let v = NatReverse { vip: k.dst, vport: k.dport, _pad: [0; 2] };
+    let v = NatReverse {
+        vip: k.dst,
+        vport: k.dport,
+        _pad: [0; 2],
+        ifindex: ctx.ingress_ifindex() as u32,
+        smac,
+        dmac,
+    };
     if NAT_REVERSE.insert(&reply, &v, BPF_ANY as u64).is_err() {
         stats::reason(reason::FLOW_INSERT_FAILED);
     }

@@ -1,12 +1,11 @@
 //! Every map of the data plane. Sizes marked "set at load" are overridden by the
 //! control plane (`EbpfLoader::set_max_entries`) from its configuration.
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, Service, ServiceKey,
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, Service, ServiceKey,
     DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
 };
 
@@ -23,18 +22,23 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Client 5-tuple -> pinned backend. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): no
-/// cross-CPU lock on insert/evict; a flow stays on one RX queue so one list sees it.
-/// Size set at load.
+/// Client 5-tuple -> pinned backend. A common LRU: its per-CPU free lists refill
+/// in batches, so inserts rarely take the shared lock, and unlike
+/// BPF_F_NO_COMMON_LRU the whole capacity serves every CPU (measured with
+/// `cargo xtask bench`: no difference in insert cost here). Size set at load.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 /// Reply 5-tuple (backend -> client) -> VIP and port to restore, for NAT services.
 /// Size set at load.
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Per backend id, per CPU: cached next hop (MACs, egress interface).
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per service id: packets, bytes, new flows.
 #[map]

@@ -69,6 +69,9 @@ pub struct Ports {
 pub const TCP_CHECK_OFF: usize = 16;
 pub const UDP_CHECK_OFF: usize = 6;
 const TCP_HDR_LEN: usize = 20;
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HDR_LEN: usize = 8;
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the packet.
@@ -94,6 +97,8 @@ pub struct Packet {
     pub len: u64,
     /// IP total length in host order (MTU check in the FIB lookup).
     pub ip_len: u16,
+    /// A TCP SYN without ACK: the first packet of a connection.
+    pub syn: bool,
 }
 
 /// Parses the frame or returns the `reason` it is not a TCP/UDP packet we handle.
@@ -118,7 +123,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
 }
 
 #[inline(always)]
-fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16, u16), u32> {
+fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16, u16, bool), u32> {
     // Require the whole fixed header, not just the ports: the checksum we patch
     // lies at its end. `l4_len` is what the IP header says follows it.
     let need = if proto == PROTO_TCP { TCP_HDR_LEN } else { UDP_HDR_LEN };
@@ -126,7 +131,12 @@ fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16,
         return Err(reason::PASS_MALFORMED);
     }
     let p: *const Ports = ptr_at(ctx, l4).ok_or(reason::PASS_MALFORMED)?;
-    Ok(unsafe { ((*p).sport, (*p).dport) })
+    let mut syn = false;
+    if proto == PROTO_TCP {
+        let flags: *const u8 = ptr_at(ctx, l4 + TCP_FLAGS_OFF).ok_or(reason::PASS_MALFORMED)?;
+        syn = unsafe { *flags } & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    }
+    Ok(unsafe { ((*p).sport, (*p).dport, syn) })
 }
 
 #[inline(always)]
@@ -154,7 +164,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
     if (ip_len as u64) < 20 + 8 || l3 as u64 + ip_len as u64 > len {
         return Err(reason::PASS_MALFORMED);
     }
-    let (sport, dport) = l4_ports(ctx, l4, proto, ip_len as u64 - 20)?;
+    let (sport, dport, syn) = l4_ports(ctx, l4, proto, ip_len as u64 - 20)?;
     Ok(Packet {
         l3,
         l4,
@@ -169,6 +179,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
         },
         len,
         ip_len,
+        syn,
     })
 }
 
@@ -194,7 +205,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
     if (payload as u64) < 8 || l4 as u64 + payload as u64 > len {
         return Err(reason::PASS_MALFORMED);
     }
-    let (sport, dport) = l4_ports(ctx, l4, proto, payload as u64)?;
+    let (sport, dport, syn) = l4_ports(ctx, l4, proto, payload as u64)?;
     Ok(Packet {
         l3,
         l4,
@@ -209,5 +220,6 @@ fn parse_v6(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
         },
         len,
         ip_len: payload.wrapping_add(40),
+        syn,
     })
 }

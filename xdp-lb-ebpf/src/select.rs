@@ -17,8 +17,11 @@ pub struct Choice {
 }
 
 #[inline(always)]
-pub fn backend_for(key: &FlowKey, svc: &Service) -> Result<Choice, u32> {
-    if let Some(f) = unsafe { FLOWS.get(key) } {
+pub fn backend_for(key: &FlowKey, syn: bool, svc: &Service) -> Result<Choice, u32> {
+    // A SYN opens a connection: skip the lookup (a cache miss in a large table) and
+    // go straight to the table; the insert below replaces any stale entry.
+    if syn {
+    } else if let Some(f) = unsafe { FLOWS.get(key) } {
         let (id, generation) = (f.backend_id, f.generation);
         if let Some(b) = BACKENDS.get(id) {
             // Draining backends keep their flows; down ones and reassigned slots do not.

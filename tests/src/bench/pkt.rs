@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use xdp_lb::dataplane::{Dataplane, PROGRAM};
-use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP};
+use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
 
 use crate::pkt::*;
 
@@ -87,18 +87,34 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A SYN: every iteration opens a connection.
+fn v4_syn_frame(flows: u32) -> FrameSpec {
+    FrameSpec { frame: v4(PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b""), ..v4_frame(flows) }
+}
+
+/// An ACK of an established connection.
 fn v4_frame(flows: u32) -> FrameSpec {
     FrameSpec {
-        frame: v4(PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b""),
+        frame: tcp_ack(CLIENT4.into(), VIP4.into(), 40000, 80, 64, CLIENT_MAC, LB_MAC, b""),
         flows,
         port_off: 14 + 20,  // TCP source port
         addr_off: 14 + 12 + 2, // low half of the IPv4 source address
     }
 }
 
+/// UDP to the DSR service: new flows write the flow table only (no reverse entry).
+fn dsr_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: v4(PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b""),
+        flows,
+        port_off: 14 + 20,
+        addr_off: 14 + 12 + 2,
+    }
+}
+
 fn v6_frame(flows: u32) -> FrameSpec {
     FrameSpec {
-        frame: v6(PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b""),
+        frame: tcp_ack(CLIENT6.into(), VIP6.into(), 40000, 80, 64, CLIENT_MAC, LB_MAC, b""),
         flows,
         port_off: 14 + 40,
         addr_off: 14 + 8 + 14, // last 16 bits of the IPv6 source address
@@ -107,7 +123,7 @@ fn v6_frame(flows: u32) -> FrameSpec {
 
 fn reply_frame(flows: u32) -> FrameSpec {
     FrameSpec {
-        frame: v4(PROTO_TCP, BACKENDS4[0], CLIENT4, BACKEND_PORT, 40000, 64, BACKEND_MACS[0], LB_MAC, b""),
+        frame: tcp_ack(BACKENDS4[0].into(), CLIENT4.into(), BACKEND_PORT, 40000, 64, BACKEND_MACS[0], LB_MAC, b""),
         flows,
         port_off: 14 + 20 + 2, // TCP destination port (the client's)
         addr_off: 14 + 16 + 2, // low half of the IPv4 destination (the client)
@@ -173,7 +189,16 @@ fn cases() -> Vec<Case> {
         Case {
             name: "VIP new flow (flow-table write)",
             target: Target::Lb,
-            spec: v4_frame(NEW_FLOW_REPEAT),
+            spec: v4_syn_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "DSR new flow (flow-table write)",
+            target: Target::Lb,
+            spec: dsr_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
             base: 0,
@@ -212,10 +237,12 @@ fn pin_to_last_cpu() -> usize {
 fn measure(bed: &Bed) -> anyhow::Result<Vec<Row>> {
     let cpu = pin_to_last_cpu();
     eprintln!("bench: pinned to CPU {cpu}; loading with a {FLOW_TABLE}-entry flow table");
-    let mut dp = bed.load_sized(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)], FLOW_TABLE);
+    let services = [svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP), svc_v4(PROTO_UDP, SVC_FWD_DSR)];
+    let mut dp = bed.load_sized(&services, FLOW_TABLE);
     // One backend, so every reply of every flow comes from the same address.
-    bed.publish_ring(&mut dp, 0, &[0; RING as usize], 1);
-    bed.publish_ring(&mut dp, 1, &[0; RING as usize], 1);
+    for id in 0..services.len() as u32 {
+        bed.publish_ring(&mut dp, id, &[0; RING as usize], 1);
+    }
     // Many-flow replies go to clients 198.18.0.16-31 (flow number's high bits).
     for i in 0..=255 {
         bed.add_client_neighbour(&format!("198.18.0.{i}"));
@@ -229,6 +256,7 @@ fn measure(bed: &Bed) -> anyhow::Result<Vec<Row>> {
     let mut h = Harness { dp, ifindex, fds };
 
     // Establish the flows the "established" and "reply" cases hit.
+    // ACKs of unknown flows create them too (a flow-table miss re-dispatches).
     for spec in [v4_frame(0), v6_frame(0), v4_frame(MANY_FLOWS), v6_frame(MANY_FLOWS)] {
         let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
         ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
@@ -272,7 +300,10 @@ impl Harness {
     fn counts(&mut self) -> anyhow::Result<Counts> {
         let g = self.dp.global_counters()?;
         let nat_reply = g.iter().find(|(n, _)| *n == "nat_reply").map(|x| x.1).unwrap_or(0);
-        let new_flows = self.dp.service_counters(0)?.new_flows + self.dp.service_counters(1)?.new_flows;
+        let mut new_flows = 0;
+        for id in 0..3 {
+            new_flows += self.dp.service_counters(id)?.new_flows;
+        }
         Ok(Counts { new_flows, nat_reply })
     }
 
