@@ -14,7 +14,8 @@ use xdp_lb::{
     plan::Plan,
 };
 use xdp_lb_common::{
-    Backend, FlowKey, Service, ServiceKey, BACKEND_ACTIVE, FAMILY_V4, FAMILY_V6, PROTO_TCP,
+    Backend, FlowKey, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, FAMILY_V4, FAMILY_V6,
+    PROTO_TCP, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_REVERSE_PER_FLOW,
 };
 
 pub const LB_IF: &str = "lb0";
@@ -53,6 +54,8 @@ pub struct SvcSpec {
     pub proto: u8,
     pub family: u8,
     pub flags: u32,
+    /// Service port (80 unless changed with `on_port`).
+    pub port: u16,
 }
 
 impl SvcSpec {
@@ -60,9 +63,17 @@ impl SvcSpec {
         self.flags = flags;
         self
     }
+    pub fn on_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
     pub fn key(&self) -> ServiceKey {
         let addr = if self.family == FAMILY_V4 { words4(VIP4) } else { words6(VIP6) };
-        ServiceKey { addr, port: wire_port(80), proto: self.proto, family: self.family }
+        ServiceKey { addr, port: wire_port(self.port), proto: self.proto, family: self.family }
+    }
+    /// NAT services of the same protocol and family share the bed's backends.
+    fn shares_backends_with(&self, other: &SvcSpec) -> bool {
+        self.flags & SVC_FWD_DSR == 0 && other.flags & SVC_FWD_DSR == 0 && self.proto == other.proto && self.family == other.family
     }
     fn backend_base(&self) -> u32 {
         if self.family == FAMILY_V4 { 0 } else { 3 }
@@ -70,11 +81,11 @@ impl SvcSpec {
 }
 
 pub fn svc_v4(proto: u8, flags: u32) -> SvcSpec {
-    SvcSpec { proto, family: FAMILY_V4, flags }
+    SvcSpec { proto, family: FAMILY_V4, flags, port: 80 }
 }
 
 pub fn svc_v6(proto: u8) -> SvcSpec {
-    SvcSpec { proto, family: FAMILY_V6, flags: 0 }
+    SvcSpec { proto, family: FAMILY_V6, flags: 0, port: 80 }
 }
 
 /// The ring every bed service starts with: backend indexes 0,1,2 in a fixed pattern.
@@ -178,6 +189,20 @@ impl Bed {
                 ));
             }
         }
+        // NAT backends' replies map back to the VIP; an endpoint (address, port,
+        // protocol) used by two NAT services of the bed is shared: per-flow entries.
+        for (i, s) in services.iter().enumerate() {
+            if s.flags & SVC_FWD_DSR != 0 {
+                continue;
+            }
+            let shared = services.iter().enumerate().any(|(j, o)| j != i && s.shares_backends_with(o));
+            for b in 0..3 {
+                let addr = if s.family == FAMILY_V4 { words4(BACKENDS4[b]) } else { words6(BACKENDS6[b]) };
+                let key = ServiceKey { addr, port: wire_port(BACKEND_PORT), proto: s.proto, family: s.family };
+                let flags = if shared { REPLY_PER_FLOW } else { 0 };
+                plan.reply_writes.push((key, ReplyTarget { vip: s.key().addr, vport: s.key().port, flags }));
+            }
+        }
         dp.apply(&plan).expect("program backends");
         for (id, s) in services.iter().enumerate() {
             let table: Vec<u32> = ring_pattern(RING).iter().map(|b| b + s.backend_base()).collect();
@@ -195,13 +220,17 @@ impl Bed {
     }
 
     fn publish_raw(&self, dp: &mut Dataplane, id: u32, table: &[u32], slot: u32) {
-        let spec = self.specs.borrow()[id as usize];
+        let specs = self.specs.borrow();
+        let spec = specs[id as usize];
+        let shared = specs.iter().enumerate().any(|(j, o)| j != id as usize && spec.shares_backends_with(o));
+        let flags = spec.flags | if shared { SVC_REVERSE_PER_FLOW } else { 0 };
+        drop(specs);
         let offset = (id * 2 + slot) * RING_STRIDE;
         let plan = Plan {
             ring_writes: vec![(offset, table.to_vec())],
             service_writes: vec![(
                 spec.key(),
-                Service { id, ring_offset: offset, ring_size: table.len() as u32, flags: spec.flags },
+                Service { id, ring_offset: offset, ring_size: table.len() as u32, flags },
             )],
             ..Default::default()
         };

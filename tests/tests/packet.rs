@@ -27,7 +27,7 @@ fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
         for (proto, what) in [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")] {
             let input = v4(proto, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"hello");
-            let b = dp_expect_backend(&input, 13);
+            let b = dp_expect_backend(&input, RING);
             let expected = v4(proto, CLIENT4, BACKENDS4[b], 40000, 8080, 63, LB_MAC, BACKEND_MACS[b], b"hello");
             let (action, out) = run(&mut dp, &input);
             assert_eq!(action, XDP_TX, "{what}: action");
@@ -46,7 +46,7 @@ fn ipv4_udp_without_checksum_stays_without() {
         let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
         let mut input = v4(PROTO_UDP, CLIENT4, VIP4, 40001, 80, 64, CLIENT_MAC, LB_MAC, b"x");
         zero_udp_checksum_v4(&mut input);
-        let b = dp_expect_backend(&input, 13);
+        let b = dp_expect_backend(&input, RING);
         let mut expected = v4(PROTO_UDP, CLIENT4, BACKENDS4[b], 40001, 8080, 63, LB_MAC, BACKEND_MACS[b], b"x");
         zero_udp_checksum_v4(&mut expected);
         let (action, out) = run(&mut dp, &input);
@@ -61,7 +61,7 @@ fn ipv6_tcp_and_udp_nat_rewrite_exactly() {
         let mut dp = bed.load(&[svc_v6(PROTO_TCP), svc_v6(PROTO_UDP)]);
         for (proto, what) in [(PROTO_TCP, "tcp6"), (PROTO_UDP, "udp6")] {
             let input = v6(proto, CLIENT6, VIP6, 41000, 80, 64, CLIENT_MAC, LB_MAC, b"hello6");
-            let b = dp_expect_backend(&input, 13);
+            let b = dp_expect_backend(&input, RING);
             let expected = v6(proto, CLIENT6, BACKENDS6[b], 41000, 8080, 63, LB_MAC, BACKEND_MACS[b], b"hello6");
             let (action, out) = run(&mut dp, &input);
             assert_eq!(action, XDP_TX, "{what}: action");
@@ -75,7 +75,7 @@ fn dsr_changes_only_the_macs() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_FWD_DSR), svc_v6(PROTO_TCP) .with_flags(SVC_FWD_DSR)]);
         let input = v4(PROTO_TCP, CLIENT4, VIP4, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr");
-        let b = dp_expect_backend(&input, 13);
+        let b = dp_expect_backend(&input, RING);
         let mut expected = input.clone();
         expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
         expected[6..12].copy_from_slice(&LB_MAC);
@@ -84,7 +84,7 @@ fn dsr_changes_only_the_macs() {
         assert_frame_eq(&out, &expected, "dsr v4");
 
         let input = v6(PROTO_TCP, CLIENT6, VIP6, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr6");
-        let b = dp_expect_backend(&input, 13);
+        let b = dp_expect_backend(&input, RING);
         let mut expected = input.clone();
         expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
         expected[6..12].copy_from_slice(&LB_MAC);
@@ -100,7 +100,7 @@ fn nat_replies_are_translated_back_to_the_vip() {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
         // v4: the request creates the reverse entry, the reply uses it.
         let req = v4(PROTO_TCP, CLIENT4, VIP4, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
-        let b = dp_expect_backend(&req, 13);
+        let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut dp, &req).0, XDP_TX);
         let reply = v4(PROTO_TCP, BACKENDS4[b], CLIENT4, 8080, 40003, 64, BACKEND_MACS[b], LB_MAC, b"resp");
         let expected = v4(PROTO_TCP, VIP4, CLIENT4, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
@@ -109,7 +109,7 @@ fn nat_replies_are_translated_back_to_the_vip() {
         assert_frame_eq(&out, &expected, "reply v4");
         // v6
         let req = v6(PROTO_TCP, CLIENT6, VIP6, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
-        let b = dp_expect_backend(&req, 13);
+        let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut dp, &req).0, XDP_TX);
         let reply = v6(PROTO_TCP, BACKENDS6[b], CLIENT6, 8080, 40003, 64, BACKEND_MACS[b], LB_MAC, b"resp");
         let expected = v6(PROTO_TCP, VIP6, CLIENT6, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
@@ -117,8 +117,51 @@ fn nat_replies_are_translated_back_to_the_vip() {
         assert_eq!(action, XDP_TX);
         assert_frame_eq(&out, &expected, "reply v6");
         assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 2);
-        // A reply-looking packet from a port with no flow is not ours.
-        let stray = v4(PROTO_TCP, BACKENDS4[b], CLIENT4, 8080, 49999, 64, BACKEND_MACS[b], LB_MAC, b"x");
+        // A packet from a backend's address but another port is not a reply.
+        let stray = v4(PROTO_TCP, BACKENDS4[b], CLIENT4, 8081, 40003, 64, BACKEND_MACS[b], LB_MAC, b"x");
+        let (action, out) = run(&mut dp, &stray);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out, stray);
+    });
+}
+
+#[test]
+fn replies_are_translated_without_flow_state_after_a_restart() {
+    with_bed(|bed| {
+        // A flow established through one balancer instance...
+        let mut before = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let req = v4(PROTO_TCP, CLIENT4, VIP4, 40030, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+        let b = dp_expect_backend(&req, RING);
+        assert_eq!(run(&mut before, &req).0, XDP_TX);
+        drop(before);
+        // ...and its reply arriving at a fresh one with an empty flow table.
+        let mut after = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let reply = tcp_ack(BACKENDS4[b].into(), CLIENT4.into(), 8080, 40030, 64, BACKEND_MACS[b], LB_MAC, b"resp");
+        let expected = tcp_ack(VIP4.into(), CLIENT4.into(), 80, 40030, 63, LB_MAC, CLIENT_MAC, b"resp");
+        let (action, out) = run(&mut after, &reply);
+        assert_eq!(action, XDP_TX);
+        assert_frame_eq(&out, &expected, "reply without flow");
+    });
+}
+
+#[test]
+fn backends_shared_by_two_nat_services_reply_per_flow() {
+    with_bed(|bed| {
+        // Same backends (same address, port, protocol) behind VIP:80 and VIP:81.
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_TCP, 0).on_port(81)]);
+        for (vport, cport) in [(80u16, 40040u16), (81, 40041)] {
+            let req = v4(PROTO_TCP, CLIENT4, VIP4, cport, vport, 64, CLIENT_MAC, LB_MAC, b"req");
+            let (action, out) = run(&mut dp, &req);
+            assert_eq!(action, XDP_TX);
+            let b = backend_of(&out);
+            let reply = tcp_ack(BACKENDS4[b].into(), CLIENT4.into(), 8080, cport, 64, BACKEND_MACS[b], LB_MAC, b"r");
+            let expected = tcp_ack(VIP4.into(), CLIENT4.into(), vport, cport, 63, LB_MAC, CLIENT_MAC, b"r");
+            let (action, out) = run(&mut dp, &reply);
+            assert_eq!(action, XDP_TX, "reply for port {vport}");
+            assert_frame_eq(&out, &expected, &format!("reply for VIP port {vport}"));
+        }
+        // A shared endpoint's reply for a flow nobody knows is not guessed.
+        let stray = tcp_ack(BACKENDS4[0].into(), CLIENT4.into(), 8080, 49998, 64, BACKEND_MACS[0], LB_MAC, b"x");
         let (action, out) = run(&mut dp, &stray);
         assert_eq!(action, XDP_PASS);
         assert_eq!(out, stray);
@@ -215,7 +258,7 @@ fn vlan_tagged_packets_are_balanced_and_keep_their_tag() {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let input = v4_vlan(CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, 7);
         let plain = v4(PROTO_TCP, CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, b"v");
-        let b = dp_expect_backend(&plain, 13);
+        let b = dp_expect_backend(&plain, RING);
         let expected = v4_vlan(CLIENT4, BACKENDS4[b], 40010, 8080, 63, LB_MAC, BACKEND_MACS[b], 7);
         let (action, out) = run(&mut dp, &input);
         // The FIB answers for the interface the frame came in on; the tag is kept.

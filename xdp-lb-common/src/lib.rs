@@ -40,6 +40,12 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub const SVC_FWD_DSR: u32 = 1 << 0;
 /// Hash only the source address ("IP hash" persistence) instead of the 5-tuple.
 pub const SVC_HASH_SRC_ONLY: u32 = 1 << 1;
+/// A backend of this NAT service also serves another NAT service, so its replies
+/// cannot be mapped back by address alone: new flows record a NAT_REVERSE entry.
+pub const SVC_REVERSE_PER_FLOW: u32 = 1 << 2;
+
+/// `ReplyTarget::flags`: the endpoint is shared; look the reply up in NAT_REVERSE.
+pub const REPLY_PER_FLOW: u16 = 1 << 0;
 
 /// Backend states (`Backend::state`).
 pub const BACKEND_ACTIVE: u8 = 0;
@@ -108,19 +114,40 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of FLOWS: which backend a client flow is pinned to.
+/// Value of FLOWS: which backend a client flow is pinned to, and the way back to the
+/// client for NAT replies, taken from the request that created the entry (replies
+/// leave through the interface the request came in on, to the MAC it came from).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend_id: u32,
     /// `Backend::generation` when the flow was pinned.
     pub generation: u32,
+    /// Interface the request arrived on.
+    pub ifindex: u32,
+    /// The request's destination MAC: the reply's source.
+    pub smac: [u8; 6],
+    /// The request's source MAC (client or router): the reply's destination.
+    pub dmac: [u8; 6],
 }
 
-/// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client): the VIP and
-/// port to put back as the reply's source, and the way back to the client, taken
-/// from the request that created the flow (replies leave through the interface the
-/// request came in on, to the MAC it came from), so replies need no FIB lookup.
+/// Value of BACKEND_REPLIES, keyed by a NAT backend's endpoint (a `ServiceKey` holding
+/// the backend's address, port and protocol): the VIP and port its replies are
+/// translated back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplyTarget {
+    /// Network byte order.
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vport: u16,
+    /// `REPLY_*`.
+    pub flags: u16,
+}
+
+/// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client), used only for
+/// backends shared by several NAT services: the VIP and port to put back as the
+/// reply's source, and the way back to the client (as in `FlowValue`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReverse {
@@ -243,7 +270,8 @@ assert_size!(ServiceKey, 20);
 assert_size!(Service, 16);
 assert_size!(Backend, 24);
 assert_size!(FlowKey, 40);
-assert_size!(FlowValue, 8);
+assert_size!(FlowValue, 24);
+assert_size!(ReplyTarget, 20);
 assert_size!(NatReverse, 36);
 assert_size!(NextHop, 32);
 assert_size!(Counters, 24);
@@ -258,6 +286,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ReplyTarget {}
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, Service, ServiceKey,
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget, Service, ServiceKey,
     DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
 };
 
@@ -30,8 +30,12 @@ pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
-/// Reply 5-tuple (backend -> client) -> VIP and port to restore, for NAT services.
-/// Size set at load.
+/// NAT backend endpoint -> VIP and port its replies are translated back to.
+#[map]
+pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Reply 5-tuple (backend -> client) -> VIP, port and way back, only for backends
+/// shared by several NAT services (`SVC_REVERSE_PER_FLOW`). Size set at load.
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);

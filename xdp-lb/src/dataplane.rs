@@ -6,7 +6,7 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use xdp_lb_common::{reason, Backend, Counters, Service, ServiceKey, MAX_BACKENDS};
+use xdp_lb_common::{reason, Backend, Counters, ReplyTarget, Service, ServiceKey, MAX_BACKENDS};
 
 use crate::{cli, plan::Plan};
 
@@ -164,6 +164,12 @@ impl Dataplane {
             }
         }
         {
+            let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> = self.map("BACKEND_REPLIES")?;
+            for (k, t) in &plan.reply_writes {
+                replies.insert(*k, *t, 0).map_err(map_err("BACKEND_REPLIES"))?;
+            }
+        }
+        {
             let mut ring: Array<&mut MapData, u32> = self.map("MAGLEV_RING")?;
             for (offset, table) in &plan.ring_writes {
                 for (i, id) in table.iter().enumerate() {
@@ -183,9 +189,18 @@ impl Dataplane {
                 }
             }
         }
-        let mut backends: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
-        for (id, b) in &plan.backend_frees {
-            backends.set(*id, *b, 0).map_err(map_err("BACKENDS"))?;
+        {
+            let mut backends: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
+            for (id, b) in &plan.backend_frees {
+                backends.set(*id, *b, 0).map_err(map_err("BACKENDS"))?;
+            }
+        }
+        let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> = self.map("BACKEND_REPLIES")?;
+        for k in &plan.reply_deletes {
+            match replies.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DataplaneError::Map { map: "BACKEND_REPLIES", source }),
+            }
         }
         Ok(())
     }

@@ -2,8 +2,9 @@
 //! map writes the BPF adapter performs, in an order that never lets the XDP program
 //! see a half-made change (Katran's split between LB logic and the kernel adapter).
 //!
-//! Ordering contract for the adapter: apply `backend_writes`, then `ring_writes`, then
-//! `service_writes`, then `service_deletes`, then `backend_frees`. A new or changed
+//! Ordering contract for the adapter: apply `backend_writes` and `reply_writes`, then
+//! `ring_writes`, then `service_writes`, then `service_deletes`, then `backend_frees`
+//! and `reply_deletes`. A new or changed
 //! table always goes into the service's idle ring half, and only the `Service` record
 //! rewrite (one map update) makes the kernel switch to it.
 use std::{
@@ -12,8 +13,9 @@ use std::{
 };
 
 use xdp_lb_common::{
-    Backend, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, FAMILY_V4,
-    FAMILY_V6, MAX_BACKENDS, NO_BACKEND, SVC_FWD_DSR, SVC_HASH_SRC_ONLY,
+    Backend, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR,
+    SVC_HASH_SRC_ONLY, SVC_REVERSE_PER_FLOW,
 };
 
 use crate::{
@@ -84,6 +86,10 @@ pub struct Plan {
     /// 5th: slots of removed backends, rewritten with state DOWN so flows still
     /// pinned to them are re-dispatched.
     pub backend_frees: Vec<(u32, Backend)>,
+    /// 1st, with the backends: NAT backend endpoints -> VIP their replies go back to.
+    pub reply_writes: Vec<(ServiceKey, ReplyTarget)>,
+    /// Last: endpoints no NAT service uses any more.
+    pub reply_deletes: Vec<ServiceKey>,
     /// Human-readable change log, one line per change, for the operator.
     pub log: Vec<String>,
 }
@@ -96,6 +102,8 @@ impl Plan {
             && self.service_writes.is_empty()
             && self.service_deletes.is_empty()
             && self.backend_frees.is_empty()
+            && self.reply_writes.is_empty()
+            && self.reply_deletes.is_empty()
     }
 }
 
@@ -182,6 +190,10 @@ pub struct Planner {
     free_backends: VecDeque<u32>,
     /// Per backend id, bumped on every assignment.
     generations: Vec<u32>,
+    /// BACKEND_REPLIES as last planned.
+    replies: HashMap<ServiceKey, ReplyTarget>,
+    /// Services (by key) with a backend endpoint shared with another NAT service.
+    per_flow: HashSet<ServiceKey>,
 }
 
 impl Planner {
@@ -196,6 +208,8 @@ impl Planner {
             next_fresh_backend: 0,
             free_backends: VecDeque::new(),
             generations: vec![0; MAX_BACKENDS as usize],
+            replies: HashMap::new(),
+            per_flow: HashSet::new(),
         }
     }
 
@@ -317,6 +331,15 @@ impl Planner {
     pub fn apply(&mut self, cfg: &Config) -> Result<Plan, PlanError> {
         self.precheck(cfg)?;
         let mut plan = Plan::default();
+        let (replies, per_flow) = reply_targets(cfg);
+        self.per_flow = per_flow;
+        for (k, t) in &replies {
+            if self.replies.get(k) != Some(t) {
+                plan.reply_writes.push((*k, *t));
+            }
+        }
+        plan.reply_deletes = self.replies.keys().filter(|k| !replies.contains_key(k)).copied().collect();
+        self.replies = replies;
         // Ids released by this apply only become reusable after it: until the
         // adapter finishes, the old service or ring may still point at them.
         let mut released_backends = Vec::new();
@@ -492,7 +515,8 @@ impl Planner {
             id: applied.id,
             ring_offset: self.ring_offset(applied.id, slot),
             ring_size: svc.table_size,
-            flags: service_flags(svc),
+            flags: service_flags(svc)
+                | if self.per_flow.contains(&service_key(svc)) { SVC_REVERSE_PER_FLOW } else { 0 },
         };
         if record != applied.record {
             if applied.record != Service::default() && record.flags != applied.record.flags {
@@ -507,6 +531,39 @@ impl Planner {
         applied.slot = slot;
         self.last_slot[applied.id as usize] = slot;
     }
+}
+
+/// BACKEND_REPLIES for `cfg`: every NAT backend endpoint (address, port, protocol)
+/// maps to the VIP its replies are translated back to. An endpoint serving several
+/// NAT services is marked per-flow, and so are those services, whose new flows then
+/// record a NAT_REVERSE entry. Also returns those services' keys.
+fn reply_targets(cfg: &Config) -> (HashMap<ServiceKey, ReplyTarget>, HashSet<ServiceKey>) {
+    let mut users: BTreeMap<(Vec<u32>, u16, u8, u8), Vec<&ServiceConfig>> = BTreeMap::new();
+    for svc in cfg.services.iter().filter(|s| s.forwarding == Forwarding::Nat) {
+        for b in &svc.backends {
+            let (addr, family) = ip_to_words(b.addr);
+            let key = (addr.to_vec(), port_to_wire(b.port), svc.proto.number(), family);
+            users.entry(key).or_default().push(svc);
+        }
+    }
+    let mut replies = HashMap::new();
+    let mut per_flow = HashSet::new();
+    for ((addr, port, proto, family), svcs) in users {
+        let first = svcs[0];
+        let (vip, _) = ip_to_words(first.vip);
+        let shared = svcs.len() > 1;
+        if shared {
+            per_flow.extend(svcs.iter().map(|s| service_key(s)));
+        }
+        let key = ServiceKey { addr: [addr[0], addr[1], addr[2], addr[3]], port, proto, family };
+        let target = ReplyTarget {
+            vip,
+            vport: port_to_wire(first.port),
+            flags: if shared { REPLY_PER_FLOW } else { 0 },
+        };
+        replies.insert(key, target);
+    }
+    (replies, per_flow)
 }
 
 /// The address written to the backend record: DSR keeps the service port because
@@ -961,5 +1018,49 @@ mod tests {
         assert_eq!(plan.service_writes.len(), 1);
         assert_eq!(plan.service_writes[0].1.flags, SVC_HASH_SRC_ONLY);
         assert_eq!(plan.service_writes[0].1.ring_offset, 0);
+    }
+
+    #[test]
+    fn nat_backends_map_their_replies_back_to_the_vip() {
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&web(&TWO)).unwrap();
+        assert_eq!(plan.reply_writes.len(), 2);
+        let (vip, _) = ip_to_words("198.18.100.1".parse().unwrap());
+        for (k, t) in &plan.reply_writes {
+            assert_eq!((k.port, k.proto), (port_to_wire(8080), 6));
+            assert_eq!((t.vip, t.vport, t.flags), (vip, port_to_wire(80), 0));
+        }
+        assert_eq!(plan.service_writes[0].1.flags & SVC_REVERSE_PER_FLOW, 0);
+        // Removing a backend removes its reply entry; nothing else is rewritten.
+        let plan = p.apply(&web(&TWO[..1])).unwrap();
+        assert!(plan.reply_writes.is_empty());
+        assert_eq!(plan.reply_deletes.len(), 1);
+        assert_eq!(plan.reply_deletes[0].addr, ip_to_words("198.18.1.3".parse().unwrap()).0);
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_nat_services_replies_per_flow() {
+        let two = service("a", "198.18.100.1", &TWO) + &service("b", "198.18.100.2", &TWO[..1]);
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&cfg(&two)).unwrap();
+        let shared = ip_to_words("198.18.1.2".parse().unwrap()).0;
+        for (k, t) in &plan.reply_writes {
+            let want = if k.addr == shared { REPLY_PER_FLOW } else { 0 };
+            assert_eq!(t.flags, want, "{k:?}");
+        }
+        assert!(plan.service_writes.iter().all(|(_, s)| s.flags & SVC_REVERSE_PER_FLOW != 0));
+        // Once b is gone the endpoint is a's alone again.
+        let plan = p.apply(&cfg(&service("a", "198.18.100.1", &TWO))).unwrap();
+        assert_eq!(plan.reply_writes.len(), 1);
+        assert_eq!(plan.reply_writes[0].1.flags, 0);
+        assert_eq!(plan.service_writes.len(), 1);
+        assert_eq!(plan.service_writes[0].1.flags & SVC_REVERSE_PER_FLOW, 0);
+    }
+
+    #[test]
+    fn dsr_backends_have_no_reply_entries() {
+        let dsr = "[[service]]\nvip = \"198.18.100.1\"\nport = 80\nforwarding = \"dsr\"\ntable_size = 1009\n[[service.backend]]\naddr = \"198.18.1.2\"\n";
+        let plan = Planner::new(4, M).apply(&cfg(dsr)).unwrap();
+        assert!(plan.reply_writes.is_empty());
     }
 }
