@@ -56,10 +56,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let mode = dp.attach(PROGRAM, iface, cfg.xdp_mode).context("attaching XDP")?;
         log::info!("attached to {iface} in {mode} mode");
     }
-    println!("{}", crate::summary::render(&cfg));
-    let attached: Vec<String> = dp.attached().iter().map(|(i, m)| format!("{i} ({m})")).collect();
-    println!("xdp-lb ready: {} service(s) on {}", cfg.services.len(), attached.join(", "));
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,6 +67,11 @@ async fn serve(args: RunArgs, mut cfg: Config, mut planner: Planner, mut dp: Dat
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    // Only now, with the handlers installed, may anyone rely on signals: a SIGHUP
+    // before this point would have killed the process.
+    println!("{}", crate::summary::render(&cfg));
+    let attached: Vec<String> = dp.attached().iter().map(|(i, m)| format!("{i} ({m})")).collect();
+    println!("xdp-lb ready: {} service(s) on {}", cfg.services.len(), attached.join(", "));
     let mut neigh = tokio::time::interval(NEIGH_REFRESH);
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.tick().await;
@@ -158,11 +159,11 @@ pub fn xdp_pass(ifaces: &[String]) -> anyhow::Result<()> {
     for i in ifaces {
         dp.attach(PASS_PROGRAM, i, crate::cli::XdpMode::Native)?;
     }
-    println!("xdp-lb ready: pass on {}", ifaces.join(", "));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        println!("xdp-lb ready: pass on {}", ifaces.join(", "));
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         anyhow::Ok(())
     })
