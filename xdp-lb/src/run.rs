@@ -55,6 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for iface in &cfg.interfaces {
         let mode = dp.attach(PROGRAM, iface, cfg.xdp_mode).context("attaching XDP")?;
         log::info!("attached to {iface} in {mode} mode");
+        warn_if_forwarding_disabled(&cfg, iface);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,6 +113,23 @@ async fn serve(args: RunArgs, mut cfg: Config, mut planner: Planner, mut dp: Dat
     log::info!("detaching from {} interface(s)", dp.attached().len());
     drop(dp);
     Ok(())
+}
+
+/// `bpf_fib_lookup` refuses to find next hops on an interface with forwarding off,
+/// which would hand every packet to the kernel (counted as pass_fib_failed).
+fn warn_if_forwarding_disabled(cfg: &Config, iface: &str) {
+    let families = [(false, "ipv4"), (true, "ipv6")];
+    for (v6, fam) in families {
+        if !cfg.services.iter().any(|s| s.vip.is_ipv6() == v6) {
+            continue;
+        }
+        let path = format!("/proc/sys/net/{fam}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            log::warn!(
+                "{fam} forwarding is off on {iface}: the XDP program cannot look up next hops and hands packets to the kernel; enable it with `sysctl -w net.{fam}.conf.{iface}.forwarding=1` (or .all.)"
+            );
+        }
+    }
 }
 
 fn format_counters(c: &[(&'static str, u64)]) -> String {
