@@ -68,24 +68,50 @@ impl SvcSpec {
         self
     }
     pub fn key(&self) -> ServiceKey {
-        let addr = if self.family == FAMILY_V4 { words4(VIP4) } else { words6(VIP6) };
-        ServiceKey { addr, port: wire_port(self.port), proto: self.proto, family: self.family }
+        let addr = if self.family == FAMILY_V4 {
+            words4(VIP4)
+        } else {
+            words6(VIP6)
+        };
+        ServiceKey {
+            addr,
+            port: wire_port(self.port),
+            proto: self.proto,
+            family: self.family,
+        }
     }
     /// NAT services of the same protocol and family share the bed's backends.
     fn shares_backends_with(&self, other: &SvcSpec) -> bool {
-        self.flags & SVC_FWD_DSR == 0 && other.flags & SVC_FWD_DSR == 0 && self.proto == other.proto && self.family == other.family
+        self.flags & SVC_FWD_DSR == 0
+            && other.flags & SVC_FWD_DSR == 0
+            && self.proto == other.proto
+            && self.family == other.family
     }
     fn backend_base(&self) -> u32 {
-        if self.family == FAMILY_V4 { 0 } else { 3 }
+        if self.family == FAMILY_V4 {
+            0
+        } else {
+            3
+        }
     }
 }
 
 pub fn svc_v4(proto: u8, flags: u32) -> SvcSpec {
-    SvcSpec { proto, family: FAMILY_V4, flags, port: 80 }
+    SvcSpec {
+        proto,
+        family: FAMILY_V4,
+        flags,
+        port: 80,
+    }
 }
 
 pub fn svc_v6(proto: u8) -> SvcSpec {
-    SvcSpec { proto, family: FAMILY_V6, flags: 0, port: 80 }
+    SvcSpec {
+        proto,
+        family: FAMILY_V6,
+        flags: 0,
+        port: 80,
+    }
 }
 
 /// The ring every bed service starts with: backend indexes 0,1,2 in a fixed pattern.
@@ -100,7 +126,9 @@ pub fn words4(a: Ipv4Addr) -> [u32; 4] {
 
 pub fn words6(a: Ipv6Addr) -> [u32; 4] {
     let o = a.octets();
-    core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 pub fn wire_port(p: u16) -> u16 {
@@ -112,8 +140,15 @@ pub struct Bed {
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `f` on a new thread inside a new, private network namespace holding the bed's
@@ -125,9 +160,16 @@ pub fn with_bed<F: FnOnce(&Bed) + Send>(f: F) {
         let h = s.spawn(|| {
             // SAFETY: affects only this thread's namespaces.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
             setup_links();
-            f(&Bed { specs: RefCell::new(Vec::new()) });
+            f(&Bed {
+                specs: RefCell::new(Vec::new()),
+            });
         });
         if let Err(e) = h.join() {
             std::panic::resume_unwind(e);
@@ -136,12 +178,27 @@ pub fn with_bed<F: FnOnce(&Bed) + Send>(f: F) {
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn setup_links() {
     sh(&["ip", "link", "set", "lo", "up"]);
-    sh(&["ip", "link", "add", LB_IF, "address", &mac(&LB_MAC), "type", "veth", "peer", "name", "peer0"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        LB_IF,
+        "address",
+        &mac(&LB_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ]);
     sh(&["ip", "link", "set", LB_IF, "up"]);
     sh(&["ip", "link", "set", "peer0", "up"]);
     for a in ["198.18.0.1/24", "198.18.1.1/24"] {
@@ -152,20 +209,45 @@ fn setup_links() {
     }
     sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-    let mut neigh = vec![(CLIENT4.to_string(), CLIENT_MAC), (CLIENT6.to_string(), CLIENT_MAC)];
+    let mut neigh = vec![
+        (CLIENT4.to_string(), CLIENT_MAC),
+        (CLIENT6.to_string(), CLIENT_MAC),
+    ];
     for i in 0..3 {
         neigh.push((BACKENDS4[i].to_string(), BACKEND_MACS[i]));
         neigh.push((BACKENDS6[i].to_string(), BACKEND_MACS[i]));
     }
     for (ip, m) in neigh {
-        sh(&["ip", "neigh", "replace", &ip, "lladdr", &mac(&m), "dev", LB_IF, "nud", "permanent"]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &mac(&m),
+            "dev",
+            LB_IF,
+            "nud",
+            "permanent",
+        ]);
     }
 }
 
 impl Bed {
     /// Adds a permanent neighbour entry (MAC `CLIENT_MAC`) for `ip`.
     pub fn add_client_neighbour(&self, ip: &str) {
-        sh(&["ip", "neigh", "replace", ip, "lladdr", &mac(&CLIENT_MAC), "dev", LB_IF, "nud", "permanent"]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac(&CLIENT_MAC),
+            "dev",
+            LB_IF,
+            "nud",
+            "permanent",
+        ]);
     }
 
     /// Loads the program and programs `services` (service id = index in the slice).
@@ -182,10 +264,19 @@ impl Bed {
         .expect("load XDP object");
         let mut plan = Plan::default();
         for i in 0..3u32 {
-            for (id, addr, family) in [(i, words4(BACKENDS4[i as usize]), FAMILY_V4), (i + 3, words6(BACKENDS6[i as usize]), FAMILY_V6)] {
+            for (id, addr, family) in [
+                (i, words4(BACKENDS4[i as usize]), FAMILY_V4),
+                (i + 3, words6(BACKENDS6[i as usize]), FAMILY_V6),
+            ] {
                 plan.backend_writes.push((
                     id,
-                    Backend { addr, port: wire_port(BACKEND_PORT), family, state: BACKEND_ACTIVE, generation: 1 },
+                    Backend {
+                        addr,
+                        port: wire_port(BACKEND_PORT),
+                        family,
+                        state: BACKEND_ACTIVE,
+                        generation: 1,
+                    },
                 ));
             }
         }
@@ -195,17 +286,39 @@ impl Bed {
             if s.flags & SVC_FWD_DSR != 0 {
                 continue;
             }
-            let shared = services.iter().enumerate().any(|(j, o)| j != i && s.shares_backends_with(o));
+            let shared = services
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && s.shares_backends_with(o));
             for b in 0..3 {
-                let addr = if s.family == FAMILY_V4 { words4(BACKENDS4[b]) } else { words6(BACKENDS6[b]) };
-                let key = ServiceKey { addr, port: wire_port(BACKEND_PORT), proto: s.proto, family: s.family };
+                let addr = if s.family == FAMILY_V4 {
+                    words4(BACKENDS4[b])
+                } else {
+                    words6(BACKENDS6[b])
+                };
+                let key = ServiceKey {
+                    addr,
+                    port: wire_port(BACKEND_PORT),
+                    proto: s.proto,
+                    family: s.family,
+                };
                 let flags = if shared { REPLY_PER_FLOW } else { 0 };
-                plan.reply_writes.push((key, ReplyTarget { vip: s.key().addr, vport: s.key().port, flags }));
+                plan.reply_writes.push((
+                    key,
+                    ReplyTarget {
+                        vip: s.key().addr,
+                        vport: s.key().port,
+                        flags,
+                    },
+                ));
             }
         }
         dp.apply(&plan).expect("program backends");
         for (id, s) in services.iter().enumerate() {
-            let table: Vec<u32> = ring_pattern(RING).iter().map(|b| b + s.backend_base()).collect();
+            let table: Vec<u32> = ring_pattern(RING)
+                .iter()
+                .map(|b| b + s.backend_base())
+                .collect();
             self.publish_raw(&mut dp, id as u32, &table, 0);
         }
         dp
@@ -215,14 +328,20 @@ impl Bed {
     /// holds bed backend indexes (0-2), translated to the service family's ids.
     pub fn publish_ring(&self, dp: &mut Dataplane, id: u32, table: &[u32], slot: u32) {
         let base = self.specs.borrow()[id as usize].backend_base();
-        let t: Vec<u32> = table.iter().map(|b| if *b == u32::MAX { *b } else { b + base }).collect();
+        let t: Vec<u32> = table
+            .iter()
+            .map(|b| if *b == u32::MAX { *b } else { b + base })
+            .collect();
         self.publish_raw(dp, id, &t, slot);
     }
 
     fn publish_raw(&self, dp: &mut Dataplane, id: u32, table: &[u32], slot: u32) {
         let specs = self.specs.borrow();
         let spec = specs[id as usize];
-        let shared = specs.iter().enumerate().any(|(j, o)| j != id as usize && spec.shares_backends_with(o));
+        let shared = specs
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != id as usize && spec.shares_backends_with(o));
         let flags = spec.flags | if shared { SVC_REVERSE_PER_FLOW } else { 0 };
         drop(specs);
         let offset = (id * 2 + slot) * RING_STRIDE;
@@ -230,7 +349,12 @@ impl Bed {
             ring_writes: vec![(offset, table.to_vec())],
             service_writes: vec![(
                 spec.key(),
-                Service { id, ring_offset: offset, ring_size: table.len() as u32, flags },
+                Service {
+                    id,
+                    ring_offset: offset,
+                    ring_size: table.len() as u32,
+                    flags,
+                },
             )],
             ..Default::default()
         };
@@ -241,8 +365,20 @@ impl Bed {
     pub fn set_backend_state(&self, dp: &mut Dataplane, idx: u32, state: u8) {
         let mut plan = Plan::default();
         let i = idx as usize;
-        for (id, addr, family) in [(idx, words4(BACKENDS4[i]), FAMILY_V4), (idx + 3, words6(BACKENDS6[i]), FAMILY_V6)] {
-            plan.backend_writes.push((id, Backend { addr, port: wire_port(BACKEND_PORT), family, state, generation: 1 }));
+        for (id, addr, family) in [
+            (idx, words4(BACKENDS4[i]), FAMILY_V4),
+            (idx + 3, words6(BACKENDS6[i]), FAMILY_V6),
+        ] {
+            plan.backend_writes.push((
+                id,
+                Backend {
+                    addr,
+                    port: wire_port(BACKEND_PORT),
+                    family,
+                    state,
+                    generation: 1,
+                },
+            ));
         }
         dp.apply(&plan).expect("backend state");
     }
@@ -251,15 +387,31 @@ impl Bed {
 /// The `struct xdp_md` passed as ctx_in: the bed interface as ingress.
 pub fn xdp_md(ifindex: u32, frame_len: usize) -> Vec<u8> {
     // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    [0u32, frame_len as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect()
+    [0u32, frame_len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn v4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8, smac: [u8; 6], dmac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+pub fn v4(
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), ttl);
     let mut out = Vec::new();
     if proto == PROTO_TCP {
-        b.tcp(sport, dport, 1000, 64240).syn().write(&mut out, payload).unwrap();
+        b.tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut out, payload)
+            .unwrap();
     } else {
         b.udp(sport, dport).write(&mut out, payload).unwrap();
     }
@@ -267,11 +419,24 @@ pub fn v4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn v6(proto: u8, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, hop: u8, smac: [u8; 6], dmac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+pub fn v6(
+    proto: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    hop: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(smac, dmac).ipv6(src.octets(), dst.octets(), hop);
     let mut out = Vec::new();
     if proto == PROTO_TCP {
-        b.tcp(sport, dport, 1000, 64240).syn().write(&mut out, payload).unwrap();
+        b.tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut out, payload)
+            .unwrap();
     } else {
         b.udp(sport, dport).write(&mut out, payload).unwrap();
     }
@@ -280,7 +445,16 @@ pub fn v6(proto: u8, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, hop: 
 
 /// Like `v4`/`v6` with TCP, but an ACK of an established connection instead of a SYN.
 #[allow(clippy::too_many_arguments)]
-pub fn tcp_ack(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ttl: u8, smac: [u8; 6], dmac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+pub fn tcp_ack(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(smac, dmac);
     let b = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), ttl),
@@ -288,12 +462,24 @@ pub fn tcp_ack(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ttl: u8, smac: 
         _ => panic!("mixed address families"),
     };
     let mut out = Vec::new();
-    b.tcp(sport, dport, 1001, 64240).ack(1).write(&mut out, payload).unwrap();
+    b.tcp(sport, dport, 1001, 64240)
+        .ack(1)
+        .write(&mut out, payload)
+        .unwrap();
     out
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn v4_vlan(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8, smac: [u8; 6], dmac: [u8; 6], vlan: u16) -> Vec<u8> {
+pub fn v4_vlan(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    vlan: u16,
+) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(smac, dmac)
         .single_vlan(VlanId::try_new(vlan).unwrap())
@@ -336,7 +522,9 @@ pub fn arp_request() -> Vec<u8> {
 
 /// A TCP SYN to the IPv4 VIP with 4 bytes of IP options (IHL 6), checksums valid.
 pub fn v4_with_options() -> Vec<u8> {
-    let plain = v4(PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+    let plain = v4(
+        PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+    );
     let mut f = plain[..34].to_vec();
     f.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
     f.extend_from_slice(&plain[34..]);
@@ -352,7 +540,9 @@ pub fn v4_with_options() -> Vec<u8> {
 
 /// An IPv6 frame to the VIP whose next header is a fragment header.
 pub fn v6_fragment() -> Vec<u8> {
-    let plain = v6(PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+    let plain = v6(
+        PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+    );
     let mut f = plain[..54].to_vec();
     f[20] = 44; // next header: fragment
     f.extend_from_slice(&[PROTO_TCP, 0, 0, 1, 0, 0, 0, 7]); // offset 0, M=1
@@ -363,7 +553,10 @@ pub fn v6_fragment() -> Vec<u8> {
 }
 
 fn ones_complement(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -376,7 +569,15 @@ pub fn flow_key_of(f: &[u8]) -> FlowKey {
     let w = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
     let p = |b: &[u8]| u16::from_ne_bytes([b[0], b[1]]);
     if et == 0x0800 {
-        FlowKey { src: [w(&f[26..]), 0, 0, 0], dst: [w(&f[30..]), 0, 0, 0], sport: p(&f[34..]), dport: p(&f[36..]), proto: f[23], family: FAMILY_V4, _pad: [0; 2] }
+        FlowKey {
+            src: [w(&f[26..]), 0, 0, 0],
+            dst: [w(&f[30..]), 0, 0, 0],
+            sport: p(&f[34..]),
+            dport: p(&f[36..]),
+            proto: f[23],
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
     } else {
         FlowKey {
             src: core::array::from_fn(|i| w(&f[22 + 4 * i..])),
@@ -393,7 +594,17 @@ pub fn flow_key_of(f: &[u8]) -> FlowKey {
 /// Asserts two frames are byte-identical, naming the first differing offset.
 pub fn assert_frame_eq(got: &[u8], want: &[u8], what: &str) {
     if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!("{what}: frames differ at byte {first} (len {} vs {})\n got: {:02x?}\nwant: {:02x?}", got.len(), want.len(), got, want);
+        let first = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{what}: frames differ at byte {first} (len {} vs {})\n got: {:02x?}\nwant: {:02x?}",
+            got.len(),
+            want.len(),
+            got,
+            want
+        );
     }
 }

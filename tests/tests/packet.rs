@@ -14,7 +14,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use xdp_lb::dataplane::{Dataplane, PROGRAM};
-use xdp_lb_common::{hash, FlowKey, FlowValue, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
+use xdp_lb_common::{
+    hash, FlowKey, FlowValue, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR,
+};
 use xdp_lb_tests::pkt::*;
 
 const XDP_DROP: u32 = 1;
@@ -26,9 +28,21 @@ fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
         for (proto, what) in [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")] {
-            let input = v4(proto, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"hello");
+            let input = v4(
+                proto, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"hello",
+            );
             let b = dp_expect_backend(&input, RING);
-            let expected = v4(proto, CLIENT4, BACKENDS4[b], 40000, 8080, 63, LB_MAC, BACKEND_MACS[b], b"hello");
+            let expected = v4(
+                proto,
+                CLIENT4,
+                BACKENDS4[b],
+                40000,
+                8080,
+                63,
+                LB_MAC,
+                BACKEND_MACS[b],
+                b"hello",
+            );
             let (action, out) = run(&mut dp, &input);
             assert_eq!(action, XDP_TX, "{what}: action");
             assert_frame_eq(&out, &expected, what);
@@ -44,10 +58,22 @@ fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
 fn ipv4_udp_without_checksum_stays_without() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
-        let mut input = v4(PROTO_UDP, CLIENT4, VIP4, 40001, 80, 64, CLIENT_MAC, LB_MAC, b"x");
+        let mut input = v4(
+            PROTO_UDP, CLIENT4, VIP4, 40001, 80, 64, CLIENT_MAC, LB_MAC, b"x",
+        );
         zero_udp_checksum_v4(&mut input);
         let b = dp_expect_backend(&input, RING);
-        let mut expected = v4(PROTO_UDP, CLIENT4, BACKENDS4[b], 40001, 8080, 63, LB_MAC, BACKEND_MACS[b], b"x");
+        let mut expected = v4(
+            PROTO_UDP,
+            CLIENT4,
+            BACKENDS4[b],
+            40001,
+            8080,
+            63,
+            LB_MAC,
+            BACKEND_MACS[b],
+            b"x",
+        );
         zero_udp_checksum_v4(&mut expected);
         let (action, out) = run(&mut dp, &input);
         assert_eq!(action, XDP_TX);
@@ -60,9 +86,21 @@ fn ipv6_tcp_and_udp_nat_rewrite_exactly() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v6(PROTO_TCP), svc_v6(PROTO_UDP)]);
         for (proto, what) in [(PROTO_TCP, "tcp6"), (PROTO_UDP, "udp6")] {
-            let input = v6(proto, CLIENT6, VIP6, 41000, 80, 64, CLIENT_MAC, LB_MAC, b"hello6");
+            let input = v6(
+                proto, CLIENT6, VIP6, 41000, 80, 64, CLIENT_MAC, LB_MAC, b"hello6",
+            );
             let b = dp_expect_backend(&input, RING);
-            let expected = v6(proto, CLIENT6, BACKENDS6[b], 41000, 8080, 63, LB_MAC, BACKEND_MACS[b], b"hello6");
+            let expected = v6(
+                proto,
+                CLIENT6,
+                BACKENDS6[b],
+                41000,
+                8080,
+                63,
+                LB_MAC,
+                BACKEND_MACS[b],
+                b"hello6",
+            );
             let (action, out) = run(&mut dp, &input);
             assert_eq!(action, XDP_TX, "{what}: action");
             assert_frame_eq(&out, &expected, what);
@@ -73,8 +111,13 @@ fn ipv6_tcp_and_udp_nat_rewrite_exactly() {
 #[test]
 fn dsr_changes_only_the_macs() {
     with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_FWD_DSR), svc_v6(PROTO_TCP) .with_flags(SVC_FWD_DSR)]);
-        let input = v4(PROTO_TCP, CLIENT4, VIP4, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr");
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, SVC_FWD_DSR),
+            svc_v6(PROTO_TCP).with_flags(SVC_FWD_DSR),
+        ]);
+        let input = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr",
+        );
         let b = dp_expect_backend(&input, RING);
         let mut expected = input.clone();
         expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
@@ -83,7 +126,9 @@ fn dsr_changes_only_the_macs() {
         assert_eq!(action, XDP_TX);
         assert_frame_eq(&out, &expected, "dsr v4");
 
-        let input = v6(PROTO_TCP, CLIENT6, VIP6, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr6");
+        let input = v6(
+            PROTO_TCP, CLIENT6, VIP6, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr6",
+        );
         let b = dp_expect_backend(&input, RING);
         let mut expected = input.clone();
         expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
@@ -99,26 +144,64 @@ fn nat_replies_are_translated_back_to_the_vip() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
         // v4: the request creates the reverse entry, the reply uses it.
-        let req = v4(PROTO_TCP, CLIENT4, VIP4, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+        let req = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req",
+        );
         let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut dp, &req).0, XDP_TX);
-        let reply = v4(PROTO_TCP, BACKENDS4[b], CLIENT4, 8080, 40003, 64, BACKEND_MACS[b], LB_MAC, b"resp");
-        let expected = v4(PROTO_TCP, VIP4, CLIENT4, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
+        let reply = v4(
+            PROTO_TCP,
+            BACKENDS4[b],
+            CLIENT4,
+            8080,
+            40003,
+            64,
+            BACKEND_MACS[b],
+            LB_MAC,
+            b"resp",
+        );
+        let expected = v4(
+            PROTO_TCP, VIP4, CLIENT4, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp",
+        );
         let (action, out) = run(&mut dp, &reply);
         assert_eq!(action, XDP_TX);
         assert_frame_eq(&out, &expected, "reply v4");
         // v6
-        let req = v6(PROTO_TCP, CLIENT6, VIP6, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+        let req = v6(
+            PROTO_TCP, CLIENT6, VIP6, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req",
+        );
         let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut dp, &req).0, XDP_TX);
-        let reply = v6(PROTO_TCP, BACKENDS6[b], CLIENT6, 8080, 40003, 64, BACKEND_MACS[b], LB_MAC, b"resp");
-        let expected = v6(PROTO_TCP, VIP6, CLIENT6, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
+        let reply = v6(
+            PROTO_TCP,
+            BACKENDS6[b],
+            CLIENT6,
+            8080,
+            40003,
+            64,
+            BACKEND_MACS[b],
+            LB_MAC,
+            b"resp",
+        );
+        let expected = v6(
+            PROTO_TCP, VIP6, CLIENT6, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp",
+        );
         let (action, out) = run(&mut dp, &reply);
         assert_eq!(action, XDP_TX);
         assert_frame_eq(&out, &expected, "reply v6");
         assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 2);
         // A packet from a backend's address but another port is not a reply.
-        let stray = v4(PROTO_TCP, BACKENDS4[b], CLIENT4, 8081, 40003, 64, BACKEND_MACS[b], LB_MAC, b"x");
+        let stray = v4(
+            PROTO_TCP,
+            BACKENDS4[b],
+            CLIENT4,
+            8081,
+            40003,
+            64,
+            BACKEND_MACS[b],
+            LB_MAC,
+            b"x",
+        );
         let (action, out) = run(&mut dp, &stray);
         assert_eq!(action, XDP_PASS);
         assert_eq!(out, stray);
@@ -130,14 +213,34 @@ fn replies_are_translated_without_flow_state_after_a_restart() {
     with_bed(|bed| {
         // A flow established through one balancer instance...
         let mut before = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        let req = v4(PROTO_TCP, CLIENT4, VIP4, 40030, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+        let req = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40030, 80, 64, CLIENT_MAC, LB_MAC, b"req",
+        );
         let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut before, &req).0, XDP_TX);
         drop(before);
         // ...and its reply arriving at a fresh one with an empty flow table.
         let mut after = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        let reply = tcp_ack(BACKENDS4[b].into(), CLIENT4.into(), 8080, 40030, 64, BACKEND_MACS[b], LB_MAC, b"resp");
-        let expected = tcp_ack(VIP4.into(), CLIENT4.into(), 80, 40030, 63, LB_MAC, CLIENT_MAC, b"resp");
+        let reply = tcp_ack(
+            BACKENDS4[b].into(),
+            CLIENT4.into(),
+            8080,
+            40030,
+            64,
+            BACKEND_MACS[b],
+            LB_MAC,
+            b"resp",
+        );
+        let expected = tcp_ack(
+            VIP4.into(),
+            CLIENT4.into(),
+            80,
+            40030,
+            63,
+            LB_MAC,
+            CLIENT_MAC,
+            b"resp",
+        );
         let (action, out) = run(&mut after, &reply);
         assert_eq!(action, XDP_TX);
         assert_frame_eq(&out, &expected, "reply without flow");
@@ -150,18 +253,47 @@ fn backends_shared_by_two_nat_services_reply_per_flow() {
         // Same backends (same address, port, protocol) behind VIP:80 and VIP:81.
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_TCP, 0).on_port(81)]);
         for (vport, cport) in [(80u16, 40040u16), (81, 40041)] {
-            let req = v4(PROTO_TCP, CLIENT4, VIP4, cport, vport, 64, CLIENT_MAC, LB_MAC, b"req");
+            let req = v4(
+                PROTO_TCP, CLIENT4, VIP4, cport, vport, 64, CLIENT_MAC, LB_MAC, b"req",
+            );
             let (action, out) = run(&mut dp, &req);
             assert_eq!(action, XDP_TX);
             let b = backend_of(&out);
-            let reply = tcp_ack(BACKENDS4[b].into(), CLIENT4.into(), 8080, cport, 64, BACKEND_MACS[b], LB_MAC, b"r");
-            let expected = tcp_ack(VIP4.into(), CLIENT4.into(), vport, cport, 63, LB_MAC, CLIENT_MAC, b"r");
+            let reply = tcp_ack(
+                BACKENDS4[b].into(),
+                CLIENT4.into(),
+                8080,
+                cport,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                b"r",
+            );
+            let expected = tcp_ack(
+                VIP4.into(),
+                CLIENT4.into(),
+                vport,
+                cport,
+                63,
+                LB_MAC,
+                CLIENT_MAC,
+                b"r",
+            );
             let (action, out) = run(&mut dp, &reply);
             assert_eq!(action, XDP_TX, "reply for port {vport}");
             assert_frame_eq(&out, &expected, &format!("reply for VIP port {vport}"));
         }
         // A shared endpoint's reply for a flow nobody knows is not guessed.
-        let stray = tcp_ack(BACKENDS4[0].into(), CLIENT4.into(), 8080, 49998, 64, BACKEND_MACS[0], LB_MAC, b"x");
+        let stray = tcp_ack(
+            BACKENDS4[0].into(),
+            CLIENT4.into(),
+            8080,
+            49998,
+            64,
+            BACKEND_MACS[0],
+            LB_MAC,
+            b"x",
+        );
         let (action, out) = run(&mut dp, &stray);
         assert_eq!(action, XDP_PASS);
         assert_eq!(out, stray);
@@ -173,10 +305,38 @@ fn packets_not_for_a_service_pass_unchanged() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("other address", v4(PROTO_TCP, CLIENT4, Ipv4Addr::new(198, 18, 100, 2), 40000, 80, 64, CLIENT_MAC, LB_MAC, b"")),
-            ("other port", v4(PROTO_TCP, CLIENT4, VIP4, 40000, 81, 64, CLIENT_MAC, LB_MAC, b"")),
-            ("other proto", v4(PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"")),
-            ("ipv6 not a vip", v6(PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"")),
+            (
+                "other address",
+                v4(
+                    PROTO_TCP,
+                    CLIENT4,
+                    Ipv4Addr::new(198, 18, 100, 2),
+                    40000,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    b"",
+                ),
+            ),
+            (
+                "other port",
+                v4(
+                    PROTO_TCP, CLIENT4, VIP4, 40000, 81, 64, CLIENT_MAC, LB_MAC, b"",
+                ),
+            ),
+            (
+                "other proto",
+                v4(
+                    PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                ),
+            ),
+            (
+                "ipv6 not a vip",
+                v6(
+                    PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                ),
+            ),
             ("icmp", icmp4_echo(CLIENT4, VIP4)),
             ("arp", arp_request()),
         ];
@@ -195,9 +355,17 @@ fn packets_not_for_a_service_pass_unchanged() {
 #[test]
 fn truncated_and_malformed_packets_pass_unchanged() {
     with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP), svc_v4(PROTO_UDP, 0)]);
-        let full4 = v4(PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"");
-        let full6 = v6(PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, 0),
+            svc_v6(PROTO_TCP),
+            svc_v4(PROTO_UDP, 0),
+        ]);
+        let full4 = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
+        let full6 = v6(
+            PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
         let mut n = 0;
         // Every truncation of a VIP packet short of its full headers.
         for full in [&full4, &full6] {
@@ -244,7 +412,11 @@ fn truncated_and_malformed_packets_pass_unchanged() {
             let (action, out) = run(&mut dp, input);
             assert_eq!(action, XDP_PASS, "{what}");
             assert_eq!(&out, input, "{what}: frame changed");
-            assert_eq!(count(&dp.global_counters().unwrap(), why), before + 1, "{what}: counted as {why}");
+            assert_eq!(
+                count(&dp.global_counters().unwrap(), why),
+                before + 1,
+                "{what}: counted as {why}"
+            );
         }
         assert!(n > 50, "only {n} truncations tried");
         let s = dp.service_counters(0).unwrap();
@@ -257,9 +429,20 @@ fn vlan_tagged_packets_are_balanced_and_keep_their_tag() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let input = v4_vlan(CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, 7);
-        let plain = v4(PROTO_TCP, CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, b"v");
+        let plain = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, b"v",
+        );
         let b = dp_expect_backend(&plain, RING);
-        let expected = v4_vlan(CLIENT4, BACKENDS4[b], 40010, 8080, 63, LB_MAC, BACKEND_MACS[b], 7);
+        let expected = v4_vlan(
+            CLIENT4,
+            BACKENDS4[b],
+            40010,
+            8080,
+            63,
+            LB_MAC,
+            BACKEND_MACS[b],
+            7,
+        );
         let (action, out) = run(&mut dp, &input);
         // The FIB answers for the interface the frame came in on; the tag is kept.
         assert_eq!(action, XDP_TX);
@@ -274,12 +457,38 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         // Pin 40 flows.
         let flows: Vec<Vec<u8>> = (0..40)
-            .map(|i| v4(PROTO_TCP, CLIENT4, VIP4, 42000 + i, 80, 64, CLIENT_MAC, LB_MAC, b""))
+            .map(|i| {
+                v4(
+                    PROTO_TCP,
+                    CLIENT4,
+                    VIP4,
+                    42000 + i,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    b"",
+                )
+            })
             .collect();
-        let first: Vec<usize> = flows.iter().map(|f| backend_of(&run(&mut dp, f).1)).collect();
+        let first: Vec<usize> = flows
+            .iter()
+            .map(|f| backend_of(&run(&mut dp, f).1))
+            .collect();
         // From now on the connections are established: ACKs, not SYNs.
         let flows: Vec<Vec<u8>> = (0..40)
-            .map(|i| tcp_ack(CLIENT4.into(), VIP4.into(), 42000 + i, 80, 64, CLIENT_MAC, LB_MAC, b""))
+            .map(|i| {
+                tcp_ack(
+                    CLIENT4.into(),
+                    VIP4.into(),
+                    42000 + i,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    b"",
+                )
+            })
             .collect();
         // New table: every slot now points at backend 2, backend 1 goes down.
         bed.publish_ring(&mut dp, 0, &[2; 13], 1);
@@ -291,12 +500,21 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
             if first[i] == 1 {
                 assert_eq!(now, 2, "flow {i} on a down backend must be re-dispatched");
             } else {
-                assert_eq!(now, first[i], "flow {i} moved from backend {} to {now}", first[i]);
+                assert_eq!(
+                    now, first[i],
+                    "flow {i} moved from backend {} to {now}",
+                    first[i]
+                );
             }
         }
-        assert!(first.contains(&0) && first.contains(&1), "test needs flows on backends 0 and 1: {first:?}");
+        assert!(
+            first.contains(&0) && first.contains(&1),
+            "test needs flows on backends 0 and 1: {first:?}"
+        );
         // A new flow follows the new table.
-        let fresh = v4(PROTO_TCP, CLIENT4, VIP4, 43000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        let fresh = v4(
+            PROTO_TCP, CLIENT4, VIP4, 43000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
         assert_eq!(backend_of(&run(&mut dp, &fresh).1), 2);
         // The flow table holds what we expect.
         let flows_map: HashMap<&MapData, FlowKey, FlowValue> =
@@ -309,15 +527,34 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
 fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        let syn = v4(PROTO_TCP, CLIENT4, VIP4, 45000, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        let syn = v4(
+            PROTO_TCP, CLIENT4, VIP4, 45000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
         let first = backend_of(&run(&mut dp, &syn).1);
         let other = (first as u32 + 1) % 3;
         bed.publish_ring(&mut dp, 0, &[other; RING as usize], 1);
-        let ack = tcp_ack(CLIENT4.into(), VIP4.into(), 45000, 80, 64, CLIENT_MAC, LB_MAC, b"");
-        assert_eq!(backend_of(&run(&mut dp, &ack).1), first, "established flow must stay");
+        let ack = tcp_ack(
+            CLIENT4.into(),
+            VIP4.into(),
+            45000,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        );
+        assert_eq!(
+            backend_of(&run(&mut dp, &ack).1),
+            first,
+            "established flow must stay"
+        );
         // A new SYN on the same 5-tuple (port reuse) starts a new connection.
         assert_eq!(backend_of(&run(&mut dp, &syn).1), other as usize);
-        assert_eq!(backend_of(&run(&mut dp, &ack).1), other as usize, "the new connection is pinned");
+        assert_eq!(
+            backend_of(&run(&mut dp, &ack).1),
+            other as usize,
+            "the new connection is pinned"
+        );
         assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
     });
 }
@@ -327,7 +564,9 @@ fn service_without_backends_drops_and_counts() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         bed.publish_ring(&mut dp, 0, &[NO_BACKEND; 13], 1);
-        let input = v4(PROTO_TCP, CLIENT4, VIP4, 40020, 80, 64, CLIENT_MAC, LB_MAC, b"");
+        let input = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40020, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
         let (action, _) = run(&mut dp, &input);
         assert_eq!(action, XDP_DROP);
         assert_eq!(count(&dp.global_counters().unwrap(), "drop_no_backend"), 1);
@@ -341,7 +580,17 @@ fn same_flow_same_backend_on_two_balancers() {
         let mut a = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let mut b = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         for i in 0..50u16 {
-            let f = v4(PROTO_TCP, CLIENT4, VIP4, 44000 + i, 80, 64, CLIENT_MAC, LB_MAC, b"");
+            let f = v4(
+                PROTO_TCP,
+                CLIENT4,
+                VIP4,
+                44000 + i,
+                80,
+                64,
+                CLIENT_MAC,
+                LB_MAC,
+                b"",
+            );
             assert_eq!(run(&mut a, &f).1, run(&mut b, &f).1);
         }
     });
@@ -349,7 +598,10 @@ fn same_flow_same_backend_on_two_balancers() {
 
 /// Which of the bed's backends a NAT output frame goes to (by destination MAC).
 fn backend_of(out: &[u8]) -> usize {
-    BACKEND_MACS.iter().position(|m| m[..] == out[0..6]).unwrap_or_else(|| panic!("unknown dst mac {:02x?}", &out[0..6]))
+    BACKEND_MACS
+        .iter()
+        .position(|m| m[..] == out[0..6])
+        .unwrap_or_else(|| panic!("unknown dst mac {:02x?}", &out[0..6]))
 }
 
 /// The backend index the bed's ring sends this frame to (the ring holds backend ids
@@ -361,7 +613,12 @@ fn dp_expect_backend(frame: &[u8], ring_size: u32) -> usize {
 
 fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
-    let prog: &mut Xdp = dp.ebpf_mut().program_mut(PROGRAM).unwrap().try_into().unwrap();
+    let prog: &mut Xdp = dp
+        .ebpf_mut()
+        .program_mut(PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
     let mut out = vec![0u8; input.len() + 256];
     let ctx = xdp_md(ifindex, input.len());
     let res = prog
@@ -378,5 +635,8 @@ fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
 }
 
 fn count(g: &[(&'static str, u64)], name: &str) -> u64 {
-    g.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+    g.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }

@@ -33,25 +33,45 @@ pub enum Side {
 
 #[inline(always)]
 fn l4_check_ptr(ctx: &XdpContext, pkt: &Packet) -> Option<*mut u16> {
-    let off = if pkt.key.proto == PROTO_TCP { TCP_CHECK_OFF } else { UDP_CHECK_OFF };
+    let off = if pkt.key.proto == PROTO_TCP {
+        TCP_CHECK_OFF
+    } else {
+        UDP_CHECK_OFF
+    };
     ptr_at::<u16>(ctx, pkt.l4 + off)
 }
 
 /// Rewrites one address/port pair (and the TTL) with incremental checksum updates.
 /// Returns `reason::PASS_TTL` without touching the packet if the TTL would expire.
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u16) -> Result<(), u32> {
+pub fn nat(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    side: Side,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), u32> {
     let ports: *mut Ports = ptr_at(ctx, pkt.l4).ok_or(reason::PASS_MALFORMED)?;
     let check = l4_check_ptr(ctx, pkt).ok_or(reason::PASS_MALFORMED)?;
     let is_udp = pkt.key.proto != PROTO_TCP;
-    let old_port = unsafe { if side == Side::Dst { (*ports).dport } else { (*ports).sport } };
+    let old_port = unsafe {
+        if side == Side::Dst {
+            (*ports).dport
+        } else {
+            (*ports).sport
+        }
+    };
     if pkt.key.family == FAMILY_V4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(reason::PASS_MALFORMED)?;
         unsafe {
             if (*ip).ttl <= 1 {
                 return Err(reason::PASS_TTL);
             }
-            let field = if side == Side::Dst { &mut (*ip).dst } else { &mut (*ip).src };
+            let field = if side == Side::Dst {
+                &mut (*ip).dst
+            } else {
+                &mut (*ip).src
+            };
             let old = *field;
             *field = addr[0];
             // TTL shares a 16-bit word with the protocol; patch that word too.
@@ -59,10 +79,16 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u1
             let old_word = *ttl_word_ptr;
             (*ip).ttl -= 1;
             let new_word = *ttl_word_ptr;
-            (*ip).check = Update::new((*ip).check).u32(old, addr[0]).u16(old_word, new_word).finish();
+            (*ip).check = Update::new((*ip).check)
+                .u32(old, addr[0])
+                .u16(old_word, new_word)
+                .finish();
             // A zero UDP checksum over IPv4 means "none": leave it so.
             if !(is_udp && *check == 0) {
-                let mut c = Update::new(*check).u32(old, addr[0]).u16(old_port, port).finish();
+                let mut c = Update::new(*check)
+                    .u32(old, addr[0])
+                    .u16(old_port, port)
+                    .finish();
                 if is_udp && c == 0 {
                     c = 0xffff;
                 }
@@ -75,7 +101,11 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u1
             if (*ip).hop_limit <= 1 {
                 return Err(reason::PASS_TTL);
             }
-            let field = if side == Side::Dst { &mut (*ip).dst } else { &mut (*ip).src };
+            let field = if side == Side::Dst {
+                &mut (*ip).dst
+            } else {
+                &mut (*ip).src
+            };
             let old = *field;
             *field = *addr;
             (*ip).hop_limit -= 1;
@@ -107,7 +137,14 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &[u32; 4], port: u1
 /// rewritten) packet to the kernel, which routes it and resolves the neighbour;
 /// nothing is dropped silently.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &Packet, id: u32, generation: u32, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    id: u32,
+    generation: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> u32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(cache) = NEXTHOPS.get_ptr_mut(id) else {
         stats::reason(reason::PASS_FIB_FAILED);
@@ -188,10 +225,22 @@ fn fib(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> Result
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     let rc = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        Ok(NextHop { expires: 0, ifindex: p.ifindex, generation: 0, smac: p.smac, dmac: p.dmac, _pad: [0; 4] })
+        Ok(NextHop {
+            expires: 0,
+            ifindex: p.ifindex,
+            generation: 0,
+            smac: p.smac,
+            dmac: p.dmac,
+            _pad: [0; 4],
+        })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         Err(reason::PASS_NO_NEIGH)
     } else {

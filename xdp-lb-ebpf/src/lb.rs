@@ -34,7 +34,11 @@ pub fn process(ctx: &XdpContext) -> u32 {
             Ok(c) => c,
             Err(r) => {
                 stats::reason(r);
-                return if r == reason::DROP_NO_BACKEND { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS };
+                return if r == reason::DROP_NO_BACKEND {
+                    xdp_action::XDP_DROP
+                } else {
+                    xdp_action::XDP_PASS
+                };
             }
         };
         stats::service(svc.id, pkt.len, choice.new_flow);

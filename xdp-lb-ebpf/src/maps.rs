@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget, Service, ServiceKey,
-    DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
+    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
 };
 
 /// VIP, port and protocol -> service record (active Maglev table, flags).
@@ -32,7 +32,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 
 /// NAT backend endpoint -> VIP and port its replies are translated back to.
 #[map]
-pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Reply 5-tuple (backend -> client) -> VIP, port and way back, only for backends
 /// shared by several NAT services (`SVC_REVERSE_PER_FLOW`). Size set at load.

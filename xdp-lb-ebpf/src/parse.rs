@@ -126,7 +126,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
 fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16, u16, bool), u32> {
     // Require the whole fixed header, not just the ports: the checksum we patch
     // lies at its end. `l4_len` is what the IP header says follows it.
-    let need = if proto == PROTO_TCP { TCP_HDR_LEN } else { UDP_HDR_LEN };
+    let need = if proto == PROTO_TCP {
+        TCP_HDR_LEN
+    } else {
+        UDP_HDR_LEN
+    };
     if (need as u64) > l4_len || ctx.data() + l4 + need > ctx.data_end() {
         return Err(reason::PASS_MALFORMED);
     }
@@ -147,7 +151,11 @@ fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
         return Err(reason::PASS_MALFORMED);
     }
     if ip.vihl & 0xf != 5 {
-        return Err(if ip.vihl & 0xf < 5 { reason::PASS_MALFORMED } else { reason::PASS_IP_OPTIONS });
+        return Err(if ip.vihl & 0xf < 5 {
+            reason::PASS_MALFORMED
+        } else {
+            reason::PASS_IP_OPTIONS
+        });
     }
     // More-fragments flag or a non-zero offset.
     if ip.frag_off & 0x3fffu16.to_be() != 0 {

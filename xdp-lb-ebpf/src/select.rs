@@ -29,7 +29,11 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
             if let Some(b) = BACKENDS.get(id) {
                 // Draining backends keep their flows; down ones and reassigned slots do not.
                 if b.generation == generation && b.state != BACKEND_DOWN {
-                    return Ok(Choice { id, backend: *b, new_flow: false });
+                    return Ok(Choice {
+                        id,
+                        backend: *b,
+                        new_flow: false,
+                    });
                 }
             }
         }
@@ -48,7 +52,11 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         // the same slot unless the table changes meanwhile.
         crate::stats::reason(reason::FLOW_INSERT_FAILED);
     }
-    Ok(Choice { id, backend, new_flow: true })
+    Ok(Choice {
+        id,
+        backend,
+        new_flow: true,
+    })
 }
 
 #[inline(always)]

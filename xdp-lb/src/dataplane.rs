@@ -86,7 +86,10 @@ impl Dataplane {
             .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
-        let mut dp = Dataplane { ebpf, attached: Vec::new() };
+        let mut dp = Dataplane {
+            ebpf,
+            attached: Vec::new(),
+        };
         dp.load_program(PROGRAM)?;
         Ok(dp)
     }
@@ -100,7 +103,8 @@ impl Dataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load().map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(prog)
     }
@@ -118,7 +122,11 @@ impl Dataplane {
         let attempt = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
             prog.attach(iface, m)
                 .map(|_| label)
-                .map_err(|source| DataplaneError::Attach { iface: iface.to_string(), mode: label, source })
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: label,
+                    source,
+                })
         };
         let used = match mode {
             cli::XdpMode::Native => attempt(prog, XdpMode::Driver, "native")?,
@@ -137,8 +145,13 @@ impl Dataplane {
         if program == PROGRAM {
             let mut ports: DevMapHash<&mut MapData> = self.map("TX_PORTS")?;
             ports.insert(idx, idx, None, 0).map_err(|e| match e {
-                aya::maps::xdp::XdpMapError::MapError(source) => DataplaneError::Map { map: "TX_PORTS", source },
-                aya::maps::xdp::XdpMapError::ChainedProgramNotSupported => DataplaneError::Missing("TX_PORTS"),
+                aya::maps::xdp::XdpMapError::MapError(source) => DataplaneError::Map {
+                    map: "TX_PORTS",
+                    source,
+                },
+                aya::maps::xdp::XdpMapError::ChainedProgramNotSupported => {
+                    DataplaneError::Missing("TX_PORTS")
+                }
             })?;
         }
         self.attached.push((iface.to_string(), used));
@@ -149,7 +162,10 @@ impl Dataplane {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let m = self.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))?;
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
         T::try_from(m).map_err(map_err(name))
     }
 
@@ -164,16 +180,20 @@ impl Dataplane {
             }
         }
         {
-            let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> = self.map("BACKEND_REPLIES")?;
+            let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> =
+                self.map("BACKEND_REPLIES")?;
             for (k, t) in &plan.reply_writes {
-                replies.insert(*k, *t, 0).map_err(map_err("BACKEND_REPLIES"))?;
+                replies
+                    .insert(*k, *t, 0)
+                    .map_err(map_err("BACKEND_REPLIES"))?;
             }
         }
         {
             let mut ring: Array<&mut MapData, u32> = self.map("MAGLEV_RING")?;
             for (offset, table) in &plan.ring_writes {
                 for (i, id) in table.iter().enumerate() {
-                    ring.set(offset + i as u32, *id, 0).map_err(map_err("MAGLEV_RING"))?;
+                    ring.set(offset + i as u32, *id, 0)
+                        .map_err(map_err("MAGLEV_RING"))?;
                 }
             }
         }
@@ -185,7 +205,12 @@ impl Dataplane {
             for k in &plan.service_deletes {
                 match services.remove(k) {
                     Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(source) => return Err(DataplaneError::Map { map: "SERVICES", source }),
+                    Err(source) => {
+                        return Err(DataplaneError::Map {
+                            map: "SERVICES",
+                            source,
+                        })
+                    }
                 }
             }
         }
@@ -195,11 +220,17 @@ impl Dataplane {
                 backends.set(*id, *b, 0).map_err(map_err("BACKENDS"))?;
             }
         }
-        let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> = self.map("BACKEND_REPLIES")?;
+        let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> =
+            self.map("BACKEND_REPLIES")?;
         for k in &plan.reply_deletes {
             match replies.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(DataplaneError::Map { map: "BACKEND_REPLIES", source }),
+                Err(source) => {
+                    return Err(DataplaneError::Map {
+                        map: "BACKEND_REPLIES",
+                        source,
+                    })
+                }
             }
         }
         Ok(())

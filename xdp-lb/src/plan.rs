@@ -14,8 +14,8 @@ use std::{
 
 use xdp_lb_common::{
     Backend, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR,
-    SVC_HASH_SRC_ONLY, SVC_REVERSE_PER_FLOW,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_HASH_SRC_ONLY,
+    SVC_REVERSE_PER_FLOW,
 };
 
 use crate::{
@@ -338,7 +338,12 @@ impl Planner {
                 plan.reply_writes.push((*k, *t));
             }
         }
-        plan.reply_deletes = self.replies.keys().filter(|k| !replies.contains_key(k)).copied().collect();
+        plan.reply_deletes = self
+            .replies
+            .keys()
+            .filter(|k| !replies.contains_key(k))
+            .copied()
+            .collect();
         self.replies = replies;
         // Ids released by this apply only become reusable after it: until the
         // adapter finishes, the old service or ring may still point at them.
@@ -516,7 +521,11 @@ impl Planner {
             ring_offset: self.ring_offset(applied.id, slot),
             ring_size: svc.table_size,
             flags: service_flags(svc)
-                | if self.per_flow.contains(&service_key(svc)) { SVC_REVERSE_PER_FLOW } else { 0 },
+                | if self.per_flow.contains(&service_key(svc)) {
+                    SVC_REVERSE_PER_FLOW
+                } else {
+                    0
+                },
         };
         if record != applied.record {
             if applied.record != Service::default() && record.flags != applied.record.flags {
@@ -539,10 +548,19 @@ impl Planner {
 /// record a NAT_REVERSE entry. Also returns those services' keys.
 fn reply_targets(cfg: &Config) -> (HashMap<ServiceKey, ReplyTarget>, HashSet<ServiceKey>) {
     let mut users: BTreeMap<(Vec<u32>, u16, u8, u8), Vec<&ServiceConfig>> = BTreeMap::new();
-    for svc in cfg.services.iter().filter(|s| s.forwarding == Forwarding::Nat) {
+    for svc in cfg
+        .services
+        .iter()
+        .filter(|s| s.forwarding == Forwarding::Nat)
+    {
         for b in &svc.backends {
             let (addr, family) = ip_to_words(b.addr);
-            let key = (addr.to_vec(), port_to_wire(b.port), svc.proto.number(), family);
+            let key = (
+                addr.to_vec(),
+                port_to_wire(b.port),
+                svc.proto.number(),
+                family,
+            );
             users.entry(key).or_default().push(svc);
         }
     }
@@ -555,7 +573,12 @@ fn reply_targets(cfg: &Config) -> (HashMap<ServiceKey, ReplyTarget>, HashSet<Ser
         if shared {
             per_flow.extend(svcs.iter().map(|s| service_key(s)));
         }
-        let key = ServiceKey { addr: [addr[0], addr[1], addr[2], addr[3]], port, proto, family };
+        let key = ServiceKey {
+            addr: [addr[0], addr[1], addr[2], addr[3]],
+            port,
+            proto,
+            family,
+        };
         let target = ReplyTarget {
             vip,
             vport: port_to_wire(first.port),
@@ -1035,7 +1058,10 @@ mod tests {
         let plan = p.apply(&web(&TWO[..1])).unwrap();
         assert!(plan.reply_writes.is_empty());
         assert_eq!(plan.reply_deletes.len(), 1);
-        assert_eq!(plan.reply_deletes[0].addr, ip_to_words("198.18.1.3".parse().unwrap()).0);
+        assert_eq!(
+            plan.reply_deletes[0].addr,
+            ip_to_words("198.18.1.3".parse().unwrap()).0
+        );
     }
 
     #[test]
@@ -1048,7 +1074,10 @@ mod tests {
             let want = if k.addr == shared { REPLY_PER_FLOW } else { 0 };
             assert_eq!(t.flags, want, "{k:?}");
         }
-        assert!(plan.service_writes.iter().all(|(_, s)| s.flags & SVC_REVERSE_PER_FLOW != 0));
+        assert!(plan
+            .service_writes
+            .iter()
+            .all(|(_, s)| s.flags & SVC_REVERSE_PER_FLOW != 0));
         // Once b is gone the endpoint is a's alone again.
         let plan = p.apply(&cfg(&service("a", "198.18.100.1", &TWO))).unwrap();
         assert_eq!(plan.reply_writes.len(), 1);

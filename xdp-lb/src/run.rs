@@ -42,7 +42,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = config::load(&args)?;
     check_interfaces(&cfg.interfaces)?;
     let mut planner = Planner::new(cfg.max_services, cfg.max_table_size);
-    let plan = planner.apply(&cfg).context("planning the data plane for this configuration")?;
+    let plan = planner
+        .apply(&cfg)
+        .context("planning the data plane for this configuration")?;
     require_root("xdp-lb run")?;
 
     let sizes = MapSizes {
@@ -53,7 +55,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Program the maps before attaching, so the first packet already sees the services.
     dp.apply(&plan).context("programming the data plane maps")?;
     for iface in &cfg.interfaces {
-        let mode = dp.attach(PROGRAM, iface, cfg.xdp_mode).context("attaching XDP")?;
+        let mode = dp
+            .attach(PROGRAM, iface, cfg.xdp_mode)
+            .context("attaching XDP")?;
         log::info!("attached to {iface} in {mode} mode");
         warn_if_forwarding_disabled(&cfg, iface);
     }
@@ -64,15 +68,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(serve(args, cfg, planner, dp))
 }
 
-async fn serve(args: RunArgs, mut cfg: Config, mut planner: Planner, mut dp: Dataplane) -> anyhow::Result<()> {
+async fn serve(
+    args: RunArgs,
+    mut cfg: Config,
+    mut planner: Planner,
+    mut dp: Dataplane,
+) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Only now, with the handlers installed, may anyone rely on signals: a SIGHUP
     // before this point would have killed the process.
     println!("{}", crate::summary::render(&cfg));
-    let attached: Vec<String> = dp.attached().iter().map(|(i, m)| format!("{i} ({m})")).collect();
-    println!("xdp-lb ready: {} service(s) on {}", cfg.services.len(), attached.join(", "));
+    let attached: Vec<String> = dp
+        .attached()
+        .iter()
+        .map(|(i, m)| format!("{i} ({m})"))
+        .collect();
+    println!(
+        "xdp-lb ready: {} service(s) on {}",
+        cfg.services.len(),
+        attached.join(", ")
+    );
     let mut neigh = tokio::time::interval(NEIGH_REFRESH);
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.tick().await;
@@ -133,15 +150,32 @@ fn warn_if_forwarding_disabled(cfg: &Config, iface: &str) {
 }
 
 fn format_counters(c: &[(&'static str, u64)]) -> String {
-    c.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(" ")
+    c.iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Re-reads the configuration and applies the difference. Settings that size kernel
 /// maps or choose interfaces cannot change without a restart; a change to them
 /// fails the reload rather than being silently ignored.
-fn reload(args: &RunArgs, old: &Config, planner: &mut Planner, dp: &mut Dataplane) -> anyhow::Result<Config> {
+fn reload(
+    args: &RunArgs,
+    old: &Config,
+    planner: &mut Planner,
+    dp: &mut Dataplane,
+) -> anyhow::Result<Config> {
     let new = config::load(args)?;
-    let fixed = |c: &Config| (c.interfaces.clone(), c.xdp_mode, c.flow_table_size, c.max_services, c.max_table_size);
+    let fixed = |c: &Config| {
+        (
+            c.interfaces.clone(),
+            c.xdp_mode,
+            c.flow_table_size,
+            c.max_services,
+            c.max_table_size,
+        )
+    };
     if fixed(&new) != fixed(old) {
         bail!("interfaces, xdp_mode, flow_table_size, max_services and max_table_size only change on restart");
     }
@@ -173,11 +207,16 @@ fn prime_neighbours(cfg: &Config) {
 pub fn xdp_pass(ifaces: &[String]) -> anyhow::Result<()> {
     check_interfaces(ifaces)?;
     require_root("xdp-lb xdp-pass")?;
-    let mut dp = Dataplane::load(MapSizes { ring_entries: 1, flow_table_size: 16 })?;
+    let mut dp = Dataplane::load(MapSizes {
+        ring_entries: 1,
+        flow_table_size: 16,
+    })?;
     for i in ifaces {
         dp.attach(PASS_PROGRAM, i, crate::cli::XdpMode::Native)?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
