@@ -145,26 +145,34 @@ pub fn to_backend(
     src: &[u32; 4],
     dst: &[u32; 4],
 ) -> u32 {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let Some(cache) = NEXTHOPS.get_ptr_mut(id) else {
-        stats::reason(reason::PASS_FIB_FAILED);
+    let action = to_backend_inner(ctx, pkt, id, generation, src, dst);
+    if let Err(r) = action {
+        stats::reason(r);
+        crate::events::unroutable(ctx, r, id, pkt.key.family, dst);
         return xdp_action::XDP_PASS;
-    };
+    }
+    action.unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn to_backend_inner(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    id: u32,
+    generation: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> Result<u32, u32> {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cache = NEXTHOPS.get_ptr_mut(id).ok_or(reason::PASS_FIB_FAILED)?;
     let cache = unsafe { &mut *cache };
     if cache.expires < now || cache.generation != generation {
-        match fib(ctx, pkt, src, dst) {
-            Ok(mut nh) => {
-                nh.expires = now + NEXTHOP_TTL_NS;
-                nh.generation = generation;
-                *cache = nh;
-            }
-            Err(r) => {
-                stats::reason(r);
-                return xdp_action::XDP_PASS;
-            }
-        }
+        let mut nh = fib(ctx, pkt, src, dst)?;
+        nh.expires = now + NEXTHOP_TTL_NS;
+        nh.generation = generation;
+        *cache = nh;
     }
-    emit(ctx, cache.ifindex, &cache.smac, &cache.dmac)
+    emit_or(ctx, cache.ifindex, &cache.smac, &cache.dmac)
 }
 
 /// Sends a reply to a client whose flow is unknown (evicted, or from before a
@@ -184,28 +192,29 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4])
 /// ingress interface, XDP_REDIRECT through TX_PORTS otherwise.
 #[inline(always)]
 pub fn emit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        stats::reason(reason::PASS_MALFORMED);
-        return xdp_action::XDP_PASS;
+    emit_or(ctx, ifindex, smac, dmac).unwrap_or_else(|r| {
+        stats::reason(r);
+        xdp_action::XDP_PASS
+    })
+}
+
+/// `emit`, with the reason the frame cannot be sent (it is then left untouched).
+#[inline(always)]
+fn emit_or(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<u32, u32> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
+    let action = if ifindex == ctx.ingress_ifindex() as u32 {
+        stats::reason(reason::TX);
+        xdp_action::XDP_TX
+    } else {
+        let a = TX_PORTS.redirect(ifindex, 0).map_err(|_| reason::PASS_NO_TX_PORT)?;
+        stats::reason(reason::REDIRECT);
+        a
     };
     unsafe {
         (*eth).dst = *dmac;
         (*eth).src = *smac;
     }
-    if ifindex == ctx.ingress_ifindex() as u32 {
-        stats::reason(reason::TX);
-        return xdp_action::XDP_TX;
-    }
-    match TX_PORTS.redirect(ifindex, 0) {
-        Ok(action) => {
-            stats::reason(reason::REDIRECT);
-            action
-        }
-        Err(_) => {
-            stats::reason(reason::PASS_NO_TX_PORT);
-            xdp_action::XDP_PASS
-        }
-    }
+    Ok(action)
 }
 
 /// The kernel's next hop towards `dst`, or the reason there is none.

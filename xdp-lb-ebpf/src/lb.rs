@@ -137,8 +137,9 @@ fn remember_reply(ctx: &XdpContext, pkt: &Packet, backend_addr: [u32; 4], backen
         smac,
         dmac,
     };
-    if NAT_REVERSE.insert(&reply, &v, BPF_ANY as u64).is_err() {
+    if let Err(e) = NAT_REVERSE.insert(&reply, &v, BPF_ANY as u64) {
         stats::reason(reason::FLOW_INSERT_FAILED);
+        crate::events::insert_failed(ctx, "NAT reverse table", e);
     }
 }
 

@@ -12,6 +12,8 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod bench;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod lb;

@@ -47,10 +47,11 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         smac: unsafe { (*eth).dst },
         dmac: unsafe { (*eth).src },
     };
-    if FLOWS.insert(key, &value, BPF_ANY as u64).is_err() {
+    if let Err(e) = FLOWS.insert(key, &value, BPF_ANY as u64) {
         // The packet still goes to the right backend; its next packet will hash to
         // the same slot unless the table changes meanwhile.
         crate::stats::reason(reason::FLOW_INSERT_FAILED);
+        crate::events::insert_failed(ctx, "flow table", e);
     }
     Ok(Choice {
         id,

@@ -60,6 +60,9 @@ pub struct MapSizes {
 pub struct Dataplane {
     ebpf: Ebpf,
     attached: Vec<(String, &'static str)>,
+    /// Reader of the program's rare-event log lines; holds the ring buffer's only
+    /// fd, so it lives as long as the programs may be (re)loaded.
+    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Looks up an interface index; `None` if there is no such interface.
@@ -80,15 +83,23 @@ impl Dataplane {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::StubObject);
         }
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
             .map_max_entries("FLOWS", sizes.flow_table_size)
             .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
+        let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("the XDP program's log is not available: {e}");
+                None
+            }
+        };
         let mut dp = Dataplane {
             ebpf,
             attached: Vec::new(),
+            kernel_log,
         };
         dp.load_program(PROGRAM)?;
         Ok(dp)
@@ -267,6 +278,20 @@ impl Dataplane {
     pub fn backend_counters(&mut self, id: u32) -> Result<Counters, DataplaneError> {
         debug_assert!(id < MAX_BACKENDS);
         self.counters("BACKEND_STATS", id)
+    }
+
+    /// A descriptor that becomes readable when the program has logged something;
+    /// call `flush_kernel_log` then.
+    pub fn kernel_log_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd;
+        self.kernel_log.as_ref().map(|l| l.as_fd().try_clone_to_owned())
+    }
+
+    /// Writes the program's pending log lines to the `log` logger.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = &mut self.kernel_log {
+            l.flush();
+        }
     }
 
     /// Interfaces attached so far and the mode each got.

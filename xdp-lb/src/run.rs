@@ -6,7 +6,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
 
 use crate::{
     cli::RunArgs,
@@ -93,6 +96,16 @@ async fn serve(
     let mut neigh = tokio::time::interval(NEIGH_REFRESH);
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.tick().await;
+    let kernel_log = match dp.kernel_log_fd() {
+        // SAFETY: `fd` is an owned descriptor moved into the AsyncFd, which keeps it
+        // open and unchanged until the AsyncFd is dropped.
+        Some(Ok(fd)) => Some(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)?),
+        Some(Err(e)) => {
+            log::warn!("cannot watch the XDP program's log: {e}");
+            None
+        }
+        None => None,
+    };
     let mut generation = 1u64;
     let mut last_counters = Vec::new();
     loop {
@@ -114,6 +127,17 @@ async fn serve(
             _ = int.recv() => break,
             _ = term.recv() => break,
             _ = neigh.tick() => prime_neighbours(&cfg),
+            ready = async {
+                match &kernel_log {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok(mut guard) = ready {
+                    dp.flush_kernel_log();
+                    guard.clear_ready();
+                }
+            }
             _ = stats.tick() => {
                 if let Ok(c) = dp.global_counters() {
                     if c != last_counters {
