@@ -233,7 +233,37 @@ fn setup_links() {
     }
 }
 
+/// Second interface of the bed, for routes that leave through another port.
+pub const LB_IF2: &str = "lb1";
+
 impl Bed {
+    /// Routes bed backend `idx` (IPv4) out of a second interface, `LB_IF2`, created
+    /// on first use; returns that interface's index.
+    pub fn route_backend_via_second_port(&self, idx: usize) -> u32 {
+        if xdp_lb::dataplane::ifindex(LB_IF2).is_none() {
+            sh(&[
+                "ip", "link", "add", LB_IF2, "type", "veth", "peer", "name", "peer1",
+            ]);
+            sh(&["ip", "link", "set", LB_IF2, "up"]);
+            sh(&["ip", "link", "set", "peer1", "up"]);
+        }
+        let host = format!("{}/32", BACKENDS4[idx]);
+        sh(&["ip", "route", "replace", &host, "dev", LB_IF2]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &BACKENDS4[idx].to_string(),
+            "lladdr",
+            &mac(&BACKEND_MACS[idx]),
+            "dev",
+            LB_IF2,
+            "nud",
+            "permanent",
+        ]);
+        xdp_lb::dataplane::ifindex(LB_IF2).expect("second port")
+    }
+
     /// Adds a permanent neighbour entry (MAC `CLIENT_MAC`) for `ip`.
     pub fn add_client_neighbour(&self, ip: &str) {
         sh(&[

@@ -22,6 +22,7 @@ use xdp_lb_tests::pkt::*;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 #[test]
 fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
@@ -556,6 +557,31 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
             "the new connection is pinned"
         );
         assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
+    });
+}
+
+#[test]
+fn a_backend_behind_another_interface_is_reached_by_redirect() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        bed.publish_ring(&mut dp, 0, &[0; RING as usize], 1);
+        let port2 = bed.route_backend_via_second_port(0);
+        let input = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40050, 80, 64, CLIENT_MAC, LB_MAC, b"r",
+        );
+        // Not a port xdp-lb may send through: the kernel gets the packet.
+        let (action, _) = run(&mut dp, &input);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(count(&dp.global_counters().unwrap(), "pass_no_tx_port"), 1);
+        // Once it is (as every attached interface is), the frame is redirected there.
+        dp.add_tx_port(port2).unwrap();
+        let input = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40051, 80, 64, CLIENT_MAC, LB_MAC, b"r",
+        );
+        let (action, out) = run(&mut dp, &input);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out[0..6], BACKEND_MACS[0]);
+        assert_eq!(count(&dp.global_counters().unwrap(), "redirect"), 1);
     });
 }
 

@@ -44,11 +44,20 @@ pub fn unroutable(ctx: &XdpContext, r: u32, id: u32, family: u8, addr: &[u32; 4]
         "no route (bpf_fib_lookup failed)"
     };
     if family == FAMILY_V4 {
-        warn!(ctx, "backend {} at {:i}: {}; passing packets to the kernel", id, u32::from_be(addr[0]), what);
+        warn!(
+            ctx,
+            "backend {} at {:i}: {}; passing packets to the kernel",
+            id,
+            u32::from_be(addr[0]),
+            what
+        );
     } else {
         // The words hold the address bytes in wire order.
         let bytes: [u8; 16] = unsafe { core::mem::transmute(*addr) };
-        warn!(ctx, "backend {} at {:i}: {}; passing packets to the kernel", id, bytes, what);
+        warn!(
+            ctx,
+            "backend {} at {:i}: {}; passing packets to the kernel", id, bytes, what
+        );
     }
 }
 
@@ -56,6 +65,9 @@ pub fn unroutable(ctx: &XdpContext, r: u32, id: u32, family: u8, addr: &[u32; 4]
 #[inline(never)]
 pub fn insert_failed(ctx: &XdpContext, table: &str, err: i32) {
     if due(reason::FLOW_INSERT_FAILED) {
-        warn!(ctx, "{} insert failed (error {}); flows may move if tables change", table, err);
+        warn!(
+            ctx,
+            "{} insert failed (error {}); flows may move if tables change", table, err
+        );
     }
 }

@@ -206,7 +206,9 @@ fn emit_or(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Re
         stats::reason(reason::TX);
         xdp_action::XDP_TX
     } else {
-        let a = TX_PORTS.redirect(ifindex, 0).map_err(|_| reason::PASS_NO_TX_PORT)?;
+        let a = TX_PORTS
+            .redirect(ifindex, 0)
+            .map_err(|_| reason::PASS_NO_TX_PORT)?;
         stats::reason(reason::REDIRECT);
         a
     };

@@ -154,8 +154,19 @@ impl Dataplane {
             },
         };
         if program == PROGRAM {
-            let mut ports: DevMapHash<&mut MapData> = self.map("TX_PORTS")?;
-            ports.insert(idx, idx, None, 0).map_err(|e| match e {
+            self.add_tx_port(idx)?;
+        }
+        self.attached.push((iface.to_string(), used));
+        Ok(used)
+    }
+
+    /// Lets the program XDP_REDIRECT frames to interface `ifindex` (every interface
+    /// the balancer is attached to is added by `attach`).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<&mut MapData> = self.map("TX_PORTS")?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| match e {
                 aya::maps::xdp::XdpMapError::MapError(source) => DataplaneError::Map {
                     map: "TX_PORTS",
                     source,
@@ -163,10 +174,7 @@ impl Dataplane {
                 aya::maps::xdp::XdpMapError::ChainedProgramNotSupported => {
                     DataplaneError::Missing("TX_PORTS")
                 }
-            })?;
-        }
-        self.attached.push((iface.to_string(), used));
-        Ok(used)
+            })
     }
 
     fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -284,7 +292,9 @@ impl Dataplane {
     /// call `flush_kernel_log` then.
     pub fn kernel_log_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
         use std::os::fd::AsFd;
-        self.kernel_log.as_ref().map(|l| l.as_fd().try_clone_to_owned())
+        self.kernel_log
+            .as_ref()
+            .map(|l| l.as_fd().try_clone_to_owned())
     }
 
     /// Writes the program's pending log lines to the `log` logger.

@@ -99,7 +99,10 @@ async fn serve(
     let kernel_log = match dp.kernel_log_fd() {
         // SAFETY: `fd` is an owned descriptor moved into the AsyncFd, which keeps it
         // open and unchanged until the AsyncFd is dropped.
-        Some(Ok(fd)) => Some(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)?),
+        Some(Ok(fd)) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?,
+        ),
         Some(Err(e)) => {
             log::warn!("cannot watch the XDP program's log: {e}");
             None
