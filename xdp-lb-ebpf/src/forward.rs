@@ -175,19 +175,6 @@ fn to_backend_inner(
     emit_or(ctx, cache.ifindex, &cache.smac, &cache.dmac)
 }
 
-/// Sends a reply to a client whose flow is unknown (evicted, or from before a
-/// restart) through a FIB lookup; not cached, as this is the rare path.
-#[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
-    match fib(ctx, pkt, src, dst) {
-        Ok(nh) => emit(ctx, nh.ifindex, &nh.smac, &nh.dmac),
-        Err(r) => {
-            stats::reason(r);
-            xdp_action::XDP_PASS
-        }
-    }
-}
-
 /// Rewrites the MACs and sends the frame out of `ifindex`: XDP_TX when that is the
 /// ingress interface, XDP_REDIRECT through TX_PORTS otherwise.
 #[inline(always)]

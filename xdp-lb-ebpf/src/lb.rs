@@ -70,23 +70,22 @@ pub fn process(ctx: &XdpContext) -> u32 {
 }
 
 /// Translates a backend's reply back to the VIP and sends it the way the client's
-/// request came in. The translation needs no flow state (the endpoint names the
-/// VIP), so replies survive a flow-table eviction or a restart; only the way back
-/// comes from the flow, with a FIB lookup when the flow is unknown.
+/// request came in. Only packets of flows the balancer dispatched are translated:
+/// the backend may also talk to clients directly (health checks, administration),
+/// and those packets must pass untouched.
 #[inline(always)]
 fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
     let k = &pkt.key;
     if t.flags & REPLY_PER_FLOW != 0 {
-        if let Some(rev) = unsafe { NAT_REVERSE.get(k) } {
-            let rev = *rev;
-            if let Err(r) = forward::nat(ctx, pkt, Side::Src, &rev.vip, rev.vport) {
-                return pass(r);
-            }
-            stats::reason(reason::NAT_REPLY);
-            return forward::emit(ctx, rev.ifindex, &rev.smac, &rev.dmac);
+        let Some(rev) = (unsafe { NAT_REVERSE.get(k) }) else {
+            return pass(reason::PASS_NOT_SERVICE);
+        };
+        let rev = *rev;
+        if let Err(r) = forward::nat(ctx, pkt, Side::Src, &rev.vip, rev.vport) {
+            return pass(r);
         }
-        // No per-flow entry (the flow predates the sharing): translate to the VIP
-        // named by the endpoint only if that VIP really has this flow.
+        stats::reason(reason::NAT_REPLY);
+        return forward::emit(ctx, rev.ifindex, &rev.smac, &rev.dmac);
     }
     let client_flow = FlowKey {
         src: k.dst,
@@ -97,18 +96,15 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
         family: k.family,
         _pad: [0; 2],
     };
-    let way_back = unsafe { FLOWS.get(&client_flow) }.map(|f| (f.ifindex, f.smac, f.dmac));
-    if way_back.is_none() && t.flags & REPLY_PER_FLOW != 0 {
+    let Some(flow) = (unsafe { FLOWS.get(&client_flow) }) else {
         return pass(reason::PASS_NOT_SERVICE);
-    }
+    };
+    let (ifindex, smac, dmac) = (flow.ifindex, flow.smac, flow.dmac);
     if let Err(r) = forward::nat(ctx, pkt, Side::Src, &t.vip, t.vport) {
         return pass(r);
     }
     stats::reason(reason::NAT_REPLY);
-    match way_back {
-        Some((ifindex, smac, dmac)) => forward::emit(ctx, ifindex, &smac, &dmac),
-        None => forward::to_client(ctx, pkt, &t.vip, &k.dst),
-    }
+    forward::emit(ctx, ifindex, &smac, &dmac)
 }
 
 /// Records how to translate the backend's replies back to the VIP, and the way back
