@@ -29,14 +29,17 @@ fn new_connections(topo: &Topology) -> Tally {
     let vip = topo.vip(false, TCP_PORT);
     topo.client
         .run(|| {
-            let mut t = Tally::default();
+            let mut tally = Tally::default();
             for _ in 0..NEW_CONNECTIONS {
+                if tally.gave_up() {
+                    break;
+                }
                 match client::tcp_name(vip) {
-                    Ok((name, _)) => t.add(&name),
-                    Err(e) => t.error(e),
+                    Ok((name, _)) => tally.add(&name),
+                    Err(e) => tally.error(e),
                 }
             }
-            t
+            tally
         })
         .expect("entering the client namespace")
 }
@@ -76,6 +79,9 @@ fn long_connection_survives_reload(mode: Forwarding) {
                 .unwrap_or_else(|e| panic!("{mode:?}: reload failed: {e}"));
         }
         answers.push(conn.ping().map_err(|e| e.to_string()));
+        if answers.iter().filter(|a| a.is_err()).count() >= scenario::MAX_ERRORS {
+            break;
+        }
         thread::sleep(Duration::from_millis(100));
     }
     let bad: Vec<(usize, &Result<String, String>)> = answers

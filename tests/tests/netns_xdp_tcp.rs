@@ -28,6 +28,9 @@ fn weighted_spread(mode: Forwarding) {
             let mut tally = Tally::default();
             let mut ports = HashSet::new();
             for _ in 0..CONNECTIONS {
+                if tally.gave_up() {
+                    break;
+                }
                 match client::tcp_name(vip) {
                     Ok((name, port)) => {
                         tally.add(&name);
@@ -122,6 +125,9 @@ fn ipv6_vip(mode: Forwarding) {
         .run(|| {
             let mut tally = Tally::default();
             for _ in 0..30 {
+                if tally.gave_up() {
+                    break;
+                }
                 let r = LineClient::connect(vip).and_then(|mut c| {
                     let pong = c.ping()?;
                     if pong == c.greeting() && c.peer() == Some(vip) {
