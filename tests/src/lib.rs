@@ -10,6 +10,7 @@ pub mod error;
 pub mod lb;
 pub mod lbconfig;
 pub mod netns;
+pub mod pkt;
 pub mod root;
 pub mod scenario;
 pub mod servers;

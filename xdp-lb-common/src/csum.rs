@@ -54,7 +54,9 @@ mod tests {
 
     #[test]
     fn incremental_matches_full_recompute() {
-        let mut words = [0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4001, 0, 0xac10, 0x0a63, 0xac10, 0x0a0c];
+        let mut words = [
+            0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4001, 0, 0xac10, 0x0a63, 0xac10, 0x0a0c,
+        ];
         let before = full(&words);
         let old = ((words[8] as u32) << 16) | words[9] as u32;
         let new = 0xc612_0105u32;

@@ -12,7 +12,10 @@ const SEED: u32 = 0x6c62_7864; // "dxbl"
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
     (h ^ k)
         .rotate_left(13)
         .wrapping_mul(5)

@@ -40,6 +40,12 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub const SVC_FWD_DSR: u32 = 1 << 0;
 /// Hash only the source address ("IP hash" persistence) instead of the 5-tuple.
 pub const SVC_HASH_SRC_ONLY: u32 = 1 << 1;
+/// A backend of this NAT service also serves another NAT service, so its replies
+/// cannot be mapped back by address alone: new flows record a NAT_REVERSE entry.
+pub const SVC_REVERSE_PER_FLOW: u32 = 1 << 2;
+
+/// `ReplyTarget::flags`: the endpoint is shared; look the reply up in NAT_REVERSE.
+pub const REPLY_PER_FLOW: u16 = 1 << 0;
 
 /// Backend states (`Backend::state`).
 pub const BACKEND_ACTIVE: u8 = 0;
@@ -108,17 +114,40 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of FLOWS: which backend a client flow is pinned to.
+/// Value of FLOWS: which backend a client flow is pinned to, and the way back to the
+/// client for NAT replies, taken from the request that created the entry (replies
+/// leave through the interface the request came in on, to the MAC it came from).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend_id: u32,
     /// `Backend::generation` when the flow was pinned.
     pub generation: u32,
+    /// Interface the request arrived on.
+    pub ifindex: u32,
+    /// The request's destination MAC: the reply's source.
+    pub smac: [u8; 6],
+    /// The request's source MAC (client or router): the reply's destination.
+    pub dmac: [u8; 6],
 }
 
-/// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client): the VIP and
-/// port to put back as the reply's source.
+/// Value of BACKEND_REPLIES, keyed by a NAT backend's endpoint (a `ServiceKey` holding
+/// the backend's address, port and protocol): the VIP and port its replies are
+/// translated back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplyTarget {
+    /// Network byte order.
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vport: u16,
+    /// `REPLY_*`.
+    pub flags: u16,
+}
+
+/// Value of NAT_REVERSE, keyed by the reply 5-tuple (backend -> client), used only for
+/// backends shared by several NAT services: the VIP and port to put back as the
+/// reply's source, and the way back to the client (as in `FlowValue`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReverse {
@@ -127,7 +156,31 @@ pub struct NatReverse {
     /// Network byte order.
     pub vport: u16,
     pub _pad: [u8; 2],
+    /// Interface the request arrived on.
+    pub ifindex: u32,
+    /// The request's destination MAC: the reply's source.
+    pub smac: [u8; 6],
+    /// The request's source MAC (client or router): the reply's destination.
+    pub dmac: [u8; 6],
 }
+
+/// Per-CPU cache of the FIB answer towards a backend (NEXTHOPS, by backend id), so
+/// established flows skip `bpf_fib_lookup`. Kernel-only state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// CLOCK_MONOTONIC (coarse) ns after which the entry is looked up again.
+    pub expires: u64,
+    pub ifindex: u32,
+    /// `Backend::generation` the entry was looked up for: a reassigned slot misses.
+    pub generation: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// How long a cached next hop is trusted before the FIB is asked again.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Per-CPU traffic counters, per service and per backend.
 #[repr(C)]
@@ -189,15 +242,22 @@ pub mod reason {
     ];
 }
 
-/// Index of the bench harness's saved frame in BENCH_FRAME.
+/// Largest frame the benchmark wrapper can restore.
 pub const BENCH_FRAME_MAX: usize = 256;
 
-/// The frame the benchmark wrapper restores before every tail call.
+/// The frame the benchmark wrapper restores before every tail call, and how it
+/// varies the flow from one iteration to the next.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BenchFrame {
     pub len: u32,
-    pub _pad: u32,
+    /// Distinct flows to cycle through (0: always the frame as saved). Flow n
+    /// carries n + `base` in the 16-bit port at `port_off` (low bits) and the
+    /// 16-bit address word at `addr_off` (high bits), both big endian.
+    pub flows: u32,
+    pub base: u32,
+    pub port_off: u16,
+    pub addr_off: u16,
     pub data: [u8; BENCH_FRAME_MAX],
 }
 
@@ -210,10 +270,12 @@ assert_size!(ServiceKey, 20);
 assert_size!(Service, 16);
 assert_size!(Backend, 24);
 assert_size!(FlowKey, 40);
-assert_size!(FlowValue, 8);
-assert_size!(NatReverse, 20);
+assert_size!(FlowValue, 24);
+assert_size!(ReplyTarget, 20);
+assert_size!(NatReverse, 36);
+assert_size!(NextHop, 32);
 assert_size!(Counters, 24);
-assert_size!(BenchFrame, 264);
+assert_size!(BenchFrame, 272);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -224,7 +286,9 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ReplyTarget {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchFrame {}
 }

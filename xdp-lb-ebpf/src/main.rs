@@ -1,16 +1,33 @@
+//! The XDP data plane of xdp-lb. `xdp_lb` is the program `xdp-lb run` attaches; the
+//! modules split the packet path by concern (parse, select, forward, stats).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Map keys are passed by reference on purpose: by value they would be copied onto
+// the 512-byte BPF stack once more before the helper call.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
 #[cfg(target_arch = "bpf")]
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod bench;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod lb;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod stats;
 
 #[cfg(target_arch = "bpf")]
-#[xdp]
-pub fn xdp_lb(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+#[aya_ebpf::macros::xdp]
+pub fn xdp_lb(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+    lb::process(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

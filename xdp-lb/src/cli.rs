@@ -16,8 +16,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach the balancer to interfaces and serve the configured services.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Validate a configuration (file and/or flags) and print what `run` would program.
+    ///
+    /// Needs no privileges and touches nothing: exits 0 and prints a summary when the
+    /// configuration is valid, prints what to fix and exits 1 otherwise.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(RunArgs),
     /// Attach a program that passes every packet (XDP_PASS) and wait for SIGINT/SIGTERM.
     ///
@@ -29,6 +34,35 @@ pub enum Command {
         ifaces: Vec<String>,
     },
 }
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # One service from flags: TCP port 80 on a VIP, two backends weighted 3:1
+  xdp-lb run --iface eth0 --vip 198.18.100.1:80 \\
+      --backend 198.18.1.2:8080@3 --backend 198.18.1.3:8080
+
+  # IPv6 VIP, direct server return (backends hold the VIP and answer clients directly)
+  xdp-lb run --iface eth0 --vip '[2001:db8::10]:443' --forwarding dsr \\
+      --backend '[2001:db8::2]' --backend '[2001:db8::3]'
+
+  # Many services from a file (see the README for the format)
+  xdp-lb run --config /etc/xdp-lb.toml
+
+Check a configuration first with `xdp-lb check` (same flags).";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  xdp-lb check --config /etc/xdp-lb.toml
+  xdp-lb check --iface eth0 --vip 198.18.100.1:80 --backend 198.18.1.2:8080@3
+
+Minimal file:
+  interfaces = [\"eth0\"]
+  [[service]]
+  vip = \"198.18.100.1\"
+  port = 80
+  [[service.backend]]
+  addr = \"198.18.1.2\"
+  port = 8080";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -89,8 +123,21 @@ pub fn init_logging(verbose: u8) {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(_) | Command::Check(_) | Command::XdpPass { .. } => {
-            anyhow::bail!("not implemented yet")
-        }
+        Command::Check(args) => check(&args),
+        Command::Run(args) => crate::run::run(args),
+        Command::XdpPass { ifaces } => crate::run::xdp_pass(&ifaces),
     }
+}
+
+/// `xdp-lb check`: everything `run` does before touching the kernel.
+fn check(args: &RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let cfg = crate::config::load(args).context("invalid configuration")?;
+    crate::plan::Planner::new(cfg.max_services, cfg.max_table_size)
+        .apply(&cfg)
+        .context("configuration cannot be programmed")?;
+    print!("{}", crate::summary::render(&cfg));
+    println!("\nconfiguration OK");
+    Ok(())
 }

@@ -1,8 +1,71 @@
 //! Configuration: the TOML file and the single-service command-line flags, merged and
 //! validated into a `Config` before anything touches the kernel.
-use std::net::IpAddr;
+//!
+//! # File format
+//!
+//! ```toml
+//! interfaces = ["eth0"]          # required unless --iface is given; --iface replaces it
+//! xdp_mode = "auto"              # auto (default) | native | generic
+//! flow_table_size = 262144       # optional: connections remembered per flow table
+//! max_services = 32              # optional: service slots the ring map is sized for (1..=1024)
+//! max_table_size = 65537         # optional: largest table_size any service may use
+//!
+//! [[service]]
+//! name = "web"                   # optional, default "VIP:PORT/PROTO"
+//! vip = "198.18.100.1"           # IPv4 or IPv6 address (no port)
+//! port = 80                      # 1..=65535
+//! proto = "tcp"                  # tcp (default) | udp
+//! algorithm = "maglev"           # maglev (default) | src-hash
+//! forwarding = "nat"             # nat (default) | dsr
+//! table_size = 65537             # optional Maglev table size, a prime (see below)
+//!
+//! [[service.backend]]
+//! addr = "198.18.1.2"            # same address family as the VIP
+//! port = 8080                    # required for nat; for dsr optional and must equal the service port
+//! weight = 3                     # 1..=65535, default 1 (take a backend out with state, not weight 0)
+//! state = "active"               # active (default) | draining | down
+//! ```
+//!
+//! Rules beyond the syntax: every service has at least one and at most
+//! `MAX_BACKENDS_PER_SERVICE` backends; (vip, port, proto) and names are unique; a
+//! backend (addr, port) appears once per service. `table_size` must be prime (Maglev's
+//! permutations only cover the table when M is prime), at least 100 x the number of
+//! configured backends (the paper's bound for keeping the per-backend imbalance
+//! near 1%), and at most `max_table_size`. `max_services` and `max_table_size` size
+//! kernel maps, so they are fixed for the life of a `run`.
+//!
+//! Command-line flags: `--vip ADDR:PORT` (IPv6 as `[2001:db8::10]:80`) with repeatable
+//! `--backend ADDR:PORT[@WEIGHT]` and `--proto/--algorithm/--forwarding/--table-size`
+//! adds one service to those of the file; `--iface`, `--xdp-mode` and
+//! `--flow-table-size` override the file.
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use serde::Deserialize;
+use xdp_lb_common::{
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_RING_SIZE,
+    MAX_SERVICES,
+};
 
 use crate::cli::{RunArgs, XdpMode};
+
+/// Default number of service slots the ring map is sized for.
+pub const DEFAULT_MAX_SERVICES: u32 = 32;
+/// Default upper bound for any service's `table_size`.
+pub const DEFAULT_MAX_TABLE_SIZE: u32 = DEFAULT_RING_SIZE;
+/// Maglev table slots required per configured backend.
+pub const SLOTS_PER_BACKEND: u32 = 100;
+/// Largest accepted backend weight.
+pub const MAX_WEIGHT: u32 = 65535;
+/// Upper bound on `2 * max_services * max_table_size` ring entries (4 bytes each, so
+/// 256 MiB of kernel memory): beyond it the map allocation is likely to fail.
+pub const MAX_RING_ENTRIES: u64 = 1 << 26;
+/// Linux IFNAMSIZ minus the terminating NUL.
+const MAX_IFNAME_LEN: usize = 15;
 
 /// A validated configuration: every address parsed, every limit checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,6 +73,10 @@ pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub flow_table_size: u32,
+    /// Service slots the ring map is sized for (fixed for the life of a `run`).
+    pub max_services: u32,
+    /// Largest Maglev table size any service may use (fixed for the life of a `run`).
+    pub max_table_size: u32,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -30,7 +97,9 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     pub addr: IpAddr,
+    /// Always set: for DSR services it is the service port.
     pub port: u16,
+    /// 1..=MAX_WEIGHT.
     pub weight: u32,
     pub state: BackendState,
 }
@@ -60,15 +129,1398 @@ pub enum BackendState {
     Down,
 }
 
-/// Loads the file named by `args.config` (if any), adds the flag-defined service (if
-/// `--vip` is given), applies defaults and validates the result.
-pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
-    let _ = args;
-    Err(ConfigError::NoServices)
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// IP protocol number as used in packets and map keys.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => xdp_lb_common::PROTO_TCP,
+            Proto::Udp => xdp_lb_common::PROTO_UDP,
+        }
+    }
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Maglev => "maglev",
+            Algorithm::SrcHash => "src-hash",
+        }
+    }
+}
+
+impl Forwarding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::Nat => "nat",
+            Forwarding::Dsr => "dsr",
+        }
+    }
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so width/alignment flags work in tables.
+        f.pad(self.as_str())
+    }
+}
+
+impl ServiceConfig {
+    /// "VIP:PORT/PROTO", e.g. "198.18.100.1:80/tcp" or "[2001:db8::10]:80/tcp".
+    pub fn endpoint(&self) -> String {
+        format!("{}/{}", SocketAddr::new(self.vip, self.port), self.proto)
+    }
+}
+
+impl BackendConfig {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no services configured: give --config FILE or --vip ADDR:PORT with --backend ADDR:PORT")]
+    #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error(
+        "{origin}:{line}:{column}: {message} (check the spelling against the documented keys)"
+    )]
+    UnknownKey {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{context}: malformed address {value:?}: {reason}")]
+    BadAddress {
+        context: String,
+        value: String,
+        reason: String,
+    },
+    #[error("service {service:?}: backend {backend} is {backend_family} but the VIP {vip} is {vip_family}; use backends of the VIP's address family")]
+    FamilyMismatch {
+        service: String,
+        vip: IpAddr,
+        backend: String,
+        vip_family: &'static str,
+        backend_family: &'static str,
+    },
+    #[error("{context}: port 0 is not allowed; give a port in 1..=65535")]
+    PortZero { context: String },
+    #[error("{context}: port {value} out of range; give a port in 1..=65535")]
+    PortOutOfRange { context: String, value: i64 },
+    #[error("service {service:?}: backend {addr} needs a port (only dsr services default it to the service port)")]
+    MissingBackendPort { service: String, addr: IpAddr },
+    #[error("service {service:?}: dsr backend {backend} must use the service port {port} (dsr only rewrites MAC addresses); drop the port or set it to {port}")]
+    DsrPortMismatch {
+        service: String,
+        backend: String,
+        port: u16,
+    },
+    #[error("service {service:?}: backend {backend} listed twice")]
+    DuplicateBackend { service: String, backend: String },
+    #[error("services {first:?} and {second:?} both use {endpoint}; each vip+port+proto may appear once")]
+    DuplicateService {
+        first: String,
+        second: String,
+        endpoint: String,
+    },
+    #[error("service name {name:?} used twice; give each service a distinct name")]
+    DuplicateServiceName { name: String },
+    #[error("service name must not be empty (leave `name` out for the default VIP:PORT/PROTO)")]
+    EmptyServiceName,
+    #[error("service {service:?}: backend {backend} weight {weight} out of range 1..={max} (to take a backend out, use state = \"draining\" or \"down\")")]
+    WeightOutOfRange {
+        service: String,
+        backend: String,
+        weight: i64,
+        max: u32,
+    },
+    #[error("service {service:?}: unknown algorithm {value:?}; use \"maglev\" or \"src-hash\"")]
+    UnknownAlgorithm { service: String, value: String },
+    #[error("service {service:?}: unknown forwarding {value:?}; use \"nat\" or \"dsr\"")]
+    UnknownForwarding { service: String, value: String },
+    #[error("service {service:?}: unknown proto {value:?}; use \"tcp\" or \"udp\"")]
+    UnknownProto { service: String, value: String },
+    #[error("service {service:?}: backend {backend} has unknown state {value:?}; use \"active\", \"draining\" or \"down\"")]
+    UnknownState {
+        service: String,
+        backend: String,
+        value: String,
+    },
+    #[error("unknown xdp_mode {value:?}; use \"auto\", \"native\" or \"generic\"")]
+    UnknownXdpMode { value: String },
+    #[error("service {service:?}: table_size {size} is not prime (Maglev needs a prime); the next prime is {suggestion}")]
+    TableSizeNotPrime {
+        service: String,
+        size: u32,
+        suggestion: u32,
+    },
+    #[error("service {service:?}: table_size {size} too small for {backends} backends: Maglev needs at least {SLOTS_PER_BACKEND} slots per backend, e.g. table_size = {suggestion}")]
+    TableSizeTooSmall {
+        service: String,
+        size: u32,
+        backends: usize,
+        suggestion: u32,
+    },
+    #[error("service {service:?}: table_size {size} exceeds max_table_size {max}; raise max_table_size or lower table_size")]
+    TableSizeTooLarge {
+        service: String,
+        size: u32,
+        max: u32,
+    },
+    #[error("service {service:?}: {count} backends, more than the limit of {max} per service")]
+    TooManyBackends {
+        service: String,
+        count: usize,
+        max: u32,
+    },
+    #[error("service {service:?}: no backends; add [[service.backend]] entries (or --backend)")]
+    NoBackends { service: String },
+    #[error("{count} services configured but max_services is {max}; raise max_services (at most {MAX_SERVICES})")]
+    TooManyServices { count: usize, max: u32 },
+    #[error("no interfaces configured: set interfaces = [\"eth0\"] in the file or give --iface")]
+    NoInterfaces,
+    #[error("interface name {name:?} is invalid: {reason}")]
+    BadInterface { name: String, reason: &'static str },
+    #[error("interface {name:?} listed twice")]
+    DuplicateInterface { name: String },
+    #[error("{key} = {value} is invalid: {reason}")]
+    BadLimit {
+        key: &'static str,
+        value: u64,
+        reason: String,
+    },
+    #[error("{flag} needs --vip ADDR:PORT (the flags describe one service)")]
+    FlagWithoutVip { flag: &'static str },
+}
+
+/// Loads the file named by `args.config` (if any), adds the flag-defined service (if
+/// `--vip` is given), applies defaults and validates the result.
+pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+    let raw = match &args.config {
+        Some(path) => read_file(path)?,
+        None => RawConfig::default(),
+    };
+    build(raw, args)
+}
+
+/// Parses and validates a TOML document alone (no flags); errors name it `<config>`.
+pub fn parse_str(toml_text: &str) -> Result<Config, ConfigError> {
+    build(parse_raw(toml_text, "<config>")?, &RunArgs::default())
+}
+
+/// Parses a TOML document and merges `args` into it, as `load` does for a file.
+pub fn parse_str_with_args(toml_text: &str, args: &RunArgs) -> Result<Config, ConfigError> {
+    build(parse_raw(toml_text, "<config>")?, args)
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_raw(&text, &path.display().to_string())
+}
+
+/// The file as written: strings where the value set is ours to check, so that a bad
+/// value gets a message naming the service instead of a generic serde one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    xdp_mode: Option<String>,
+    flow_table_size: Option<u32>,
+    max_services: Option<u32>,
+    max_table_size: Option<u32>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    vip: String,
+    port: i64,
+    proto: Option<String>,
+    algorithm: Option<String>,
+    forwarding: Option<String>,
+    table_size: Option<u32>,
+    #[serde(default, rename = "backend")]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    addr: String,
+    port: Option<i64>,
+    weight: Option<i64>,
+    state: Option<String>,
+}
+
+fn parse_raw(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_column(text, span.start))
+            .unwrap_or((1, 1));
+        let message = e.message().trim().to_string();
+        let origin = origin.to_string();
+        if message.starts_with("unknown field") {
+            ConfigError::UnknownKey {
+                origin,
+                line,
+                column,
+                message,
+            }
+        } else {
+            ConfigError::Syntax {
+                origin,
+                line,
+                column,
+                message,
+            }
+        }
+    })
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
+    // Nothing to balance is the most basic mistake: report it before anything else.
+    if raw.services.is_empty() && args.vip.is_none() {
+        service_from_flags(args)?;
+        return Err(ConfigError::NoServices);
+    }
+    let interfaces = if args.ifaces.is_empty() {
+        raw.interfaces
+    } else {
+        args.ifaces.clone()
+    };
+    validate_interfaces(&interfaces)?;
+
+    let xdp_mode = match (args.xdp_mode, raw.xdp_mode.as_deref()) {
+        (Some(mode), _) => mode,
+        (None, None) => XdpMode::default(),
+        (None, Some(s)) => parse_xdp_mode(s)?,
+    };
+
+    let flow_table_size = args
+        .flow_table_size
+        .or(raw.flow_table_size)
+        .unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
+    if flow_table_size == 0 {
+        return Err(ConfigError::BadLimit {
+            key: "flow_table_size",
+            value: 0,
+            reason: "must be at least 1".into(),
+        });
+    }
+
+    let max_services = raw.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
+    if !(1..=MAX_SERVICES).contains(&max_services) {
+        return Err(ConfigError::BadLimit {
+            key: "max_services",
+            value: max_services.into(),
+            reason: format!("must be in 1..={MAX_SERVICES}"),
+        });
+    }
+    let max_table_size = raw.max_table_size.unwrap_or(DEFAULT_MAX_TABLE_SIZE);
+    if !(SLOTS_PER_BACKEND..=MAX_RING_SIZE).contains(&max_table_size) {
+        return Err(ConfigError::BadLimit {
+            key: "max_table_size",
+            value: max_table_size.into(),
+            reason: format!("must be in {SLOTS_PER_BACKEND}..={MAX_RING_SIZE}"),
+        });
+    }
+    let ring_entries = 2 * u64::from(max_services) * u64::from(max_table_size);
+    if ring_entries > MAX_RING_ENTRIES {
+        return Err(ConfigError::BadLimit {
+            key: "max_table_size",
+            value: max_table_size.into(),
+            reason: format!(
+                "with max_services = {max_services} the ring map needs {ring_entries} entries, \
+                 more than {MAX_RING_ENTRIES}; lower one of them"
+            ),
+        });
+    }
+
+    let mut services = raw
+        .services
+        .into_iter()
+        .map(service_from_raw)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(svc) = service_from_flags(args)? {
+        services.push(svc);
+    }
+
+    if services.is_empty() {
+        return Err(ConfigError::NoServices);
+    }
+    if services.len() > max_services as usize {
+        return Err(ConfigError::TooManyServices {
+            count: services.len(),
+            max: max_services,
+        });
+    }
+    let mut names = HashSet::new();
+    let mut endpoints: Vec<((IpAddr, u16, Proto), &str)> = Vec::new();
+    for svc in &services {
+        validate_service(svc, max_table_size)?;
+        if !names.insert(svc.name.as_str()) {
+            return Err(ConfigError::DuplicateServiceName {
+                name: svc.name.clone(),
+            });
+        }
+        let key = (svc.vip, svc.port, svc.proto);
+        if let Some((_, first)) = endpoints.iter().find(|(k, _)| *k == key) {
+            return Err(ConfigError::DuplicateService {
+                first: first.to_string(),
+                second: svc.name.clone(),
+                endpoint: svc.endpoint(),
+            });
+        }
+        endpoints.push((key, &svc.name));
+    }
+
+    Ok(Config {
+        interfaces,
+        xdp_mode,
+        flow_table_size,
+        max_services,
+        max_table_size,
+        services,
+    })
+}
+
+fn validate_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
+    if interfaces.is_empty() {
+        return Err(ConfigError::NoInterfaces);
+    }
+    let mut seen = HashSet::new();
+    for name in interfaces {
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > MAX_IFNAME_LEN {
+            Some("longer than 15 bytes")
+        } else if name.contains('/') {
+            Some("contains '/'")
+        } else if name.chars().any(char::is_whitespace) {
+            Some("contains whitespace")
+        } else if name == "." || name == ".." {
+            Some("reserved name")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ConfigError::BadInterface {
+                name: name.clone(),
+                reason,
+            });
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(ConfigError::DuplicateInterface { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+fn parse_xdp_mode(s: &str) -> Result<XdpMode, ConfigError> {
+    match s {
+        "auto" => Ok(XdpMode::Auto),
+        "native" => Ok(XdpMode::Native),
+        "generic" => Ok(XdpMode::Generic),
+        _ => Err(ConfigError::UnknownXdpMode { value: s.into() }),
+    }
+}
+
+fn parse_proto(service: &str, s: &str) -> Result<Proto, ConfigError> {
+    match s {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(ConfigError::UnknownProto {
+            service: service.into(),
+            value: s.into(),
+        }),
+    }
+}
+
+fn parse_algorithm(service: &str, s: &str) -> Result<Algorithm, ConfigError> {
+    match s {
+        "maglev" => Ok(Algorithm::Maglev),
+        "src-hash" => Ok(Algorithm::SrcHash),
+        _ => Err(ConfigError::UnknownAlgorithm {
+            service: service.into(),
+            value: s.into(),
+        }),
+    }
+}
+
+fn parse_forwarding(service: &str, s: &str) -> Result<Forwarding, ConfigError> {
+    match s {
+        "nat" => Ok(Forwarding::Nat),
+        "dsr" => Ok(Forwarding::Dsr),
+        _ => Err(ConfigError::UnknownForwarding {
+            service: service.into(),
+            value: s.into(),
+        }),
+    }
+}
+
+fn parse_state(service: &str, backend: &str, s: &str) -> Result<BackendState, ConfigError> {
+    match s {
+        "active" => Ok(BackendState::Active),
+        "draining" => Ok(BackendState::Draining),
+        "down" => Ok(BackendState::Down),
+        _ => Err(ConfigError::UnknownState {
+            service: service.into(),
+            backend: backend.into(),
+            value: s.into(),
+        }),
+    }
+}
+
+fn parse_ip(context: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    let addr: IpAddr = value.parse().map_err(|_| ConfigError::BadAddress {
+        context: context.into(),
+        value: value.into(),
+        reason: "expected an IPv4 address like 198.18.0.1 or an IPv6 address like 2001:db8::1 \
+                 (no port, no brackets)"
+            .into(),
+    })?;
+    if addr.is_unspecified() || addr.is_multicast() || addr == IpAddr::from([255, 255, 255, 255]) {
+        return Err(ConfigError::BadAddress {
+            context: context.into(),
+            value: value.into(),
+            reason: "not a unicast address".into(),
+        });
+    }
+    Ok(addr)
+}
+
+fn check_port(context: &str, port: i64) -> Result<u16, ConfigError> {
+    match port {
+        0 => Err(ConfigError::PortZero {
+            context: context.into(),
+        }),
+        1..=65535 => Ok(port as u16),
+        _ => Err(ConfigError::PortOutOfRange {
+            context: context.into(),
+            value: port,
+        }),
+    }
+}
+
+/// Default name: the endpoint, so an unnamed service is still recognisable in logs.
+fn default_name(vip: IpAddr, port: u16, proto: Proto) -> String {
+    format!("{}/{}", SocketAddr::new(vip, port), proto)
+}
+
+/// A name for error messages before the real one is known.
+fn provisional_name(name: &Option<String>, vip: &str, port: i64) -> String {
+    match name {
+        Some(n) => n.clone(),
+        None => format!("{vip}:{port}"),
+    }
+}
+
+fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
+    let label = provisional_name(&raw.name, &raw.vip, raw.port);
+    let vip = parse_ip(&format!("service {label:?}: vip"), &raw.vip)?;
+    let port = check_port(&format!("service {label:?}: port"), raw.port)?;
+    let proto = parse_proto(&label, raw.proto.as_deref().unwrap_or("tcp"))?;
+    let name = match raw.name {
+        Some(n) if n.trim().is_empty() => return Err(ConfigError::EmptyServiceName),
+        Some(n) => n,
+        None => default_name(vip, port, proto),
+    };
+    let algorithm = parse_algorithm(&name, raw.algorithm.as_deref().unwrap_or("maglev"))?;
+    let forwarding = parse_forwarding(&name, raw.forwarding.as_deref().unwrap_or("nat"))?;
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for b in raw.backends {
+        let context = format!("service {name:?}: backend");
+        let addr = parse_ip(&context, &b.addr)?;
+        let bport = match b.port {
+            Some(p) => Some(check_port(&format!("service {name:?}: backend {addr}"), p)?),
+            None => None,
+        };
+        let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
+        let label = SocketAddr::new(addr, port).to_string();
+        let weight = check_weight(&name, &label, b.weight.unwrap_or(1))?;
+        let state = parse_state(&name, &label, b.state.as_deref().unwrap_or("active"))?;
+        backends.push(BackendConfig {
+            addr,
+            port,
+            weight,
+            state,
+        });
+    }
+    Ok(ServiceConfig {
+        name,
+        vip,
+        port,
+        proto,
+        algorithm,
+        forwarding,
+        table_size: raw.table_size.unwrap_or(DEFAULT_RING_SIZE),
+        backends,
+    })
+}
+
+fn resolve_backend_port(
+    service: &str,
+    forwarding: Forwarding,
+    service_port: u16,
+    addr: IpAddr,
+    port: Option<u16>,
+) -> Result<u16, ConfigError> {
+    match (forwarding, port) {
+        (Forwarding::Nat, Some(p)) => Ok(p),
+        (Forwarding::Nat, None) => Err(ConfigError::MissingBackendPort {
+            service: service.into(),
+            addr,
+        }),
+        (Forwarding::Dsr, None) => Ok(service_port),
+        (Forwarding::Dsr, Some(p)) if p == service_port => Ok(p),
+        (Forwarding::Dsr, Some(p)) => Err(ConfigError::DsrPortMismatch {
+            service: service.into(),
+            backend: SocketAddr::new(addr, p).to_string(),
+            port: service_port,
+        }),
+    }
+}
+
+fn check_weight(service: &str, backend: &str, weight: i64) -> Result<u32, ConfigError> {
+    if (1..=i64::from(MAX_WEIGHT)).contains(&weight) {
+        Ok(weight as u32)
+    } else {
+        Err(ConfigError::WeightOutOfRange {
+            service: service.into(),
+            backend: backend.into(),
+            weight,
+            max: MAX_WEIGHT,
+        })
+    }
+}
+
+/// Splits "ADDR:PORT", "[V6]:PORT", "ADDR" or "[V6]" into address and optional port.
+fn split_addr_port(context: &str, s: &str) -> Result<(IpAddr, Option<i64>), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadAddress {
+        context: context.into(),
+        value: s.into(),
+        reason: reason.into(),
+    };
+    let syntax = "expected ADDR:PORT such as 198.18.0.1:80 or [2001:db8::1]:80";
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| bad(syntax))?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or_else(|| bad(syntax))?),
+            ),
+        }
+    } else if s.matches(':').count() == 1 {
+        let (host, port) = s.split_once(':').expect("one colon");
+        (host, Some(port))
+    } else if s.contains(':') {
+        return Err(bad(
+            "IPv6 addresses with a port need brackets, e.g. [2001:db8::1]:80",
+        ));
+    } else {
+        (s, None)
+    };
+    let addr = parse_ip(context, host)?;
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<i64>().map_err(|_| bad(syntax))?),
+    };
+    Ok((addr, port))
+}
+
+fn service_from_flags(args: &RunArgs) -> Result<Option<ServiceConfig>, ConfigError> {
+    let Some(vip_arg) = &args.vip else {
+        if !args.backends.is_empty() {
+            return Err(ConfigError::FlagWithoutVip { flag: "--backend" });
+        }
+        if args.table_size.is_some() {
+            return Err(ConfigError::FlagWithoutVip {
+                flag: "--table-size",
+            });
+        }
+        // These have defaults, so only a non-default value shows the operator meant
+        // to describe a service (`RunArgs::default()` leaves them empty).
+        for (flag, value, default) in [
+            ("--proto", &args.proto, "tcp"),
+            ("--algorithm", &args.algorithm, "maglev"),
+            ("--forwarding", &args.forwarding, "nat"),
+        ] {
+            if !value.is_empty() && value != default {
+                return Err(ConfigError::FlagWithoutVip { flag });
+            }
+        }
+        return Ok(None);
+    };
+    let (vip, port) = split_addr_port("--vip", vip_arg)?;
+    let Some(port) = port else {
+        return Err(ConfigError::BadAddress {
+            context: "--vip".into(),
+            value: vip_arg.clone(),
+            reason: "missing port: expected ADDR:PORT such as 198.18.0.1:80".into(),
+        });
+    };
+    let port = check_port("--vip", port)?;
+    let provisional = format!("{}", SocketAddr::new(vip, port));
+    let proto = parse_proto(&provisional, &args.proto)?;
+    let name = default_name(vip, port, proto);
+    let algorithm = parse_algorithm(&name, &args.algorithm)?;
+    let forwarding = parse_forwarding(&name, &args.forwarding)?;
+    let mut backends = Vec::with_capacity(args.backends.len());
+    for spec in &args.backends {
+        let (addr_part, weight) = match spec.rsplit_once('@') {
+            Some((a, w)) => {
+                let weight = w.parse::<i64>().map_err(|_| ConfigError::BadAddress {
+                    context: "--backend".into(),
+                    value: spec.clone(),
+                    reason: "weight after '@' must be a number, e.g. 198.18.1.2:8080@3".into(),
+                })?;
+                (a, weight)
+            }
+            None => (spec.as_str(), 1),
+        };
+        let (addr, bport) = split_addr_port("--backend", addr_part)?;
+        let bport = match bport {
+            Some(p) => Some(check_port(&format!("--backend {spec}"), p)?),
+            None => None,
+        };
+        let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
+        let weight = check_weight(&name, addr_part, weight)?;
+        backends.push(BackendConfig {
+            addr,
+            port,
+            weight,
+            state: BackendState::Active,
+        });
+    }
+    Ok(Some(ServiceConfig {
+        name,
+        vip,
+        port,
+        proto,
+        algorithm,
+        forwarding,
+        table_size: args.table_size.unwrap_or(DEFAULT_RING_SIZE),
+        backends,
+    }))
+}
+
+fn family(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn validate_service(svc: &ServiceConfig, max_table_size: u32) -> Result<(), ConfigError> {
+    if svc.backends.is_empty() {
+        return Err(ConfigError::NoBackends {
+            service: svc.name.clone(),
+        });
+    }
+    if svc.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+        return Err(ConfigError::TooManyBackends {
+            service: svc.name.clone(),
+            count: svc.backends.len(),
+            max: MAX_BACKENDS_PER_SERVICE,
+        });
+    }
+    let mut seen = HashSet::new();
+    for b in &svc.backends {
+        // Both NAT (rewrites the destination address) and DSR (the backend answers
+        // from the VIP it holds) need one address family end to end.
+        if b.addr.is_ipv4() != svc.vip.is_ipv4() {
+            return Err(ConfigError::FamilyMismatch {
+                service: svc.name.clone(),
+                vip: svc.vip,
+                backend: b.socket_addr().to_string(),
+                vip_family: family(svc.vip),
+                backend_family: family(b.addr),
+            });
+        }
+        if !seen.insert(b.socket_addr()) {
+            return Err(ConfigError::DuplicateBackend {
+                service: svc.name.clone(),
+                backend: b.socket_addr().to_string(),
+            });
+        }
+    }
+    let m = svc.table_size;
+    if !is_prime(m) {
+        return Err(ConfigError::TableSizeNotPrime {
+            service: svc.name.clone(),
+            size: m,
+            suggestion: next_prime(m),
+        });
+    }
+    let min = svc.backends.len() as u64 * u64::from(SLOTS_PER_BACKEND);
+    if u64::from(m) < min {
+        return Err(ConfigError::TableSizeTooSmall {
+            service: svc.name.clone(),
+            size: m,
+            backends: svc.backends.len(),
+            suggestion: next_prime(min as u32),
+        });
+    }
+    if m > max_table_size {
+        return Err(ConfigError::TableSizeTooLarge {
+            service: svc.name.clone(),
+            size: m,
+            max: max_table_size,
+        });
+    }
+    Ok(())
+}
+
+/// Trial division: table sizes are at most ~1e6, so this is a few hundred steps.
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n < 4 {
+        return true;
+    }
+    if n.is_multiple_of(2) {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 3u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// Smallest prime >= n.
+pub fn next_prime(n: u32) -> u32 {
+    let mut c = n.max(2);
+    while !is_prime(c) {
+        c += 1;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interfaces = ["veth0", "veth1"]
+xdp_mode = "generic"
+flow_table_size = 1024
+max_services = 4
+max_table_size = 65537
+
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+proto = "tcp"
+algorithm = "maglev"
+forwarding = "nat"
+table_size = 65537
+
+[[service.backend]]
+addr = "198.18.1.2"
+port = 8080
+weight = 3
+
+[[service.backend]]
+addr = "198.18.1.3"
+port = 8080
+state = "draining"
+
+[[service]]
+vip = "2001:db8::10"
+port = 53
+proto = "udp"
+algorithm = "src-hash"
+forwarding = "dsr"
+table_size = 1009
+
+[[service.backend]]
+addr = "2001:db8::2"
+state = "down"
+"#;
+
+    /// A one-service file with `svc` spliced into the service table and `backend`
+    /// into its single backend table.
+    fn one(svc: &str, backend: &str) -> String {
+        format!(
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"198.18.100.1\"\n\
+             port = 80\n{svc}\n[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n{backend}\n"
+        )
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse_str(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn full_valid_file() {
+        let cfg = parse_str(GOOD).unwrap();
+        assert_eq!(cfg.interfaces, ["veth0", "veth1"]);
+        assert_eq!(cfg.xdp_mode, XdpMode::Generic);
+        assert_eq!(cfg.flow_table_size, 1024);
+        assert_eq!(cfg.max_services, 4);
+        assert_eq!(cfg.max_table_size, 65537);
+        assert_eq!(cfg.services.len(), 2);
+        let web = &cfg.services[0];
+        assert_eq!(web.name, "web");
+        assert_eq!(web.vip, "198.18.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!((web.port, web.proto), (80, Proto::Tcp));
+        assert_eq!(
+            (web.algorithm, web.forwarding, web.table_size),
+            (Algorithm::Maglev, Forwarding::Nat, 65537)
+        );
+        assert_eq!(
+            web.backends,
+            vec![
+                BackendConfig {
+                    addr: "198.18.1.2".parse().unwrap(),
+                    port: 8080,
+                    weight: 3,
+                    state: BackendState::Active
+                },
+                BackendConfig {
+                    addr: "198.18.1.3".parse().unwrap(),
+                    port: 8080,
+                    weight: 1,
+                    state: BackendState::Draining
+                },
+            ]
+        );
+        let dns = &cfg.services[1];
+        assert_eq!(dns.name, "[2001:db8::10]:53/udp");
+        assert_eq!(
+            (dns.algorithm, dns.forwarding, dns.table_size),
+            (Algorithm::SrcHash, Forwarding::Dsr, 1009)
+        );
+        // DSR backends default to the service port.
+        assert_eq!(dns.backends[0].port, 53);
+        assert_eq!(dns.backends[0].state, BackendState::Down);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = parse_str(&one("", "")).unwrap();
+        assert_eq!(cfg.xdp_mode, XdpMode::Auto);
+        assert_eq!(cfg.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
+        assert_eq!(cfg.max_services, DEFAULT_MAX_SERVICES);
+        assert_eq!(cfg.max_table_size, 65537);
+        let s = &cfg.services[0];
+        assert_eq!(
+            (s.proto, s.algorithm, s.forwarding, s.table_size),
+            (Proto::Tcp, Algorithm::Maglev, Forwarding::Nat, 65537)
+        );
+        assert_eq!(
+            (s.backends[0].weight, s.backends[0].state),
+            (1, BackendState::Active)
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let args = RunArgs {
+            config: Some("/nonexistent/xdp-lb.toml".into()),
+            ..Default::default()
+        };
+        let e = load(&args).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/xdp-lb.toml"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = err("interfaces = [\"eth0\"]\n[[service]]\nvip = \"198.18.0.1\nport = 80\n");
+        match &e {
+            ConfigError::Syntax { line, column, .. } => assert_eq!((*line, *column), (3, 18)),
+            other => panic!("expected Syntax, got {other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with("<config>:3:18: invalid TOML"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_rejected_at_every_level() {
+        for text in [
+            "interfaces = [\"eth0\"]\ninterface = \"eth1\"\n".to_string(),
+            one("colour = \"blue\"", ""),
+            one("", "wieght = 2"),
+        ] {
+            let e = err(&text);
+            assert!(matches!(e, ConfigError::UnknownKey { .. }), "{e:?}");
+            assert!(e.to_string().contains("unknown field"), "{e}");
+        }
+        let e = err(&one("", "wieght = 2"));
+        assert!(e.to_string().contains("<config>:10:1"), "{e}");
+    }
+
+    #[test]
+    fn malformed_addresses() {
+        let e = err(&one("", "").replace("198.18.100.1", "198.18.100"));
+        assert!(matches!(e, ConfigError::BadAddress { .. }), "{e:?}");
+        assert!(e.to_string().contains("\"198.18.100\""), "{e}");
+        assert!(e.to_string().contains("service \"web\": vip"), "{e}");
+        let e = err(&one("", "").replace("198.18.1.2", "198.18.1.2:80"));
+        assert!(matches!(e, ConfigError::BadAddress { .. }), "{e:?}");
+        let e = err(&one("", "").replace("198.18.100.1", "0.0.0.0"));
+        assert!(e.to_string().contains("not a unicast address"), "{e}");
+    }
+
+    #[test]
+    fn family_mismatch_in_nat_and_dsr() {
+        let e = err(&one("", "").replace("198.18.1.2", "2001:db8::2"));
+        assert!(matches!(e, ConfigError::FamilyMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains("[2001:db8::2]:8080 is IPv6"), "{e}");
+        let text = one("forwarding = \"dsr\"", "")
+            .replace("198.18.1.2", "2001:db8::2")
+            .replace("port = 8080\n", "");
+        assert!(matches!(err(&text), ConfigError::FamilyMismatch { .. }));
+        let text = one("", "")
+            .replace("198.18.100.1", "2001:db8::1")
+            .replace("name = \"web\"\n", "");
+        assert!(matches!(err(&text), ConfigError::FamilyMismatch { .. }));
+    }
+
+    #[test]
+    fn port_zero_and_out_of_range() {
+        let e = err(&one("", "").replace("port = 80\n", "port = 0\n"));
+        assert!(matches!(e, ConfigError::PortZero { .. }), "{e:?}");
+        let e = err(&one("", "").replace("port = 8080", "port = 0"));
+        assert!(matches!(e, ConfigError::PortZero { .. }), "{e:?}");
+        assert!(e.to_string().contains("backend 198.18.1.2"), "{e}");
+        let e = err(&one("", "").replace("port = 8080", "port = 70000"));
+        assert!(matches!(
+            e,
+            ConfigError::PortOutOfRange { value: 70000, .. }
+        ));
+    }
+
+    #[test]
+    fn nat_backend_needs_port_and_dsr_port_must_match() {
+        let e = err(&one("", "").replace("port = 8080\n", ""));
+        assert!(matches!(e, ConfigError::MissingBackendPort { .. }), "{e:?}");
+        let e = err(&one("forwarding = \"dsr\"", ""));
+        assert!(
+            matches!(e, ConfigError::DsrPortMismatch { port: 80, .. }),
+            "{e:?}"
+        );
+        let ok = parse_str(&one("forwarding = \"dsr\"", "").replace("port = 8080", "port = 80"));
+        assert_eq!(ok.unwrap().services[0].backends[0].port, 80);
+    }
+
+    #[test]
+    fn duplicate_backend() {
+        let text = format!(
+            "{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n",
+            one("", "")
+        );
+        let e = err(&text);
+        assert!(matches!(e, ConfigError::DuplicateBackend { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "service \"web\": backend 198.18.1.2:8080 listed twice"
+        );
+        // Same address, other port: a different backend.
+        let text = format!(
+            "{}[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8081\n",
+            one("", "")
+        );
+        assert_eq!(parse_str(&text).unwrap().services[0].backends.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_service_and_name() {
+        let second = "[[service]]\nname = \"web2\"\nvip = \"198.18.100.1\"\nport = 80\n\
+                      [[service.backend]]\naddr = \"198.18.1.9\"\nport = 80\n";
+        let e = err(&format!("{}{second}", one("", "")));
+        assert!(matches!(e, ConfigError::DuplicateService { .. }), "{e:?}");
+        assert!(e.to_string().contains("198.18.100.1:80/tcp"), "{e}");
+        // Same vip+port on the other protocol is a different service.
+        let udp = second.replace("port = 80\n[[", "port = 80\nproto = \"udp\"\n[[");
+        assert_eq!(
+            parse_str(&format!("{}{udp}", one("", "")))
+                .unwrap()
+                .services
+                .len(),
+            2
+        );
+        let renamed = udp.replace("web2", "web");
+        let e = err(&format!("{}{renamed}", one("", "")));
+        assert!(
+            matches!(e, ConfigError::DuplicateServiceName { .. }),
+            "{e:?}"
+        );
+        let e = err(&one("", "").replace("name = \"web\"", "name = \" \""));
+        assert!(matches!(e, ConfigError::EmptyServiceName), "{e:?}");
+    }
+
+    #[test]
+    fn weight_range() {
+        for w in ["0", "-1", "65536"] {
+            let e = err(&one("", &format!("weight = {w}")));
+            assert!(matches!(e, ConfigError::WeightOutOfRange { .. }), "{e:?}");
+            assert!(e.to_string().contains(r#"state = "draining""#), "{e}");
+        }
+        let cfg = parse_str(&one("", "weight = 65535")).unwrap();
+        assert_eq!(cfg.services[0].backends[0].weight, 65535);
+    }
+
+    #[test]
+    fn unknown_enum_values() {
+        let e = err(&one("algorithm = \"round-robin\"", ""));
+        assert!(matches!(e, ConfigError::UnknownAlgorithm { .. }), "{e:?}");
+        assert!(e.to_string().contains("\"round-robin\""), "{e}");
+        let e = err(&one("forwarding = \"tunnel\"", ""));
+        assert!(matches!(e, ConfigError::UnknownForwarding { .. }), "{e:?}");
+        let e = err(&one("proto = \"sctp\"", ""));
+        assert!(matches!(e, ConfigError::UnknownProto { .. }), "{e:?}");
+        let e = err(&one("", "state = \"up\""));
+        assert!(matches!(e, ConfigError::UnknownState { .. }), "{e:?}");
+        assert!(e.to_string().contains("backend 198.18.1.2:8080"), "{e}");
+        let e = err(&format!("xdp_mode = \"offload\"\n{}", one("", "")));
+        assert!(matches!(e, ConfigError::UnknownXdpMode { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn table_size_rules() {
+        let e = err(&one("table_size = 65536", ""));
+        assert!(
+            matches!(
+                e,
+                ConfigError::TableSizeNotPrime {
+                    suggestion: 65537,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // One backend needs 100 slots: 97 is prime but too small, 101 is fine.
+        let e = err(&one("table_size = 97", ""));
+        assert!(
+            matches!(
+                e,
+                ConfigError::TableSizeTooSmall {
+                    suggestion: 101,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(parse_str(&one("table_size = 101", "")).is_ok());
+        let e = err(&one("table_size = 131071", ""));
+        assert!(
+            matches!(e, ConfigError::TableSizeTooLarge { max: 65537, .. }),
+            "{e:?}"
+        );
+        let raised = format!(
+            "max_table_size = 131071\n{}",
+            one("table_size = 131071", "")
+        );
+        assert_eq!(parse_str(&raised).unwrap().services[0].table_size, 131071);
+    }
+
+    #[test]
+    fn backend_count_limits() {
+        let e = err(&one("", "").replace(
+            "[[service.backend]]\naddr = \"198.18.1.2\"\nport = 8080\n",
+            "",
+        ));
+        assert!(matches!(e, ConfigError::NoBackends { .. }), "{e:?}");
+        let n = MAX_BACKENDS_PER_SERVICE as usize + 1;
+        let mut text = "interfaces = [\"eth0\"]\nmax_table_size = 131071\n[[service]]\n\
+                        name = \"big\"\nvip = \"198.18.100.1\"\nport = 80\ntable_size = 131071\n"
+            .to_string();
+        for i in 0..n {
+            text += &format!(
+                "[[service.backend]]\naddr = \"198.18.{}.{}\"\nport = 80\n",
+                1 + i / 250,
+                1 + i % 250
+            );
+        }
+        let e = err(&text);
+        assert!(
+            matches!(e, ConfigError::TooManyBackends { count: 1025, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn service_count_limits() {
+        let e = err("interfaces = [\"eth0\"]\n");
+        assert!(matches!(e, ConfigError::NoServices), "{e:?}");
+        let mut text = "interfaces = [\"eth0\"]\nmax_services = 2\n".to_string();
+        for port in 1..=3 {
+            text += &format!(
+                "[[service]]\nvip = \"198.18.100.1\"\nport = {port}\n\
+                 [[service.backend]]\naddr = \"198.18.1.2\"\nport = 80\n"
+            );
+        }
+        let e = err(&text);
+        assert!(
+            matches!(e, ConfigError::TooManyServices { count: 3, max: 2 }),
+            "{e:?}"
+        );
+        let e = err(&format!("max_services = 0\n{}", one("", "")));
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "max_services",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = err(&format!(
+            "max_services = 1024\nmax_table_size = 1000003\n{}",
+            one("", "")
+        ));
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "max_table_size",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = err(&format!("flow_table_size = 0\n{}", one("", "")));
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadLimit {
+                    key: "flow_table_size",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn interface_rules() {
+        let body = one("", "").replace("interfaces = [\"eth0\"]\n", "");
+        assert!(matches!(err(&body), ConfigError::NoInterfaces));
+        for bad in ["", "a-very-long-interface", "eth/0", "eth 0", ".."] {
+            let e = err(&format!("interfaces = [{bad:?}]\n{body}"));
+            assert!(
+                matches!(e, ConfigError::BadInterface { .. }),
+                "{bad:?}: {e:?}"
+            );
+        }
+        let e = err(&format!("interfaces = [\"eth0\", \"eth0\"]\n{body}"));
+        assert!(matches!(e, ConfigError::DuplicateInterface { .. }), "{e:?}");
+        // Exactly 15 bytes is the kernel's limit and still fine.
+        assert!(parse_str(&format!("interfaces = [\"abcdefghijklmno\"]\n{body}")).is_ok());
+    }
+
+    fn flags(vip: &str, backends: &[&str]) -> RunArgs {
+        RunArgs {
+            ifaces: vec!["veth0".into()],
+            vip: Some(vip.into()),
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+            proto: "tcp".into(),
+            algorithm: "maglev".into(),
+            forwarding: "nat".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_only() {
+        let args = flags("198.18.100.1:80", &["198.18.1.2:8080@3", "198.18.1.3:8080"]);
+        let cfg = build(RawConfig::default(), &args).unwrap();
+        assert_eq!(cfg.interfaces, ["veth0"]);
+        let s = &cfg.services[0];
+        assert_eq!(s.name, "198.18.100.1:80/tcp");
+        assert_eq!((s.port, s.table_size), (80, DEFAULT_RING_SIZE));
+        assert_eq!(
+            s.backends
+                .iter()
+                .map(|b| (b.socket_addr().to_string(), b.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("198.18.1.2:8080".to_string(), 3),
+                ("198.18.1.3:8080".to_string(), 1)
+            ]
+        );
+
+        let mut args = flags(
+            "[2001:db8::10]:443",
+            &["[2001:db8::2]:8443@2", "[2001:db8::3]"],
+        );
+        args.forwarding = "dsr".into();
+        args.proto = "udp".into();
+        args.table_size = Some(1009);
+        let e = build(RawConfig::default(), &args).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::DsrPortMismatch { port: 443, .. }),
+            "{e:?}"
+        );
+        args.backends[0] = "[2001:db8::2]:443@2".into();
+        let cfg = build(RawConfig::default(), &args).unwrap();
+        let s = &cfg.services[0];
+        assert_eq!(s.name, "[2001:db8::10]:443/udp");
+        assert_eq!((s.forwarding, s.table_size), (Forwarding::Dsr, 1009));
+        assert_eq!(s.backends[1].port, 443);
+        assert_eq!(s.backends[0].weight, 2);
+    }
+
+    #[test]
+    fn flag_errors() {
+        let raw = RawConfig::default;
+        let e = build(raw(), &flags("198.18.100.1", &["198.18.1.2:80"])).unwrap_err();
+        assert!(e.to_string().contains("missing port"), "{e}");
+        let e = build(raw(), &flags("2001:db8::1:80", &[])).unwrap_err();
+        assert!(e.to_string().contains("need brackets"), "{e}");
+        let e = build(raw(), &flags("198.18.100.1:80", &["198.18.1.2:80@x"])).unwrap_err();
+        assert!(matches!(e, ConfigError::BadAddress { .. }), "{e:?}");
+        let e = build(raw(), &flags("198.18.100.1:80", &["198.18.1.2:80@0"])).unwrap_err();
+        assert!(matches!(e, ConfigError::WeightOutOfRange { .. }), "{e:?}");
+        let e = build(raw(), &flags("198.18.100.1:80", &["198.18.1.2"])).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingBackendPort { .. }), "{e:?}");
+        let e = build(raw(), &flags("198.18.100.1:80", &[])).unwrap_err();
+        assert!(matches!(e, ConfigError::NoBackends { .. }), "{e:?}");
+        let mut args = flags("198.18.100.1:80", &["198.18.1.2:80"]);
+        args.algorithm = "rr".into();
+        assert!(matches!(
+            build(raw(), &args).unwrap_err(),
+            ConfigError::UnknownAlgorithm { .. }
+        ));
+        let mut args = flags("x", &["198.18.1.2:80"]);
+        args.vip = None;
+        assert!(matches!(
+            build(raw(), &args).unwrap_err(),
+            ConfigError::FlagWithoutVip { flag: "--backend" }
+        ));
+        // A non-default service flag next to a file but without --vip is a mistake.
+        let mut args = flags("x", &[]);
+        args.vip = None;
+        args.forwarding = "dsr".into();
+        assert!(matches!(
+            parse_str_with_args(GOOD, &args).unwrap_err(),
+            ConfigError::FlagWithoutVip {
+                flag: "--forwarding"
+            }
+        ));
+        // No file and no --vip: say so, not that interfaces are missing.
+        assert!(matches!(
+            build(raw(), &RunArgs::default()).unwrap_err(),
+            ConfigError::NoServices
+        ));
+    }
+
+    #[test]
+    fn file_plus_flags() {
+        let mut args = flags("198.18.100.2:443", &["198.18.1.7:8443"]);
+        args.ifaces = vec!["lb0".into()];
+        args.xdp_mode = Some(XdpMode::Native);
+        args.flow_table_size = Some(4096);
+        let cfg = parse_str_with_args(GOOD, &args).unwrap();
+        assert_eq!(cfg.interfaces, ["lb0"]);
+        assert_eq!(cfg.xdp_mode, XdpMode::Native);
+        assert_eq!(cfg.flow_table_size, 4096);
+        assert_eq!(cfg.services.len(), 3);
+        assert_eq!(cfg.services[2].name, "198.18.100.2:443/tcp");
+        // The flag service collides with the file's "web".
+        let args = flags("198.18.100.1:80", &["198.18.1.7:8443"]);
+        let e = parse_str_with_args(GOOD, &args).unwrap_err();
+        assert!(matches!(e, ConfigError::DuplicateService { .. }), "{e:?}");
+        // Through a real file.
+        let path = std::env::temp_dir().join(format!("xdp-lb-config-{}.toml", std::process::id()));
+        std::fs::write(&path, GOOD).unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            ..flags("198.18.100.2:443", &["198.18.1.7:8443"])
+        };
+        let loaded = load(&args);
+        std::fs::remove_file(&path).unwrap();
+        let cfg = loaded.unwrap();
+        assert_eq!(cfg.interfaces, ["veth0"]);
+        assert_eq!(cfg.services.len(), 3);
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(2) && is_prime(101) && is_prime(65537) && is_prime(1_000_003));
+        assert!(!is_prime(0) && !is_prime(1) && !is_prime(65535) && !is_prime(1_000_001));
+        assert_eq!(next_prime(100), 101);
+        assert_eq!(next_prime(65536), 65537);
+    }
 }

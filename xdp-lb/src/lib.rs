@@ -1,5 +1,10 @@
-//! xdp-lb control plane: configuration, Maglev tables, the aya-backed data plane
-//! adapter, and the `run` command that ties them together.
+//! xdp-lb control plane: configuration, Maglev tables, the planner that turns
+//! configurations into map writes, the aya-backed data plane adapter, and the `run`
+//! command that ties them together.
 pub mod cli;
 pub mod config;
+pub mod dataplane;
 pub mod maglev;
+pub mod plan;
+pub mod run;
+pub mod summary;

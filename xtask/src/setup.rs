@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{bail, Context};
 
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -94,9 +96,14 @@ fn bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     );
     checked(
         Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            // Pinned with its lock file: 0.13 is the release built for LLVM 22, and an
+            // unpinned install would follow newer releases onto an LLVM we lack.
             .args([
                 "install",
                 "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
                 "--no-default-features",
                 "--features",
             ])

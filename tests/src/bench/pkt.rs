@@ -1,0 +1,550 @@
+//! Per-packet cost of the data plane, measured with BPF_PROG_TEST_RUN.
+//!
+//! The kernel's repeat loop does not restore the buffer between iterations, so every
+//! case runs through `xdp_bench_wrapper`, which copies the saved frame back (and, for
+//! many-flow cases, writes the iteration's flow number into it) and tail-calls the
+//! program under test. The same wrapper around an empty XDP_TX target, with the same
+//! frame settings, is measured in the same round and subtracted. Each case's action,
+//! output frame and counters are checked, so every figure is the path it names.
+//! Rounds interleave the cases; the figure is the median over rounds.
+use anyhow::{bail, ensure, Context as _};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
+};
+use xdp_lb::dataplane::{Dataplane, PROGRAM};
+use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
+
+use crate::pkt::*;
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const ROUNDS: usize = 5;
+const ONE_FLOW_REPEAT: u32 = 200_000;
+const MANY_FLOWS: u32 = 1_000_000;
+const NEW_FLOW_REPEAT: u32 = 100_000;
+/// Flow-table capacity: room for the million established flows plus every new-flow
+/// round, on one CPU's share of the per-CPU LRU lists.
+const FLOW_TABLE: u32 = 8 << 20;
+
+/// Katran's XDP balancer measured the same way on this machine kind (issue #2).
+const ANCHORS: [(&str, &str); 4] = [
+    ("VIP established, 1 flow", "145"),
+    ("VIP established, 1M flows", "310"),
+    ("VIP new flow (flow-table write)", "350-390"),
+    ("floor: parse + lookup + XDP_TX", "30"),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Lb,
+    Floor,
+    Empty,
+}
+
+/// What a case's frames look like and how they vary.
+#[derive(Clone)]
+struct FrameSpec {
+    frame: Vec<u8>,
+    flows: u32,
+    port_off: u16,
+    addr_off: u16,
+}
+
+struct Case {
+    name: &'static str,
+    target: Target,
+    spec: FrameSpec,
+    repeat: u32,
+    /// New keys every round (the new-flow case).
+    fresh_base: bool,
+    base: u32,
+    check: fn(&mut Dataplane, &Outcome) -> anyhow::Result<()>,
+}
+
+struct Outcome {
+    action: u32,
+    out: Vec<u8>,
+    repeat: u32,
+    before: Counts,
+    after: Counts,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    new_flows: u64,
+    nat_reply: u64,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let mut result = None;
+    with_bed(|bed| result = Some(measure(bed)));
+    let rows = result.context("bench bed did not run")??;
+    print_report(&rows);
+    Ok(())
+}
+
+/// A SYN: every iteration opens a connection.
+fn v4_syn_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: v4(
+            PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        ),
+        ..v4_frame(flows)
+    }
+}
+
+/// An ACK of an established connection.
+fn v4_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: tcp_ack(
+            CLIENT4.into(),
+            VIP4.into(),
+            40000,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        ),
+        flows,
+        port_off: 14 + 20,     // TCP source port
+        addr_off: 14 + 12 + 2, // low half of the IPv4 source address
+    }
+}
+
+/// UDP to the DSR service: new flows write the flow table only (no reverse entry).
+fn dsr_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: v4(
+            PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        ),
+        flows,
+        port_off: 14 + 20,
+        addr_off: 14 + 12 + 2,
+    }
+}
+
+fn v6_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: tcp_ack(
+            CLIENT6.into(),
+            VIP6.into(),
+            40000,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        ),
+        flows,
+        port_off: 14 + 40,
+        addr_off: 14 + 8 + 14, // last 16 bits of the IPv6 source address
+    }
+}
+
+fn reply_frame(flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: tcp_ack(
+            BACKENDS4[0].into(),
+            CLIENT4.into(),
+            BACKEND_PORT,
+            40000,
+            64,
+            BACKEND_MACS[0],
+            LB_MAC,
+            b"",
+        ),
+        flows,
+        port_off: 14 + 20 + 2, // TCP destination port (the client's)
+        addr_off: 14 + 16 + 2, // low half of the IPv4 destination (the client)
+    }
+}
+
+fn non_vip_frame() -> FrameSpec {
+    FrameSpec {
+        frame: v4(
+            PROTO_TCP,
+            CLIENT4,
+            std::net::Ipv4Addr::new(198, 18, 100, 2),
+            40000,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        ),
+        flows: 0,
+        port_off: 0,
+        addr_off: 0,
+    }
+}
+
+fn expect_tx(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(o.action == XDP_TX, "action {} instead of XDP_TX", o.action);
+    Ok(())
+}
+
+fn expect_established(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_tx(dp, o)?;
+    ensure!(o.out[0..6] == BACKEND_MACS[0], "not sent to backend 0");
+    ensure!(
+        o.after.new_flows == o.before.new_flows,
+        "{} new flows during an established-flow run",
+        o.after.new_flows - o.before.new_flows
+    );
+    Ok(())
+}
+
+fn expect_new_flows(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_tx(dp, o)?;
+    let n = o.after.new_flows - o.before.new_flows;
+    ensure!(
+        n == o.repeat as u64,
+        "{n} new flows in {} packets",
+        o.repeat
+    );
+    Ok(())
+}
+
+fn expect_replies(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_tx(dp, o)?;
+    ensure!(o.out[0..6] == CLIENT_MAC, "reply not sent to the client");
+    let n = o.after.nat_reply - o.before.nat_reply;
+    ensure!(
+        n == o.repeat as u64,
+        "{n} NAT replies in {} packets",
+        o.repeat
+    );
+    Ok(())
+}
+
+fn expect_pass(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(
+        o.action == XDP_PASS,
+        "action {} instead of XDP_PASS",
+        o.action
+    );
+    ensure!(o.out == non_vip_frame().frame, "pass-through frame changed");
+    Ok(())
+}
+
+fn expect_floor(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(o.action == XDP_TX, "floor returned {}", o.action);
+    Ok(())
+}
+
+fn cases() -> Vec<Case> {
+    let established_base = 1 << 20;
+    let c = |name, target, spec, repeat, check| Case {
+        name,
+        target,
+        spec,
+        repeat,
+        fresh_base: false,
+        base: established_base,
+        check,
+    };
+    vec![
+        c(
+            "floor: parse + lookup + XDP_TX",
+            Target::Floor,
+            v4_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_floor as fn(&mut Dataplane, &Outcome) -> anyhow::Result<()>,
+        ),
+        c(
+            "non-VIP packet (XDP_PASS)",
+            Target::Lb,
+            non_vip_frame(),
+            ONE_FLOW_REPEAT,
+            expect_pass,
+        ),
+        c(
+            "VIP established, 1 flow",
+            Target::Lb,
+            v4_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_established,
+        ),
+        c(
+            "IPv6 established, 1 flow",
+            Target::Lb,
+            v6_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_established,
+        ),
+        c(
+            "NAT reply, 1 flow",
+            Target::Lb,
+            reply_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_replies,
+        ),
+        Case {
+            name: "VIP new flow (flow-table write)",
+            target: Target::Lb,
+            spec: v4_syn_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "DSR new flow (flow-table write)",
+            target: Target::Lb,
+            spec: dsr_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        c(
+            "floor, 1M flows",
+            Target::Floor,
+            v4_frame(MANY_FLOWS),
+            MANY_FLOWS,
+            expect_floor,
+        ),
+        c(
+            "VIP established, 1M flows",
+            Target::Lb,
+            v4_frame(MANY_FLOWS),
+            MANY_FLOWS,
+            expect_established,
+        ),
+        c(
+            "IPv6 established, 1M flows",
+            Target::Lb,
+            v6_frame(MANY_FLOWS),
+            MANY_FLOWS,
+            expect_established,
+        ),
+        c(
+            "NAT reply, 1M flows",
+            Target::Lb,
+            reply_frame(MANY_FLOWS),
+            MANY_FLOWS,
+            expect_replies,
+        ),
+    ]
+}
+
+struct Row {
+    name: &'static str,
+    gross: f64,
+    net: f64,
+}
+
+struct Harness {
+    dp: Dataplane,
+    ifindex: u32,
+    fds: [ProgramFd; 3],
+}
+
+fn pin_to_last_cpu() -> usize {
+    let cpu = nr_cpus().map(|n| n - 1).unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0) affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    cpu
+}
+
+fn measure(bed: &Bed) -> anyhow::Result<Vec<Row>> {
+    let cpu = pin_to_last_cpu();
+    eprintln!("bench: pinned to CPU {cpu}; loading with a {FLOW_TABLE}-entry flow table");
+    let services = [
+        svc_v4(PROTO_TCP, 0),
+        svc_v6(PROTO_TCP),
+        svc_v4(PROTO_UDP, SVC_FWD_DSR),
+    ];
+    let mut dp = bed.load_sized(&services, FLOW_TABLE);
+    // One backend, so every reply of every flow comes from the same address.
+    for id in 0..services.len() as u32 {
+        bed.publish_ring(&mut dp, id, &[0; RING as usize], 1);
+    }
+    // Many-flow replies go to clients 198.18.0.16-31 (flow number's high bits).
+    for i in 0..=255 {
+        bed.add_client_neighbour(&format!("198.18.0.{i}"));
+    }
+    let mut fd = |name: &'static str| -> anyhow::Result<ProgramFd> {
+        Ok(dp.load_program(name)?.fd()?.try_clone()?)
+    };
+    let fds = [fd(PROGRAM)?, fd("xdp_floor")?, fd("xdp_bench_empty")?];
+    dp.load_program("xdp_bench_wrapper")?;
+    let ifindex = xdp_lb::dataplane::ifindex(LB_IF).context("bed interface")?;
+    let mut h = Harness { dp, ifindex, fds };
+
+    // Establish the flows the "established" and "reply" cases hit.
+    // ACKs of unknown flows create them too (a flow-table miss re-dispatches).
+    for spec in [
+        v4_frame(0),
+        v6_frame(0),
+        v4_frame(MANY_FLOWS),
+        v6_frame(MANY_FLOWS),
+    ] {
+        let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
+        ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+    }
+
+    let cases = cases();
+    let mut gross: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut empty: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut fresh = 1u32 << 24;
+    for round in 0..ROUNDS {
+        for (i, case) in cases.iter().enumerate() {
+            let base = if case.fresh_base {
+                fresh = fresh.wrapping_add(case.repeat);
+                fresh
+            } else {
+                case.base
+            };
+            let before = h.counts()?;
+            let (action, out, ns) = h.run(case.target, &case.spec, base, case.repeat)?;
+            let after = h.counts()?;
+            let outcome = Outcome {
+                action,
+                out,
+                repeat: case.repeat,
+                before,
+                after,
+            };
+            (case.check)(&mut h.dp, &outcome)
+                .with_context(|| format!("case {:?}, round {round}", case.name))?;
+            gross[i].push(ns);
+            let (a, _, e) = h.run(Target::Empty, &case.spec, base, case.repeat)?;
+            ensure!(a == XDP_TX, "empty target returned {a}");
+            empty[i].push(e);
+        }
+    }
+    Ok(cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let g = median(&gross[i]);
+            let e = median(&empty[i]);
+            Row {
+                name: c.name,
+                gross: g,
+                net: g - e,
+            }
+        })
+        .collect())
+}
+
+impl Harness {
+    fn counts(&mut self) -> anyhow::Result<Counts> {
+        let g = self.dp.global_counters()?;
+        let nat_reply = g
+            .iter()
+            .find(|(n, _)| *n == "nat_reply")
+            .map(|x| x.1)
+            .unwrap_or(0);
+        let mut new_flows = 0;
+        for id in 0..3 {
+            new_flows += self.dp.service_counters(id)?.new_flows;
+        }
+        Ok(Counts {
+            new_flows,
+            nat_reply,
+        })
+    }
+
+    /// One BPF_PROG_TEST_RUN of the wrapper around `target`: action, final frame,
+    /// and nanoseconds per iteration (integer mean, as the kernel reports it).
+    fn run(
+        &mut self,
+        target: Target,
+        spec: &FrameSpec,
+        base: u32,
+        repeat: u32,
+    ) -> anyhow::Result<(u32, Vec<u8>, f64)> {
+        let ebpf = self.dp.ebpf_mut();
+        let fd = &self.fds[target as usize];
+        let mut targets: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?)?;
+        targets.set(0, fd, 0)?;
+        ensure!(spec.frame.len() <= BENCH_FRAME_MAX, "frame too long");
+        let mut data = [0u8; BENCH_FRAME_MAX];
+        data[..spec.frame.len()].copy_from_slice(&spec.frame);
+        let frame = BenchFrame {
+            len: spec.frame.len() as u32,
+            flows: spec.flows,
+            base,
+            port_off: spec.port_off,
+            addr_off: spec.addr_off,
+            data,
+        };
+        let mut frames: Array<&mut MapData, BenchFrame> =
+            Array::try_from(ebpf.map_mut("BENCH_FRAME").context("BENCH_FRAME")?)?;
+        frames.set(0, frame, 0)?;
+        let mut counter: PerCpuArray<&mut MapData, u32> =
+            PerCpuArray::try_from(ebpf.map_mut("BENCH_COUNTER").context("BENCH_COUNTER")?)?;
+        counter.set(
+            0,
+            PerCpuValues::try_from(vec![0u32; nr_cpus().map_err(|(_, e)| e)?])?,
+            0,
+        )?;
+        let wrapper: &mut Xdp = ebpf
+            .program_mut("xdp_bench_wrapper")
+            .context("wrapper")?
+            .try_into()?;
+        let mut out = vec![0u8; spec.frame.len() + 256];
+        let ctx = xdp_md(self.ifindex, spec.frame.len());
+        let r = wrapper.test_run(TestRunOptions {
+            data_in: Some(&spec.frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        if r.return_value == 0 {
+            bail!("wrapper aborted (frame restore or tail call failed)");
+        }
+        // The kernel reports the mean time per iteration.
+        Ok((r.return_value, out, r.duration.as_nanos() as f64))
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn print_report(rows: &[Row]) {
+    let floor = rows
+        .iter()
+        .find(|r| r.name.starts_with("floor:"))
+        .map(|r| r.net)
+        .unwrap_or(f64::NAN);
+    println!();
+    println!("Per-packet cost, BPF_PROG_TEST_RUN through the restore-and-tail-call wrapper");
+    println!("(net = case - same wrapper around an empty XDP_TX target; median of {ROUNDS} interleaved rounds)");
+    println!();
+    println!(
+        "{:<34} {:>9} {:>8} {:>8}  Katran anchor (net ns)",
+        "case", "gross ns", "net ns", "x floor"
+    );
+    for r in rows {
+        let anchor = ANCHORS
+            .iter()
+            .find(|(n, _)| *n == r.name)
+            .map(|(_, a)| *a)
+            .unwrap_or("");
+        println!(
+            "{:<34} {:>9.1} {:>8.1} {:>8.2}  {}",
+            r.name,
+            r.gross,
+            r.net,
+            r.net / floor,
+            anchor
+        );
+    }
+    println!();
+}

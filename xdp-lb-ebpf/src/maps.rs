@@ -1,0 +1,74 @@
+//! Every map of the data plane. Sizes marked "set at load" are overridden by the
+//! control plane (`EbpfLoader::set_max_entries`) from its configuration.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+};
+use xdp_lb_common::{
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
+    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+};
+
+/// VIP, port and protocol -> service record (active Maglev table, flags).
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id -> address, port, state and generation.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev lookup tables of all services, two slots each; entries are backend ids.
+/// Size set at load (max_services * 2 * max_table_size).
+#[map]
+pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Client 5-tuple -> pinned backend. A common LRU: its per-CPU free lists refill
+/// in batches, so inserts rarely take the shared lock, and unlike
+/// BPF_F_NO_COMMON_LRU the whole capacity serves every CPU (measured with
+/// `cargo xtask bench`: no difference in insert cost here). Size set at load.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// NAT backend endpoint -> VIP and port its replies are translated back to.
+#[map]
+pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Reply 5-tuple (backend -> client) -> VIP, port and way back, only for backends
+/// shared by several NAT services (`SVC_REVERSE_PER_FLOW`). Size set at load.
+#[map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Per backend id, per CPU: cached next hop (MACs, egress interface).
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per service id: packets, bytes, new flows.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per backend id: packets, bytes, new flows.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Packets per verdict reason (`xdp_lb_common::reason`).
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// Interfaces we may XDP_REDIRECT to, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Benchmark only: the frame the wrapper restores before each tail call.
+#[map]
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// Benchmark only: which of `BenchFrame::flows` the next iteration sends.
+#[map]
+pub static BENCH_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Benchmark only: slot 0 holds the program under test.
+#[map]
+pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);

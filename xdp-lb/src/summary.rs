@@ -1,0 +1,164 @@
+//! The one-screen summary of a configuration that `run` logs at start and `check`
+//! prints: what will be programmed, so an operator can eyeball it before traffic flows.
+use std::fmt::Write;
+
+use crate::{
+    cli::XdpMode,
+    config::{BackendState, Config},
+};
+
+/// Renders `cfg` as aligned text: global settings, then each service with its
+/// backends and the share of new flows each active backend is expected to get.
+pub fn render(cfg: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "interfaces: {} (xdp mode {}), flow table {}, max services {}, max table size {}",
+        cfg.interfaces.join(", "),
+        match cfg.xdp_mode {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        },
+        cfg.flow_table_size,
+        cfg.max_services,
+        cfg.max_table_size
+    );
+    let _ = writeln!(
+        out,
+        "{} service{}:",
+        cfg.services.len(),
+        if cfg.services.len() == 1 { "" } else { "s" }
+    );
+
+    let name_w = cfg
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .chain(["SERVICE".len()])
+        .max()
+        .unwrap_or(0);
+    let endpoints: Vec<String> = cfg.services.iter().map(|s| s.endpoint()).collect();
+    let ep_w = endpoints
+        .iter()
+        .map(String::len)
+        .chain(["ENDPOINT".len()])
+        .max()
+        .unwrap_or(0);
+    let backend_w = cfg
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .map(|b| b.socket_addr().to_string().len())
+        .chain(["BACKEND".len()])
+        .max()
+        .unwrap_or(0);
+
+    for (svc, endpoint) in cfg.services.iter().zip(&endpoints) {
+        let _ = writeln!(
+            out,
+            "\n  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  TABLE",
+            "SERVICE", "ENDPOINT", "ALGORITHM", "FORWARDING"
+        );
+        let _ = writeln!(
+            out,
+            "  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  {}",
+            svc.name, endpoint, svc.algorithm, svc.forwarding, svc.table_size
+        );
+        let active_weight: u64 = svc
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .map(|b| u64::from(b.weight))
+            .sum();
+        let _ = writeln!(
+            out,
+            "      {:<backend_w$}  {:>6}  {:>6}  STATE",
+            "BACKEND", "WEIGHT", "SHARE"
+        );
+        for b in &svc.backends {
+            let share = if b.state == BackendState::Active && active_weight > 0 {
+                format!("{:.1}%", 100.0 * f64::from(b.weight) / active_weight as f64)
+            } else {
+                "-".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "      {:<backend_w$}  {:>6}  {:>6}  {}",
+                b.socket_addr().to_string(),
+                b.weight,
+                share,
+                b.state
+            );
+        }
+        if active_weight == 0 {
+            let _ = writeln!(
+                out,
+                "      (no active backend: new connections to this service are dropped)"
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    #[test]
+    fn shows_services_backends_and_shares() {
+        let cfg = parse_str(
+            r#"
+interfaces = ["veth0"]
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+[[service.backend]]
+addr = "198.18.1.2"
+port = 8080
+weight = 3
+[[service.backend]]
+addr = "198.18.1.3"
+port = 8080
+[[service.backend]]
+addr = "198.18.1.4"
+port = 8080
+state = "draining"
+
+[[service]]
+vip = "2001:db8::10"
+port = 53
+proto = "udp"
+forwarding = "dsr"
+algorithm = "src-hash"
+table_size = 1009
+[[service.backend]]
+addr = "2001:db8::2"
+state = "down"
+"#,
+        )
+        .unwrap();
+        let text = render(&cfg);
+        println!("{text}");
+        assert!(text.contains("interfaces: veth0 (xdp mode auto)"), "{text}");
+        assert!(text.contains("2 services:"), "{text}");
+        let web = text.lines().find(|l| l.contains("web")).unwrap();
+        for field in ["198.18.100.1:80/tcp", "maglev", "nat", "65537"] {
+            assert!(web.contains(field), "{web}");
+        }
+        let line = |addr: &str| text.lines().find(|l| l.contains(addr)).unwrap().to_string();
+        assert!(line("198.18.1.2:8080").contains("75.0%"), "{text}");
+        assert!(line("198.18.1.3:8080").contains("25.0%"), "{text}");
+        let draining = line("198.18.1.4:8080");
+        assert!(
+            draining.contains("draining") && draining.contains(" - "),
+            "{draining}"
+        );
+        let dns = line("[2001:db8::10]:53/udp");
+        assert!(dns.contains("src-hash") && dns.contains("dsr") && dns.contains("1009"));
+        assert!(line("[2001:db8::2]:53").contains("down"), "{text}");
+        assert!(text.contains("no active backend"), "{text}");
+    }
+}
