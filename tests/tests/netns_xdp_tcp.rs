@@ -12,7 +12,10 @@ use xdp_lb_tests::{
     Forwarding,
 };
 
-const CONNECTIONS: usize = 600;
+/// The issue asks for ~600; at 600 the +-5 pp band is only ~2.5 sigma of binomial noise
+/// for the 50% backend (seen: 56.3% on a correct balancer, about 1 run in 10 failing).
+/// 1200 makes it ~3.5 sigma at a few more seconds.
+const CONNECTIONS: usize = 1200;
 const WEIGHTS: [u32; 3] = [3, 2, 1];
 const TOLERANCE_PP: f64 = 5.0;
 
