@@ -176,3 +176,54 @@ fn nat_ipv6_vip_serves_tcp() {
 fn dsr_ipv6_vip_serves_tcp() {
     ipv6_vip(Forwarding::Dsr);
 }
+
+/// The same data path attached in generic (SKB) mode, the fallback on drivers without
+/// native XDP.
+#[test]
+fn nat_generic_mode_serves_tcp() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
+    let mut args = svc.run_args(xdp_lb_tests::topology::IFACE);
+    args.extend(["--xdp-mode".to_string(), "generic".to_string()]);
+    let lb = topo
+        .start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let vip = topo.vip(false, TCP_PORT);
+    let tally = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..30 {
+                if tally.gave_up() {
+                    break;
+                }
+                match LineClient::connect(vip).and_then(|mut c| c.ping()) {
+                    Ok(name) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        })
+        .expect("entering the client namespace");
+    let report = format!("generic mode: {}\n{}", tally.report(), lb.output());
+    assert!(tally.errors.is_empty(), "{report}");
+    assert_eq!(
+        tally.get("backend-1") + tally.get("backend-2"),
+        30,
+        "{report}"
+    );
+    assert!(
+        tally.counts.len() == 2,
+        "30 connections all went to one backend: {report}"
+    );
+    let link = topo
+        .lb
+        .ip(&["link", "show", "dev", "eth0"])
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("xdpgeneric"),
+        "not attached in generic mode: {link}"
+    );
+}
