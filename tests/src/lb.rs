@@ -3,6 +3,7 @@
 //! for failure messages, reloads it with SIGHUP, and stops it by PID on Drop.
 use std::{
     io::{BufRead, BufReader, Read},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -40,8 +41,20 @@ impl XdpLbProcess {
             bin.display(),
             args.join(" ")
         );
-        let mut child = ns
-            .command(bin)
+        let mut cmd = ns.command(bin);
+        // If the test process dies without running Drop (SIGKILL, a timeout), the kernel
+        // stops xdp-lb too instead of leaving it attached in an orphaned namespace. The
+        // signal follows the spawning thread, which always outlives this guard's use.
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -129,3 +129,112 @@ impl Drop for ConfigFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn sample() -> Vec<ServiceSpec> {
+        vec![
+            ServiceSpec {
+                vip: IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1)),
+                port: 80,
+                proto: "tcp",
+                algorithm: "maglev",
+                forwarding: Forwarding::Dsr,
+                backends: vec![
+                    BackendSpec {
+                        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 11)),
+                        port: 80,
+                        weight: 3,
+                        state: "active",
+                    },
+                    BackendSpec {
+                        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 1, 12)),
+                        port: 80,
+                        weight: 1,
+                        state: "draining",
+                    },
+                ],
+            },
+            ServiceSpec {
+                vip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1)),
+                port: 53,
+                proto: "udp",
+                algorithm: "src-hash",
+                forwarding: Forwarding::Nat,
+                backends: vec![BackendSpec {
+                    addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x11)),
+                    port: 5353,
+                    weight: 1,
+                    state: "active",
+                }],
+            },
+        ]
+    }
+
+    /// The file the bed writes is the file the binary reads: same services back.
+    #[test]
+    fn rendered_file_loads_in_xdp_lb() {
+        use xdp_lb::config::{Algorithm, BackendState, Forwarding as F, Proto};
+        let file = ConfigFile::new(&render(&["eth0"], &sample())).unwrap();
+        let args = xdp_lb::cli::RunArgs {
+            config: Some(file.path().to_path_buf()),
+            ..Default::default()
+        };
+        let cfg = xdp_lb::config::load(&args)
+            .unwrap_or_else(|e| panic!("xdp-lb rejects the bed's config: {e}"));
+        assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
+        assert_eq!(cfg.services.len(), 2);
+        let (a, b) = (&cfg.services[0], &cfg.services[1]);
+        assert_eq!(
+            (a.vip, a.port, a.proto),
+            ("198.18.100.1".parse().unwrap(), 80, Proto::Tcp)
+        );
+        assert_eq!((a.algorithm, a.forwarding), (Algorithm::Maglev, F::Dsr));
+        let states: Vec<_> = a
+            .backends
+            .iter()
+            .map(|x| (x.addr, x.port, x.weight, x.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("198.18.1.11".parse().unwrap(), 80, 3, BackendState::Active),
+                (
+                    "198.18.1.12".parse().unwrap(),
+                    80,
+                    1,
+                    BackendState::Draining
+                ),
+            ]
+        );
+        assert_eq!(
+            (b.vip, b.port, b.proto),
+            ("2001:db8:100::1".parse().unwrap(), 53, Proto::Udp)
+        );
+        assert_eq!((b.algorithm, b.forwarding), (Algorithm::SrcHash, F::Nat));
+        assert_eq!(b.backends[0].port, 5353);
+    }
+
+    #[test]
+    fn run_args_carry_only_active_backends() {
+        let args = sample()[0].run_args("eth0");
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with("run --iface eth0 --vip 198.18.100.1:80 --proto tcp"),
+            "{joined}"
+        );
+        assert!(joined.contains("--forwarding dsr"), "{joined}");
+        assert!(joined.contains("--backend 198.18.1.11:80@3"), "{joined}");
+        assert!(
+            !joined.contains("198.18.1.12"),
+            "draining backend passed as a flag: {joined}"
+        );
+        let v6 = sample()[1].run_args("eth0").join(" ");
+        assert!(v6.contains("--vip [2001:db8:100::1]:53"), "{v6}");
+        assert!(v6.contains("--backend [2001:db8:1::11]:5353@1"), "{v6}");
+    }
+}

@@ -27,6 +27,9 @@ impl NetNs {
     /// parallel (and other test binaries) never share a namespace.
     pub fn create(role: &str) -> Result<Self> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if id == 0 {
+            sweep_stale();
+        }
         let name = format!("xlb{}x{id}{role}", std::process::id());
         cmd::run_args(&["ip", "netns", "add", &name])?;
         let ns = Self { name };
@@ -88,6 +91,27 @@ impl NetNs {
             enter(&name)?;
             Ok(f())
         })
+    }
+}
+
+/// Removes namespaces left by test processes that were killed before their guards
+/// ran (`xlb<pid>x...` whose pid no longer exists). Only our own naming pattern is touched.
+fn sweep_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("xlb")
+            .and_then(|r| r.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = cmd::run_args(&["ip", "netns", "del", &name]);
+        }
     }
 }
 

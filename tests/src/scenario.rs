@@ -55,6 +55,9 @@ pub fn backend_spec(
     }
 }
 
+/// Errors after which a traffic loop stops.
+pub const MAX_ERRORS: usize = 5;
+
 /// Answers counted by name.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
@@ -69,6 +72,12 @@ impl Tally {
 
     pub fn error(&mut self, e: impl std::fmt::Display) {
         self.errors.push(e.to_string());
+    }
+
+    /// Loops stop early once this is true: a broken data path then fails in seconds
+    /// instead of waiting out every timeout.
+    pub fn gave_up(&self) -> bool {
+        self.errors.len() >= MAX_ERRORS
     }
 
     pub fn total(&self) -> usize {

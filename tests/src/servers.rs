@@ -8,6 +8,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -26,7 +27,7 @@ use crate::{
 /// How long a connection handler waits for the next request before giving up, so
 /// handler threads never outlive a test by much.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(100);
 /// Upper bound for one `SHA` upload (the transfer test sends 10 MB).
 const MAX_UPLOAD: u64 = 64 << 20;
 
@@ -90,20 +91,20 @@ impl BackendServers {
         let name = self.name.clone();
         self.threads.push(thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let name = name.clone();
-                        thread::spawn(move || {
-                            if stream.set_nonblocking(false).is_ok()
-                                && stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_ok()
-                            {
-                                let _ = stream.set_nodelay(true);
-                                handler(stream, &name);
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(POLL),
-                    Err(_) => thread::sleep(POLL),
+                if !readable(&listener, POLL) {
+                    continue;
+                }
+                // Drain the backlog: the listener is non-blocking.
+                while let Ok((stream, _)) = listener.accept() {
+                    let name = name.clone();
+                    thread::spawn(move || {
+                        if stream.set_nonblocking(false).is_ok()
+                            && stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_ok()
+                        {
+                            let _ = stream.set_nodelay(true);
+                            handler(stream, &name);
+                        }
+                    });
                 }
             }
         }));
@@ -117,6 +118,20 @@ impl Drop for BackendServers {
             let _ = t.join();
         }
     }
+}
+
+/// Waits up to `timeout` for a pending connection, so the accept loop wakes at once for
+/// clients yet still notices the stop flag.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for a descriptor the listener owns for the whole call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 /// A listener on `[::]:port` (dual-stack: bindv6only is 0 in new namespaces), polled so

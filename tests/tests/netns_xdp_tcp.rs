@@ -12,7 +12,10 @@ use xdp_lb_tests::{
     Forwarding,
 };
 
-const CONNECTIONS: usize = 600;
+/// The issue asks for ~600; at 600 the +-5 pp band is only ~2.5 sigma of binomial noise
+/// for the 50% backend (seen: 56.3% on a correct balancer, about 1 run in 10 failing).
+/// 1200 makes it ~3.5 sigma at a few more seconds.
+const CONNECTIONS: usize = 1200;
 const WEIGHTS: [u32; 3] = [3, 2, 1];
 const TOLERANCE_PP: f64 = 5.0;
 
@@ -28,6 +31,9 @@ fn weighted_spread(mode: Forwarding) {
             let mut tally = Tally::default();
             let mut ports = HashSet::new();
             for _ in 0..CONNECTIONS {
+                if tally.gave_up() {
+                    break;
+                }
                 match client::tcp_name(vip) {
                     Ok((name, port)) => {
                         tally.add(&name);
@@ -122,6 +128,9 @@ fn ipv6_vip(mode: Forwarding) {
         .run(|| {
             let mut tally = Tally::default();
             for _ in 0..30 {
+                if tally.gave_up() {
+                    break;
+                }
                 let r = LineClient::connect(vip).and_then(|mut c| {
                     let pong = c.ping()?;
                     if pong == c.greeting() && c.peer() == Some(vip) {
@@ -166,4 +175,55 @@ fn nat_ipv6_vip_serves_tcp() {
 #[test]
 fn dsr_ipv6_vip_serves_tcp() {
     ipv6_vip(Forwarding::Dsr);
+}
+
+/// The same data path attached in generic (SKB) mode, the fallback on drivers without
+/// native XDP.
+#[test]
+fn nat_generic_mode_serves_tcp() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
+    let mut args = svc.run_args(xdp_lb_tests::topology::IFACE);
+    args.extend(["--xdp-mode".to_string(), "generic".to_string()]);
+    let lb = topo
+        .start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let vip = topo.vip(false, TCP_PORT);
+    let tally = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..30 {
+                if tally.gave_up() {
+                    break;
+                }
+                match LineClient::connect(vip).and_then(|mut c| c.ping()) {
+                    Ok(name) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        })
+        .expect("entering the client namespace");
+    let report = format!("generic mode: {}\n{}", tally.report(), lb.output());
+    assert!(tally.errors.is_empty(), "{report}");
+    assert_eq!(
+        tally.get("backend-1") + tally.get("backend-2"),
+        30,
+        "{report}"
+    );
+    assert!(
+        tally.counts.len() == 2,
+        "30 connections all went to one backend: {report}"
+    );
+    let link = topo
+        .lb
+        .ip(&["link", "show", "dev", "eth0"])
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("xdpgeneric"),
+        "not attached in generic mode: {link}"
+    );
 }

@@ -20,6 +20,9 @@ fn udp_through_vip(mode: Forwarding, v6: bool) {
         .run(|| {
             let mut tally = Tally::default();
             for _ in 0..REQUESTS {
+                if tally.gave_up() {
+                    break;
+                }
                 match client::udp_ask(vip) {
                     Ok((name, from, _)) if from == vip => tally.add(&name),
                     Ok((name, from, port)) => tally.error(format!(

@@ -120,12 +120,9 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(version) = name.strip_prefix("libLLVM.so.") {
-            let major = version
-                .split(['.', '-'])
-                .next()
-                .and_then(|m| m.parse().ok())
-                .with_context(|| format!("no LLVM major version in {name}"))?;
+        if name.starts_with("libLLVM.so.") {
+            let major =
+                llvm_major(name).with_context(|| format!("no LLVM major version in {name}"))?;
             return Ok((path, major));
         }
     }
@@ -133,6 +130,16 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
         "no libLLVM.so.* in {}: cannot build bpf-linker",
         libdir.display()
     )
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` -> 22
+fn llvm_major(file_name: &str) -> Option<u32> {
+    file_name
+        .strip_prefix("libLLVM.so.")?
+        .split(['.', '-'])
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -181,4 +188,17 @@ fn checked(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn llvm_major_from_the_nightly_library_name() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM.so.19-rust-1.85.0-nightly"), Some(19));
+        assert_eq!(llvm_major("libLLVM.so"), None);
+        assert_eq!(llvm_major("librustc_driver.so"), None);
+    }
 }
