@@ -216,13 +216,24 @@ fn backend_traffic_outside_balanced_flows_is_not_translated() {
         // flow table: the reply is not one of its flows, and neither is the answer
         // of a backend to a client that connected to it directly.
         let mut before = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        let req = v4(PROTO_TCP, CLIENT4, VIP4, 40030, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+        let req = v4(
+            PROTO_TCP, CLIENT4, VIP4, 40030, 80, 64, CLIENT_MAC, LB_MAC, b"req",
+        );
         let b = dp_expect_backend(&req, RING);
         assert_eq!(run(&mut before, &req).0, XDP_TX);
         drop(before);
         let mut after = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         for cport in [40030, 50000] {
-            let direct = tcp_ack(BACKENDS4[b].into(), CLIENT4.into(), 8080, cport, 64, BACKEND_MACS[b], LB_MAC, b"resp");
+            let direct = tcp_ack(
+                BACKENDS4[b].into(),
+                CLIENT4.into(),
+                8080,
+                cport,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                b"resp",
+            );
             let (action, out) = run(&mut after, &direct);
             assert_eq!(action, XDP_PASS, "client port {cport}");
             assert_eq!(out, direct, "client port {cport}: frame changed");
