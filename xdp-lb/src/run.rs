@@ -208,6 +208,12 @@ fn reload(
     }
     let plan = planner.apply(&new)?;
     dp.apply(&plan)?;
+    if plan.log.is_empty() {
+        log::info!("reload: configuration unchanged");
+    }
+    for line in &plan.log {
+        log::info!("reload: {line}");
+    }
     Ok(new)
 }
 
