@@ -423,6 +423,7 @@ pub fn xdp_md(ifindex: u32, frame_len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A TCP SYN (a new connection) or UDP datagram over IPv4.
 #[allow(clippy::too_many_arguments)]
 pub fn v4(
     proto: u8,
@@ -435,19 +436,19 @@ pub fn v4(
     dmac: [u8; 6],
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), ttl);
-    let mut out = Vec::new();
-    if proto == PROTO_TCP {
-        b.tcp(sport, dport, 1000, 64240)
-            .syn()
-            .write(&mut out, payload)
-            .unwrap();
-    } else {
-        b.udp(sport, dport).write(&mut out, payload).unwrap();
-    }
-    out
+    frame(
+        proto,
+        true,
+        src.into(),
+        dst.into(),
+        (sport, dport),
+        ttl,
+        (smac, dmac),
+        payload,
+    )
 }
 
+/// A TCP SYN (a new connection) or UDP datagram over IPv6.
 #[allow(clippy::too_many_arguments)]
 pub fn v6(
     proto: u8,
@@ -460,17 +461,16 @@ pub fn v6(
     dmac: [u8; 6],
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac).ipv6(src.octets(), dst.octets(), hop);
-    let mut out = Vec::new();
-    if proto == PROTO_TCP {
-        b.tcp(sport, dport, 1000, 64240)
-            .syn()
-            .write(&mut out, payload)
-            .unwrap();
-    } else {
-        b.udp(sport, dport).write(&mut out, payload).unwrap();
-    }
-    out
+    frame(
+        proto,
+        true,
+        src.into(),
+        dst.into(),
+        (sport, dport),
+        hop,
+        (smac, dmac),
+        payload,
+    )
 }
 
 /// Like `v4`/`v6` with TCP, but an ACK of an established connection instead of a SYN.
@@ -485,6 +485,30 @@ pub fn tcp_ack(
     dmac: [u8; 6],
     payload: &[u8],
 ) -> Vec<u8> {
+    frame(
+        PROTO_TCP,
+        false,
+        src,
+        dst,
+        (sport, dport),
+        ttl,
+        (smac, dmac),
+        payload,
+    )
+}
+
+/// An untagged Ethernet frame built by etherparse, checksums computed in full.
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    proto: u8,
+    syn: bool,
+    src: IpAddr,
+    dst: IpAddr,
+    (sport, dport): (u16, u16),
+    ttl: u8,
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(smac, dmac);
     let b = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), ttl),
@@ -492,10 +516,18 @@ pub fn tcp_ack(
         _ => panic!("mixed address families"),
     };
     let mut out = Vec::new();
-    b.tcp(sport, dport, 1001, 64240)
-        .ack(1)
-        .write(&mut out, payload)
-        .unwrap();
+    let written = if proto != PROTO_TCP {
+        b.udp(sport, dport).write(&mut out, payload)
+    } else if syn {
+        b.tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut out, payload)
+    } else {
+        b.tcp(sport, dport, 1001, 64240)
+            .ack(1)
+            .write(&mut out, payload)
+    };
+    written.expect("building a test frame");
     out
 }
 

@@ -7,7 +7,7 @@
 //! The FIB lookup needs routes and neighbours: each test runs on its own thread in a
 //! fresh network namespace (unshare) with one veth and permanent neighbour entries,
 //! so the MACs the program writes are known and no host state is involved.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use aya::{
     maps::{HashMap, MapData},
@@ -144,62 +144,41 @@ fn dsr_changes_only_the_macs() {
 fn nat_replies_are_translated_back_to_the_vip() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
-        // v4: the request creates the reverse entry, the reply uses it.
-        let req = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req",
-        );
-        let b = dp_expect_backend(&req, RING);
-        assert_eq!(run(&mut dp, &req).0, XDP_TX);
-        let reply = v4(
-            PROTO_TCP,
-            BACKENDS4[b],
-            CLIENT4,
-            8080,
-            40003,
-            64,
-            BACKEND_MACS[b],
-            LB_MAC,
-            b"resp",
-        );
-        let expected = v4(
-            PROTO_TCP, VIP4, CLIENT4, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp",
-        );
-        let (action, out) = run(&mut dp, &reply);
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "reply v4");
-        // v6
-        let req = v6(
-            PROTO_TCP, CLIENT6, VIP6, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req",
-        );
-        let b = dp_expect_backend(&req, RING);
-        assert_eq!(run(&mut dp, &req).0, XDP_TX);
-        let reply = v6(
-            PROTO_TCP,
-            BACKENDS6[b],
-            CLIENT6,
-            8080,
-            40003,
-            64,
-            BACKEND_MACS[b],
-            LB_MAC,
-            b"resp",
-        );
-        let expected = v6(
-            PROTO_TCP, VIP6, CLIENT6, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp",
-        );
-        let (action, out) = run(&mut dp, &reply);
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "reply v6");
+        let families: [(IpAddr, IpAddr, [IpAddr; 3]); 2] = [
+            (CLIENT4.into(), VIP4.into(), BACKENDS4.map(IpAddr::from)),
+            (CLIENT6.into(), VIP6.into(), BACKENDS6.map(IpAddr::from)),
+        ];
+        for (client, vip, backends) in families {
+            // The request pins the flow; the backend's reply to it is translated.
+            let req = tcp_ack(client, vip, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+            let (action, out) = run(&mut dp, &req);
+            assert_eq!(action, XDP_TX);
+            let b = backend_of(&out);
+            let reply = tcp_ack(
+                backends[b],
+                client,
+                8080,
+                40003,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                b"resp",
+            );
+            let expected = tcp_ack(vip, client, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
+            let (action, out) = run(&mut dp, &reply);
+            assert_eq!(action, XDP_TX, "reply from {}", backends[b]);
+            assert_frame_eq(&out, &expected, &format!("reply from {}", backends[b]));
+        }
         assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 2);
         // A packet from a backend's address but another port is not a reply.
         let stray = v4(
             PROTO_TCP,
-            BACKENDS4[b],
+            BACKENDS4[0],
             CLIENT4,
             8081,
             40003,
             64,
-            BACKEND_MACS[b],
+            BACKEND_MACS[0],
             LB_MAC,
             b"x",
         );
