@@ -28,6 +28,8 @@ pub enum Command {
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
     },
+    /// HTTP cache tier: caching reverse proxy with a Redis-backed shared cache.
+    Cache(crate::cache::CacheArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default, serde::Deserialize)]
@@ -89,6 +91,7 @@ pub fn init_logging(verbose: u8) {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Cache(args) => crate::cache::run(args),
         Command::Run(_) | Command::Check(_) | Command::XdpPass { .. } => {
             anyhow::bail!("not implemented yet")
         }

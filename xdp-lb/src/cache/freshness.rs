@@ -1,0 +1,324 @@
+//! Store and reuse decisions: RFC 9111 through `http-cache-semantics`, plus what it leaves out
+//! (operator per-status lifetimes, RFC 5861 stale-while-revalidate / stale-if-error windows,
+//! the Set-Cookie and Authorization opt-ins).
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use http::{request, HeaderMap, Method, StatusCode};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+
+use super::config::{CacheConfig, ConfigError};
+use super::entry::Entry;
+
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub status_ttl: BTreeMap<u16, Duration>,
+    pub cache_set_cookie: bool,
+    pub cache_authorized: bool,
+    pub stale_if_error_s: u64,
+    pub stale_while_revalidate_s: u64,
+    pub revalidate_keep: Duration,
+}
+
+impl Rules {
+    pub fn new(cfg: &CacheConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            status_ttl: cfg.status_ttls()?,
+            cache_set_cookie: cfg.cache_set_cookie,
+            cache_authorized: cfg.cache_authorized,
+            stale_if_error_s: cfg.stale_if_error_s,
+            stale_while_revalidate_s: cfg.stale_while_revalidate_s,
+            revalidate_keep: Duration::from_secs(cfg.revalidate_keep_s),
+        })
+    }
+}
+
+/// Cache-Control directives, lowercased names, unquoted values.
+pub struct Directives(Vec<(String, Option<String>)>);
+
+impl Directives {
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut out = Vec::new();
+        for v in headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for part in v.split(',') {
+                let part = part.trim();
+                if part.is_empty() {
+                    continue;
+                }
+                let (k, val) = match part.split_once('=') {
+                    Some((k, v)) => (k.trim(), Some(v.trim().trim_matches('"').to_string())),
+                    None => (part, None),
+                };
+                out.push((k.to_ascii_lowercase(), val));
+            }
+        }
+        Self(out)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    pub fn seconds(&self, name: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref()?.parse().ok())
+    }
+}
+
+/// Why a request does not use the cache at all.
+pub fn bypass_request(req: &request::Parts, rules: &Rules) -> bool {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return true;
+    }
+    if req.headers.contains_key(http::header::AUTHORIZATION) && !rules.cache_authorized {
+        return true;
+    }
+    Directives::parse(&req.headers).has("no-store")
+}
+
+/// The policy object, built from views of the messages that apply the operator's opt-ins.
+pub fn policy(
+    req: &request::Parts,
+    status: StatusCode,
+    res: &HeaderMap,
+    rules: &Rules,
+    now: SystemTime,
+) -> CachePolicy {
+    let mut req_view = req.clone();
+    req_view.method = Method::GET;
+    if rules.cache_authorized {
+        req_view.headers.remove(http::header::AUTHORIZATION);
+    }
+    let mut res_view = http::Response::new(());
+    *res_view.status_mut() = status;
+    *res_view.headers_mut() = res.clone();
+    if rules.cache_set_cookie {
+        res_view.headers_mut().remove(http::header::SET_COOKIE);
+    }
+    CachePolicy::new_options(&req_view, &res_view, now, CacheOptions::default())
+}
+
+/// How a response is stored, when it may be.
+#[derive(Debug, PartialEq)]
+pub struct StoreDecision {
+    pub fresh_for: Duration,
+    pub stale_if_error_s: u32,
+    pub stale_while_revalidate_s: u32,
+    /// Redis expiry: freshness, then grace, then time kept for revalidation.
+    pub keep_for: Duration,
+}
+
+pub fn store_decision(
+    policy: &CachePolicy,
+    status: StatusCode,
+    res: &HeaderMap,
+    rules: &Rules,
+    now: SystemTime,
+) -> Option<StoreDecision> {
+    let cc = Directives::parse(res);
+    if cc.has("no-store") || cc.has("private") {
+        return None;
+    }
+    if res.contains_key(http::header::SET_COOKIE) && !rules.cache_set_cookie {
+        return None;
+    }
+    if res
+        .get(http::header::VARY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == "*"))
+    {
+        return None;
+    }
+    let explicit =
+        cc.has("s-maxage") || cc.has("max-age") || res.contains_key(http::header::EXPIRES);
+    let operator_ttl = rules.status_ttl.get(&status.as_u16()).copied();
+    let storable = policy.is_storable() || (!explicit && operator_ttl.is_some());
+    if !storable {
+        return None;
+    }
+    let fresh_for = match operator_ttl {
+        Some(ttl) if !explicit && !cc.has("no-cache") => ttl,
+        _ => policy.time_to_live(now),
+    };
+    let forbids_stale = cc.has("must-revalidate")
+        || cc.has("proxy-revalidate")
+        || cc.has("s-maxage")
+        || cc.has("no-cache");
+    let (sie, swr) = if forbids_stale {
+        (0, 0)
+    } else {
+        (
+            cc.seconds("stale-if-error")
+                .unwrap_or(0)
+                .max(rules.stale_if_error_s),
+            cc.seconds("stale-while-revalidate")
+                .unwrap_or(0)
+                .max(rules.stale_while_revalidate_s),
+        )
+    };
+    let has_validators =
+        res.contains_key(http::header::ETAG) || res.contains_key(http::header::LAST_MODIFIED);
+    if fresh_for.is_zero() && sie == 0 && swr == 0 && !has_validators {
+        return None;
+    }
+    let keep = if has_validators {
+        rules.revalidate_keep
+    } else {
+        Duration::ZERO
+    };
+    Some(StoreDecision {
+        fresh_for,
+        stale_if_error_s: sie.min(u64::from(u32::MAX)) as u32,
+        stale_while_revalidate_s: swr.min(u64::from(u32::MAX)) as u32,
+        keep_for: (fresh_for + Duration::from_secs(sie.max(swr)) + keep)
+            .max(Duration::from_secs(1)),
+    })
+}
+
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Whether a stored entry answers this request without contacting the upstream, honouring the
+/// request's own `no-cache`, `max-age` and `min-fresh`.
+pub fn is_fresh_for(entry: &Entry, req: &request::Parts, now: SystemTime) -> bool {
+    let now_ms = millis(now);
+    if now_ms >= entry.fresh_until_ms {
+        return false;
+    }
+    let cc = Directives::parse(&req.headers);
+    let pragma_no_cache = !req.headers.contains_key(http::header::CACHE_CONTROL)
+        && req
+            .headers
+            .get(http::header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("no-cache"));
+    if cc.has("no-cache") || pragma_no_cache {
+        return false;
+    }
+    let age = entry.policy.age(now).as_secs();
+    if cc.seconds("max-age").is_some_and(|max| age > max) {
+        return false;
+    }
+    let left = (entry.fresh_until_ms - now_ms) / 1000;
+    !cc.seconds("min-fresh").is_some_and(|min| left < min)
+}
+
+/// Whether a stale entry may still be served, for the given grace window.
+pub fn within_grace(entry: &Entry, grace_s: u32, now: SystemTime) -> bool {
+    grace_s > 0 && millis(now) < entry.fresh_until_ms + u64::from(grace_s) * 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            status_ttl: BTreeMap::from([(404, Duration::from_secs(60))]),
+            cache_set_cookie: false,
+            cache_authorized: false,
+            stale_if_error_s: 0,
+            stale_while_revalidate_s: 0,
+            revalidate_keep: Duration::from_secs(100),
+        }
+    }
+
+    fn decide(status: u16, headers: &[(&str, &str)]) -> Option<StoreDecision> {
+        let req = http::Request::get("/x")
+            .header("host", "h")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut res = HeaderMap::new();
+        for (k, v) in headers {
+            res.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let status = StatusCode::from_u16(status).unwrap();
+        let now = SystemTime::now();
+        let p = policy(&req, status, &res, &rules(), now);
+        store_decision(&p, status, &res, &rules(), now)
+    }
+
+    #[test]
+    fn explicit_and_operator_lifetimes() {
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=30")])
+                .unwrap()
+                .fresh_for,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=30, s-maxage=5")])
+                .unwrap()
+                .fresh_for,
+            Duration::from_secs(5)
+        );
+        assert_eq!(decide(404, &[]).unwrap().fresh_for, Duration::from_secs(60));
+        assert_eq!(
+            decide(200, &[]),
+            None,
+            "no freshness information and no operator ttl"
+        );
+        assert_eq!(decide(302, &[]), None);
+    }
+
+    #[test]
+    fn refusals_and_stale_windows() {
+        assert_eq!(
+            decide(200, &[("cache-control", "no-store, max-age=30")]),
+            None
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "private, max-age=30")]),
+            None
+        );
+        assert_eq!(
+            decide(
+                200,
+                &[("cache-control", "max-age=30"), ("set-cookie", "a=b")]
+            ),
+            None
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=30"), ("vary", "*")]),
+            None
+        );
+        let d = decide(
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=9, stale-if-error=20",
+            )],
+        )
+        .unwrap();
+        assert_eq!((d.stale_while_revalidate_s, d.stale_if_error_s), (9, 20));
+        assert_eq!(d.keep_for, Duration::from_secs(21));
+        let d = decide(
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-if-error=20, must-revalidate",
+            )],
+        )
+        .unwrap();
+        assert_eq!(d.stale_if_error_s, 0);
+        let d = decide(200, &[("cache-control", "no-cache"), ("etag", "\"a\"")]).unwrap();
+        assert_eq!(
+            (d.fresh_for, d.keep_for),
+            (Duration::ZERO, Duration::from_secs(100))
+        );
+    }
+}

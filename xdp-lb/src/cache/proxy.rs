@@ -1,0 +1,693 @@
+//! The request path: bypass or cache lookup, coalesced misses, revalidation, stale serving,
+//! invalidation by unsafe methods, and PURGE.
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderValue, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+};
+use http::{request, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_cache_semantics::{AfterResponse, BeforeRequest};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest, Sha256};
+
+use super::body::ProxyBody;
+use super::config::{CacheConfig, ConfigError};
+use super::entry::{self, Entry, Stored, VaryMarker};
+use super::freshness::{self, millis, Rules};
+use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::key;
+use super::stats::Stats;
+use super::store::{Store, StoreError};
+use super::upstream::{Lease, Pool};
+
+pub type Resp = Response<ProxyBody>;
+
+/// How often a request waiting on another instance's fetch looks for the result.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+/// A Vary marker outlives its variants so they stay reachable.
+const MARKER_MIN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug)]
+enum FetchError {
+    Timeout,
+    Failed(String),
+}
+
+pub struct Proxy {
+    cfg: CacheConfig,
+    rules: Rules,
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    store: Store,
+    pub stats: Arc<Stats>,
+    upstream_timeout: Duration,
+    seq: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn is_unsafe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+    )
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn plain(status: StatusCode, msg: &'static str) -> Resp {
+    let mut r = Response::new(ProxyBody::full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn with_x_cache(mut r: Resp, label: &'static str) -> Resp {
+    r.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(label));
+    r
+}
+
+fn error_response(e: &FetchError) -> Resp {
+    match e {
+        FetchError::Timeout => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        FetchError::Failed(why) => {
+            log::info!("cache: answering 502: {why}");
+            plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
+        }
+    }
+}
+
+/// Passes an upstream response through, streaming its body.
+fn relay(resp: Response<Incoming>, lease: Lease, head: bool) -> Resp {
+    let (mut p, body) = resp.into_parts();
+    strip_hop_by_hop(&mut p.headers);
+    p.version = http::Version::HTTP_11;
+    let body = if head {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::stream(Bytes::new(), body, Some(lease))
+    };
+    Response::from_parts(p, body)
+}
+
+fn as_get(parts: &request::Parts) -> request::Parts {
+    let mut p = parts.clone();
+    p.method = Method::GET;
+    p
+}
+
+/// `If-None-Match` / `If-Modified-Since` of the client against a stored response.
+fn client_not_modified(entry: &Entry, req: &request::Parts) -> bool {
+    if !entry.status.is_success() {
+        return false;
+    }
+    if let Some(inm) = req.headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = entry.headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let bare = etag.trim().trim_start_matches("W/");
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == bare);
+    }
+    match (
+        req.headers.get(IF_MODIFIED_SINCE),
+        entry.headers.get(LAST_MODIFIED),
+    ) {
+        (Some(ims), Some(lm)) => ims == lm,
+        _ => false,
+    }
+}
+
+impl Proxy {
+    pub fn new(cfg: CacheConfig, stats: Arc<Stats>) -> Result<Arc<Self>, ProxyError> {
+        cfg.validate()?;
+        let rules = Rules::new(&cfg)?;
+        let pool = Pool::new(&cfg);
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        conn.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(conn);
+        let store = Store::new(&cfg.redis, Arc::clone(&stats))?;
+        Ok(Arc::new(Self {
+            upstream_timeout: Duration::from_millis(cfg.upstream_timeout_ms),
+            cfg,
+            rules,
+            pool,
+            client,
+            store,
+            stats,
+            seq: AtomicU64::new(0),
+        }))
+    }
+
+    fn token(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}-{n}", std::process::id(), millis(SystemTime::now()))
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Resp, Infallible> {
+        let resp = self.route(req, client).await;
+        let counter = match resp.headers().get("x-cache").map(|v| v.as_bytes()) {
+            Some(b"HIT") => Some(&self.stats.hits),
+            Some(b"MISS") => Some(&self.stats.misses),
+            Some(b"STALE") => Some(&self.stats.stale),
+            Some(b"UPDATING") => Some(&self.stats.updating),
+            Some(b"EXPIRED") => Some(&self.stats.expired),
+            Some(b"BYPASS") => Some(&self.stats.bypass),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            Stats::bump(c);
+        }
+        if matches!(
+            resp.headers().get("x-cache").map(|v| v.as_bytes()),
+            Some(b"HIT" | b"STALE" | b"UPDATING")
+        ) {
+            let n = hyper::body::Body::size_hint(resp.body())
+                .exact()
+                .unwrap_or(0);
+            self.stats.bytes_from_cache.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(resp)
+    }
+
+    async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
+        let client = client.to_canonical();
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.cfg.max_request_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request body\n"),
+        };
+        if parts.method.as_str() == "PURGE" {
+            return self.purge(&parts, client).await;
+        }
+        let mut up = parts.clone();
+        strip_hop_by_hop(&mut up.headers);
+        add_forwarding(&mut up.headers, client);
+        if freshness::bypass_request(&parts, &self.rules) {
+            return self.bypass(&parts, &up, body).await;
+        }
+        let key = key::render(&self.cfg.key, &parts);
+        self.cached(key, parts, up).await
+    }
+
+    async fn bypass(&self, parts: &request::Parts, up: &request::Parts, body: Bytes) -> Resp {
+        match self.forward(up, body).await {
+            Err(e) => error_response(&e),
+            Ok((resp, lease)) => {
+                let ok = resp.status().is_success() || resp.status().is_redirection();
+                if is_unsafe(&parts.method) && ok {
+                    self.invalidate(parts, resp.headers()).await;
+                }
+                with_x_cache(relay(resp, lease, parts.method == Method::HEAD), "BYPASS")
+            }
+        }
+    }
+
+    /// RFC 9111 section 4.4: the target URI, and Location / Content-Location on the same host.
+    async fn invalidate(&self, parts: &request::Parts, res: &http::HeaderMap) {
+        let mut targets = vec![as_get(parts)];
+        for h in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let Some(uri) = res
+                .get(&h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<http::Uri>().ok())
+            else {
+                continue;
+            };
+            let host = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok());
+            let same_host = uri.authority().is_none_or(|a| Some(a.as_str()) == host);
+            if same_host && uri.path().starts_with('/') {
+                let mut p = as_get(parts);
+                p.uri = uri
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .parse()
+                    .unwrap_or_default();
+                targets.push(p);
+            }
+        }
+        for p in targets {
+            let k = self.store.entry_key(&key::render(&self.cfg.key, &p));
+            let _ = self.store.del(&k).await;
+        }
+    }
+
+    async fn purge(&self, parts: &request::Parts, client: IpAddr) -> Resp {
+        if !self.cfg.purge_allow.contains(&client) {
+            return plain(StatusCode::FORBIDDEN, "purge not allowed\n");
+        }
+        let k = self
+            .store
+            .entry_key(&key::render(&self.cfg.key, &as_get(parts)));
+        match self.store.del(&k).await {
+            Ok(true) => plain(StatusCode::OK, "purged\n"),
+            Ok(false) => plain(StatusCode::NOT_FOUND, "not cached\n"),
+            Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "cache store unavailable\n"),
+        }
+    }
+
+    async fn forward(
+        &self,
+        parts: &request::Parts,
+        body: Bytes,
+    ) -> Result<(Response<Incoming>, Lease), FetchError> {
+        let tries = if is_idempotent(&parts.method) {
+            (self.cfg.max_tries as usize).min(self.pool.len())
+        } else {
+            1
+        };
+        let mut tried = Vec::with_capacity(tries);
+        let mut last = FetchError::Failed("no upstream".into());
+        for _ in 0..tries {
+            let Some(lease) = self.pool.pick(&tried) else {
+                break;
+            };
+            tried.push(lease.index);
+            let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let Ok(mut req) = Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("http://{}{pq}", lease.addr()))
+                .body(Full::new(body.clone()))
+            else {
+                return Err(FetchError::Failed("bad request target".into()));
+            };
+            *req.headers_mut() = parts.headers.clone();
+            Stats::bump(&self.stats.upstream_requests);
+            match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    self.pool.report_success(lease.index);
+                    return Ok((resp, lease));
+                }
+                Ok(Err(e)) => {
+                    log::debug!("cache: upstream {} failed: {e}", lease.addr());
+                    self.pool.report_failure(lease.index);
+                    last = FetchError::Failed(e.to_string());
+                }
+                Err(_) => {
+                    log::debug!("cache: upstream {} timed out", lease.addr());
+                    self.pool.report_failure(lease.index);
+                    last = FetchError::Timeout;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn variant_key(primary: &str, marker: &VaryMarker, req: &http::HeaderMap) -> String {
+        let mut h = Sha256::new();
+        for name in marker
+            .vary
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            h.update(name.as_bytes());
+            h.update(b":");
+            for v in req.get_all(name) {
+                h.update(v.as_bytes());
+                h.update(b",");
+            }
+            h.update(b"\n");
+        }
+        let hex: String = h
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{primary}#v{}:{hex}", marker.generation)
+    }
+
+    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Entry>, StoreError> {
+        let primary = self.store.entry_key(key);
+        let Some(raw) = self.store.get(&primary).await? else {
+            return Ok(None);
+        };
+        let raw = match entry::decode(raw) {
+            Ok(Stored::Entry(e)) => return Ok(Some(*e)),
+            Ok(Stored::Vary(m)) => match self
+                .store
+                .get(&Self::variant_key(&primary, &m, &req.headers))
+                .await?
+            {
+                Some(raw) => raw,
+                None => return Ok(None),
+            },
+            Err(e) => {
+                log::warn!("cache: entry {primary}: {e}");
+                return Ok(None);
+            }
+        };
+        match entry::decode(raw) {
+            Ok(Stored::Entry(e)) => Ok(Some(*e)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn store_entry(
+        &self,
+        key: &str,
+        req: &request::Parts,
+        entry: &Entry,
+        keep_for: Duration,
+    ) {
+        let Ok(bytes) = entry.encode() else { return };
+        let primary = self.store.entry_key(key);
+        let vary: Vec<String> = entry
+            .headers
+            .get_all(VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if vary.is_empty() {
+            let _ = self.store.set(&primary, &bytes, keep_for).await;
+            return;
+        }
+        let vary = vary.join(",");
+        let existing = match self.store.get(&primary).await {
+            Ok(Some(raw)) => entry::decode(raw).ok(),
+            Ok(None) => None,
+            Err(_) => return,
+        };
+        let marker = match existing {
+            Some(Stored::Vary(m)) if m.vary == vary => m,
+            _ => VaryMarker {
+                generation: self.seq.fetch_add(1, Ordering::Relaxed) ^ millis(SystemTime::now()),
+                vary,
+            },
+        };
+        if self
+            .store
+            .set(&primary, &marker.encode(), keep_for.max(MARKER_MIN_TTL))
+            .await
+            .is_ok()
+        {
+            let _ = self
+                .store
+                .set(
+                    &Self::variant_key(&primary, &marker, &req.headers),
+                    &bytes,
+                    keep_for,
+                )
+                .await;
+        }
+    }
+
+    fn serve_entry(
+        &self,
+        entry: &Entry,
+        req: &request::Parts,
+        label: &'static str,
+        now: SystemTime,
+    ) -> Resp {
+        let mut headers = entry.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&entry.policy.age(now).as_secs().to_string()) {
+            headers.insert(AGE, v);
+        }
+        let (status, body) = if client_not_modified(entry, req) {
+            headers.remove(CONTENT_LENGTH);
+            (StatusCode::NOT_MODIFIED, ProxyBody::empty())
+        } else if req.method == Method::HEAD {
+            (entry.status, ProxyBody::empty())
+        } else {
+            (entry.status, ProxyBody::full(entry.body.clone()))
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        with_x_cache(r, label)
+    }
+
+    async fn cached(
+        self: &Arc<Self>,
+        key: String,
+        parts: request::Parts,
+        up: request::Parts,
+    ) -> Resp {
+        let now = SystemTime::now();
+        let lookup = self.lookup(&key, &parts).await;
+        let store_ok = lookup.is_ok();
+        match lookup.ok().flatten() {
+            Some(e) if freshness::is_fresh_for(&e, &parts, now) => {
+                self.serve_entry(&e, &parts, "HIT", now)
+            }
+            Some(e) => {
+                let client_wants_fresh = !freshness::is_fresh_for(
+                    &Entry {
+                        fresh_until_ms: u64::MAX,
+                        ..e.clone()
+                    },
+                    &parts,
+                    now,
+                );
+                if !client_wants_fresh
+                    && freshness::within_grace(&e, e.stale_while_revalidate_s, now)
+                {
+                    let token = self.token();
+                    let rkey = self.store.refresh_key(&key);
+                    let lock_ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
+                    if let Ok(true) = self.store.try_lock(&rkey, &token, lock_ttl).await {
+                        let this = Arc::clone(self);
+                        let (p, u, stale) = (parts.clone(), up.clone(), e.clone());
+                        tokio::spawn(async move {
+                            let _ = this.fetch(&key, &p, &u, Some(stale), "EXPIRED", true).await;
+                            let _ = this.store.unlock(&rkey, &token).await;
+                        });
+                    }
+                    return self.serve_entry(&e, &parts, "UPDATING", now);
+                }
+                self.fetch(&key, &parts, &up, Some(e), "EXPIRED", store_ok)
+                    .await
+            }
+            None if store_ok => {
+                let token = self.token();
+                let lkey = self.store.lock_key(&key);
+                match self
+                    .store
+                    .try_lock(&lkey, &token, Duration::from_millis(self.cfg.lock_ttl_ms))
+                    .await
+                {
+                    Ok(true) => {
+                        let r = self.fetch(&key, &parts, &up, None, "MISS", true).await;
+                        let _ = self.store.unlock(&lkey, &token).await;
+                        r
+                    }
+                    Ok(false) => match self.wait_for(&key, &lkey, &parts).await {
+                        Some(r) => r,
+                        None => self.fetch(&key, &parts, &up, None, "MISS", true).await,
+                    },
+                    Err(_) => self.fetch(&key, &parts, &up, None, "MISS", false).await,
+                }
+            }
+            None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
+        }
+    }
+
+    /// Waits (bounded) for the instance holding the lock to store the response.
+    async fn wait_for(&self, key: &str, lkey: &str, parts: &request::Parts) -> Option<Resp> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.lock_wait_ms);
+        while Instant::now() < deadline {
+            tokio::time::sleep(WAIT_POLL).await;
+            let locked = self.store.exists(lkey).await.ok()?;
+            let now = SystemTime::now();
+            if let Some(e) = self.lookup(key, parts).await.ok()? {
+                if freshness::is_fresh_for(&e, parts, now) {
+                    return Some(self.serve_entry(&e, parts, "HIT", now));
+                }
+            }
+            if !locked {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn serve_stale(
+        &self,
+        stale: Option<&Entry>,
+        req: &request::Parts,
+        now: SystemTime,
+    ) -> Option<Resp> {
+        let e = stale?;
+        freshness::within_grace(e, e.stale_if_error_s, now)
+            .then(|| self.serve_entry(e, req, "STALE", now))
+    }
+
+    /// Goes upstream (as GET, so a HEAD miss fills the cache too), revalidating `stale` when
+    /// given, stores what may be stored and answers the client.
+    async fn fetch(
+        &self,
+        key: &str,
+        parts: &request::Parts,
+        up: &request::Parts,
+        stale: Option<Entry>,
+        label: &'static str,
+        store_ok: bool,
+    ) -> Resp {
+        let now = SystemTime::now();
+        let head = parts.method == Method::HEAD;
+        let get = as_get(parts);
+        let mut send = as_get(up);
+        if let Some(e) = &stale {
+            if let BeforeRequest::Stale {
+                request,
+                matches: true,
+            } = e.policy.before_request(&get, now)
+            {
+                for h in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
+                    if let Some(v) = request.headers.get(&h) {
+                        send.headers.insert(h, v.clone());
+                    }
+                }
+            }
+        }
+        let (resp, lease) = match self.forward(&send, Bytes::new()).await {
+            Ok(r) => r,
+            Err(err) => {
+                return self
+                    .serve_stale(stale.as_ref(), parts, now)
+                    .unwrap_or_else(|| error_response(&err))
+            }
+        };
+        let status = resp.status();
+        if let Some(e) = &stale {
+            if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
+                if let Some(r) = self.serve_stale(Some(e), parts, now) {
+                    return r;
+                }
+            }
+            if status == StatusCode::NOT_MODIFIED {
+                if let AfterResponse::NotModified(policy, new) =
+                    e.policy.after_response(&get, &resp, now)
+                {
+                    let mut headers = new.headers;
+                    headers.remove(AGE);
+                    let mut updated = Entry {
+                        headers,
+                        policy,
+                        ..e.clone()
+                    };
+                    if let Some(d) = freshness::store_decision(
+                        &updated.policy,
+                        e.status,
+                        &updated.headers,
+                        &self.rules,
+                        now,
+                    ) {
+                        updated.stored_at_ms = millis(now);
+                        updated.fresh_until_ms = millis(now + d.fresh_for);
+                        updated.stale_if_error_s = d.stale_if_error_s;
+                        updated.stale_while_revalidate_s = d.stale_while_revalidate_s;
+                        if store_ok {
+                            self.store_entry(key, &get, &updated, d.keep_for).await;
+                        }
+                    }
+                    return self.serve_entry(&updated, parts, label, now);
+                }
+            }
+        }
+        let policy = freshness::policy(&get, status, resp.headers(), &self.rules, now);
+        let decision = match status {
+            StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT => None,
+            _ if !store_ok => None,
+            _ => freshness::store_decision(&policy, status, resp.headers(), &self.rules, now),
+        };
+        let declared_len = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let Some(decision) =
+            decision.filter(|_| declared_len.is_none_or(|n| n <= self.cfg.max_body_bytes))
+        else {
+            return with_x_cache(relay(resp, lease, head), label);
+        };
+        let (mut p, mut body) = resp.into_parts();
+        strip_hop_by_hop(&mut p.headers);
+        let mut buf = BytesMut::new();
+        loop {
+            match tokio::time::timeout(self.upstream_timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                        if buf.len() > self.cfg.max_body_bytes {
+                            // Too large to store: the rest streams through.
+                            p.version = http::Version::HTTP_11;
+                            let body = if head {
+                                ProxyBody::empty()
+                            } else {
+                                ProxyBody::stream(buf.freeze(), body, Some(lease))
+                            };
+                            return with_x_cache(Response::from_parts(p, body), label);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    return error_response(&FetchError::Failed("upstream body".into()))
+                }
+                Err(_) => return error_response(&FetchError::Timeout),
+            }
+        }
+        let body = buf.freeze();
+        p.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let entry = Entry {
+            stored_at_ms: millis(now),
+            fresh_until_ms: millis(now + decision.fresh_for),
+            stale_if_error_s: decision.stale_if_error_s,
+            stale_while_revalidate_s: decision.stale_while_revalidate_s,
+            status,
+            headers: p.headers,
+            body,
+            policy,
+        };
+        self.store_entry(key, &get, &entry, decision.keep_for).await;
+        self.serve_entry(&entry, parts, label, now)
+    }
+}

@@ -1,0 +1,247 @@
+//! Redis access for the cache: single node or cluster, every operation bounded by a timeout so a
+//! slow or absent Redis degrades to "no cache" instead of failing requests.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue};
+use tokio::sync::Mutex;
+
+use super::config::RedisConfig;
+use super::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("prefix purge is not supported on redis cluster")]
+    ClusterScan,
+}
+
+/// Deletes the lock only when it still holds our token, so an expired lock taken over by another
+/// instance is not released by us.
+const UNLOCK_SCRIPT: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// While the cluster is unreachable, reconnect attempts are spaced by this much.
+const CLUSTER_RETRY: Duration = Duration::from_millis(500);
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        conn: Mutex<(Option<ClusterConnection>, Option<Instant>)>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Conn>,
+    timeout: Duration,
+    prefix: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+impl Store {
+    /// Connects lazily: a Redis that is down at start-up is not an error.
+    pub fn new(cfg: &RedisConfig, stats: Arc<Stats>) -> Result<Self, StoreError> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let conn = if cfg.cluster {
+            let client = ClusterClient::builder(cfg.nodes.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()?;
+            Conn::Cluster {
+                client,
+                conn: Mutex::new((None, None)),
+            }
+        } else {
+            let client = redis::Client::open(cfg.nodes[0].as_str())?;
+            let mcfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            Conn::Single(ConnectionManager::new_lazy_with_config(client, mcfg)?)
+        };
+        Ok(Self {
+            conn: Arc::new(conn),
+            timeout,
+            prefix: cfg.key_prefix.as_str().into(),
+            stats,
+        })
+    }
+
+    pub fn entry_key(&self, key: &str) -> String {
+        format!("{}e:{key}", self.prefix)
+    }
+
+    pub fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+
+    pub fn refresh_key(&self, key: &str) -> String {
+        format!("{}r:{key}", self.prefix)
+    }
+
+    async fn cluster_conn(&self) -> Result<ClusterConnection, StoreError> {
+        let Conn::Cluster { client, conn } = &*self.conn else {
+            unreachable!("single-node store")
+        };
+        let mut guard = conn.lock().await;
+        if let Some(c) = &guard.0 {
+            return Ok(c.clone());
+        }
+        if guard.1.is_some_and(|t| t.elapsed() < CLUSTER_RETRY) {
+            return Err(StoreError::Timeout(self.timeout));
+        }
+        guard.1 = Some(Instant::now());
+        let c = tokio::time::timeout(self.timeout * 4, client.get_async_connection())
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))??;
+        guard.0 = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs one command under the timeout; failures are counted in the stats.
+    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        let res = async {
+            let fut = async {
+                match &*self.conn {
+                    Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
+                    Conn::Cluster { .. } => {
+                        let mut c = self.cluster_conn().await?;
+                        return Ok(cmd.query_async::<T>(&mut c).await?);
+                    }
+                }
+                .map_err(StoreError::from)
+            };
+            tokio::time::timeout(self.timeout, fut)
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))?
+        }
+        .await;
+        if let Err(e) = &res {
+            Stats::bump(&self.stats.errors);
+            log::debug!("cache store: {e}");
+        }
+        res
+    }
+
+    pub async fn get(&self, redis_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(redis::cmd("GET").arg(redis_key).clone()).await
+    }
+
+    pub async fn set(
+        &self,
+        redis_key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        self.query(
+            redis::cmd("SET")
+                .arg(redis_key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .clone(),
+        )
+        .await
+    }
+
+    pub async fn del(&self, redis_key: &str) -> Result<bool, StoreError> {
+        let n: u64 = self.query(redis::cmd("DEL").arg(redis_key).clone()).await?;
+        Ok(n > 0)
+    }
+
+    pub async fn exists(&self, redis_key: &str) -> Result<bool, StoreError> {
+        let n: u64 = self
+            .query(redis::cmd("EXISTS").arg(redis_key).clone())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// `SET NX PX`: true when this caller now holds the lock.
+    pub async fn try_lock(
+        &self,
+        redis_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(redis_key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .clone(),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
+    pub async fn unlock(&self, redis_key: &str, token: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(UNLOCK_SCRIPT)
+                    .arg(1)
+                    .arg(redis_key)
+                    .arg(token)
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every entry whose cache key starts with `prefix` (single node only: SCAN is per node).
+    pub async fn purge_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        if matches!(&*self.conn, Conn::Cluster { .. }) {
+            return Err(StoreError::ClusterScan);
+        }
+        let pattern = format!("{}*", glob_escape(&self.entry_key(prefix)));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .clone(),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys).clone()).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
