@@ -69,8 +69,6 @@ pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "no services configured: give --config FILE or --vip ADDR:PORT with --backend ADDR:PORT"
-    )]
+    #[error("no services configured: give --config FILE or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
 }
