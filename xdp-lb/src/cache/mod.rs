@@ -146,8 +146,9 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
             prefix,
         } => {
             let cfg = load(&source)?;
-            let store = store::Store::new(&cfg.redis, Arc::new(stats::Stats::default()))?;
             rt.block_on(async {
+                // The lazy connection manager needs the runtime at construction.
+                let store = store::Store::new(&cfg.redis, Arc::new(stats::Stats::default()))?;
                 match (key, prefix) {
                     (_, Some(p)) => {
                         let n = store.purge_prefix(&p).await?;
