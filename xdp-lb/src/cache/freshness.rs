@@ -209,7 +209,7 @@ pub fn is_fresh_for(entry: &Entry, req: &request::Parts, now: SystemTime) -> boo
         return false;
     }
     let left = (entry.fresh_until_ms - now_ms) / 1000;
-    !cc.seconds("min-fresh").is_some_and(|min| left < min)
+    cc.seconds("min-fresh").is_none_or(|min| left >= min)
 }
 
 /// Whether a stale entry may still be served, for the given grace window.

@@ -33,7 +33,7 @@ const CLUSTER_RETRY: Duration = Duration::from_millis(500);
 enum Conn {
     Single(ConnectionManager),
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         conn: Mutex<(Option<ClusterConnection>, Option<Instant>)>,
     },
 }
@@ -57,7 +57,7 @@ impl Store {
                 .retries(1)
                 .build()?;
             Conn::Cluster {
-                client,
+                client: Box::new(client),
                 conn: Mutex::new((None, None)),
             }
         } else {
