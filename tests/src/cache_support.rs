@@ -1,6 +1,7 @@
 //! Support for the cache tier tests: real `redis-server` processes (single node or a 3-master
 //! cluster) on loopback ports, a scriptable upstream HTTP server that counts its requests, an
 //! in-process proxy instance, and a small HTTP client.
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -254,13 +255,36 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
+/// Requests kept in full by an upstream (counts go on past it, for benchmarks).
+pub const KEPT_REQUESTS: usize = 10_000;
+
+#[derive(Default)]
+struct Record {
+    kept: Vec<Seen>,
+    per_path: HashMap<String, u64>,
+    total: u64,
+}
+
+impl Record {
+    /// Records a request; returns how many requests for its path came before it.
+    fn record(&mut self, s: &Seen) -> u64 {
+        self.total += 1;
+        if self.kept.len() < KEPT_REQUESTS {
+            self.kept.push(s.clone());
+        }
+        let n = self.per_path.entry(s.path.clone()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+}
+
 type Handler = dyn Fn(&Seen, u64) -> Reply + Send + Sync;
 
 /// A loopback HTTP/1.1 upstream whose answers come from a closure (given the request and how
 /// many requests for that path it had before); it records every request.
 pub struct Upstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Record>>,
     handler: Arc<Mutex<Arc<Handler>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -271,7 +295,7 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen: Arc<Mutex<Record>> = Arc::default();
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
         let (s2, h2) = (Arc::clone(&seen), Arc::clone(&handler));
         let task = tokio::spawn(async move {
@@ -292,12 +316,7 @@ impl Upstream {
                                     .map_or("/".into(), |p| p.to_string()),
                                 headers: req.headers().clone(),
                             };
-                            let n = {
-                                let mut v = seen.lock().unwrap();
-                                let n = v.iter().filter(|x| x.path == s.path).count() as u64;
-                                v.push(s.clone());
-                                n
-                            };
+                            let n = seen.lock().unwrap().record(&s);
                             let h = Arc::clone(&handler.lock().unwrap());
                             let r = h(&s, n);
                             if !r.delay.is_zero() {
@@ -340,17 +359,19 @@ impl Upstream {
         self.seen
             .lock()
             .unwrap()
-            .iter()
-            .filter(|s| s.path == path)
-            .count()
+            .per_path
+            .get(path)
+            .copied()
+            .unwrap_or(0) as usize
     }
 
     pub fn total(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.seen.lock().unwrap().total as usize
     }
 
+    /// The first `KEPT_REQUESTS` requests, in arrival order.
     pub fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().unwrap().kept.clone()
     }
 }
 

@@ -1,0 +1,2 @@
+//! Benchmarks run by `cargo xtask bench`.
+pub mod cache;
