@@ -1,5 +1,7 @@
 //! Compact binary form of what is stored in Redis: a cached response, or the marker that
 //! sends lookups of a `Vary` resource to its variant keys.
+use std::time::{Duration, SystemTime};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
@@ -28,8 +30,9 @@ pub struct Entry {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// Kept for revalidation (conditional request headers, 304 merging).
-    pub policy: CachePolicy,
+    /// The serialized `CachePolicy`, decoded only for revalidation (conditional request
+    /// headers, 304 merging) so hits do not pay for it.
+    pub policy_json: Bytes,
 }
 
 /// Marker at the primary key of a resource whose responses carry `Vary`.
@@ -63,8 +66,32 @@ fn get_bytes(input: &mut Bytes) -> Result<Bytes, EntryError> {
 }
 
 impl Entry {
+    pub fn encode_policy(policy: &CachePolicy) -> Result<Bytes, EntryError> {
+        Ok(serde_json::to_vec(policy)?.into())
+    }
+
+    pub fn policy(&self) -> Result<CachePolicy, EntryError> {
+        Ok(serde_json::from_slice(&self.policy_json)?)
+    }
+
+    /// Current age (RFC 9111 section 4.2.3): the upstream's `Age` plus the time spent here.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        let upstream = self
+            .headers
+            .get(http::header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        Duration::from_secs(upstream)
+            + Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, EntryError> {
-        let policy = serde_json::to_vec(&self.policy)?;
+        let policy = &self.policy_json;
         let mut out =
             BytesMut::with_capacity(64 + policy.len() + self.body.len() + 32 * self.headers.len());
         out.put_slice(ENTRY_MAGIC);
@@ -78,7 +105,7 @@ impl Entry {
             put_bytes(&mut out, name.as_str().as_bytes());
             put_bytes(&mut out, value.as_bytes());
         }
-        put_bytes(&mut out, &policy);
+        put_bytes(&mut out, policy);
         put_bytes(&mut out, &self.body);
         Ok(out.to_vec())
     }
@@ -126,7 +153,7 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
             .map_err(|_| EntryError::Malformed)?;
         headers.append(name, value);
     }
-    let policy = serde_json::from_slice(&get_bytes(&mut b)?)?;
+    let policy_json = get_bytes(&mut b)?;
     let body = get_bytes(&mut b)?;
     Ok(Stored::Entry(Box::new(Entry {
         stored_at_ms,
@@ -136,7 +163,7 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
         status,
         headers,
         body,
-        policy,
+        policy_json,
     })))
 }
 
@@ -162,7 +189,7 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             headers,
             body: Bytes::from_static(b"body"),
-            policy: CachePolicy::new(&req, &res),
+            policy_json: Entry::encode_policy(&CachePolicy::new(&req, &res)).unwrap(),
         };
         let Stored::Entry(d) = decode(e.encode().unwrap()).unwrap() else {
             panic!("not an entry")
@@ -179,6 +206,7 @@ mod tests {
         assert_eq!(d.status, StatusCode::NOT_FOUND);
         assert_eq!(d.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&d.body[..], b"body");
+        assert!(d.policy().unwrap().is_storable());
         let m = VaryMarker {
             generation: 7,
             vary: "accept-encoding".into(),

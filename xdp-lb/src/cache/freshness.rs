@@ -204,7 +204,7 @@ pub fn is_fresh_for(entry: &Entry, req: &request::Parts, now: SystemTime) -> boo
     if cc.has("no-cache") || pragma_no_cache {
         return false;
     }
-    let age = entry.policy.age(now).as_secs();
+    let age = entry.age(now).as_secs();
     if cc.seconds("max-age").is_some_and(|max| age > max) {
         return false;
     }

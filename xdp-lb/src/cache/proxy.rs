@@ -1,5 +1,6 @@
 //! The request path: bypass or cache lookup, coalesced misses, revalidation, stale serving,
 //! invalidation by unsafe methods, and PURGE.
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,8 +32,9 @@ use super::upstream::{Lease, Pool};
 
 pub type Resp = Response<ProxyBody>;
 
-/// How often a request waiting on another instance's fetch looks for the result.
-const WAIT_POLL: Duration = Duration::from_millis(20);
+/// How often a request waiting on another instance's fetch looks for the result (backing off).
+const WAIT_POLL_MIN: Duration = Duration::from_millis(10);
+const WAIT_POLL_MAX: Duration = Duration::from_millis(100);
 /// A Vary marker outlives its variants so they stay reachable.
 const MARKER_MIN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -51,6 +53,26 @@ pub struct Proxy {
     pub stats: Arc<Stats>,
     upstream_timeout: Duration,
     seq: AtomicU64,
+    /// Keys being fetched by a local leader; followers wait for the sender to drop.
+    inflight: InflightMap,
+}
+
+type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>;
+
+/// Held by the local leader of a miss; dropping it (also on cancellation) releases followers.
+struct Inflight {
+    map: InflightMap,
+    key: String,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +187,7 @@ impl Proxy {
             store,
             stats,
             seq: AtomicU64::new(0),
+            inflight: Arc::default(),
         }))
     }
 
@@ -446,7 +469,7 @@ impl Proxy {
         now: SystemTime,
     ) -> Resp {
         let mut headers = entry.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&entry.policy.age(now).as_secs().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
             headers.insert(AGE, v);
         }
         let (status, body) = if client_not_modified(entry, req) {
@@ -505,34 +528,72 @@ impl Proxy {
                     .await
             }
             None if store_ok => {
-                let token = self.token();
-                let lkey = self.store.lock_key(&key);
-                match self
-                    .store
-                    .try_lock(&lkey, &token, Duration::from_millis(self.cfg.lock_ttl_ms))
-                    .await
-                {
-                    Ok(true) => {
-                        let r = self.fetch(&key, &parts, &up, None, "MISS", true).await;
-                        let _ = self.store.unlock(&lkey, &token).await;
-                        r
+                // Requests on this instance queue behind one local leader, so only the leader
+                // talks to the cross-instance Redis lock.
+                let follow = {
+                    let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    match map.get(&key) {
+                        Some(rx) => Err(rx.clone()),
+                        None => {
+                            let (tx, rx) = tokio::sync::watch::channel(());
+                            map.insert(key.clone(), rx);
+                            Ok(Inflight {
+                                map: Arc::clone(&self.inflight),
+                                key: key.clone(),
+                                _done: tx,
+                            })
+                        }
                     }
-                    Ok(false) => match self.wait_for(&key, &lkey, &parts).await {
-                        Some(r) => r,
-                        None => self.fetch(&key, &parts, &up, None, "MISS", true).await,
-                    },
-                    Err(_) => self.fetch(&key, &parts, &up, None, "MISS", false).await,
+                };
+                match follow {
+                    Ok(_leader) => self.miss_with_lock(&key, &parts, &up).await,
+                    Err(mut rx) => {
+                        let wait =
+                            Duration::from_millis(self.cfg.lock_wait_ms) + self.upstream_timeout;
+                        let _ = tokio::time::timeout(wait, rx.changed()).await;
+                        let now = SystemTime::now();
+                        match self.lookup(&key, &parts).await {
+                            Ok(Some(e)) if freshness::is_fresh_for(&e, &parts, now) => {
+                                self.serve_entry(&e, &parts, "HIT", now)
+                            }
+                            other => {
+                                self.fetch(&key, &parts, &up, None, "MISS", other.is_ok())
+                                    .await
+                            }
+                        }
+                    }
                 }
             }
             None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
         }
     }
 
+    /// A miss with the cross-instance lock: one fetch for all instances, the others wait.
+    async fn miss_with_lock(&self, key: &str, parts: &request::Parts, up: &request::Parts) -> Resp {
+        let token = self.token();
+        let lkey = self.store.lock_key(key);
+        let ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
+        match self.store.try_lock(&lkey, &token, ttl).await {
+            Ok(true) => {
+                let r = self.fetch(key, parts, up, None, "MISS", true).await;
+                let _ = self.store.unlock(&lkey, &token).await;
+                r
+            }
+            Ok(false) => match self.wait_for(key, &lkey, parts).await {
+                Some(r) => r,
+                None => self.fetch(key, parts, up, None, "MISS", true).await,
+            },
+            Err(_) => self.fetch(key, parts, up, None, "MISS", false).await,
+        }
+    }
+
     /// Waits (bounded) for the instance holding the lock to store the response.
     async fn wait_for(&self, key: &str, lkey: &str, parts: &request::Parts) -> Option<Resp> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.lock_wait_ms);
+        let mut poll = WAIT_POLL_MIN;
         while Instant::now() < deadline {
-            tokio::time::sleep(WAIT_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(WAIT_POLL_MAX);
             let locked = self.store.exists(lkey).await.ok()?;
             let now = SystemTime::now();
             if let Some(e) = self.lookup(key, parts).await.ok()? {
@@ -573,11 +634,12 @@ impl Proxy {
         let head = parts.method == Method::HEAD;
         let get = as_get(parts);
         let mut send = as_get(up);
-        if let Some(e) = &stale {
+        let stale_policy = stale.as_ref().and_then(|e| e.policy().ok());
+        if let Some(policy) = &stale_policy {
             if let BeforeRequest::Stale {
                 request,
                 matches: true,
-            } = e.policy.before_request(&get, now)
+            } = policy.before_request(&get, now)
             {
                 for h in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
                     if let Some(v) = request.headers.get(&h) {
@@ -601,34 +663,33 @@ impl Proxy {
                     return r;
                 }
             }
-            if status == StatusCode::NOT_MODIFIED {
-                if let AfterResponse::NotModified(policy, new) =
-                    e.policy.after_response(&get, &resp, now)
+            let revalidated = match (&stale_policy, status) {
+                (Some(old), StatusCode::NOT_MODIFIED) => match old.after_response(&get, &resp, now)
                 {
-                    let mut headers = new.headers;
-                    headers.remove(AGE);
-                    let mut updated = Entry {
-                        headers,
-                        policy,
-                        ..e.clone()
-                    };
-                    if let Some(d) = freshness::store_decision(
-                        &updated.policy,
-                        e.status,
-                        &updated.headers,
-                        &self.rules,
-                        now,
-                    ) {
-                        updated.stored_at_ms = millis(now);
-                        updated.fresh_until_ms = millis(now + d.fresh_for);
-                        updated.stale_if_error_s = d.stale_if_error_s;
-                        updated.stale_while_revalidate_s = d.stale_while_revalidate_s;
-                        if store_ok {
-                            self.store_entry(key, &get, &updated, d.keep_for).await;
-                        }
+                    AfterResponse::NotModified(policy, new) => Some((policy, new.headers)),
+                    AfterResponse::Modified(..) => None,
+                },
+                _ => None,
+            };
+            if let Some((policy, mut headers)) = revalidated {
+                headers.remove(AGE);
+                let mut updated = Entry {
+                    headers,
+                    policy_json: Entry::encode_policy(&policy).unwrap_or_default(),
+                    ..e.clone()
+                };
+                if let Some(d) =
+                    freshness::store_decision(&policy, e.status, &updated.headers, &self.rules, now)
+                {
+                    updated.stored_at_ms = millis(now);
+                    updated.fresh_until_ms = millis(now + d.fresh_for);
+                    updated.stale_if_error_s = d.stale_if_error_s;
+                    updated.stale_while_revalidate_s = d.stale_while_revalidate_s;
+                    if store_ok {
+                        self.store_entry(key, &get, &updated, d.keep_for).await;
                     }
-                    return self.serve_entry(&updated, parts, label, now);
                 }
+                return self.serve_entry(&updated, parts, label, now);
             }
         }
         let policy = freshness::policy(&get, status, resp.headers(), &self.rules, now);
@@ -677,6 +738,11 @@ impl Proxy {
         let body = buf.freeze();
         p.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let Ok(policy_json) = Entry::encode_policy(&policy) else {
+            let mut r = Response::from_parts(p, ProxyBody::full(body));
+            *r.version_mut() = http::Version::HTTP_11;
+            return with_x_cache(r, label);
+        };
         let entry = Entry {
             stored_at_ms: millis(now),
             fresh_until_ms: millis(now + decision.fresh_for),
@@ -685,7 +751,7 @@ impl Proxy {
             status,
             headers: p.headers,
             body,
-            policy,
+            policy_json,
         };
         self.store_entry(key, &get, &entry, decision.keep_for).await;
         self.serve_entry(&entry, parts, label, now)
