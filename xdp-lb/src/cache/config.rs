@@ -111,6 +111,12 @@ pub struct CacheConfig {
     pub purge_allow: Vec<IpAddr>,
     /// Period of the statistics log line; 0 disables it.
     pub stats_log_s: u64,
+    /// Lifetime of the in-process hot tier in front of Redis; 0 (the default) disables it.
+    /// Invalidations reach it through Redis pub/sub, so a purge on another instance is seen
+    /// here once the message arrives (normally within milliseconds, at worst after this TTL).
+    pub hot_ttl_ms: u64,
+    /// Memory bound of the hot tier (bodies, headers and keys).
+    pub hot_max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -142,6 +148,8 @@ impl Default for CacheConfig {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
             ],
             stats_log_s: 60,
+            hot_ttl_ms: 0,
+            hot_max_bytes: 64 << 20,
         }
     }
 }

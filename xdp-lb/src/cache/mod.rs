@@ -5,6 +5,7 @@ pub mod config;
 pub mod entry;
 pub mod freshness;
 pub mod headers;
+pub mod hot;
 pub mod key;
 pub mod proxy;
 pub mod server;

@@ -25,6 +25,7 @@ use super::config::{CacheConfig, ConfigError};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
 use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::hot::HotTier;
 use super::key;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
@@ -55,6 +56,7 @@ pub struct Proxy {
     seq: AtomicU64,
     /// Keys being fetched by a local leader; followers wait for the sender to drop.
     inflight: InflightMap,
+    hot: Option<HotTier>,
 }
 
 type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>;
@@ -178,6 +180,8 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(conn);
         let store = Store::new(&cfg.redis, Arc::clone(&stats))?;
+        let hot = (cfg.hot_ttl_ms > 0)
+            .then(|| HotTier::new(Duration::from_millis(cfg.hot_ttl_ms), cfg.hot_max_bytes));
         Ok(Arc::new(Self {
             upstream_timeout: Duration::from_millis(cfg.upstream_timeout_ms),
             cfg,
@@ -188,6 +192,7 @@ impl Proxy {
             stats,
             seq: AtomicU64::new(0),
             inflight: Arc::default(),
+            hot,
         }))
     }
 
@@ -383,30 +388,57 @@ impl Proxy {
         format!("{primary}#v{}:{hex}", marker.generation)
     }
 
-    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Entry>, StoreError> {
-        let primary = self.store.entry_key(key);
-        let Some(raw) = self.store.get(&primary).await? else {
+    /// Reads and decodes one stored value, through the hot tier when it is on.
+    async fn get_stored(&self, redis_key: &str) -> Result<Option<Arc<Stored>>, StoreError> {
+        if let Some(v) = self.hot.as_ref().and_then(|h| h.get(redis_key)) {
+            Stats::bump(&self.stats.hot_hits);
+            return Ok(Some(v));
+        }
+        let epoch = self.hot.as_ref().map(HotTier::epoch);
+        let Some(raw) = self.store.get(redis_key).await? else {
             return Ok(None);
         };
-        let raw = match entry::decode(raw) {
-            Ok(Stored::Entry(e)) => return Ok(Some(*e)),
-            Ok(Stored::Vary(m)) => match self
-                .store
-                .get(&Self::variant_key(&primary, &m, &req.headers))
-                .await?
-            {
-                Some(raw) => raw,
-                None => return Ok(None),
-            },
+        match entry::decode(raw) {
+            Ok(v) => {
+                let v = Arc::new(v);
+                if let (Some(h), Some(epoch)) = (&self.hot, epoch) {
+                    h.insert(redis_key.to_string(), Arc::clone(&v), epoch);
+                }
+                Ok(Some(v))
+            }
             Err(e) => {
-                log::warn!("cache: entry {primary}: {e}");
-                return Ok(None);
+                log::warn!("cache: entry {redis_key}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Entry>, StoreError> {
+        let primary = self.store.entry_key(key);
+        let Some(stored) = self.get_stored(&primary).await? else {
+            return Ok(None);
+        };
+        let stored = match &*stored {
+            Stored::Entry(e) => return Ok(Some((**e).clone())),
+            Stored::Vary(m) => {
+                let variant = Self::variant_key(&primary, m, &req.headers);
+                match self.get_stored(&variant).await? {
+                    Some(v) => v,
+                    None => return Ok(None),
+                }
             }
         };
-        match entry::decode(raw) {
-            Ok(Stored::Entry(e)) => Ok(Some(*e)),
-            _ => Ok(None),
+        match &*stored {
+            Stored::Entry(e) => Ok(Some((**e).clone())),
+            Stored::Vary(_) => Ok(None),
         }
+    }
+
+    /// Applies invalidations from other instances to the hot tier, for as long as it runs.
+    pub fn hot_follower(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let hot = self.hot.clone()?;
+        let timeout = Duration::from_millis(self.cfg.redis.timeout_ms);
+        Some(hot.follow(self.cfg.redis.nodes.clone(), self.store.channel(), timeout))
     }
 
     async fn store_entry(

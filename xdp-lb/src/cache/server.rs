@@ -73,6 +73,7 @@ impl Server {
                 }
             });
         }
+        let follower = self.proxy.hot_follower().map(tokio::spawn);
         log::info!("cache: listening on {}", self.local_addr());
         tokio::pin!(shutdown);
         loop {
@@ -102,6 +103,9 @@ impl Server {
                     log::debug!("cache: connection from {peer}: {e}");
                 }
             });
+        }
+        if let Some(f) = follower {
+            f.abort();
         }
         log::info!("cache: stopped; {}", stats.snapshot());
         Ok(())

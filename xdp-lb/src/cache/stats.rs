@@ -13,6 +13,8 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub bytes_from_cache: AtomicU64,
     pub upstream_requests: AtomicU64,
+    /// Values answered by the in-process hot tier instead of Redis.
+    pub hot_hits: AtomicU64,
 }
 
 #[derive(Copy, Clone, Debug, Default, PartialEq)]
@@ -26,6 +28,7 @@ pub struct Snapshot {
     pub errors: u64,
     pub bytes_from_cache: u64,
     pub upstream_requests: u64,
+    pub hot_hits: u64,
 }
 
 impl Snapshot {
@@ -57,6 +60,7 @@ impl Stats {
             errors: self.errors.load(Relaxed),
             bytes_from_cache: self.bytes_from_cache.load(Relaxed),
             upstream_requests: self.upstream_requests.load(Relaxed),
+            hot_hits: self.hot_hits.load(Relaxed),
         }
     }
 }
@@ -65,7 +69,7 @@ impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "hits={} misses={} stale={} updating={} expired={} bypass={} errors={} hit_rate={:.3} bytes_from_cache={} upstream_requests={}",
+            "hits={} misses={} stale={} updating={} expired={} bypass={} errors={} hit_rate={:.3} bytes_from_cache={} upstream_requests={} hot_hits={}",
             self.hits,
             self.misses,
             self.stale,
@@ -75,7 +79,8 @@ impl std::fmt::Display for Snapshot {
             self.errors,
             self.hit_rate(),
             self.bytes_from_cache,
-            self.upstream_requests
+            self.upstream_requests,
+            self.hot_hits
         )
     }
 }

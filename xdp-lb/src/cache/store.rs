@@ -137,6 +137,7 @@ impl Store {
         self.query(redis::cmd("GET").arg(redis_key).clone()).await
     }
 
+    /// Writes an entry and tells every instance's hot tier.
     pub async fn set(
         &self,
         redis_key: &str,
@@ -144,7 +145,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let ms = ttl.as_millis().max(1) as u64;
-        self.query(
+        self.query::<()>(
             redis::cmd("SET")
                 .arg(redis_key)
                 .arg(value)
@@ -152,12 +153,32 @@ impl Store {
                 .arg(ms)
                 .clone(),
         )
-        .await
+        .await?;
+        self.publish(redis_key).await
     }
 
+    /// Deletes an entry and tells every instance's hot tier.
     pub async fn del(&self, redis_key: &str) -> Result<bool, StoreError> {
         let n: u64 = self.query(redis::cmd("DEL").arg(redis_key).clone()).await?;
+        self.publish(redis_key).await?;
         Ok(n > 0)
+    }
+
+    /// Channel on which changed entry keys are announced to the hot tiers.
+    pub fn channel(&self) -> String {
+        format!("{}inval", self.prefix)
+    }
+
+    pub async fn publish(&self, message: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(
+                redis::cmd("PUBLISH")
+                    .arg(self.channel())
+                    .arg(message)
+                    .clone(),
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn exists(&self, redis_key: &str) -> Result<bool, StoreError> {
@@ -228,6 +249,7 @@ impl Store {
                 deleted += n;
             }
             if next == 0 {
+                self.publish(super::hot::ALL).await?;
                 return Ok(deleted);
             }
             cursor = next;
