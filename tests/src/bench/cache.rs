@@ -148,57 +148,66 @@ pub fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let redis = RedisServer::start();
-    let (upstream, proxy) = rt.block_on(async {
+    let (upstream, proxy, hot) = rt.block_on(async {
         let body = "x".repeat(BODY_BYTES);
         let upstream =
             Upstream::start(move |_, _| Reply::ok(&body).header("cache-control", "max-age=3600"))
                 .await;
         let proxy = ProxyInstance::start(test_config(&[upstream.addr], vec![redis.url()])).await;
-        (upstream, proxy)
+        let mut hot_cfg = test_config(&[upstream.addr], vec![redis.url()]);
+        hot_cfg.hot_ttl_ms = 1_000;
+        let hot = ProxyInstance::start(hot_cfg).await;
+        (upstream, proxy, hot)
     });
     let nginx = Nginx::start(upstream.addr)?;
-    // Fill both caches, and check they answer hits.
+    // Fill the caches with the Host wrk will send, and check they answer hits.
     rt.block_on(async {
         let c = HttpClient::default();
-        for addr in [proxy.addr, nginx.addr] {
-            c.get(addr, PATH).await;
-        }
-        let ours = c.get(proxy.addr, PATH).await;
-        let theirs = c.get(nginx.addr, PATH).await;
-        if ours.x_cache() != "HIT" || theirs.x_cache() != "HIT" {
-            bail!(
-                "caches did not warm: xdp-lb {:?}, nginx {:?}",
-                ours.x_cache(),
-                theirs.x_cache()
-            );
+        for addr in [proxy.addr, hot.addr, nginx.addr] {
+            let host = addr.to_string();
+            c.get_with(addr, PATH, &[("host", &host)]).await;
+            let r = c.get_with(addr, PATH, &[("host", &host)]).await;
+            if r.x_cache() != "HIT" {
+                bail!("cache at {addr} did not warm: X-Cache {:?}", r.x_cache());
+            }
         }
         anyhow::Ok(())
     })?;
-    // wrk blocks this thread; the runtime's workers keep serving the upstream and the proxy.
+    // wrk blocks this thread; the runtime's workers keep serving the upstream and the proxies.
     let direct = wrk(upstream.addr)?;
     let before = upstream.hits(PATH);
     let ours = wrk(proxy.addr)?;
+    let ours_hot = wrk(hot.addr)?;
     let theirs = wrk(nginx.addr)?;
     let upstream_hits = upstream.hits(PATH) - before;
-    println!("cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s");
+    println!(
+        "cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s"
+    );
     println!("{:<28} {:>12} {:>10}", "target", "requests/s", "p99 ms");
     for (name, f) in [
         ("upstream direct", direct),
         ("xdp-lb cache (redis hit)", ours),
+        ("xdp-lb cache (hot tier 1s)", ours_hot),
         ("nginx proxy_cache hit", theirs),
     ] {
         println!("{name:<28} {:>12.0} {:>10.2}", f.requests_per_s, f.p99_ms);
     }
-    println!(
-        "ratios: xdp-lb/direct rps {:.2}, xdp-lb/nginx rps {:.2}, xdp-lb/nginx p99 {:.2}",
-        ours.requests_per_s / direct.requests_per_s,
-        ours.requests_per_s / theirs.requests_per_s,
-        ours.p99_ms / theirs.p99_ms
-    );
-    println!("upstream requests during the cache runs: {}", upstream_hits);
+    for (name, f) in [("xdp-lb", ours), ("xdp-lb hot", ours_hot)] {
+        println!(
+            "ratios {name}: /direct rps {:.2}, /nginx rps {:.2}, /nginx p99 {:.2}",
+            f.requests_per_s / direct.requests_per_s,
+            f.requests_per_s / theirs.requests_per_s,
+            f.p99_ms / theirs.p99_ms
+        );
+    }
+    println!("upstream requests during the cache runs: {upstream_hits}");
     println!("xdp-lb stats: {}", proxy.stats.snapshot());
+    println!("xdp-lb hot stats: {}", hot.stats.snapshot());
     drop(nginx);
-    rt.block_on(async { drop(proxy) });
+    rt.block_on(async {
+        drop(proxy);
+        drop(hot);
+    });
     drop(upstream);
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod upstream;
+pub mod warm;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,16 @@ pub enum CacheCommand {
         /// Upstream as ADDR:PORT[@WEIGHT] (repeatable). Overrides the file.
         #[arg(short, long = "upstream")]
         upstreams: Vec<String>,
+    },
+    /// Fetch the URLs listed in FILE (one per line) from the upstreams and store them.
+    Warm {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Upstream as ADDR:PORT[@WEIGHT] (repeatable). Overrides the file.
+        #[arg(short, long = "upstream")]
+        upstreams: Vec<String>,
+        /// File with one absolute http:// URL per line.
+        file: PathBuf,
     },
     /// Remove one cache key (e.g. http://example.org/a?b) or every key under a prefix, for all instances.
     Purge {
@@ -140,6 +151,29 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
             rt.block_on(serve(cfg, async {
                 let _ = tokio::signal::ctrl_c().await;
             }))?;
+        }
+        CacheCommand::Warm {
+            source,
+            upstreams,
+            file,
+        } => {
+            let mut cfg = load(&source)?;
+            if !upstreams.is_empty() {
+                cfg.upstreams = upstreams
+                    .iter()
+                    .map(|u| parse_upstream(u))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            cfg.validate().context("invalid cache configuration")?;
+            let urls = warm::read_urls(&file)?;
+            let report = rt.block_on(warm::warm(cfg, urls, true))?;
+            println!(
+                "warmed: stored {}, not cacheable {}, failed {}",
+                report.stored, report.not_storable, report.failed
+            );
+            if report.failed > 0 {
+                anyhow::bail!("{} URLs could not be stored", report.failed);
+            }
         }
         CacheCommand::Purge {
             source,

@@ -77,6 +77,27 @@ impl Drop for Inflight {
     }
 }
 
+/// Outcome of fetching one warm-up URL.
+pub enum Warmed {
+    Ready {
+        redis_key: String,
+        bytes: Vec<u8>,
+        keep_for: Duration,
+    },
+    /// Already written (responses with `Vary`).
+    Stored,
+    NotStorable(StatusCode),
+    TooLarge,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("not an absolute http url")]
+    NotAbsolute,
+    #[error("upstream: {0}")]
+    Upstream(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
@@ -439,6 +460,82 @@ impl Proxy {
         let hot = self.hot.clone()?;
         let timeout = Duration::from_millis(self.cfg.redis.timeout_ms);
         Some(hot.follow(self.cfg.redis.nodes.clone(), self.store.channel(), timeout))
+    }
+
+    /// Fetches one URL for warm-up and prepares its entry. Responses with `Vary` are stored
+    /// right away (they need their marker); the others are returned for a pipelined write.
+    pub async fn warm_fetch(&self, uri: &http::Uri) -> Result<Warmed, WarmError> {
+        let host = uri
+            .authority()
+            .ok_or(WarmError::NotAbsolute)?
+            .as_str()
+            .to_string();
+        let mut parts = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(http::header::HOST, host)
+            .body(())
+            .map_err(|_| WarmError::NotAbsolute)?
+            .into_parts()
+            .0;
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| WarmError::NotAbsolute)?;
+        let now = SystemTime::now();
+        let (resp, _lease) = self
+            .forward(&parts, Bytes::new())
+            .await
+            .map_err(|e| WarmError::Upstream(format!("{e:?}")))?;
+        let status = resp.status();
+        let policy = freshness::policy(&parts, status, resp.headers(), &self.rules, now);
+        let Some(decision) =
+            freshness::store_decision(&policy, status, resp.headers(), &self.rules, now)
+        else {
+            return Ok(Warmed::NotStorable(status));
+        };
+        let (mut p, body) = resp.into_parts();
+        strip_hop_by_hop(&mut p.headers);
+        let limited = Limited::new(body, self.cfg.max_body_bytes);
+        let body = match tokio::time::timeout(self.upstream_timeout, limited.collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Ok(Warmed::TooLarge)
+            }
+            Ok(Err(e)) => return Err(WarmError::Upstream(e.to_string())),
+            Err(_) => return Err(WarmError::Upstream("body timed out".into())),
+        };
+        p.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let entry = Entry {
+            stored_at_ms: millis(now),
+            fresh_until_ms: millis(now + decision.fresh_for),
+            stale_if_error_s: decision.stale_if_error_s,
+            stale_while_revalidate_s: decision.stale_while_revalidate_s,
+            status,
+            headers: p.headers,
+            body,
+            policy_json: Entry::encode_policy(&policy)
+                .map_err(|e| WarmError::Upstream(e.to_string()))?,
+        };
+        let key = key::render(&self.cfg.key, &parts);
+        if entry.headers.contains_key(VARY) {
+            self.store_entry(&key, &parts, &entry, decision.keep_for)
+                .await;
+            return Ok(Warmed::Stored);
+        }
+        let bytes = entry
+            .encode()
+            .map_err(|e| WarmError::Upstream(e.to_string()))?;
+        Ok(Warmed::Ready {
+            redis_key: self.store.entry_key(&key),
+            bytes,
+            keep_for: decision.keep_for,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     async fn store_entry(

@@ -224,6 +224,36 @@ impl Store {
         Ok(())
     }
 
+    /// Writes many entries in one pipelined round trip (single node; a cluster gets them one
+    /// by one since a pipeline would span slots), announcing each to the hot tiers.
+    pub async fn set_many(&self, items: &[(String, Vec<u8>, Duration)]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let Conn::Single(m) = &*self.conn else {
+            for (k, v, ttl) in items {
+                self.set(k, v, *ttl).await?;
+            }
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        for (k, v, ttl) in items {
+            let ms = ttl.as_millis().max(1) as u64;
+            pipe.cmd("SET").arg(k).arg(v).arg("PX").arg(ms).ignore();
+            pipe.cmd("PUBLISH").arg(self.channel()).arg(k).ignore();
+        }
+        // A batch is bigger than one command: allow it proportionally more time.
+        let limit = self.timeout * (1 + items.len() as u32 / 16);
+        let res = match tokio::time::timeout(limit, pipe.query_async::<()>(&mut m.clone())).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(limit)),
+        };
+        if res.is_err() {
+            Stats::bump(&self.stats.errors);
+        }
+        res
+    }
+
     /// Deletes every entry whose cache key starts with `prefix` (single node only: SCAN is per node).
     pub async fn purge_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         if matches!(&*self.conn, Conn::Cluster { .. }) {
