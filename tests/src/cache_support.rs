@@ -126,9 +126,33 @@ impl RedisServer {
     /// Kills the server (SIGKILL, by PID) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused server would not die from SIGKILL any later, but resume it for clarity.
+            if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+                // SAFETY: kill(2) on our own, not yet reaped child.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, like a
+    /// Redis stuck in a long command.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Undoes `pause` (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the PID of a child this guard spawned and has not reaped.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "signal {sig} to redis-server {pid}");
     }
 
     /// Starts the server again on the same port (empty, nothing is persisted).

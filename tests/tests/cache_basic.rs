@@ -277,3 +277,21 @@ async fn unsafe_method_invalidates_the_target() {
     let r = c.get(proxy.addr, "/item").await;
     assert_eq!((r.x_cache(), r.text().as_str()), ("MISS", "v2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_if_cached_never_goes_upstream() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(|_, _| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    let oic = [("cache-control", "only-if-cached")];
+    assert_eq!(
+        c.get_with(proxy.addr, "/o", &oic).await.status.as_u16(),
+        504
+    );
+    assert_eq!(up.total(), 0);
+    c.get(proxy.addr, "/o").await;
+    let r = c.get_with(proxy.addr, "/o", &oic).await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"));
+    assert_eq!(up.total(), 1);
+}

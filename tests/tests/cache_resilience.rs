@@ -161,3 +161,39 @@ async fn bodies_over_the_limit_stream_through_uncached() {
     }
     assert_eq!(up.hits("/large"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_is_bypassed_within_the_timeout_and_recovers() {
+    let redis = RedisServer::start();
+    let up =
+        Upstream::start(|_, n| Reply::ok(&format!("v{n}")).header("cache-control", "max-age=60"))
+            .await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    c.get(proxy.addr, "/z").await;
+    assert_eq!(c.get(proxy.addr, "/z").await.x_cache(), "HIT");
+
+    redis.pause();
+    for i in 0..5 {
+        let r = c.get(proxy.addr, "/z").await;
+        assert_eq!(
+            (r.status.as_u16(), r.x_cache()),
+            (200, "MISS"),
+            "request {i} with redis frozen"
+        );
+    }
+    assert!(
+        proxy.stats.snapshot().errors >= 5,
+        "every timed-out lookup is counted"
+    );
+    redis.resume();
+    let mut resumed = false;
+    for _ in 0..50 {
+        if c.get(proxy.addr, "/z").await.x_cache() == "HIT" {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "hits resume once redis answers again");
+}

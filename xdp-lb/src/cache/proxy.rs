@@ -624,9 +624,14 @@ impl Proxy {
         let now = SystemTime::now();
         let lookup = self.lookup(&key, &parts).await;
         let store_ok = lookup.is_ok();
+        let only_if_cached = freshness::Directives::parse(&parts.headers).has("only-if-cached");
         match lookup.ok().flatten() {
             Some(e) if freshness::is_fresh_for(&e, &parts, now) => {
                 self.serve_entry(&e, &parts, "HIT", now)
+            }
+            // RFC 9111 section 5.2.1.7: no stored response to use, and the upstream is off limits.
+            _ if only_if_cached => {
+                with_x_cache(plain(StatusCode::GATEWAY_TIMEOUT, "not cached\n"), "MISS")
             }
             Some(e) => {
                 let client_wants_fresh = !freshness::is_fresh_for(
