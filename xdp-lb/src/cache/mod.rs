@@ -148,9 +148,19 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?;
             }
             cfg.validate().context("invalid cache configuration")?;
-            rt.block_on(serve(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            }))?;
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("installing the SIGTERM handler")?;
+                serve(cfg, async move {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                })
+                .await?;
+                anyhow::Ok(())
+            })?;
         }
         CacheCommand::Warm {
             source,
