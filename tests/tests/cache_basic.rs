@@ -295,3 +295,36 @@ async fn only_if_cached_never_goes_upstream() {
     assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"));
     assert_eq!(up.total(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_requests_are_answered_from_the_cache() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(|_, _| {
+        Reply::ok("doc")
+            .header("cache-control", "max-age=60")
+            .header("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")
+            .header("etag", "W/\"d1\"")
+    })
+    .await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    c.get(proxy.addr, "/doc").await;
+    let later = [("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT")];
+    let r = c.get_with(proxy.addr, "/doc", &later).await;
+    assert_eq!(
+        (r.status.as_u16(), r.x_cache(), r.body.len()),
+        (304, "HIT", 0)
+    );
+    let earlier = [("if-modified-since", "Sun, 01 Nov 2026 10:00:00 GMT")];
+    let r = c.get_with(proxy.addr, "/doc", &earlier).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "doc"));
+    let r = c
+        .get_with(proxy.addr, "/doc", &[("if-none-match", "\"d1\"")])
+        .await;
+    assert_eq!(r.status.as_u16(), 304, "weak comparison for If-None-Match");
+    let r = c
+        .get_with(proxy.addr, "/doc", &[("if-none-match", "\"other\"")])
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(up.total(), 1);
+}

@@ -105,7 +105,12 @@ pub struct CacheConfig {
     pub lock_ttl_ms: u64,
     /// How long a request waits for another instance's fetch before going upstream itself.
     pub lock_wait_ms: u64,
+    /// Store responses carrying Set-Cookie (RFC 9111 allows it; off by default because the
+    /// cookie would be replayed to every client).
     pub cache_set_cookie: bool,
+    /// Look up and store requests carrying Authorization, under RFC 9111 section 3.5 (only
+    /// responses marked public, s-maxage or must-revalidate are stored). Off: such requests
+    /// bypass the cache.
     pub cache_authorized: bool,
     /// Client addresses allowed to send PURGE.
     pub purge_allow: Vec<IpAddr>,

@@ -90,11 +90,10 @@ pub fn policy(
     rules: &Rules,
     now: SystemTime,
 ) -> CachePolicy {
+    // Authorization stays in the view: with `cache_authorized` the RFC 9111 section 3.5 rule
+    // applies (stored only when the response says public, s-maxage or must-revalidate).
     let mut req_view = req.clone();
     req_view.method = Method::GET;
-    if rules.cache_authorized {
-        req_view.headers.remove(http::header::AUTHORIZATION);
-    }
     let mut res_view = http::Response::new(());
     *res_view.status_mut() = status;
     *res_view.headers_mut() = res.clone();
@@ -273,6 +272,32 @@ mod tests {
             "no freshness information and no operator ttl"
         );
         assert_eq!(decide(302, &[]), None);
+    }
+
+    #[test]
+    fn authorized_requests_follow_rfc_when_enabled() {
+        let req = http::Request::get("/x")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let r = Rules {
+            cache_authorized: true,
+            ..rules()
+        };
+        let now = SystemTime::now();
+        let decide = |cc: &str| {
+            let mut res = HeaderMap::new();
+            res.insert("cache-control", cc.parse().unwrap());
+            let p = policy(&req, StatusCode::OK, &res, &r, now);
+            store_decision(&p, StatusCode::OK, &res, &r, now)
+        };
+        assert!(bypass_request(&req, &rules()));
+        assert!(!bypass_request(&req, &r));
+        assert_eq!(decide("max-age=60"), None);
+        assert!(decide("public, max-age=60").is_some());
+        assert!(decide("s-maxage=60").is_some());
     }
 
     #[test]

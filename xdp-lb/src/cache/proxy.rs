@@ -180,11 +180,14 @@ fn client_not_modified(entry: &Entry, req: &request::Parts) -> bool {
             .map(str::trim)
             .any(|t| t == "*" || t.trim_start_matches("W/") == bare);
     }
+    let date =
+        |v: Option<&HeaderValue>| v.and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+    // RFC 9110 section 13.1.3: not modified when Last-Modified is not after the given date.
     match (
-        req.headers.get(IF_MODIFIED_SINCE),
-        entry.headers.get(LAST_MODIFIED),
+        date(req.headers.get(IF_MODIFIED_SINCE)),
+        date(entry.headers.get(LAST_MODIFIED)),
     ) {
-        (Some(ims), Some(lm)) => ims == lm,
+        (Some(ims), Some(lm)) => lm <= ims,
         _ => false,
     }
 }
