@@ -197,3 +197,32 @@ async fn frozen_redis_is_bypassed_within_the_timeout_and_recovers() {
     }
     assert!(resumed, "hits resume once redis answers again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_progress_finish() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(|_, _| Reply::ok("finished").delay(Duration::from_millis(500))).await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let addr = proxy.addr;
+    let c = HttpClient::default();
+    let inflight = tokio::spawn(async move { c.get(addr, "/slow").await });
+    for _ in 0..200 {
+        if up.total() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.total(), 1, "the request reached the upstream");
+    drop(proxy);
+    let r = inflight.await.expect("client task");
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "finished"));
+    let mut closed = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the listener is closed after shutdown");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::config::CacheConfig;
@@ -24,6 +25,8 @@ pub enum ServeError {
 
 /// Clients that do not finish their request headers within this time are dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// On shutdown, requests in progress get this long to finish.
+const DRAIN: Duration = Duration::from_secs(10);
 
 pub struct Server {
     listener: TcpListener,
@@ -59,10 +62,10 @@ impl Server {
         Arc::clone(&self.proxy.stats)
     }
 
-    /// Serves until `shutdown` completes; connections in progress are dropped with the runtime.
+    /// Serves until `shutdown` completes, then lets requests in progress finish (bounded).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let stats = self.stats();
-        if let Some(every) = self.stats_every {
+        let stats_log = self.stats_every.map(|every| {
             let stats = Arc::clone(&stats);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -71,10 +74,11 @@ impl Server {
                     tick.tick().await;
                     log::info!("cache stats: {}", stats.snapshot());
                 }
-            });
-        }
+            })
+        });
         let follower = self.proxy.hot_follower().map(tokio::spawn);
         log::info!("cache: listening on {}", self.local_addr());
+        let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -92,20 +96,28 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self.proxy);
             let max_buf = self.max_header_bytes;
+            let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer.ip()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(max_buf)
+                .serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer.ip()));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(max_buf)
-                    .serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
                     log::debug!("cache: connection from {peer}: {e}");
                 }
             });
         }
-        if let Some(f) = follower {
-            f.abort();
+        // Idle keep-alive connections close now; busy ones finish their request first.
+        if tokio::time::timeout(DRAIN, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            log::warn!("cache: connections still busy after {DRAIN:?}; dropping them");
+        }
+        for task in [follower, stats_log].into_iter().flatten() {
+            task.abort();
         }
         log::info!("cache: stopped; {}", stats.snapshot());
         Ok(())
