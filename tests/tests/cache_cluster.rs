@@ -48,4 +48,43 @@ async fn entries_spread_over_the_masters_and_hit() {
         200
     );
     assert_eq!(c.get(b.addr, "/item/7").await.x_cache(), "MISS");
+
+    // A prefix purge visits every master.
+    let mut argv = vec![
+        "xdp-lb",
+        "cache",
+        "purge",
+        "--redis-cluster",
+        "--prefix",
+        "http://cache.test/item/1",
+    ];
+    let urls = cluster.urls();
+    for u in &urls {
+        argv.push("--redis");
+        argv.push(u);
+    }
+    let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+    std::thread::spawn(move || {
+        let cli =
+            <xdp_lb::cli::Cli as clap::Parser>::try_parse_from(argv).expect("arguments parse");
+        xdp_lb::cli::dispatch(cli)
+    })
+    .join()
+    .expect("purge thread")
+    .expect("prefix purge on the cluster");
+    // /item/1 and /item/10../item/19 are gone, the rest still hit.
+    for i in [1, 10, 15, 19] {
+        assert_eq!(
+            c.get(b.addr, &format!("/item/{i}")).await.x_cache(),
+            "MISS",
+            "/item/{i}"
+        );
+    }
+    for i in [0, 2, 9, 20, 29] {
+        assert_eq!(
+            c.get(b.addr, &format!("/item/{i}")).await.x_cache(),
+            "HIT",
+            "/item/{i}"
+        );
+    }
 }

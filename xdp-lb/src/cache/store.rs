@@ -18,8 +18,6 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("prefix purge is not supported on redis cluster")]
-    ClusterScan,
 }
 
 /// Deletes the lock only when it still holds our token, so an expired lock taken over by another
@@ -254,36 +252,94 @@ impl Store {
         res
     }
 
-    /// Deletes every entry whose cache key starts with `prefix` (single node only: SCAN is per node).
+    /// Deletes every entry whose cache key starts with `prefix`, on every master of a cluster,
+    /// and tells the hot tiers to drop everything.
     pub async fn purge_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        if matches!(&*self.conn, Conn::Cluster { .. }) {
-            return Err(StoreError::ClusterScan);
-        }
         let pattern = format!("{}*", glob_escape(&self.entry_key(prefix)));
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .clone(),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys).clone()).await?;
-                deleted += n;
+        let deleted = match &*self.conn {
+            Conn::Single(m) => scan_delete(&mut m.clone(), &pattern, self.timeout, false).await?,
+            Conn::Cluster { .. } => {
+                let nodes: String = self
+                    .query(redis::cmd("CLUSTER").arg("NODES").clone())
+                    .await?;
+                let mut deleted = 0;
+                for addr in cluster_masters(&nodes) {
+                    // SCAN walks one node's keyspace, so each master is visited directly.
+                    let client = redis::Client::open(format!("redis://{addr}"))?;
+                    let mut con = tokio::time::timeout(
+                        self.timeout * 4,
+                        client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.timeout))??;
+                    deleted += scan_delete(&mut con, &pattern, self.timeout, true).await?;
+                }
+                deleted
             }
-            if next == 0 {
-                self.publish(super::hot::ALL).await?;
-                return Ok(deleted);
-            }
-            cursor = next;
+        };
+        self.publish(super::hot::ALL).await?;
+        Ok(deleted)
+    }
+}
+
+/// `host:port` of the masters that are not failed, from `CLUSTER NODES` output.
+fn cluster_masters(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            let is_master = flags.split(',').any(|x| x == "master")
+                && !flags.split(',').any(|x| x == "fail" || x == "noaddr");
+            let addr = addr.split(['@', ',']).next()?;
+            is_master.then(|| addr.to_string())
+        })
+        .collect()
+}
+
+/// SCAN + UNLINK over one node. In a cluster, keys of one node span many slots, so they are
+/// unlinked one per command (pipelined) to avoid CROSSSLOT errors.
+async fn scan_delete<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+    pattern: &str,
+    timeout: Duration,
+    per_key: bool,
+) -> Result<u64, StoreError> {
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let scan = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone();
+        let (next, keys): (u64, Vec<String>) = tokio::time::timeout(timeout, scan.query_async(con))
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))??;
+        if !keys.is_empty() {
+            let n: Vec<u64> = if per_key {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("UNLINK").arg(k);
+                }
+                tokio::time::timeout(timeout * 4, pipe.query_async(con))
+                    .await
+                    .map_err(|_| StoreError::Timeout(timeout))??
+            } else {
+                let unlink = redis::cmd("UNLINK").arg(&keys).clone();
+                let n: u64 = tokio::time::timeout(timeout, unlink.query_async(con))
+                    .await
+                    .map_err(|_| StoreError::Timeout(timeout))??;
+                vec![n]
+            };
+            deleted += n.iter().sum::<u64>();
         }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 
@@ -296,4 +352,22 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_live_masters() {
+        let out = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                   b2 127.0.0.1:7001@17001,host master - 0 0 2 connected 5461-10922\n\
+                   c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected\n\
+                   d4 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected\n";
+        assert_eq!(
+            cluster_masters(out),
+            vec!["127.0.0.1:7000", "127.0.0.1:7001"]
+        );
+        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
 }
