@@ -1,7 +1,8 @@
 //! Redis access for the cache: single node or cluster, every operation bounded by a timeout so a
 //! slow or absent Redis degrades to "no cache" instead of failing requests.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -18,6 +19,33 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("redis is being skipped after a recent failure")]
+    Unavailable,
+}
+
+impl StoreError {
+    /// Failures that say Redis cannot be reached (as opposed to a bad command or value).
+    fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) | StoreError::Unavailable => true,
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+            }
+        }
+    }
+}
+
+/// How long Redis is left alone after it failed to answer.
+const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// Deletes the lock only when it still holds our token, so an expired lock taken over by another
@@ -42,6 +70,9 @@ pub struct Store {
     timeout: Duration,
     prefix: Arc<str>,
     stats: Arc<Stats>,
+    /// Until this time (ms since the epoch) Redis is not asked at all: after a connection
+    /// failure or timeout, requests skip it instead of each waiting out the timeout.
+    skip_until_ms: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -72,6 +103,7 @@ impl Store {
             timeout,
             prefix: cfg.key_prefix.as_str().into(),
             stats,
+            skip_until_ms: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -108,6 +140,11 @@ impl Store {
 
     /// Runs one command under the timeout; failures are counted in the stats.
     async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        let now = now_ms();
+        if now < self.skip_until_ms.load(Ordering::Relaxed) {
+            Stats::bump(&self.stats.errors);
+            return Err(StoreError::Unavailable);
+        }
         let res = async {
             let fut = async {
                 match &*self.conn {
@@ -126,7 +163,15 @@ impl Store {
         .await;
         if let Err(e) = &res {
             Stats::bump(&self.stats.errors);
-            log::debug!("cache store: {e}");
+            if e.is_unreachable() {
+                self.skip_until_ms.store(
+                    now_ms() + SKIP_AFTER_FAILURE.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                log::warn!("cache store: {e}; serving without redis for {SKIP_AFTER_FAILURE:?}");
+            } else {
+                log::debug!("cache store: {e}");
+            }
         }
         res
     }
