@@ -38,9 +38,13 @@ pub struct Directives(Vec<(String, Option<String>)>);
 
 impl Directives {
     pub fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, "cache-control")
+    }
+
+    pub fn parse_field(headers: &HeaderMap, field: &str) -> Self {
         let mut out = Vec::new();
         for v in headers
-            .get_all(http::header::CACHE_CONTROL)
+            .get_all(field)
             .iter()
             .filter_map(|v| v.to_str().ok())
         {
@@ -120,7 +124,14 @@ pub fn store_decision(
     rules: &Rules,
     now: SystemTime,
 ) -> Option<StoreDecision> {
-    let cc = Directives::parse(res);
+    // RFC 9213: CDN-Cache-Control, when present, replaces Cache-Control for this cache.
+    let cdn = Directives::parse_field(res, "cdn-cache-control");
+    let cc = if cdn.0.is_empty() {
+        Directives::parse(res)
+    } else {
+        cdn
+    };
+    let targeted = res.contains_key("cdn-cache-control") && !cc.0.is_empty();
     if cc.has("no-store") || cc.has("private") {
         return None;
     }
@@ -128,22 +139,38 @@ pub fn store_decision(
         return None;
     }
     if res
-        .get(http::header::VARY)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == "*"))
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim() == "*"))
     {
         return None;
     }
-    let explicit =
-        cc.has("s-maxage") || cc.has("max-age") || res.contains_key(http::header::EXPIRES);
+    let lifetime = cc.seconds("s-maxage").or_else(|| cc.seconds("max-age"));
+    let explicit = lifetime.is_some() || res.contains_key(http::header::EXPIRES);
     let operator_ttl = rules.status_ttl.get(&status.as_u16()).copied();
-    let storable = policy.is_storable() || (!explicit && operator_ttl.is_some());
+    let storable = if targeted {
+        lifetime.is_some() || STATUS_CACHEABLE_BY_DEFAULT.contains(&status.as_u16())
+    } else {
+        policy.is_storable() || (!explicit && operator_ttl.is_some())
+    };
     if !storable {
         return None;
     }
-    let fresh_for = match operator_ttl {
-        Some(ttl) if !explicit && !cc.has("no-cache") => ttl,
-        _ => policy.time_to_live(now),
+    let fresh_for = if cc.has("no-cache") {
+        Duration::ZERO
+    } else if targeted {
+        lifetime
+            .map(|l| Duration::from_secs(l).saturating_sub(current_age(res, now)))
+            .unwrap_or_default()
+    } else if lifetime.is_none() && res.contains_key(http::header::EXPIRES) && !valid_expires(res) {
+        // RFC 9111 section 5.3: an invalid Expires means already expired.
+        Duration::ZERO
+    } else {
+        match operator_ttl {
+            Some(ttl) if !explicit => ttl,
+            _ => policy.time_to_live(now),
+        }
     };
     let forbids_stale = cc.has("must-revalidate")
         || cc.has("proxy-revalidate")
@@ -178,6 +205,38 @@ pub fn store_decision(
         keep_for: (fresh_for + Duration::from_secs(sie.max(swr)) + keep)
             .max(Duration::from_secs(1)),
     })
+}
+
+/// RFC 9110 section 15.1: statuses a cache may store without explicit freshness.
+const STATUS_CACHEABLE_BY_DEFAULT: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+fn valid_expires(res: &HeaderMap) -> bool {
+    let mut all = res.get_all(http::header::EXPIRES).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .is_some_and(|v| httpdate::parse_http_date(v).is_ok()),
+        _ => false,
+    }
+}
+
+/// RFC 9111 section 4.2.3, without the request/response delay: the larger of `Age` and the
+/// time since `Date`.
+fn current_age(res: &HeaderMap, now: SystemTime) -> Duration {
+    let age = res
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    let apparent = res
+        .get(http::header::DATE)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+        .and_then(|d| now.duration_since(d).ok())
+        .unwrap_or_default();
+    age.max(apparent)
 }
 
 pub fn millis(t: SystemTime) -> u64 {
@@ -298,6 +357,63 @@ mod tests {
         assert_eq!(decide("max-age=60"), None);
         assert!(decide("public, max-age=60").is_some());
         assert!(decide("s-maxage=60").is_some());
+    }
+
+    #[test]
+    fn cdn_cache_control_overrides_cache_control() {
+        let d = decide(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=30"),
+                ("cache-control", "no-store"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(d.fresh_for, Duration::from_secs(30));
+        assert_eq!(
+            decide(
+                200,
+                &[
+                    ("cdn-cache-control", "no-store"),
+                    ("cache-control", "max-age=30")
+                ]
+            ),
+            None
+        );
+        assert_eq!(
+            decide(
+                200,
+                &[
+                    ("cdn-cache-control", "private"),
+                    ("cache-control", "max-age=30")
+                ]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn invalid_expires_and_uppercase_directives() {
+        assert_eq!(
+            decide(200, &[("expires", "Thu, 18  Aug  2050 02:01:18 GMT")]),
+            None
+        );
+        assert!(decide(200, &[("expires", "Thu, 18 Aug 2050 02:01:18 GMT")]).is_some());
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=60, NO-CACHE")]),
+            None
+        );
+        assert_eq!(
+            decide(
+                200,
+                &[
+                    ("vary", "a"),
+                    ("vary", "*"),
+                    ("cache-control", "max-age=60")
+                ]
+            ),
+            None
+        );
     }
 
     #[test]

@@ -51,6 +51,19 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr) {
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 }
 
+/// RFC 9111 section 5.1: only the first `Age` value counts; an invalid one is dropped.
+pub fn normalize_age(headers: &mut HeaderMap) {
+    let first = headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    headers.remove(http::header::AGE);
+    if let Some(age) = first {
+        headers.insert(http::header::AGE, HeaderValue::from(age));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +78,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_the_first_age_only() {
+        let mut h = HeaderMap::new();
+        h.append("age", HeaderValue::from_static("7200, 0"));
+        h.append("age", HeaderValue::from_static("0"));
+        normalize_age(&mut h);
+        assert_eq!(h.get_all("age").iter().collect::<Vec<_>>(), ["7200"]);
+        h.insert("age", HeaderValue::from_static("soon"));
+        normalize_age(&mut h);
+        assert!(!h.contains_key("age"));
     }
 
     #[test]

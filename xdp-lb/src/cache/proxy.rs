@@ -13,7 +13,7 @@ use http::header::{
 };
 use http::{request, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use http_cache_semantics::{AfterResponse, BeforeRequest};
+use http_cache_semantics::BeforeRequest;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -24,7 +24,7 @@ use super::body::ProxyBody;
 use super::config::{CacheConfig, ConfigError};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
-use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
 use super::hot::HotTier;
 use super::key;
 use super::stats::Stats;
@@ -106,11 +106,12 @@ pub enum ProxyError {
     Store(#[from] StoreError),
 }
 
+/// RFC 9111 section 4.4: methods not known to be safe invalidate, including unknown ones.
 fn is_unsafe(m: &Method) -> bool {
-    matches!(
+    !matches!(
         *m,
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
-    )
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && m.as_str() != "PURGE"
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -163,6 +164,36 @@ fn as_get(parts: &request::Parts) -> request::Parts {
     let mut p = parts.clone();
     p.method = Method::GET;
     p
+}
+
+/// RFC 9111 section 3.2: headers of a 304 replace the stored ones, except the framing ones
+/// that describe the stored body.
+fn merge_304(stored: &http::HeaderMap, new: &http::HeaderMap) -> http::HeaderMap {
+    let mut merged = stored.clone();
+    // The stored Age is obsolete once the upstream confirmed the response again.
+    merged.remove(AGE);
+    let mut new = new.clone();
+    strip_hop_by_hop(&mut new);
+    for name in new.keys() {
+        if name == CONTENT_LENGTH || name == http::header::CONTENT_RANGE {
+            continue;
+        }
+        merged.remove(name);
+        for v in new.get_all(name) {
+            merged.append(name.clone(), v.clone());
+        }
+    }
+    merged
+}
+
+fn weak_eq(a: &HeaderValue, b: &HeaderValue) -> bool {
+    let bare = |v: &HeaderValue| {
+        v.as_bytes()
+            .strip_prefix(b"W/")
+            .unwrap_or(v.as_bytes())
+            .to_vec()
+    };
+    bare(a) == bare(b)
 }
 
 /// `If-None-Match` / `If-Modified-Since` of the client against a stored response.
@@ -486,10 +517,11 @@ impl Proxy {
             .parse()
             .map_err(|_| WarmError::NotAbsolute)?;
         let now = SystemTime::now();
-        let (resp, _lease) = self
+        let (mut resp, _lease) = self
             .forward(&parts, Bytes::new())
             .await
             .map_err(|e| WarmError::Upstream(format!("{e:?}")))?;
+        normalize_age(resp.headers_mut());
         let status = resp.status();
         let policy = freshness::policy(&parts, status, resp.headers(), &self.rules, now);
         let Some(decision) =
@@ -745,6 +777,24 @@ impl Proxy {
         None
     }
 
+    /// RFC 9111 section 4.3.4: whether a 304 answering our revalidation refers to `stored`.
+    /// Without a validator in the 304, it does when the conditions were ours alone.
+    fn selects(&self, stored: &Entry, req: &request::Parts, resp: &Response<Incoming>) -> bool {
+        let client_conditional =
+            req.headers.contains_key(IF_NONE_MATCH) || req.headers.contains_key(IF_MODIFIED_SINCE);
+        match (resp.headers().get(ETAG), stored.headers.get(ETAG)) {
+            (Some(new), Some(old)) => weak_eq(new, old),
+            (Some(_), None) => false,
+            (None, _) => match (
+                resp.headers().get(LAST_MODIFIED),
+                stored.headers.get(LAST_MODIFIED),
+            ) {
+                (Some(new), Some(old)) => new == old,
+                _ => !client_conditional,
+            },
+        }
+    }
+
     fn serve_stale(
         &self,
         stale: Option<&Entry>,
@@ -785,7 +835,7 @@ impl Proxy {
                 }
             }
         }
-        let (resp, lease) = match self.forward(&send, Bytes::new()).await {
+        let (mut resp, lease) = match self.forward(&send, Bytes::new()).await {
             Ok(r) => r,
             Err(err) => {
                 return self
@@ -793,6 +843,7 @@ impl Proxy {
                     .unwrap_or_else(|| error_response(&err))
             }
         };
+        normalize_age(resp.headers_mut());
         let status = resp.status();
         if let Some(e) = &stale {
             if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
@@ -800,16 +851,13 @@ impl Proxy {
                     return r;
                 }
             }
-            let revalidated = match (&stale_policy, status) {
-                (Some(old), StatusCode::NOT_MODIFIED) => match old.after_response(&get, &resp, now)
-                {
-                    AfterResponse::NotModified(policy, new) => Some((policy, new.headers)),
-                    AfterResponse::Modified(..) => None,
-                },
-                _ => None,
-            };
-            if let Some((policy, mut headers)) = revalidated {
-                headers.remove(AGE);
+            let revalidated = (status == StatusCode::NOT_MODIFIED && self.selects(e, parts, &resp))
+                .then(|| {
+                    let headers = merge_304(&e.headers, resp.headers());
+                    let policy = freshness::policy(&get, e.status, &headers, &self.rules, now);
+                    (policy, headers)
+                });
+            if let Some((policy, headers)) = revalidated {
                 let mut updated = Entry {
                     headers,
                     policy_json: Entry::encode_policy(&policy).unwrap_or_default(),
