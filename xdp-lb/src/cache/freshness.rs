@@ -125,13 +125,10 @@ pub fn store_decision(
     now: SystemTime,
 ) -> Option<StoreDecision> {
     // RFC 9213: CDN-Cache-Control, when present, replaces Cache-Control for this cache.
-    let cdn = Directives::parse_field(res, "cdn-cache-control");
-    let cc = if cdn.0.is_empty() {
-        Directives::parse(res)
-    } else {
-        cdn
+    let (cc, targeted) = match valid_cdn_cache_control(res) {
+        Some(cdn) => (cdn, true),
+        None => (Directives::parse(res), false),
     };
-    let targeted = res.contains_key("cdn-cache-control") && !cc.0.is_empty();
     if cc.has("no-store") || cc.has("private") {
         return None;
     }
@@ -205,6 +202,42 @@ pub fn store_decision(
         keep_for: (fresh_for + Duration::from_secs(sie.max(swr)) + keep)
             .max(Duration::from_secs(1)),
     })
+}
+
+/// CDN-Cache-Control is a Structured Field dictionary (RFC 9213); an invalid one is ignored
+/// as a whole, and so is an absent or empty one.
+fn valid_cdn_cache_control(res: &HeaderMap) -> Option<Directives> {
+    let raw: Vec<&str> = res
+        .get_all("cdn-cache-control")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<_>>()?;
+    let is_key = |k: &str| {
+        let mut c = k.chars();
+        c.next().is_some_and(|f| f.is_ascii_lowercase() || f == '*')
+            && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || "_-.*".contains(x))
+    };
+    for member in raw.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        let (key, value) = match member.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (member, None),
+        };
+        if !is_key(key) {
+            return None;
+        }
+        let numeric = matches!(
+            key,
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+        );
+        if let Some(v) = value {
+            let integer = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+            if numeric && !integer {
+                return None;
+            }
+        }
+    }
+    let d = Directives::parse_field(res, "cdn-cache-control");
+    (!d.0.is_empty()).then_some(d)
 }
 
 /// RFC 9110 section 15.1: statuses a cache may store without explicit freshness.
