@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use http::{request, HeaderMap, Method, StatusCode};
+use http::{request, HeaderMap, HeaderValue, Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
 use super::config::{CacheConfig, ConfigError};
@@ -104,6 +104,31 @@ pub fn policy(
     if rules.cache_set_cookie {
         res_view.headers_mut().remove(http::header::SET_COOKIE);
     }
+    // Directive names are case-insensitive; the policy only knows lowercase ones.
+    let lowered: Vec<HeaderValue> = res_view
+        .headers()
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let parts: Vec<String> = v
+                .split(',')
+                .map(|p| match p.split_once('=') {
+                    Some((k, val)) => format!("{}={val}", k.trim().to_ascii_lowercase()),
+                    None => p.trim().to_ascii_lowercase(),
+                })
+                .collect();
+            HeaderValue::from_str(&parts.join(", ")).ok()
+        })
+        .collect();
+    if !lowered.is_empty() {
+        res_view.headers_mut().remove(http::header::CACHE_CONTROL);
+        for v in lowered {
+            res_view
+                .headers_mut()
+                .append(http::header::CACHE_CONTROL, v);
+        }
+    }
     CachePolicy::new_options(&req_view, &res_view, now, CacheOptions::default())
 }
 
@@ -123,13 +148,14 @@ pub fn store_decision(
     res: &HeaderMap,
     rules: &Rules,
     now: SystemTime,
+    req_authorized: bool,
 ) -> Option<StoreDecision> {
     // RFC 9213: CDN-Cache-Control, when present, replaces Cache-Control for this cache.
-    let (cc, targeted) = match valid_cdn_cache_control(res) {
-        Some(cdn) => (cdn, true),
-        None => (Directives::parse(res), false),
-    };
-    if cc.has("no-store") || cc.has("private") {
+    let cc = valid_cdn_cache_control(res).unwrap_or_else(|| Directives::parse(res));
+    let code = status.as_u16();
+    // RFC 9111 section 5.2.2.3: must-understand overrides no-store for understood statuses.
+    let no_store = cc.has("no-store") && !(cc.has("must-understand") && UNDERSTOOD.contains(&code));
+    if no_store || cc.has("private") || !(200..600).contains(&code) || code == 206 || code == 304 {
         return None;
     }
     if res.contains_key(http::header::SET_COOKIE) && !rules.cache_set_cookie {
@@ -143,31 +169,34 @@ pub fn store_decision(
     {
         return None;
     }
+    // RFC 9111 section 3.5.
+    if req_authorized && !(cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate")) {
+        return None;
+    }
     let lifetime = cc.seconds("s-maxage").or_else(|| cc.seconds("max-age"));
-    let explicit = lifetime.is_some() || res.contains_key(http::header::EXPIRES);
-    let operator_ttl = rules.status_ttl.get(&status.as_u16()).copied();
-    let storable = if targeted {
-        lifetime.is_some() || STATUS_CACHEABLE_BY_DEFAULT.contains(&status.as_u16())
-    } else {
-        policy.is_storable() || (!explicit && operator_ttl.is_some())
-    };
+    let has_expires = res.contains_key(http::header::EXPIRES);
+    let operator_ttl = rules.status_ttl.get(&code).copied();
+    let storable = lifetime.is_some()
+        || has_expires
+        || operator_ttl.is_some()
+        || cc.has("public")
+        || STATUS_CACHEABLE_BY_DEFAULT.contains(&code);
     if !storable {
         return None;
     }
+    let age = current_age(res, now);
     let fresh_for = if cc.has("no-cache") {
         Duration::ZERO
-    } else if targeted {
-        lifetime
-            .map(|l| Duration::from_secs(l).saturating_sub(current_age(res, now)))
-            .unwrap_or_default()
-    } else if lifetime.is_none() && res.contains_key(http::header::EXPIRES) && !valid_expires(res) {
+    } else if let Some(l) = lifetime {
+        Duration::from_secs(l).saturating_sub(age)
+    } else if has_expires {
         // RFC 9111 section 5.3: an invalid Expires means already expired.
-        Duration::ZERO
+        expires_lifetime(res, now).map_or(Duration::ZERO, |l| l.saturating_sub(age))
+    } else if let Some(ttl) = operator_ttl {
+        ttl
     } else {
-        match operator_ttl {
-            Some(ttl) if !explicit => ttl,
-            _ => policy.time_to_live(now),
-        }
+        // Heuristic freshness (Last-Modified based), only where RFC 9111 section 4.2.2 allows it.
+        policy.time_to_live(now)
     };
     let forbids_stale = cc.has("must-revalidate")
         || cc.has("proxy-revalidate")
@@ -202,6 +231,26 @@ pub fn store_decision(
         keep_for: (fresh_for + Duration::from_secs(sie.max(swr)) + keep)
             .max(Duration::from_secs(1)),
     })
+}
+
+/// Status codes whose semantics this cache knows (for must-understand).
+const UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// `Expires - Date` (RFC 9111 section 4.2.1), with the receipt time standing in for a missing
+/// `Date`; None when `Expires` is not one valid HTTP date (obsolete formats accepted).
+fn expires_lifetime(res: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let mut all = res.get_all(http::header::EXPIRES).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    let expires = httpdate::parse_http_date(v.to_str().ok()?).ok()?;
+    let date = res
+        .get(http::header::DATE)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+        .unwrap_or(now);
+    Some(expires.duration_since(date).unwrap_or_default())
 }
 
 /// CDN-Cache-Control is a Structured Field dictionary (RFC 9213); an invalid one is ignored
@@ -243,17 +292,6 @@ fn valid_cdn_cache_control(res: &HeaderMap) -> Option<Directives> {
 /// RFC 9110 section 15.1: statuses a cache may store without explicit freshness.
 const STATUS_CACHEABLE_BY_DEFAULT: [u16; 12] =
     [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
-
-fn valid_expires(res: &HeaderMap) -> bool {
-    let mut all = res.get_all(http::header::EXPIRES).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => v
-            .to_str()
-            .ok()
-            .is_some_and(|v| httpdate::parse_http_date(v).is_ok()),
-        _ => false,
-    }
-}
 
 /// RFC 9111 section 4.2.3, without the request/response delay: the larger of `Age` and the
 /// time since `Date`.
@@ -340,7 +378,7 @@ mod tests {
         let status = StatusCode::from_u16(status).unwrap();
         let now = SystemTime::now();
         let p = policy(&req, status, &res, &rules(), now);
-        store_decision(&p, status, &res, &rules(), now)
+        store_decision(&p, status, &res, &rules(), now, false)
     }
 
     #[test]
@@ -383,7 +421,7 @@ mod tests {
             let mut res = HeaderMap::new();
             res.insert("cache-control", cc.parse().unwrap());
             let p = policy(&req, StatusCode::OK, &res, &r, now);
-            store_decision(&p, StatusCode::OK, &res, &r, now)
+            store_decision(&p, StatusCode::OK, &res, &r, now, true)
         };
         assert!(bypass_request(&req, &rules()));
         assert!(!bypass_request(&req, &r));

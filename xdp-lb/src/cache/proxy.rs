@@ -186,6 +186,10 @@ fn merge_304(stored: &http::HeaderMap, new: &http::HeaderMap) -> http::HeaderMap
     merged
 }
 
+fn authorized(req: &request::Parts) -> bool {
+    req.headers.contains_key(http::header::AUTHORIZATION)
+}
+
 fn weak_eq(a: &HeaderValue, b: &HeaderValue) -> bool {
     let bare = |v: &HeaderValue| {
         v.as_bytes()
@@ -524,9 +528,14 @@ impl Proxy {
         normalize_age(resp.headers_mut());
         let status = resp.status();
         let policy = freshness::policy(&parts, status, resp.headers(), &self.rules, now);
-        let Some(decision) =
-            freshness::store_decision(&policy, status, resp.headers(), &self.rules, now)
-        else {
+        let Some(decision) = freshness::store_decision(
+            &policy,
+            status,
+            resp.headers(),
+            &self.rules,
+            now,
+            authorized(&parts),
+        ) else {
             return Ok(Warmed::NotStorable(status));
         };
         let (mut p, body) = resp.into_parts();
@@ -863,9 +872,14 @@ impl Proxy {
                     policy_json: Entry::encode_policy(&policy).unwrap_or_default(),
                     ..e.clone()
                 };
-                if let Some(d) =
-                    freshness::store_decision(&policy, e.status, &updated.headers, &self.rules, now)
-                {
+                if let Some(d) = freshness::store_decision(
+                    &policy,
+                    e.status,
+                    &updated.headers,
+                    &self.rules,
+                    now,
+                    authorized(parts),
+                ) {
                     updated.stored_at_ms = millis(now);
                     updated.fresh_until_ms = millis(now + d.fresh_for);
                     updated.stale_if_error_s = d.stale_if_error_s;
@@ -881,7 +895,14 @@ impl Proxy {
         let decision = match status {
             StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT => None,
             _ if !store_ok => None,
-            _ => freshness::store_decision(&policy, status, resp.headers(), &self.rules, now),
+            _ => freshness::store_decision(
+                &policy,
+                status,
+                resp.headers(),
+                &self.rules,
+                now,
+                authorized(parts),
+            ),
         };
         let declared_len = resp
             .headers()
