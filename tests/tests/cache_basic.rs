@@ -328,3 +328,31 @@ async fn conditional_requests_are_answered_from_the_cache() {
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(up.total(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_for_another_validator_is_not_passed_to_an_unconditional_client() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(|s, n| {
+        if s.headers.contains_key("if-none-match") {
+            Reply::ok("").status(304).header("etag", "\"b\"")
+        } else {
+            let tag = if n == 0 { "\"a\"" } else { "\"b\"" };
+            Reply::ok(&format!("body{n}"))
+                .header("etag", tag)
+                .header("cache-control", "max-age=1")
+        }
+    })
+    .await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    assert_eq!(c.get(proxy.addr, "/e").await.text(), "body0");
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let r = c.get(proxy.addr, "/e").await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (200, "EXPIRED"));
+    assert_eq!(r.header("etag"), Some("\"b\""));
+    assert_eq!(
+        up.hits("/e"),
+        3,
+        "first fetch, conditional refresh, unconditional refetch"
+    );
+}

@@ -186,6 +186,10 @@ fn merge_304(stored: &http::HeaderMap, new: &http::HeaderMap) -> http::HeaderMap
     merged
 }
 
+fn client_conditional(req: &request::Parts) -> bool {
+    req.headers.contains_key(IF_NONE_MATCH) || req.headers.contains_key(IF_MODIFIED_SINCE)
+}
+
 fn authorized(req: &request::Parts) -> bool {
     req.headers.contains_key(http::header::AUTHORIZATION)
 }
@@ -789,8 +793,7 @@ impl Proxy {
     /// RFC 9111 section 4.3.4: whether a 304 answering our revalidation refers to `stored`.
     /// Without a validator in the 304, it does when the conditions were ours alone.
     fn selects(&self, stored: &Entry, req: &request::Parts, resp: &Response<Incoming>) -> bool {
-        let client_conditional =
-            req.headers.contains_key(IF_NONE_MATCH) || req.headers.contains_key(IF_MODIFIED_SINCE);
+        let client_conditional = client_conditional(req);
         match (resp.headers().get(ETAG), stored.headers.get(ETAG)) {
             (Some(new), Some(old)) => weak_eq(new, old),
             (Some(_), None) => false,
@@ -844,7 +847,18 @@ impl Proxy {
                 }
             }
         }
-        let (mut resp, lease) = match self.forward(&send, Bytes::new()).await {
+        let mut sent = self.forward(&send, Bytes::new()).await;
+        // A 304 that does not confirm our copy cannot go to a client that asked for no
+        // condition: ask again, unconditionally.
+        if let (Ok((resp, _)), Some(e)) = (&sent, &stale) {
+            if resp.status() == StatusCode::NOT_MODIFIED
+                && !client_conditional(parts)
+                && !self.selects(e, parts, resp)
+            {
+                sent = self.forward(&as_get(up), Bytes::new()).await;
+            }
+        }
+        let (mut resp, lease) = match sent {
             Ok(r) => r,
             Err(err) => {
                 return self
