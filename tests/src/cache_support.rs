@@ -457,7 +457,8 @@ pub fn test_config(upstreams: &[SocketAddr], redis: Vec<String>) -> CacheConfig 
         ..CacheConfig::default()
     };
     cfg.redis.nodes = redis;
-    cfg.redis.timeout_ms = 300;
+    // Generous, so a loaded test machine does not turn slow answers into misses.
+    cfg.redis.timeout_ms = 1_000;
     cfg
 }
 
