@@ -356,3 +356,33 @@ async fn a_304_for_another_validator_is_not_passed_to_an_unconditional_client() 
         "first fetch, conditional refresh, unconditional refetch"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_ranges_are_served_from_a_stored_complete_response() {
+    let redis = RedisServer::start();
+    let up =
+        Upstream::start(|_, _| Reply::ok("0123456789").header("cache-control", "max-age=60")).await;
+    let proxy = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    assert_eq!(c.get(proxy.addr, "/bytes").await.x_cache(), "MISS");
+    let r = c
+        .get_with(proxy.addr, "/bytes", &[("range", "bytes=2-4")])
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.x_cache(), r.text().as_str()),
+        (206, "HIT", "234")
+    );
+    assert_eq!(r.header("content-range"), Some("bytes 2-4/10"));
+    let r = c
+        .get_with(proxy.addr, "/bytes", &[("range", "bytes=-3")])
+        .await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (206, "789"));
+    let r = c
+        .get_with(proxy.addr, "/bytes", &[("range", "bytes=50-")])
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("content-range")),
+        (416, Some("bytes */10"))
+    );
+    assert_eq!(up.total(), 1);
+}

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod hot;
 pub mod key;
 pub mod proxy;
+pub mod range;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -27,6 +27,7 @@ use super::freshness::{self, millis, Rules};
 use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
 use super::hot::HotTier;
 use super::key;
+use super::range::{self, RangeAnswer};
 use super::stats::Stats;
 use super::store::{Store, StoreError};
 use super::upstream::{Lease, Pool};
@@ -654,6 +655,27 @@ impl Proxy {
             (StatusCode::NOT_MODIFIED, ProxyBody::empty())
         } else if req.method == Method::HEAD {
             (entry.status, ProxyBody::empty())
+        } else if entry.status == StatusCode::OK {
+            let len = entry.body.len() as u64;
+            match range::answer(&req.headers, len) {
+                RangeAnswer::Full => (entry.status, ProxyBody::full(entry.body.clone())),
+                RangeAnswer::Partial(first, last) => {
+                    let content_range = format!("bytes {first}-{last}/{len}");
+                    if let Ok(v) = HeaderValue::from_str(&content_range) {
+                        headers.insert(http::header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+                    let body = entry.body.slice(first as usize..=last as usize);
+                    (StatusCode::PARTIAL_CONTENT, ProxyBody::full(body))
+                }
+                RangeAnswer::Unsatisfiable => {
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        headers.insert(http::header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+                    (StatusCode::RANGE_NOT_SATISFIABLE, ProxyBody::empty())
+                }
+            }
         } else {
             (entry.status, ProxyBody::full(entry.body.clone()))
         };
