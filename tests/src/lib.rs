@@ -3,6 +3,7 @@
 //! those namespaces, and helpers to start the real `xdp-lb` binary inside them.
 pub mod bench;
 pub mod binary;
+pub mod cache_support;
 pub mod client;
 pub mod cmd;
 pub mod demo;

@@ -33,6 +33,8 @@ pub enum Command {
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
     },
+    /// HTTP cache tier: caching reverse proxy with a Redis-backed shared cache.
+    Cache(crate::cache::CacheArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -126,6 +128,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check(&args),
         Command::Run(args) => crate::run::run(args),
         Command::XdpPass { ifaces } => crate::run::xdp_pass(&ifaces),
+        Command::Cache(args) => crate::cache::run(args),
     }
 }
 

@@ -1,0 +1,82 @@
+//! Cache keys: rendered from the operator's template, long keys shortened with a hash.
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+/// Keys longer than this keep their first `KEEP` bytes and get a hash of the whole key, so
+/// they stay bounded while prefix purges still match their beginning.
+const MAX_KEY: usize = 200;
+const KEEP: usize = 128;
+
+/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it).
+pub fn render(template: &str, req: &Parts) -> String {
+    let method = if req.method == http::Method::HEAD {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let key = template
+        .replace("{method}", method)
+        .replace("{scheme}", "http")
+        .replace("{host}", &host)
+        .replace("{path}", req.uri.path())
+        .replace("{query}", &query);
+    shorten(key)
+}
+
+pub fn shorten(key: String) -> String {
+    if key.len() <= MAX_KEY {
+        return key;
+    }
+    let mut cut = KEEP;
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}#h:{hex}", &key[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, host: &str) -> Parts {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn default_template_and_head_shares_get() {
+        let t = "{scheme}://{host}{path}{query}";
+        assert_eq!(
+            render(t, &parts("GET", "/a?b=1", "Example")),
+            "http://example/a?b=1"
+        );
+        assert_eq!(
+            render("{method} {path}", &parts("HEAD", "/a", "x")),
+            "GET /a"
+        );
+    }
+
+    #[test]
+    fn long_keys_are_hashed_but_keep_prefix() {
+        let long = format!("http://h/{}", "x".repeat(500));
+        let k = shorten(long.clone());
+        assert!(k.len() < 210 && k.starts_with("http://h/xxx"));
+        assert_ne!(k, shorten(format!("{long}y")));
+    }
+}
