@@ -51,7 +51,10 @@ use xdp_lb_common::{
     MAX_SERVICES,
 };
 
-use crate::cli::{RunArgs, XdpMode};
+use crate::{
+    cache::CacheConfig,
+    cli::{RunArgs, XdpMode},
+};
 
 /// Default number of service slots the ring map is sized for.
 pub const DEFAULT_MAX_SERVICES: u32 = 32;
@@ -78,6 +81,8 @@ pub struct Config {
     /// Largest Maglev table size any service may use (fixed for the life of a `run`).
     pub max_table_size: u32,
     pub services: Vec<ServiceConfig>,
+    /// The HTTP cache tier to run beside the balancer, if the file has `[cache]`.
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +222,8 @@ impl BackendConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("[cache] section: {0}")]
+    Cache(crate::cache::config::ConfigError),
     #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
     #[error("cannot read config file {path}: {source}")]
@@ -385,6 +392,8 @@ struct RawConfig {
     max_table_size: Option<u32>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    /// The HTTP cache tier, run beside the balancer (see `crate::cache`).
+    cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,6 +550,10 @@ fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
         endpoints.push((key, &svc.name));
     }
 
+    if let Some(cache) = &raw.cache {
+        cache.validate().map_err(ConfigError::Cache)?;
+    }
+
     Ok(Config {
         interfaces,
         xdp_mode,
@@ -548,6 +561,7 @@ fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
         max_services,
         max_table_size,
         services,
+        cache: raw.cache,
     })
 }
 
@@ -1025,6 +1039,23 @@ state = "down"
 
     fn err(text: &str) -> ConfigError {
         parse_str(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn cache_section_is_parsed_and_validated() {
+        assert_eq!(parse_str(GOOD).unwrap().cache, None);
+        let with_cache = format!(
+            "{GOOD}\n[cache]\nlisten = \"127.0.0.1:8081\"\nupstreams = [{{ addr = \"198.18.1.2:8080\", weight = 2 }}]\n"
+        );
+        let cache = parse_str(&with_cache).unwrap().cache.expect("[cache] kept");
+        assert_eq!(cache.listen.port(), 8081);
+        assert_eq!(cache.upstreams[0].weight, 2);
+        let no_upstream = format!("{GOOD}\n[cache]\nlisten = \"127.0.0.1:8081\"\n");
+        let err = parse_str(&no_upstream).unwrap_err();
+        assert!(matches!(err, ConfigError::Cache(_)), "{err}");
+        assert!(err.to_string().starts_with("[cache] section: "), "{err}");
+        let typo = format!("{GOOD}\n[cache]\nlisten = \"127.0.0.1:8081\"\nupstream = []\n");
+        assert!(matches!(parse_str(&typo).unwrap_err(), ConfigError::UnknownKey { .. }));
     }
 
     #[test]

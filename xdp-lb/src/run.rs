@@ -50,6 +50,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("planning the data plane for this configuration")?;
     require_root("xdp-lb run")?;
 
+    // The cache tier serves HTTP on its own threads; the balancer's loop alone needs
+    // only one.
+    let rt = if cfg.cache.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
+    // Bind the cache's port before touching the kernel, so a port in use fails cleanly.
+    let cache = match cfg.cache.clone() {
+        Some(c) => Some(
+            rt.block_on(crate::cache::Server::bind(c))
+                .context("starting the [cache] tier")?,
+        ),
+        None => None,
+    };
+
     let sizes = MapSizes {
         ring_entries: cfg.max_services * 2 * cfg.max_table_size,
         flow_table_size: cfg.flow_table_size,
@@ -64,19 +85,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         log::info!("attached to {iface} in {mode} mode");
         warn_if_forwarding_disabled(&cfg, iface);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(serve(args, cfg, planner, dp))
+    rt.block_on(serve(args, cfg, planner, dp, cache))
 }
+
+/// How long the cache tier gets to finish requests in flight at shutdown.
+const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn serve(
     args: RunArgs,
     mut cfg: Config,
     mut planner: Planner,
     mut dp: Dataplane,
+    cache: Option<crate::cache::Server>,
 ) -> anyhow::Result<()> {
+    let (stop_cache, cache_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut cache_task = cache.map(|server| {
+        log::info!("cache tier listening on {}", server.local_addr());
+        tokio::spawn(server.run(async {
+            let _ = cache_stopped.await;
+        }))
+    });
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -129,6 +157,20 @@ async fn serve(
             }
             _ = int.recv() => break,
             _ = term.recv() => break,
+            done = async {
+                match &mut cache_task {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let e = match done {
+                    Ok(Ok(())) => anyhow::anyhow!("the cache tier stopped on its own"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("the cache tier failed"),
+                    Err(e) => anyhow::Error::new(e).context("the cache tier panicked"),
+                };
+                log::error!("{e:#}; stopping");
+                return Err(e);
+            }
             _ = neigh.tick() => prime_neighbours(&cfg),
             ready = async {
                 match &kernel_log {
@@ -153,6 +195,15 @@ async fn serve(
     }
     if let Ok(c) = dp.global_counters() {
         log::info!("final counters: {}", format_counters(&c));
+    }
+    if let Some(task) = cache_task {
+        let _ = stop_cache.send(());
+        match tokio::time::timeout(CACHE_STOP_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => log::info!("cache tier stopped"),
+            Ok(Ok(Err(e))) => log::error!("cache tier: {e}"),
+            Ok(Err(e)) => log::error!("cache tier panicked: {e}"),
+            Err(_) => log::warn!("cache tier did not stop within {CACHE_STOP_TIMEOUT:?}"),
+        }
     }
     log::info!("detaching from {} interface(s)", dp.attached().len());
     drop(dp);
@@ -205,6 +256,9 @@ fn reload(
     };
     if fixed(&new) != fixed(old) {
         bail!("interfaces, xdp_mode, flow_table_size, max_services and max_table_size only change on restart");
+    }
+    if new.cache != old.cache {
+        bail!("the [cache] section only changes on restart");
     }
     let plan = planner.apply(&new)?;
     dp.apply(&plan)?;

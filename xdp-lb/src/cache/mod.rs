@@ -80,7 +80,7 @@ pub enum CacheCommand {
         /// The cache key, as rendered by the key template.
         #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
         key: Option<String>,
-        /// Remove every key starting with this (single-node Redis only).
+        /// Remove every key starting with this (on a cluster: on every master).
         #[arg(long)]
         prefix: Option<String>,
     },
