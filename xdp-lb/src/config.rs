@@ -1055,7 +1055,10 @@ state = "down"
         assert!(matches!(err, ConfigError::Cache(_)), "{err}");
         assert!(err.to_string().starts_with("[cache] section: "), "{err}");
         let typo = format!("{GOOD}\n[cache]\nlisten = \"127.0.0.1:8081\"\nupstream = []\n");
-        assert!(matches!(parse_str(&typo).unwrap_err(), ConfigError::UnknownKey { .. }));
+        assert!(matches!(
+            parse_str(&typo).unwrap_err(),
+            ConfigError::UnknownKey { .. }
+        ));
     }
 
     #[test]
