@@ -83,8 +83,9 @@ pub struct Plan {
     pub service_writes: Vec<(ServiceKey, Service)>,
     /// 4th: services no longer configured.
     pub service_deletes: Vec<ServiceKey>,
-    /// 5th: slots of removed backends, rewritten with state DOWN so flows still
-    /// pinned to them are re-dispatched.
+    /// 5th: slots of removed backends, and backends newly marked down, written with
+    /// state DOWN once no table names them, so flows still pinned to them are
+    /// re-dispatched.
     pub backend_frees: Vec<(u32, Backend)>,
     /// 1st, with the backends: NAT backend endpoints -> VIP their replies go back to.
     pub reply_writes: Vec<(ServiceKey, ReplyTarget)>,
@@ -444,7 +445,14 @@ impl Planner {
                 Some(prev) => {
                     let new = record(prev.record.generation);
                     if new != prev.record {
-                        plan.backend_writes.push((prev.id, new));
+                        // Marking a backend down waits until the table without it is
+                        // published, or new flows hashing to it would be dropped
+                        // in between; anything else must precede the table.
+                        if new.state == BACKEND_DOWN && prev.record.state != BACKEND_DOWN {
+                            plan.backend_frees.push((prev.id, new));
+                        } else {
+                            plan.backend_writes.push((prev.id, new));
+                        }
                     }
                     if prev.state != b.state {
                         plan.log.push(format!(
@@ -846,7 +854,14 @@ mod tests {
                 ("198.18.1.3", 1, "draining"),
             ]))
             .unwrap();
-        assert_eq!(plan.backend_writes[0].1.state, BACKEND_DOWN);
+        // Down only after the table without it is live; draining before (it is
+        // still allowed to take the flows the old table sends it meanwhile).
+        assert_eq!(plan.backend_frees.len(), 1);
+        assert_eq!(plan.backend_frees[0].1.state, BACKEND_DOWN);
+        assert!(plan
+            .backend_writes
+            .iter()
+            .all(|(_, b)| b.state != BACKEND_DOWN));
         assert!(plan.ring_writes[0].1.iter().all(|&i| i == NO_BACKEND));
         assert_eq!(plan.ring_writes[0].1.len(), M as usize);
     }
