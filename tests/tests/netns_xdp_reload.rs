@@ -241,3 +241,40 @@ fn nat_draining_backend_keeps_flows_gets_no_new_ones() {
         "draining backend still gets new connections: {report}"
     );
 }
+
+/// A second balancer on an interface that already has one is refused with a message
+/// naming the interface, and does not fall back to generic mode behind the first;
+/// the first keeps serving.
+#[test]
+fn second_balancer_on_the_same_interface_is_refused() {
+    require_root();
+    let topo = scenario::xdp_topology(1, Forwarding::Nat);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1]);
+    let lb = scenario::start_service(&topo, &svc);
+    let bin = xdp_lb_tests::binary::xdp_lb_bin().unwrap_or_else(|e| panic!("{e}"));
+    let out = topo
+        .lb
+        .command(&bin)
+        .args(svc.run_args(IFACE))
+        .output()
+        .expect("running a second xdp-lb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second balancer started: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "interface {IFACE} already has an XDP program attached"
+        )),
+        "unclear error: {stderr}"
+    );
+    assert!(
+        !stderr.contains("falling back"),
+        "fell back to generic mode: {stderr}"
+    );
+    let vip = topo.vip(false, TCP_PORT);
+    let answer = topo.client.run(|| client::tcp_name(vip)).unwrap();
+    assert!(
+        answer.as_ref().is_ok_and(|(name, _)| name == "backend-1"),
+        "first balancer stopped serving: {answer:?}\n{}",
+        lb.output()
+    );
+}

@@ -40,6 +40,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("interface {0} already has an XDP program attached (another xdp-lb? see `ip link show {0}`; detach it with `ip link set dev {0} xdp off`)")]
+    Busy(String),
     #[error("interface {0} does not exist (see `ip link`)")]
     NoInterface(String),
     #[error("updating map {map} failed")]
@@ -131,19 +133,27 @@ impl Dataplane {
         let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface(iface.to_string()))?;
         let prog = self.load_program(program)?;
         let attempt = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
-            prog.attach(iface, m)
-                .map(|_| label)
-                .map_err(|source| DataplaneError::Attach {
-                    iface: iface.to_string(),
-                    mode: label,
-                    source,
-                })
+            prog.attach(iface, m).map(|_| label).map_err(|source| {
+                // Another program in place is not a missing driver feature: falling
+                // back to generic mode would stack a second balancer behind it.
+                let os = os_error(&source);
+                if os == Some(libc::EBUSY) || os == Some(libc::EEXIST) {
+                    DataplaneError::Busy(iface.to_string())
+                } else {
+                    DataplaneError::Attach {
+                        iface: iface.to_string(),
+                        mode: label,
+                        source,
+                    }
+                }
+            })
         };
         let used = match mode {
             cli::XdpMode::Native => attempt(prog, XdpMode::Driver, "native")?,
             cli::XdpMode::Generic => attempt(prog, XdpMode::Skb, "generic")?,
             cli::XdpMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
                 Ok(m) => m,
+                Err(e @ DataplaneError::Busy(_)) => return Err(e),
                 Err(e) => {
                     log::warn!(
                         "{iface}: native XDP unavailable ({}); falling back to generic (SKB) mode, which is much slower",
@@ -313,6 +323,21 @@ impl Dataplane {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// The OS error code somewhere in `e`'s chain of causes.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(code);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// "outer: inner: innermost" for log lines.
