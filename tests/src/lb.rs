@@ -175,22 +175,33 @@ impl XdpLbProcess {
     }
 }
 
-impl Drop for XdpLbProcess {
-    fn drop(&mut self) {
-        if self.exited().is_some() {
-            return;
+impl XdpLbProcess {
+    /// Sends SIGTERM and waits (bounded) for the exit; returns its status, or `None`
+    /// if the process had to be killed. Its output stays readable with `output`.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
         }
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
+            if let Some(status) = self.exited() {
+                // Let the readers drain the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return Some(status);
             }
             thread::sleep(Duration::from_millis(20));
         }
         eprintln!("warning: `{}` ignored SIGTERM; killing it", self.what);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for XdpLbProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

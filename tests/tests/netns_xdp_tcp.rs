@@ -227,3 +227,59 @@ fn nat_generic_mode_serves_tcp() {
         "not attached in generic mode: {link}"
     );
 }
+
+/// The counters `run` reports at exit match the traffic: one new flow per connection,
+/// split over the backends as the connections were.
+#[test]
+fn nat_exit_report_counts_every_connection() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
+    let mut lb = scenario::start_service(&topo, &svc);
+    let vip = topo.vip(false, TCP_PORT);
+    const N: usize = 40;
+    let tally = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..N {
+                match client::tcp_name(vip) {
+                    Ok((name, _)) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        })
+        .expect("entering the client namespace");
+    assert!(tally.errors.is_empty(), "{}", tally.report());
+    let status = lb.stop();
+    let out = lb.output();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "xdp-lb did not exit cleanly: {out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("service ") && l.contains("new_flows="))
+        .unwrap_or_else(|| panic!("no per-service counters at exit: {out}"));
+    assert!(
+        line.contains(&format!("new_flows={N} ")),
+        "{line}\n{}",
+        tally.report()
+    );
+    for b in &topo.backends {
+        let flows = tally.get(&b.name);
+        // "[198.18.1.11:80 84p/20f, 198.18.1.12:80 ...]": this backend's entry.
+        let entry = line
+            .split(['[', ',', ']'])
+            .map(str::trim)
+            .find(|e| e.starts_with(&format!("{}:{TCP_PORT} ", b.v4())))
+            .unwrap_or_else(|| panic!("backend {} missing: {line}", b.name));
+        assert!(
+            entry.ends_with(&format!("/{flows}f")),
+            "backend {} served {flows} connections, counters say {entry:?}",
+            b.name
+        );
+    }
+    assert!(out.contains("detaching from 1 interface(s)"), "{out}");
+}

@@ -187,6 +187,7 @@ async fn serve(
                 if let Ok(c) = dp.global_counters() {
                     if c != last_counters {
                         log::info!("counters: {}", format_counters(&c));
+                        log_service_counters(&planner, &mut dp);
                         last_counters = c;
                     }
                 }
@@ -195,6 +196,7 @@ async fn serve(
     }
     if let Ok(c) = dp.global_counters() {
         log::info!("final counters: {}", format_counters(&c));
+        log_service_counters(&planner, &mut dp);
     }
     if let Some(task) = cache_task {
         let _ = stop_cache.send(());
@@ -224,6 +226,34 @@ fn warn_if_forwarding_disabled(cfg: &Config, iface: &str) {
                 "{fam} forwarding is off on {iface}: the XDP program cannot look up next hops and hands packets to the kernel; enable it with `sysctl -w net.{fam}.conf.{iface}.forwarding=1` (or .all.)"
             );
         }
+    }
+}
+
+/// One line per service and per backend with traffic: packets, bytes, new flows.
+fn log_service_counters(planner: &Planner, dp: &mut Dataplane) {
+    for svc in planner.assignments() {
+        let Ok(c) = dp.service_counters(svc.id) else {
+            continue;
+        };
+        if c.packets == 0 {
+            continue;
+        }
+        let backends: Vec<String> = svc
+            .backends
+            .iter()
+            .filter_map(|(addr, id)| {
+                let b = dp.backend_counters(*id).ok()?;
+                (b.packets > 0).then(|| format!("{addr} {}p/{}f", b.packets, b.new_flows))
+            })
+            .collect();
+        log::info!(
+            "service {}: packets={} bytes={} new_flows={} [{}]",
+            svc.name,
+            c.packets,
+            c.bytes,
+            c.new_flows,
+            backends.join(", ")
+        );
     }
 }
 
