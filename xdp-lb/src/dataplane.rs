@@ -16,6 +16,9 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the balancer program in the object.
 pub const PROGRAM: &str = "xdp_lb";
+/// Attempts at loading a program whose verification was interrupted (EAGAIN).
+const LOAD_TRIES: u32 = 5;
+
 /// Name of the pass-everything program for veth peers.
 pub const PASS_PROGRAM: &str = "xdp_pass";
 
@@ -116,8 +119,19 @@ impl Dataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            // The verifier gives up with EAGAIN when a signal is pending on the
+            // loading thread; libbpf retries the same way.
+            let mut tries = LOAD_TRIES;
+            loop {
+                match prog.load() {
+                    Ok(()) => break,
+                    Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
+                        tries -= 1;
+                        log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
+                    }
+                    Err(source) => return Err(DataplaneError::Program { name, source }),
+                }
+            }
         }
         Ok(prog)
     }
