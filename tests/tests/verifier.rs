@@ -1,0 +1,25 @@
+//! Every program of the XDP object passes this kernel's verifier: the balancer that
+//! `run` attaches, and the benchmark and veth-peer programs the other tests use.
+use xdp_lb::dataplane::{Dataplane, MapSizes, PASS_PROGRAM, PROGRAM};
+
+#[test]
+fn every_program_passes_the_verifier() {
+    xdp_lb_tests::require_root();
+    let mut dp = Dataplane::load(MapSizes {
+        ring_entries: 1000,
+        flow_table_size: 1024,
+    })
+    .expect("loading the object and the balancer program");
+    for name in [
+        PROGRAM,
+        PASS_PROGRAM,
+        "xdp_floor",
+        "xdp_bench_empty",
+        "xdp_bench_wrapper",
+    ] {
+        let prog = dp
+            .load_program(name)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(prog.fd().is_ok(), "{name} has no fd after loading");
+    }
+}
