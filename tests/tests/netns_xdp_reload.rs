@@ -5,6 +5,7 @@ use std::{thread, time::Duration};
 
 use xdp_lb_tests::{
     client::{self, LineClient},
+    lb::XdpLbProcess,
     lbconfig::{self, ConfigFile, ServiceSpec},
     require_root,
     scenario::{self, Tally},
@@ -23,6 +24,17 @@ fn config(topo: &Topology, backends: &[usize]) -> String {
         .map(|&i| scenario::backend_spec(topo, i, false, TCP_PORT, 1))
         .collect();
     lbconfig::render(&[IFACE], &[svc])
+}
+
+/// `xdp-lb run --config FILE` in the lb namespace, ready.
+fn start_with_file(topo: &Topology, file: &ConfigFile) -> XdpLbProcess {
+    let args = [
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ];
+    topo.start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
 }
 
 fn new_connections(topo: &Topology) -> Tally {
@@ -48,14 +60,7 @@ fn long_connection_survives_reload(mode: Forwarding) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let file = ConfigFile::new(&config(&topo, &[1, 2])).expect("writing the config file");
-    let args = vec![
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    let mut lb = topo
-        .start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let mut lb = start_with_file(&topo, &file);
     let vip = topo.vip(false, TCP_PORT);
 
     let mut conn = topo
@@ -129,14 +134,7 @@ fn nat_broken_config_is_refused_and_old_one_kept() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&config(&topo, &[1])).expect("writing the config file");
-    let args = vec![
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    let mut lb = topo
-        .start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let mut lb = start_with_file(&topo, &file);
     file.write("this is [not a valid = config\n")
         .expect("rewriting the config file");
     let err = lb.reload().expect_err("a broken config must not reload");
@@ -199,14 +197,7 @@ fn nat_draining_backend_keeps_flows_gets_no_new_ones() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&config(&topo, &[1, 2])).expect("writing the config file");
-    let args = vec![
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    let mut lb = topo
-        .start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    let mut lb = start_with_file(&topo, &file);
     let vip = topo.vip(false, TCP_PORT);
     let mut conn = topo
         .client
