@@ -8,11 +8,12 @@
 //!
 //! Byte order: every address and port field holds the bytes exactly as they sit in
 //! the packet (network byte order), loaded into a native integer without swapping.
-//! `ip_to_words`/`port_to_wire` in userspace produce that representation.
+//! `wire::ip_to_words`/`wire::port_to_wire` produce that representation.
 #![no_std]
 
 pub mod csum;
 pub mod hash;
+pub mod wire;
 
 /// Address family tags stored in keys and backends.
 pub const FAMILY_V4: u8 = 4;
