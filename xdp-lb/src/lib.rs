@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod plan;
 pub mod run;
