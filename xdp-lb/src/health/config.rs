@@ -232,7 +232,8 @@ impl HealthCheck {
 pub struct HealthConfigError {
     pub service: String,
     pub backend: SocketAddr,
-    pub kind: HealthConfigErrorKind,
+    /// Boxed: the kinds carry parse errors and values, and errors travel in `Result`s.
+    pub kind: Box<HealthConfigErrorKind>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +302,7 @@ pub fn resolve(
     resolve_inner(backend, default, backend_override).map_err(|kind| HealthConfigError {
         service: service.to_owned(),
         backend,
-        kind,
+        kind: Box::new(kind),
     })
 }
 
@@ -540,7 +541,7 @@ mod tests {
             text.starts_with("service \"web\", backend 10.0.0.2:8080: health_check: "),
             "error names service and backend: {text}"
         );
-        (err.kind, text)
+        (*err.kind, text)
     }
 
     #[test]
@@ -670,7 +671,9 @@ mod tests {
     #[test]
     fn each_validation_error_names_the_key_and_the_fix() {
         use HealthConfigErrorKind as K;
-        let cases: &[(&str, &str, fn(&K) -> bool, &str)] = &[
+        /// (service table, backend table, expected kind, text the message contains)
+        type Case = (&'static str, &'static str, fn(&K) -> bool, &'static str);
+        let cases: &[Case] = &[
             (
                 "type = \"icmp\"",
                 "",

@@ -384,3 +384,337 @@ fn jitter(interval: Duration) -> Duration {
         rand::random_range(Duration::ZERO..interval)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::health::{
+        config::{HttpProbe, Probe, StatusRange},
+        testutil::{self, loopback},
+    };
+
+    /// Generous bound for any wait on events: far above what the tests need, short
+    /// enough that a broken checker fails instead of hanging.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    fn tcp_check(target: SocketAddr, interval_ms: u64, rise: u32, fall: u32) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Tcp,
+            target,
+            source: None,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(interval_ms * 4 / 5),
+            rise,
+            fall,
+        }
+    }
+
+    fn http_check(target: SocketAddr, interval_ms: u64, timeout_ms: u64) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Http(HttpProbe {
+                path: http::uri::PathAndQuery::from_static("/"),
+                host: None,
+                expect_status: StatusRange { lo: 200, hi: 399 },
+                expect_body: None,
+            }),
+            target,
+            source: None,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::Receiver<HealthEvent>) -> HealthEvent {
+        tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .expect("an event within the patience bound")
+            .expect("the checker is running")
+    }
+
+    fn health_of(checker: &HealthChecker, backend: SocketAddr) -> BackendHealth {
+        checker
+            .snapshot()
+            .into_iter()
+            .find(|h| h.backend == backend)
+            .expect("target in the snapshot")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_server_goes_down_after_fall_checks_and_returns_after_rise() {
+        let (rise, fall) = (2, 3);
+        let server = testutil::tcp_server(loopback()).await;
+        let addr = server.addr;
+        let (tx, mut events) = mpsc::channel(16);
+        let checker = HealthChecker::start(
+            vec![Target::new("web", addr, tcp_check(addr, 50, rise, fall))],
+            4,
+            tx,
+        );
+        assert!(
+            testutil::wait_for(PATIENCE, || health_of(&checker, addr).checks >= 2).await,
+            "checks run"
+        );
+        assert!(health_of(&checker, addr).up, "a serving backend is up");
+
+        let checks_before = health_of(&checker, addr).checks;
+        let killed = Instant::now();
+        server.stop().await;
+        let down = next_event(&mut events).await;
+        let detection = killed.elapsed();
+        let checks_to_down = health_of(&checker, addr).checks - checks_before;
+        assert_eq!(
+            (down.service.as_str(), down.backend, down.up),
+            ("web", addr, false)
+        );
+        assert_eq!(down.reason, Some(ProbeFailure::Refused));
+        // `fall` failed checks, plus at most one that was in flight when it was killed.
+        assert!(
+            (u64::from(fall)..=u64::from(fall) + 1).contains(&checks_to_down),
+            "{checks_to_down} checks to go down"
+        );
+
+        // Bounded: the port was just ours; rebinding it can only race our own close.
+        let mut restarted = None;
+        for _ in 0..50 {
+            if let Ok(listener) = std::net::TcpListener::bind(addr) {
+                drop(listener);
+                restarted = Some(testutil::tcp_server(addr).await);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _server = restarted.expect("the port can be bound again");
+        let checks_before = health_of(&checker, addr).checks;
+        let returned = Instant::now();
+        let up = next_event(&mut events).await;
+        let recovery = returned.elapsed();
+        let checks_to_up = health_of(&checker, addr).checks - checks_before;
+        assert!(
+            up.up && up.reason.is_none() && up.latency.is_some(),
+            "{up:?}"
+        );
+        assert!(
+            (u64::from(rise)..=u64::from(rise) + 1).contains(&checks_to_up),
+            "{checks_to_up} checks to come up"
+        );
+        let health = health_of(&checker, addr);
+        assert_eq!((health.up, health.transitions), (true, 2));
+        eprintln!(
+            "interval 50ms fall {fall} rise {rise}: down {detection:?} after the kill \
+             ({checks_to_down} checks), up {recovery:?} after the restart ({checks_to_up} checks)"
+        );
+        checker.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_target_does_not_delay_another() {
+        let hanging = testutil::silent_tcp_server().await;
+        let healthy = testutil::http_server(loopback(), 200, "ok", Duration::ZERO).await;
+        let (tx, mut events) = mpsc::channel(16);
+        let checker = HealthChecker::start(
+            vec![
+                Target::new("slow", hanging.addr, http_check(hanging.addr, 600, 500)),
+                Target::new("fast", healthy.addr, http_check(healthy.addr, 20, 15)),
+            ],
+            // Two permits: the hanging probe holds one for its whole timeout.
+            2,
+            tx,
+        );
+        assert!(
+            testutil::wait_for(PATIENCE, || hanging.seen.count() == 1).await,
+            "the hanging target's first check started"
+        );
+        let fast_at_hang = healthy.seen.count();
+        assert!(
+            testutil::wait_for(PATIENCE, || hanging.seen.closed.load(Ordering::SeqCst) == 1).await,
+            "the hanging check was cut"
+        );
+        let fast_during_hang = healthy.seen.count() - fast_at_hang;
+        // 500 ms of hanging against a 20 ms interval: about 25 checks; 3 proves they ran.
+        assert!(
+            fast_during_hang >= 3,
+            "only {fast_during_hang} checks of the other target while one hung"
+        );
+        // The fast target's 15 ms timeout may trip on a loaded machine; its events
+        // are not what this test is about.
+        let mut down = next_event(&mut events).await;
+        // Bounded: each round consumes one event of the fast target.
+        for _ in 0..1000 {
+            if down.backend == hanging.addr {
+                break;
+            }
+            down = next_event(&mut events).await;
+        }
+        assert_eq!(down.backend, hanging.addr);
+        assert_eq!(
+            down.reason,
+            Some(ProbeFailure::Timeout(Duration::from_millis(500)))
+        );
+        eprintln!("{fast_during_hang} checks of a 20 ms target while a 500 ms probe hung");
+        checker.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_targets_spread_their_checks_over_the_interval() {
+        const TARGETS: u16 = 1000;
+        const WINDOW: Duration = Duration::from_millis(100);
+        const WINDOWS: u32 = 20; // two intervals
+        let server = testutil::tcp_server(loopback()).await;
+        // Distinct backends (keys) whose checks all go to the one counting server.
+        let targets: Vec<Target> = (0..TARGETS)
+            .map(|i| {
+                let backend = SocketAddr::new(loopback().ip(), 10_000 + i);
+                Target::new("big", backend, tcp_check(server.addr, 1000, 2, 3))
+            })
+            .collect();
+        let (tx, _events) = mpsc::channel(1024);
+        let started = Instant::now();
+        let checker = HealthChecker::start(targets, DEFAULT_MAX_CONCURRENT, tx);
+        let needed = usize::from(TARGETS) * 2 + 100;
+        assert!(
+            testutil::wait_for(PATIENCE, || server.seen.count() >= needed).await,
+            "two rounds of checks arrive"
+        );
+        let arrivals = server.seen.arrival_times();
+        let mut windows = vec![0usize; WINDOWS as usize];
+        for at in arrivals {
+            let offset = at.duration_since(started);
+            let index = (offset.as_nanos() / WINDOW.as_nanos()) as usize;
+            if let Some(count) = windows.get_mut(index) {
+                *count += 1;
+            }
+        }
+        let total: usize = windows.iter().sum();
+        let mean = total as f64 / f64::from(WINDOWS);
+        let max = *windows.iter().max().unwrap();
+        eprintln!("checks per 100 ms window: {windows:?} (mean {mean:.0}, max {max})");
+        assert!(
+            (max as f64) <= 3.0 * mean,
+            "a burst: {max} checks in one window, mean {mean:.0}: {windows:?}"
+        );
+        // Without jitter all 1000 would land in one window of each interval.
+        assert!(
+            windows.iter().filter(|&&c| c > 0).count() >= 15,
+            "{windows:?}"
+        );
+        let snapshot = checker.snapshot();
+        assert_eq!(snapshot.len(), usize::from(TARGETS));
+        assert!(snapshot.iter().all(|h| h.checks >= 1 && h.up));
+        checker.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_semaphore_bounds_the_probes_in_flight() {
+        const LIMIT: usize = 4;
+        // Each answer takes 20 ms and 100 targets want 500 checks a second: about 10
+        // in flight without a bound, so the bound is what keeps it at LIMIT.
+        let server = testutil::http_server(loopback(), 200, "ok", Duration::from_millis(20)).await;
+        let targets: Vec<Target> = (0..100u16)
+            .map(|i| {
+                let backend = SocketAddr::new(loopback().ip(), 20_000 + i);
+                Target::new("busy", backend, http_check(server.addr, 200, 150))
+            })
+            .collect();
+        let (tx, _events) = mpsc::channel(1024);
+        let checker = HealthChecker::start(targets, LIMIT, tx);
+        assert!(
+            testutil::wait_for(PATIENCE, || server.seen.count() >= 300).await,
+            "checks arrive"
+        );
+        let max = server.seen.max_in_flight.load(Ordering::SeqCst);
+        eprintln!("max probes in flight seen by the server: {max} (limit {LIMIT})");
+        assert!(max <= LIMIT, "{max} probes in flight, limit {LIMIT}");
+        assert!(max >= 2, "probes did run concurrently ({max})");
+        checker.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn update_keeps_known_targets_and_applies_changes() {
+        let server = testutil::tcp_server(loopback()).await;
+        let dead = testutil::closed_port().await;
+        let kept = SocketAddr::new(loopback().ip(), 30_001);
+        let changed = SocketAddr::new(loopback().ip(), 30_002);
+        let unchecked = SocketAddr::new(loopback().ip(), 30_003);
+        let added = SocketAddr::new(loopback().ip(), 30_004);
+        let kept_target = Target::new("svc", kept, tcp_check(server.addr, 50, 2, 1));
+        let (tx, mut events) = mpsc::channel(16);
+        let mut checker = HealthChecker::start(
+            vec![
+                kept_target.clone(),
+                Target::new("svc", changed, tcp_check(dead, 50, 2, 1)),
+                Target::new("svc", unchecked, tcp_check(dead, 50, 2, 1)),
+            ],
+            8,
+            tx,
+        );
+        let mut down = [next_event(&mut events).await, next_event(&mut events).await];
+        down.sort_by_key(|e| e.backend);
+        assert_eq!(
+            down.iter().map(|e| (e.backend, e.up)).collect::<Vec<_>>(),
+            vec![(changed, false), (unchecked, false)]
+        );
+        assert!(testutil::wait_for(PATIENCE, || health_of(&checker, kept).checks >= 2).await);
+        let kept_before = health_of(&checker, kept);
+
+        let mut none_check = tcp_check(dead, 50, 2, 1);
+        none_check.probe = Probe::None;
+        checker.update(vec![
+            kept_target,
+            // Now pointed at a live server: comes back after `rise` checks, as it was down.
+            Target::new("svc", changed, tcp_check(server.addr, 50, 2, 1)),
+            Target::new("svc", unchecked, none_check),
+            Target::new("svc", added, tcp_check(server.addr, 50, 2, 1)),
+        ]);
+        let mut up = [next_event(&mut events).await, next_event(&mut events).await];
+        up.sort_by_key(|e| e.backend);
+        assert_eq!(
+            up.iter()
+                .map(|e| (e.backend, e.up, e.latency.is_some()))
+                .collect::<Vec<_>>(),
+            vec![(changed, true, true), (unchecked, true, false)]
+        );
+        assert!(up.iter().all(|e| e.reason.is_none()));
+        let changed_health = health_of(&checker, changed);
+        assert_eq!(changed_health.transitions, 2);
+        assert!(
+            changed_health.checks >= 3,
+            "one failed check, then rise = 2 passes"
+        );
+        assert_eq!(health_of(&checker, unchecked).kind, CheckKind::None);
+
+        let kept_after = health_of(&checker, kept);
+        assert!(
+            kept_after.checks >= kept_before.checks,
+            "kept target's count went on"
+        );
+        assert_eq!(
+            (kept_after.since, kept_after.transitions),
+            (kept_before.since, 0)
+        );
+        assert!(testutil::wait_for(PATIENCE, || health_of(&checker, added).checks >= 1).await);
+
+        checker.update(vec![Target::new(
+            "svc",
+            added,
+            tcp_check(server.addr, 50, 2, 1),
+        )]);
+        assert_eq!(
+            checker
+                .snapshot()
+                .iter()
+                .map(|h| h.backend)
+                .collect::<Vec<_>>(),
+            vec![added]
+        );
+        checker.stop().await;
+        // Every task is gone: their senders with them, so the channel closes.
+        assert!(tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
