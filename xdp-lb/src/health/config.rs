@@ -214,7 +214,8 @@ pub struct HealthCheck {
     /// Local address probes bind before connecting.
     pub source: Option<IpAddr>,
     pub interval: Duration,
-    /// Always shorter than `interval`, so a target never has two probes in flight.
+    /// Always shorter than `interval`, so a probe ends before its next one is due
+    /// (a slow probe never pushes the target's schedule).
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,

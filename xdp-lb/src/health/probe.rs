@@ -449,6 +449,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http_and_udp_work_over_ipv6_loopback() {
+        let v6: SocketAddr = "[::1]:0".parse().unwrap();
+        let server = testutil::http_server(v6, 200, "ok", Duration::ZERO).await;
+        run(&check(http(None, None), server.addr))
+            .await
+            .expect("http over ::1 passes");
+        // The default Host header is a valid IPv6 authority, brackets included.
+        assert_eq!(
+            *server.seen.hosts.lock().unwrap(),
+            vec![format!("[::1]:{}", server.addr.port())]
+        );
+        let echo = testutil::udp_echo_server_on(v6, b"").await;
+        run(&check(udp(b"ping", Some(b"ping")), echo.addr))
+            .await
+            .expect("udp over ::1 passes");
+    }
+
+    #[tokio::test]
     async fn udp_passes_on_a_reply_and_checks_its_bytes() {
         let server = testutil::udp_echo_server(b"pong ").await;
         run(&check(udp(b"ping", None), server.addr))

@@ -178,7 +178,12 @@ pub async fn http_server(
 
 /// Echoes every datagram back, prefixed with `prefix`.
 pub async fn udp_echo_server(prefix: &'static [u8]) -> Server {
-    let socket = UdpSocket::bind(loopback()).await.expect("bind udp echo");
+    udp_echo_server_on(loopback(), prefix).await
+}
+
+/// [`udp_echo_server`] on a given address.
+pub async fn udp_echo_server_on(bind: SocketAddr, prefix: &'static [u8]) -> Server {
+    let socket = UdpSocket::bind(bind).await.expect("bind udp echo");
     let addr = socket.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let shared = Arc::clone(&seen);
