@@ -3,6 +3,7 @@
 //! so closes every socket it had.
 use std::{
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -17,7 +18,7 @@ use hyper::{server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::AsyncReadExt,
-    net::{TcpListener, UdpSocket},
+    net::{TcpListener, TcpStream, UdpSocket},
     task::{JoinHandle, JoinSet},
 };
 
@@ -74,66 +75,13 @@ impl Drop for Server {
     }
 }
 
-/// Accepts connections, records them, and closes them.
-pub async fn tcp_server(bind: SocketAddr) -> Server {
-    let listener = TcpListener::bind(bind).await.expect("bind tcp test server");
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let shared = Arc::clone(&seen);
-    let task = tokio::spawn(async move {
-        // Runs until the test aborts it.
-        loop {
-            if let Ok((stream, peer)) = listener.accept().await {
-                shared.arrive(peer);
-                drop(stream);
-            }
-        }
-    });
-    Server { addr, seen, task }
-}
-
-/// Accepts connections and never answers; counts the ones the client closes.
-pub async fn silent_tcp_server() -> Server {
-    let listener = TcpListener::bind(loopback())
-        .await
-        .expect("bind silent server");
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let shared = Arc::clone(&seen);
-    let task = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        // Runs until the test aborts it; the JoinSet's tasks go with it.
-        loop {
-            let Ok((mut stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            shared.arrive(peer);
-            let shared = Arc::clone(&shared);
-            connections.spawn(async move {
-                let mut buf = [0u8; 4096];
-                // Read (and ignore) the request until the client gives up.
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                shared.closed.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    Server { addr, seen, task }
-}
-
-/// An HTTP/1.1 server answering every request with `status` and `body` after `delay`.
-pub async fn http_server(
-    bind: SocketAddr,
-    status: u16,
-    body: &'static str,
-    delay: Duration,
-) -> Server {
-    let listener = TcpListener::bind(bind)
-        .await
-        .expect("bind http test server");
+/// Binds `bind` and runs `handle` on a task of its own for every connection accepted.
+async fn serve_tcp<F, Fut>(bind: SocketAddr, handle: F) -> Server
+where
+    F: Fn(TcpStream, SocketAddr, Arc<Seen>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(bind).await.expect("bind test server");
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let shared = Arc::clone(&seen);
@@ -144,36 +92,72 @@ pub async fn http_server(
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
-            let shared = Arc::clone(&shared);
-            connections.spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let shared = Arc::clone(&shared);
-                    async move {
-                        shared.arrive(peer);
-                        let host = request
-                            .headers()
-                            .get(hyper::header::HOST)
-                            .map(|h| h.to_str().unwrap_or("<binary>").to_owned())
-                            .unwrap_or_default();
-                        shared.hosts.lock().unwrap().push(host);
-                        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(delay).await;
-                        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        let mut response =
-                            Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                // A client that gives up mid-answer is normal here (timeouts).
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            // Reap finished connections so the set does not grow with every check.
+            while connections.try_join_next().is_some() {}
+            connections.spawn(handle(stream, peer, Arc::clone(&shared)));
         }
     });
     Server { addr, seen, task }
+}
+
+/// Accepts connections, records them, and closes them.
+pub async fn tcp_server(bind: SocketAddr) -> Server {
+    serve_tcp(bind, |stream, peer, seen| async move {
+        seen.arrive(peer);
+        drop(stream);
+    })
+    .await
+}
+
+/// Accepts connections and never answers; counts the ones the client closes.
+pub async fn silent_tcp_server() -> Server {
+    serve_tcp(loopback(), |mut stream, peer, seen| async move {
+        seen.arrive(peer);
+        let mut buf = [0u8; 4096];
+        // Read (and ignore) the request until the client gives up.
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        seen.closed.fetch_add(1, Ordering::SeqCst);
+    })
+    .await
+}
+
+/// An HTTP/1.1 server answering every request with `status` and `body` after `delay`.
+pub async fn http_server(
+    bind: SocketAddr,
+    status: u16,
+    body: &'static str,
+    delay: Duration,
+) -> Server {
+    serve_tcp(bind, move |stream, peer, seen| async move {
+        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.arrive(peer);
+                let host = request
+                    .headers()
+                    .get(hyper::header::HOST)
+                    .map(|h| h.to_str().unwrap_or("<binary>").to_owned())
+                    .unwrap_or_default();
+                seen.hosts.lock().unwrap().push(host);
+                let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        // A client that gives up mid-answer is normal here (timeouts).
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// Echoes every datagram back, prefixed with `prefix`.
