@@ -19,6 +19,9 @@ use serde::Deserialize;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 /// Probe timeout when `timeout` is not set (clamped below `interval`, see [`resolve`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted interval: a check rarer than daily tells nothing about a backend's
+/// health, and a bound keeps schedule arithmetic far from overflow.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Consecutive successes that bring a down backend up (HAProxy's default).
 pub const DEFAULT_RISE: u32 = 2;
 /// Consecutive failures that take an up backend down (HAProxy's default).
@@ -250,6 +253,8 @@ pub enum HealthConfigErrorKind {
     },
     #[error("{key} = {value:?} must be longer than zero")]
     ZeroDuration { key: &'static str, value: String },
+    #[error("interval = {value:?} is longer than 1 day; check at least daily")]
+    IntervalTooLong { value: String },
     #[error("timeout {timeout} must be shorter than interval {interval}; lower timeout or raise interval")]
     TimeoutNotBelowInterval { timeout: String, interval: String },
     #[error("{key} = 0; give at least 1 (the number of consecutive checks that change the state)")]
@@ -331,6 +336,13 @@ fn resolve_inner(
     }
 
     let interval = parse_duration("interval", merged.interval.as_deref())?;
+    if let (Some(long), Some(value)) = (interval, &merged.interval) {
+        if long > MAX_INTERVAL {
+            return Err(HealthConfigErrorKind::IntervalTooLong {
+                value: value.clone(),
+            });
+        }
+    }
     let timeout = parse_duration("timeout", merged.timeout.as_deref())?;
     let (interval, timeout) = match (interval, timeout) {
         (interval, Some(timeout)) => {
@@ -714,6 +726,12 @@ mod tests {
                     )
                 },
                 "longer than zero",
+            ),
+            (
+                "interval = \"2days\"",
+                "",
+                |k| matches!(k, K::IntervalTooLong { .. }),
+                "interval = \"2days\" is longer than 1 day",
             ),
             (
                 "timeout = \"2s\"",

@@ -16,6 +16,12 @@
 //!    [`policy::eligible`] (and [`policy::slow_start_weight`] for backends that came up);
 //! 3. on a reload calls [`HealthChecker::update`] with the new targets, for `status`
 //!    reads [`HealthChecker::snapshot`], and at exit awaits [`HealthChecker::stop`].
+//!
+//! Every target starts up (unless its [`Target::initial`] says otherwise), so the
+//! controller publishes all backends at start and applies events from then on. Events
+//! come only on flips, in order per backend; an admin `down`/`drain` is the
+//! controller's business and wins over them (the checks keep running, so `up` from the
+//! operator hands the backend back to its last known health).
 pub mod config;
 pub mod policy;
 pub mod probe;
