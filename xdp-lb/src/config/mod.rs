@@ -290,7 +290,7 @@ pub enum ConfigError {
     Cache(crate::cache::config::ConfigError),
     #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
