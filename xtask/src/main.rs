@@ -40,6 +40,8 @@ enum Task {
 #[derive(Copy, Clone, ValueEnum)]
 enum BenchKind {
     Pkt,
+    /// What a `status` call costs at 10k, 100k and 1M flows.
+    Status,
     E2e,
     Cache,
     All,
@@ -49,6 +51,7 @@ impl BenchKind {
     fn as_str(self) -> &'static str {
         match self {
             BenchKind::Pkt => "pkt",
+            BenchKind::Status => "status",
             BenchKind::E2e => "e2e",
             BenchKind::Cache => "cache",
             BenchKind::All => "all",
