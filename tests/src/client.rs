@@ -73,6 +73,31 @@ impl LineClient {
         self.read_line("digest")
     }
 
+    /// Uploads `data` in `chunk`-sized writes with `pause` between them (so the
+    /// transfer spans a known stretch of time), storing the bytes sent so far in
+    /// `sent`; returns the server's hex SHA-256 of what it received.
+    pub fn sha_paced(
+        &mut self,
+        data: &[u8],
+        chunk: usize,
+        pause: Duration,
+        sent: &std::sync::atomic::AtomicUsize,
+    ) -> Result<String> {
+        self.out
+            .write_all(format!("SHA {}\n", data.len()).as_bytes())
+            .ctx(|| "sending SHA header".into())?;
+        for (i, part) in data.chunks(chunk).enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            self.out
+                .write_all(part)
+                .ctx(|| format!("uploading bytes {}.. of {}", i * chunk, data.len()))?;
+            sent.fetch_add(part.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.read_line("digest")
+    }
+
     fn read_line(&mut self, what: &str) -> Result<String> {
         let mut line = String::new();
         let n = self

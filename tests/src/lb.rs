@@ -50,9 +50,13 @@ impl XdpLbProcess {
             .tempdir()
             .ctx(|| "creating a directory for the admin socket".to_string())?;
         let admin_socket = admin_dir.path().join("admin.sock");
+        crate::pins::ensure_bpffs()?;
         let mut cmd = ns.command(bin);
         // Read by `xdp-lb run` (clap `env`); other verbs ignore it.
         cmd.env("XDP_LB_ADMIN_SOCKET", &admin_socket);
+        // One pin directory per namespace (read by `run` and `detach`): a process
+        // started again in the same namespace adopts the state its predecessor left.
+        cmd.env("XDP_LB_PIN_DIR", crate::pins::dir_for(ns.name()));
         // If the test process dies without running Drop (SIGKILL, a timeout), the kernel
         // stops xdp-lb too instead of leaving it attached in an orphaned namespace. The
         // signal follows the spawning thread, which always outlives this guard's use.
@@ -219,6 +223,29 @@ impl XdpLbProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         None
+    }
+}
+
+impl XdpLbProcess {
+    /// SIGKILL, as a crash would: nothing of xdp-lb's own shutdown runs.
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().ok();
+        thread::sleep(Duration::from_millis(100));
+        status
+    }
+
+    /// Lines of stdout so far that start with `prefix`.
+    pub fn stdout_lines(&self, prefix: &str) -> Vec<String> {
+        let c = self.out.0.lock().unwrap();
+        c.stdout
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod lb;
 pub mod lbconfig;
 pub mod netns;
+pub mod pins;
 pub mod pkt;
 pub mod root;
 pub mod scenario;

@@ -110,6 +110,7 @@ fn sweep_stale() {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            crate::pins::remove(&name);
             let _ = cmd::run_args(&["ip", "netns", "del", &name]);
         }
     }
@@ -132,6 +133,9 @@ pub fn enter(name: &str) -> Result<()> {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // Pins first: xdp-lb leaves its program attached when it exits, and the pinned
+        // maps would outlive the namespace.
+        crate::pins::remove(&self.name);
         if let Err(e) = cmd::run_args(&["ip", "netns", "del", &self.name]) {
             eprintln!("warning: removing namespace {}: {e}", self.name);
         }

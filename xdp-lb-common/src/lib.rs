@@ -243,6 +243,28 @@ pub mod reason {
     ];
 }
 
+/// Version of the pinned-state layout: every map key and value above, and how the
+/// control plane uses them. Bump it whenever any of them changes; the pin directory
+/// (`<pin-dir>/v<N>`) and the LAYOUT record carry it, so a binary never misreads
+/// maps pinned by an incompatible one.
+pub const LAYOUT_VERSION: u32 = 1;
+/// `Layout::magic`: "xlbL" as a native integer, so a zeroed record never matches.
+pub const LAYOUT_MAGIC: u32 = u32::from_ne_bytes(*b"xlbL");
+
+/// The one entry of the LAYOUT map: which layout the pinned maps were created with,
+/// and the configuration values that sized them (a restart must match them).
+/// Written by userspace only; the XDP program never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Layout {
+    pub magic: u32,
+    pub version: u32,
+    pub flow_table_size: u32,
+    pub max_services: u32,
+    pub max_table_size: u32,
+    pub _pad: u32,
+}
+
 /// Largest frame the benchmark wrapper can restore.
 pub const BENCH_FRAME_MAX: usize = 256;
 
@@ -277,6 +299,7 @@ assert_size!(NatReverse, 36);
 assert_size!(NextHop, 32);
 assert_size!(Counters, 24);
 assert_size!(BenchFrame, 272);
+assert_size!(Layout, 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -292,4 +315,5 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchFrame {}
+    unsafe impl aya::Pod for Layout {}
 }

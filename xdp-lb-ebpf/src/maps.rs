@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
-    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, Layout, NatReverse, NextHop,
+    ReplyTarget, Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
 };
 
 /// VIP, port and protocol -> service record (active Maglev table, flags).
@@ -72,3 +72,12 @@ pub static BENCH_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0)
 /// Benchmark only: slot 0 holds the program under test.
 #[map]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Control plane only (pinned state): the layout the pinned maps were made with.
+#[map]
+pub static LAYOUT: Array<Layout> = Array::with_max_entries(1, 0);
+
+/// Control plane only (pinned state): backend id -> owning service id + 1 (0: free),
+/// so a restarted daemon can tell which service a draining or down backend belongs to.
+#[map]
+pub static BACKEND_OWNERS: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);

@@ -177,6 +177,9 @@ pub struct Plan {
     pub reply_writes: Vec<(ServiceKey, ReplyTarget)>,
     /// Last: endpoints no NAT service uses any more.
     pub reply_deletes: Vec<ServiceKey>,
+    /// Last: BACKEND_OWNERS entries, backend id -> owning service id + 1 (0: freed).
+    /// Only the control plane reads them (`restore`); the XDP program never does.
+    pub owner_writes: Vec<(u32, u32)>,
     /// What changed, one entry per change, for the operator's log and the admin API.
     pub changes: Vec<Change>,
 }
@@ -191,6 +194,7 @@ impl Plan {
             && self.backend_frees.is_empty()
             && self.reply_writes.is_empty()
             && self.reply_deletes.is_empty()
+            && self.owner_writes.is_empty()
     }
 }
 
@@ -489,6 +493,7 @@ impl Planner {
                     backend: addr,
                     slot: b.id,
                 });
+                plan.owner_writes.push((b.id, 0));
                 released_backends.push(b.id);
             }
             plan.service_deletes.push(key);
@@ -578,7 +583,8 @@ impl Planner {
                             to: b.state,
                         });
                     }
-                    if prev.weight != b.weight {
+                    // Weight 0: restored from the kernel, which does not keep weights.
+                    if prev.weight != b.weight && prev.weight != 0 {
                         plan.changes.push(Change::BackendWeight {
                             service: svc.name.clone(),
                             backend: addr,
@@ -597,6 +603,7 @@ impl Planner {
                     let (id, generation) = self.alloc_backend();
                     let new = record(generation);
                     plan.backend_writes.push((id, new));
+                    plan.owner_writes.push((id, applied.id + 1));
                     plan.changes.push(Change::BackendAdded {
                         service: svc.name.clone(),
                         backend: addr,
@@ -627,6 +634,7 @@ impl Planner {
                 backend: addr,
                 slot: b.id,
             });
+            plan.owner_writes.push((b.id, 0));
             released.push(b.id);
         }
     }
@@ -674,6 +682,188 @@ impl Planner {
         }
         applied.slot = slot;
         self.last_slot[applied.id as usize] = slot;
+    }
+}
+
+/// What the kernel maps hold, as `Planner::restore` needs it (read by
+/// `Dataplane::snapshot` from pinned maps a previous run left).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// SERVICES entries, each with the table its record points at (`ring_size` ids).
+    pub services: Vec<(ServiceKey, Service, Vec<u32>)>,
+    /// BACKENDS slots ever used (generation != 0), with their BACKEND_OWNERS entry
+    /// (owning service id + 1; 0: free).
+    pub backends: Vec<(u32, Backend, u32)>,
+    /// BACKEND_REPLIES.
+    pub replies: Vec<(ServiceKey, ReplyTarget)>,
+}
+
+/// Pinned maps that no planner could have written: refused rather than guessed at.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("pinned service record has id {id}, but max_services is {max}")]
+    ServiceId { id: u32, max: u32 },
+    #[error("two pinned service records share id {id}")]
+    DuplicateServiceId { id: u32 },
+    #[error(
+        "pinned service {id} points at ring offset {offset}, which is neither of its table halves"
+    )]
+    RingOffset { id: u32, offset: u32 },
+    #[error("pinned service {id} has a table of {size} entries (max_table_size {max})")]
+    TableSize { id: u32, size: u32, max: u32 },
+    #[error("pinned backend slot {id} is out of range")]
+    BackendId { id: u32 },
+    #[error("pinned backend slot {id} has an unknown address family {family}")]
+    BackendFamily { id: u32, family: u8 },
+}
+
+fn state_from_code(code: u8) -> BackendState {
+    match code {
+        BACKEND_ACTIVE => BackendState::Active,
+        BACKEND_DRAINING => BackendState::Draining,
+        _ => BackendState::Down,
+    }
+}
+
+/// "198.18.100.1:80/tcp" for a service known only by its key (a restored service
+/// the configuration no longer names).
+fn key_endpoint(key: &ServiceKey) -> String {
+    let ip = xdp_lb_common::wire::words_to_ip(key.addr, key.family)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let port = xdp_lb_common::wire::port_from_wire(key.port);
+    let proto = match key.proto {
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        p => p.to_string(),
+    };
+    format!("{}/{proto}", SocketAddr::new(ip, port))
+}
+
+impl Planner {
+    /// Rebuilds the allocation state a previous run left in the kernel: service ids
+    /// and their live table halves, backend ids with their generations and owners,
+    /// the free lists, the NAT reply targets. `apply` then diffs a configuration
+    /// against what is really programmed, so a flow pinned to (id, generation) can
+    /// never match a different backend that took its slot, and a configuration
+    /// changed while the daemon was down is applied as a diff. Weights are not kept
+    /// in the kernel: restored backends carry weight 0 until the next `apply`.
+    pub fn restore(
+        max_services: u32,
+        max_table_size: u32,
+        snap: &Snapshot,
+    ) -> Result<Self, RestoreError> {
+        let mut p = Planner::new(max_services, max_table_size);
+        let mut by_id: HashMap<u32, ServiceKey> = HashMap::new();
+        for (key, rec, table) in &snap.services {
+            let id = rec.id;
+            if id >= max_services {
+                return Err(RestoreError::ServiceId {
+                    id,
+                    max: max_services,
+                });
+            }
+            let slot = if rec.ring_offset == p.ring_offset(id, 0) {
+                0
+            } else if rec.ring_offset == p.ring_offset(id, 1) {
+                1
+            } else {
+                return Err(RestoreError::RingOffset {
+                    id,
+                    offset: rec.ring_offset,
+                });
+            };
+            if rec.ring_size == 0
+                || rec.ring_size > max_table_size
+                || table.len() != rec.ring_size as usize
+            {
+                return Err(RestoreError::TableSize {
+                    id,
+                    size: rec.ring_size,
+                    max: max_table_size,
+                });
+            }
+            if by_id.insert(id, *key).is_some() {
+                return Err(RestoreError::DuplicateServiceId { id });
+            }
+            p.free_service_ids.remove(&id);
+            p.last_slot[id as usize] = slot;
+            p.services.insert(
+                *key,
+                AppliedService {
+                    name: key_endpoint(key),
+                    id,
+                    record: *rec,
+                    slot,
+                    table: table.clone(),
+                    backends: BTreeMap::new(),
+                },
+            );
+        }
+        let mut free = Vec::new();
+        let mut owned = HashSet::new();
+        for &(id, rec, owner) in &snap.backends {
+            if id >= MAX_BACKENDS {
+                return Err(RestoreError::BackendId { id });
+            }
+            p.generations[id as usize] = rec.generation;
+            p.next_fresh_backend = p.next_fresh_backend.max(id + 1);
+            // The owner record first; a backend in a live table whose owner entry
+            // was never written (a crash between the two writes) belongs to that
+            // table's service.
+            let key = owner
+                .checked_sub(1)
+                .and_then(|sid| by_id.get(&sid).copied())
+                .or_else(|| {
+                    p.services
+                        .iter()
+                        .find(|(_, s)| s.table.contains(&id))
+                        .map(|(k, _)| *k)
+                });
+            let Some(key) = key else {
+                free.push(id);
+                continue;
+            };
+            let ip = xdp_lb_common::wire::words_to_ip(rec.addr, rec.family).ok_or(
+                RestoreError::BackendFamily {
+                    id,
+                    family: rec.family,
+                },
+            )?;
+            let addr = SocketAddr::new(ip, xdp_lb_common::wire::port_from_wire(rec.port));
+            let svc = p.services.get_mut(&key).expect("key taken from services");
+            let prev = svc.backends.insert(
+                addr,
+                AppliedBackend {
+                    id,
+                    record: rec,
+                    weight: 0,
+                    state: state_from_code(rec.state),
+                },
+            );
+            if let Some(prev) = prev {
+                // Two slots for one endpoint of one service: keep the later, free
+                // the other (its flows are re-dispatched once it is reused).
+                owned.remove(&prev.id);
+                free.push(prev.id);
+            }
+            owned.insert(id);
+        }
+        // Slots below the highest used one that were never written count as free.
+        for id in 0..p.next_fresh_backend {
+            if p.generations[id as usize] == 0 && !owned.contains(&id) && !free.contains(&id) {
+                free.push(id);
+            }
+        }
+        free.sort_unstable();
+        p.free_backends = free.into();
+        p.replies = snap.replies.iter().copied().collect();
+        p.per_flow = snap
+            .services
+            .iter()
+            .filter(|(_, rec, _)| rec.flags & SVC_REVERSE_PER_FLOW != 0)
+            .map(|(k, _, _)| *k)
+            .collect();
+        Ok(p)
     }
 }
 
@@ -1238,5 +1428,206 @@ mod tests {
         let dsr = "[[service]]\nvip = \"198.18.100.1\"\nport = 80\nforwarding = \"dsr\"\ntable_size = 1009\n[[service.backend]]\naddr = \"198.18.1.2\"\n";
         let plan = Planner::new(4, M).apply(&cfg(dsr)).unwrap();
         assert!(plan.reply_writes.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::{
+        config::parse_str,
+        dataplane::{Dataplane, FakeDataplane},
+    };
+
+    const M: u32 = 1009;
+
+    /// (address, weight, state) of a backend on port 8080.
+    type B<'a> = (&'a str, u32, &'a str);
+
+    fn cfg(services: &[(&str, &str, &[B])]) -> Config {
+        let mut s = format!("interfaces = [\"veth0\"]\nmax_services = 4\nmax_table_size = {M}\n");
+        for (name, vip, backends) in services {
+            s += &format!(
+                "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\ntable_size = {M}\n"
+            );
+            for (addr, weight, state) in *backends {
+                s += &format!(
+                    "[[service.backend]]\naddr = \"{addr}\"\nport = 8080\nweight = {weight}\nstate = \"{state}\"\n"
+                );
+            }
+        }
+        parse_str(&s).unwrap()
+    }
+
+    /// A history that exercises every kind of state: two services, a draining
+    /// backend, a removed backend (freed slot), a shared NAT endpoint, both halves.
+    fn history() -> (Planner, FakeDataplane, Config) {
+        let mut p = Planner::new(4, M);
+        let mut dp = FakeDataplane::default();
+        let steps = [
+            cfg(&[
+                (
+                    "web",
+                    "198.18.100.1",
+                    &[
+                        ("198.18.1.2", 1, "active"),
+                        ("198.18.1.3", 1, "active"),
+                        ("198.18.1.4", 1, "active"),
+                    ],
+                ),
+                ("api", "198.18.100.2", &[("198.18.1.2", 2, "active")]),
+            ]),
+            cfg(&[
+                (
+                    "web",
+                    "198.18.100.1",
+                    &[
+                        ("198.18.1.2", 3, "active"),
+                        ("198.18.1.3", 1, "draining"),
+                        ("198.18.1.5", 1, "active"),
+                    ],
+                ),
+                ("api", "198.18.100.2", &[("198.18.1.2", 2, "active")]),
+            ]),
+        ];
+        for c in &steps {
+            let plan = p.apply(c).unwrap();
+            dp.apply(&plan).unwrap();
+        }
+        let last = steps[1].clone();
+        (p, dp, last)
+    }
+
+    fn slots(p: &Planner) -> Vec<(ServiceKey, u32, Vec<BackendSlot>, u32)> {
+        p.assignments()
+            .into_iter()
+            .map(|a| (a.key, a.id, a.slots, a.table_size))
+            .collect()
+    }
+
+    #[test]
+    fn restored_planner_sees_the_same_ids_generations_and_tables() {
+        let (original, dp, last) = history();
+        let mut restored = Planner::restore(4, M, &dp.snapshot().unwrap()).unwrap();
+        assert_eq!(slots(&restored), slots(&original));
+        // The configuration that is programmed needs no write at all.
+        let plan = restored.apply(&last).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+    }
+
+    #[test]
+    fn a_changed_configuration_is_planned_as_the_original_would() {
+        let (mut original, dp, _) = history();
+        let mut restored = Planner::restore(4, M, &dp.snapshot().unwrap()).unwrap();
+        // Changed while the daemon was down: api removed, a backend added to web,
+        // a new service that takes api's id.
+        let next = cfg(&[
+            (
+                "web",
+                "198.18.100.1",
+                &[
+                    ("198.18.1.2", 3, "active"),
+                    ("198.18.1.3", 1, "draining"),
+                    ("198.18.1.5", 1, "active"),
+                    ("198.18.1.6", 1, "active"),
+                ],
+            ),
+            ("new", "198.18.100.3", &[("198.18.3.2", 1, "active")]),
+        ]);
+        let want = original.apply(&next).unwrap();
+        let got = restored.apply(&next).unwrap();
+        // Events name restored services by endpoint, and entries that come from
+        // hash-map walks (reply targets) have no fixed order: compare the writes.
+        let strip = |p: &Plan| {
+            let mut p = Plan {
+                changes: Vec::new(),
+                ..p.clone()
+            };
+            let key = |k: &ServiceKey| (k.addr, k.port, k.proto, k.family);
+            p.reply_writes.sort_by_key(|(k, _)| key(k));
+            p.reply_deletes.sort_by_key(key);
+            p.service_writes.sort_by_key(|(k, _)| key(k));
+            p.service_deletes.sort_by_key(key);
+            p
+        };
+        assert_eq!(strip(&got), strip(&want));
+        assert!(!got.backend_writes.is_empty() && !got.service_deletes.is_empty());
+        assert_eq!(slots(&restored), slots(&original));
+    }
+
+    #[test]
+    fn a_slot_reused_after_restore_gets_a_new_generation() {
+        let mut p = Planner::new(4, M);
+        let mut dp = FakeDataplane::default();
+        // Only the free list can serve new backends, so a freed slot is reused.
+        p.next_fresh_backend = MAX_BACKENDS - 2;
+        let two = [("198.18.1.2", 1, "active"), ("198.18.1.3", 1, "active")];
+        dp.apply(&p.apply(&cfg(&[("web", "198.18.100.1", &two)])).unwrap())
+            .unwrap();
+        let removed = p
+            .apply(&cfg(&[("web", "198.18.100.1", &two[..1])]))
+            .unwrap();
+        let (freed, old) = removed.backend_frees[0];
+        dp.apply(&removed).unwrap();
+
+        let mut restored = Planner::restore(4, M, &dp.snapshot().unwrap()).unwrap();
+        assert_eq!(restored.next_fresh_backend, MAX_BACKENDS);
+        assert!(restored.free_backends.contains(&freed));
+        // The ids this test skipped were never written, so restore counts them as
+        // free too; leave only the freed one to watch its reuse.
+        restored.free_backends.retain(|&id| id == freed);
+        let plan = restored
+            .apply(&cfg(&[(
+                "web",
+                "198.18.100.1",
+                &[("198.18.1.2", 1, "active"), ("198.18.1.9", 1, "active")],
+            )]))
+            .unwrap();
+        let (id, b) = plan.backend_writes[0];
+        assert_eq!(id, freed, "the only free slot");
+        assert_eq!(b.generation, old.generation + 1);
+        assert_eq!(plan.owner_writes, vec![(freed, 1)]);
+    }
+
+    #[test]
+    fn an_owner_entry_lost_in_a_crash_is_recovered_from_the_table() {
+        let (original, mut dp, last) = history();
+        dp.owners.clear();
+        let mut restored = Planner::restore(4, M, &dp.snapshot().unwrap()).unwrap();
+        // Active backends are found through their service's table; the draining
+        // one is in no table, so it counts as free and is re-allocated.
+        let plan = restored.apply(&last).unwrap();
+        assert_eq!(plan.backend_writes.len(), 1, "{plan:?}");
+        let draining = original.assignments()[0]
+            .slots
+            .iter()
+            .find(|s| s.addr == "198.18.1.3:8080".parse().unwrap())
+            .copied()
+            .unwrap();
+        assert_ne!(plan.backend_writes[0].0, draining.id);
+    }
+
+    #[test]
+    fn inconsistent_maps_are_refused() {
+        let (_, dp, _) = history();
+        let mut snap = dp.snapshot().unwrap();
+        snap.services[0].1.ring_offset += 1;
+        assert!(matches!(
+            Planner::restore(4, M, &snap),
+            Err(RestoreError::RingOffset { .. })
+        ));
+        let mut snap = dp.snapshot().unwrap();
+        snap.services[0].1.id = 9;
+        assert_eq!(
+            Planner::restore(4, M, &snap).unwrap_err(),
+            RestoreError::ServiceId { id: 9, max: 4 }
+        );
+        let mut snap = dp.snapshot().unwrap();
+        snap.services[0].2.pop();
+        assert!(matches!(
+            Planner::restore(4, M, &snap),
+            Err(RestoreError::TableSize { .. })
+        ));
     }
 }

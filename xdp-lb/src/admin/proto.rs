@@ -217,6 +217,15 @@ pub struct Status {
     pub rate_window_secs: f64,
     /// The latest changes, oldest first.
     pub recent_events: Vec<Event>,
+    /// Where this run's maps and links are pinned (None: not pinned).
+    #[serde(default)]
+    pub pin_dir: Option<String>,
+    /// This run adopted pinned state a previous run left behind.
+    #[serde(default)]
+    pub adopted: bool,
+    /// Flow-table entries found when the state was adopted.
+    #[serde(default)]
+    pub adopted_flows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

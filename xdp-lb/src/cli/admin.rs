@@ -466,6 +466,21 @@ fn render_status(s: &Status) -> String {
         s.config_file.as_deref().unwrap_or("(flags only)"),
         s.interfaces.join(", ")
     );
+    match (&s.pin_dir, s.adopted) {
+        (Some(dir), true) => {
+            let _ = writeln!(
+                out,
+                "state: adopted from {dir} at start ({} flows found)",
+                s.adopted_flows
+            );
+        }
+        (Some(dir), false) => {
+            let _ = writeln!(out, "state: started empty, pinned in {dir}");
+        }
+        (None, _) => {
+            let _ = writeln!(out, "state: not pinned");
+        }
+    }
     let mut rows = vec![header()];
     for svc in &s.services {
         let _ = writeln!(

@@ -30,6 +30,20 @@ pub enum Command {
         args: RunArgs,
         #[command(flatten)]
         admin: AdminServeArgs,
+        #[command(flatten)]
+        pin: PinDirArg,
+        /// Start from empty maps: drop the pinned flow table, NAT state and counters
+        /// of a previous run (its established connections are lost). Needed when
+        /// the pinned state does not fit this binary or configuration.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Detach the balancer's pinned programs from every interface and remove the
+    /// pinned maps. `run` leaves both in place when it exits (so a restart keeps
+    /// every connection); this is how to remove them.
+    Detach {
+        #[command(flatten)]
+        pin: PinDirArg,
     },
     /// Validate a configuration (file and/or flags) and print what `run` would program.
     ///
@@ -62,6 +76,15 @@ pub enum Command {
     Reload(AdminArgs),
     /// HTTP cache tier: caching reverse proxy with a Redis-backed shared cache.
     Cache(crate::cache::CacheArgs),
+}
+
+/// Where the state that outlives `run` is pinned.
+#[derive(Args, Debug, Clone)]
+pub struct PinDirArg {
+    /// Directory on a bpf file system for the pinned maps (in a subdirectory per
+    /// layout version) and links. Under /sys/fs/bpf, bpffs is mounted if it is not.
+    #[arg(long, default_value = crate::dataplane::pin::DEFAULT_PIN_DIR, env = "XDP_LB_PIN_DIR")]
+    pub pin_dir: PathBuf,
 }
 
 /// Where `run` serves the admin API.
@@ -177,15 +200,25 @@ pub fn init_logging(verbose: u8) {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => check(&args),
-        Command::Run { args, admin } => crate::daemon::run(
+        Command::Run {
+            args,
+            admin,
+            pin,
+            fresh,
+        } => crate::daemon::run(
             args.sources(),
             crate::daemon::AdminOptions {
                 socket: admin.admin_socket,
                 listen: admin.admin_listen,
                 token_file: admin.admin_token_file,
             },
+            crate::daemon::PinArgs {
+                dir: pin.pin_dir,
+                fresh,
+            },
         )
         .map_err(anyhow::Error::new),
+        Command::Detach { pin } => crate::daemon::detach(&pin.pin_dir).map_err(anyhow::Error::new),
         Command::XdpPass { ifaces } => crate::daemon::xdp_pass(&ifaces).map_err(anyhow::Error::new),
         Command::Status(args) => admin::status(&args),
         Command::Backend(cmd) => admin::backend(cmd),

@@ -60,6 +60,17 @@ pub struct Controller<D> {
     samples: VecDeque<Sample>,
     flow_scan_limit: u64,
     interfaces: Vec<String>,
+    pinned: Option<Pinned>,
+}
+
+/// Where this run's state is pinned and what it found there at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub dir: std::path::PathBuf,
+    /// Pinned state of a previous run was adopted.
+    pub adopted: bool,
+    /// Flow-table entries found at adoption.
+    pub flows: u64,
 }
 
 impl<D: Dataplane> Controller<D> {
@@ -88,6 +99,7 @@ impl<D: Dataplane> Controller<D> {
             samples: VecDeque::new(),
             flow_scan_limit: DEFAULT_FLOW_SCAN_LIMIT,
             interfaces,
+            pinned: None,
         };
         for change in initial {
             c.record(Origin::File, None, change);
@@ -97,6 +109,15 @@ impl<D: Dataplane> Controller<D> {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Records where the state is pinned, for `status` and the exit message.
+    pub fn set_pinned(&mut self, pinned: Pinned) {
+        self.pinned = Some(pinned);
+    }
+
+    pub fn pinned(&self) -> Option<&Pinned> {
+        self.pinned.as_ref()
     }
 
     pub fn planner(&self) -> &Planner {
@@ -504,6 +525,9 @@ impl<D: Dataplane> Controller<D> {
             flows_truncated: flows.truncated,
             rate_window_secs: window,
             recent_events: self.events.iter().cloned().collect(),
+            pin_dir: self.pinned.as_ref().map(|p| p.dir.display().to_string()),
+            adopted: self.pinned.as_ref().is_some_and(|p| p.adopted),
+            adopted_flows: self.pinned.as_ref().map_or(0, |p| p.flows),
         }
     }
 

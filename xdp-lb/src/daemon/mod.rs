@@ -19,10 +19,13 @@ use tokio::{
 use crate::{
     admin::server::{AdminServer, Envelope, ServerError},
     config::{self, Config, ConfigError, Sources, XdpMode},
-    dataplane::{self, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM, PROGRAM},
-    plan::{PlanError, Planner},
+    dataplane::{
+        self, pin::PinOptions, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM,
+        PROGRAM,
+    },
+    plan::{PlanError, Planner, RestoreError},
 };
-use controller::Controller;
+use controller::{Controller, Pinned};
 
 /// How often backends' neighbour entries are refreshed (see `prime_neighbours`).
 const NEIGH_REFRESH: Duration = Duration::from_secs(5);
@@ -34,6 +37,15 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most XDP interfaces one run attaches to: the TX_PORTS device map's size.
 pub const MAX_INTERFACES: usize = 64;
+
+/// Where `run` keeps the state that outlives it.
+#[derive(Debug, Clone)]
+pub struct PinArgs {
+    /// Base directory on bpffs (see `dataplane::pin`).
+    pub dir: PathBuf,
+    /// Start from empty maps, dropping whatever is pinned.
+    pub fresh: bool,
+}
 
 /// Where the admin API listens.
 #[derive(Debug, Clone)]
@@ -68,6 +80,10 @@ pub enum DaemonError {
     Admin(#[source] ServerError),
     #[error("the data plane")]
     Dataplane(#[source] DataplaneError),
+    #[error("the pinned maps cannot be read back into a plan; start with `xdp-lb run --fresh` to replace them (established connections are lost)")]
+    Restore(#[source] RestoreError),
+    #[error("removing the pinned state")]
+    Detach(#[source] DataplaneError),
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -96,7 +112,7 @@ pub fn check_interfaces(ifaces: &[String]) -> Result<(), DaemonError> {
     Ok(())
 }
 
-pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
+pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), DaemonError> {
     // Everything that can be wrong with the input is found before the kernel is touched.
     let (cfg, text) = config::load_with_text(&sources).map_err(DaemonError::Config)?;
     check_interfaces(&cfg.interfaces)?;
@@ -137,9 +153,40 @@ pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
         ring_entries: xdp_lb_common::wire::ring_entries(cfg.max_services, cfg.max_table_size),
         flow_table_size: cfg.flow_table_size,
     };
-    let mut dp = AyaDataplane::load(sizes).map_err(DaemonError::Dataplane)?;
+    let pin_opts = PinOptions {
+        dir: pin.dir.clone(),
+        fresh: pin.fresh,
+        max_services: cfg.max_services,
+        max_table_size: cfg.max_table_size,
+    };
+    let (mut dp, adopted) =
+        AyaDataplane::load_pinned(sizes, &pin_opts).map_err(DaemonError::Dataplane)?;
+    let (planner, plan, flows) = if adopted {
+        // Ids, generations and table halves come from the kernel, not from a fresh
+        // allocation: the configuration is then applied as a diff on top.
+        let snap = dp.snapshot().map_err(DaemonError::Dataplane)?;
+        let mut restored = Planner::restore(cfg.max_services, cfg.max_table_size, &snap)
+            .map_err(DaemonError::Restore)?;
+        let plan = restored.apply(&cfg).map_err(DaemonError::Plan)?;
+        let flows = dp
+            .flow_counts(controller::DEFAULT_FLOW_SCAN_LIMIT)
+            .map_err(DaemonError::Dataplane)?
+            .scanned;
+        log::info!(
+            "adopted pinned state from {}: {} service(s), {} backend slot(s), {flows} flow(s); {} change(s) to apply",
+            pin.dir.display(),
+            snap.services.len(),
+            snap.backends.len(),
+            plan.changes.len()
+        );
+        (restored, plan, flows)
+    } else {
+        (planner, plan, 0)
+    };
     // Program the maps before attaching, so the first packet already sees the services.
     dp.apply(&plan).map_err(DaemonError::Dataplane)?;
+    dataplane::pin::detach_other_links(&pin.dir, &cfg.interfaces)
+        .map_err(DaemonError::Dataplane)?;
     for iface in &cfg.interfaces {
         let mode = dp
             .attach(PROGRAM, iface, cfg.xdp_mode)
@@ -153,7 +200,20 @@ pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
         .map(|(i, m)| format!("{i} ({m})"))
         .collect();
     let interfaces = cfg.interfaces.clone();
-    let ctl = Controller::new(sources, cfg, text, planner, dp, plan.changes, interfaces);
+    let mut ctl = Controller::new(sources, cfg, text, planner, dp, plan.changes, interfaces);
+    ctl.set_pinned(Pinned {
+        dir: pin.dir,
+        adopted,
+        flows,
+    });
+    println!(
+        "xdp-lb state: {}",
+        if adopted {
+            format!("adopted ({flows} flows)")
+        } else {
+            "fresh".to_string()
+        }
+    );
     rt.block_on(serve(ctl, cache, admin_server, attached))
 }
 
@@ -298,10 +358,17 @@ async fn serve(
             Err(_) => log::warn!("cache tier did not stop within {CACHE_STOP_TIMEOUT:?}"),
         }
     }
-    log::info!(
-        "detaching from {} interface(s)",
-        ctl.dataplane().attached().len()
-    );
+    match ctl.pinned() {
+        Some(p) => log::info!(
+            "leaving the program attached to {} interface(s) with its state pinned in {}: the next `xdp-lb run` adopts it, `xdp-lb detach` removes it",
+            ctl.dataplane().attached().len(),
+            p.dir.display()
+        ),
+        None => log::info!(
+            "detaching from {} interface(s)",
+            ctl.dataplane().attached().len()
+        ),
+    }
     drop(ctl);
     result
 }
@@ -376,6 +443,24 @@ fn prime_neighbours(cfg: &Config) {
             }
         }
     }
+}
+
+/// `xdp-lb detach`: detaches the pinned programs and removes every pin.
+pub fn detach(dir: &std::path::Path) -> Result<(), DaemonError> {
+    require_root("xdp-lb detach")?;
+    let done = dataplane::pin::detach(dir).map_err(DaemonError::Detach)?;
+    if done.links.is_empty() && done.layouts.is_empty() {
+        println!("nothing pinned in {}", dir.display());
+    } else {
+        println!(
+            "detached from {} interface(s) ({}); removed pinned state {} in {}",
+            done.links.len(),
+            done.links.join(", "),
+            done.layouts.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// `xdp-lb xdp-pass`: attach the pass-everything program and wait for a signal.

@@ -1,17 +1,30 @@
 //! The aya implementation of `Dataplane`: loads the embedded XDP object with maps
 //! sized from the configuration, attaches it to interfaces, performs a `Plan`'s map
 //! writes in order, and reads the counters back.
+use std::path::PathBuf;
+
 use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use xdp_lb_common::{
-    reason, Backend, Counters, FlowKey, FlowValue, ReplyTarget, Service, ServiceKey, MAX_BACKENDS,
+    reason, Backend, Counters, FlowKey, FlowValue, Layout, ReplyTarget, Service, ServiceKey,
+    MAX_BACKENDS,
 };
 
-use super::{Dataplane, DataplaneError, FlowCounts, MapSizes};
-use crate::{config, plan::Plan};
+use super::{
+    pin::{self, Found, PinOptions},
+    Dataplane, DataplaneError, FlowCounts, MapSizes,
+};
+use crate::{
+    config,
+    plan::{Plan, Snapshot},
+};
 
 /// The XDP object built from xdp-lb-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -29,6 +42,13 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 pub struct AyaDataplane {
     ebpf: Ebpf,
     attached: Vec<(String, &'static str)>,
+    /// Base pin directory when the maps are pinned: attaching then pins (or adopts)
+    /// a link per interface there.
+    pin_dir: Option<PathBuf>,
+    /// Links this run created and pinned; dropping them only closes our descriptor.
+    pinned_links: Vec<PinnedLink>,
+    /// The pin directory's lock, held as long as this run uses it.
+    _pin_lock: Option<std::fs::File>,
     /// Reader of the program's rare-event log lines; holds the ring buffer's only
     /// fd, so it lives as long as the programs may be (re)loaded.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -68,10 +88,59 @@ impl AyaDataplane {
         let mut dp = AyaDataplane {
             ebpf,
             attached: Vec::new(),
+            pin_dir: None,
+            pinned_links: Vec::new(),
+            _pin_lock: None,
             kernel_log,
         };
         dp.load_program(PROGRAM)?;
         Ok(dp)
+    }
+
+    /// Loads the object with the maps of `pin::PINNED_MAPS` pinned in
+    /// `opts.map_dir()`: adopted when compatible pinned maps are there (returns
+    /// true), created and pinned otherwise. Incompatible pinned state is refused
+    /// unless `opts.fresh`. Links made by `attach` are pinned too.
+    pub fn load_pinned(sizes: MapSizes, opts: &PinOptions) -> Result<(Self, bool), DataplaneError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::StubObject);
+        }
+        let (found, lock) = pin::prepare(opts, &sizes)?;
+        let map_dir = opts.map_dir();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
+            .map_max_entries("FLOWS", sizes.flow_table_size)
+            .map_max_entries("NAT_REVERSE", sizes.flow_table_size);
+        for name in pin::PINNED_MAPS {
+            loader.map_pin_path(name, map_dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("the XDP program's log is not available: {e}");
+                None
+            }
+        };
+        let mut dp = AyaDataplane {
+            ebpf,
+            attached: Vec::new(),
+            pin_dir: Some(opts.dir.clone()),
+            pinned_links: Vec::new(),
+            _pin_lock: Some(lock),
+            kernel_log,
+        };
+        if found == Found::Nothing {
+            // Written once the maps exist: a start interrupted before this leaves
+            // pins without a record, which the next start refuses (never misreads).
+            let mut layout: Array<&mut MapData, Layout> = dp.map("LAYOUT")?;
+            layout
+                .set(0, opts.layout(&sizes), 0)
+                .map_err(map_err("LAYOUT"))?;
+        }
+        dp.load_program(PROGRAM)?;
+        Ok((dp, found == Found::Adoptable))
     }
 
     /// Loads (verifies) one program of the object.
@@ -109,9 +178,20 @@ impl AyaDataplane {
         mode: config::XdpMode,
     ) -> Result<&'static str, DataplaneError> {
         let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface(iface.to_string()))?;
+        let link_path = match (&self.pin_dir, program) {
+            (Some(dir), PROGRAM) => Some(pin::link_path(dir, iface)),
+            _ => None,
+        };
+        if let Some(path) = &link_path {
+            if self.replace_pinned(program, iface, path)? {
+                self.add_tx_port(idx)?;
+                self.attached.push((iface.to_string(), "replaced in place"));
+                return Ok("replaced in place");
+            }
+        }
         let prog = self.load_program(program)?;
         let attempt = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
-            prog.attach(iface, m).map(|_| label).map_err(|source| {
+            prog.attach(iface, m).map_err(|source| {
                 // Another program in place is not a missing driver feature: falling
                 // back to generic mode would stack a second balancer behind it.
                 let os = os_error(&source);
@@ -126,26 +206,97 @@ impl AyaDataplane {
                 }
             })
         };
-        let used = match mode {
-            config::XdpMode::Native => attempt(prog, XdpMode::Driver, "native")?,
-            config::XdpMode::Generic => attempt(prog, XdpMode::Skb, "generic")?,
+        let (link, used) = match mode {
+            config::XdpMode::Native => (attempt(prog, XdpMode::Driver, "native")?, "native"),
+            config::XdpMode::Generic => (attempt(prog, XdpMode::Skb, "generic")?, "generic"),
             config::XdpMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
-                Ok(m) => m,
+                Ok(l) => (l, "native"),
                 Err(e @ DataplaneError::Busy(_)) => return Err(e),
                 Err(e) => {
                     log::warn!(
                         "{iface}: native XDP unavailable ({}); falling back to generic (SKB) mode, which is much slower",
                         error_chain(&e)
                     );
-                    attempt(prog, XdpMode::Skb, "generic")?
+                    (attempt(prog, XdpMode::Skb, "generic")?, "generic")
                 }
             },
         };
+        if let Some(path) = link_path {
+            // A pinned link keeps the program attached when this process exits or
+            // is killed, until `xdp-lb detach` or the next run replaces it.
+            let owned = prog
+                .take_link(link)
+                .map_err(|source| DataplaneError::Program {
+                    name: program,
+                    source,
+                })?;
+            match FdLink::try_from(owned) {
+                Ok(fd) => {
+                    let pinned = fd.pin(&path).map_err(|source| DataplaneError::PinLink {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    self.pinned_links.push(pinned);
+                }
+                Err(e) => {
+                    // Old kernels attach through netlink, which cannot be pinned;
+                    // such an attachment also outlives the process, but a restart
+                    // cannot replace it atomically.
+                    log::warn!("{iface}: the XDP attachment is not a bpf_link ({e}); it cannot be pinned or replaced in place");
+                }
+            }
+        }
         if program == PROGRAM {
             self.add_tx_port(idx)?;
         }
         self.attached.push((iface.to_string(), used));
         Ok(used)
+    }
+
+    /// Swaps `program` into the link pinned at `path` (one `bpf_link_update`: the
+    /// interface never runs without a program). False when there is no usable
+    /// pinned link (none, or its interface went away), after removing a dead pin.
+    fn replace_pinned(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+        path: &std::path::Path,
+    ) -> Result<bool, DataplaneError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let link = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+            iface: iface.to_string(),
+            source,
+        })?;
+        let fd: FdLink = link.into();
+        let xdp_link = XdpLink::try_from(fd).map_err(|source| DataplaneError::Link {
+            iface: iface.to_string(),
+            source,
+        })?;
+        let prog = self.load_program(program)?;
+        match prog.attach_to_link(xdp_link) {
+            Ok(_) => {
+                log::info!("{iface}: replaced the program on the pinned link in place");
+                Ok(true)
+            }
+            // The link outlived its interface (deleted and re-created): attach anew.
+            Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
+                log::info!(
+                    "{iface}: the pinned link is defunct (interface re-created); attaching anew"
+                );
+                std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok(false)
+            }
+            Err(source) => Err(DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode: "replace",
+                source,
+            }),
+        }
     }
 
     /// Lets the program XDP_REDIRECT frames to interface `ifindex` (every interface
@@ -278,20 +429,69 @@ impl Dataplane for AyaDataplane {
                 backends.set(*id, *b, 0).map_err(map_err("BACKENDS"))?;
             }
         }
-        let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> =
-            self.map("BACKEND_REPLIES")?;
-        for k in &plan.reply_deletes {
-            match replies.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(DataplaneError::Map {
-                        map: "BACKEND_REPLIES",
-                        source,
-                    })
+        {
+            let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> =
+                self.map("BACKEND_REPLIES")?;
+            for k in &plan.reply_deletes {
+                match replies.remove(k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(source) => {
+                        return Err(DataplaneError::Map {
+                            map: "BACKEND_REPLIES",
+                            source,
+                        })
+                    }
                 }
             }
         }
+        let mut owners: Array<&mut MapData, u32> = self.map("BACKEND_OWNERS")?;
+        for (id, owner) in &plan.owner_writes {
+            owners
+                .set(*id, *owner, 0)
+                .map_err(map_err("BACKEND_OWNERS"))?;
+        }
         Ok(())
+    }
+
+    /// Reads SERVICES (and each live table), every used BACKENDS slot with its
+    /// owner, and BACKEND_REPLIES. One lookup per entry: at most MAX_BACKENDS
+    /// backend reads plus the live tables' entries, once per start.
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
+        let ring: Array<&MapData, u32> = self.map_ref("MAGLEV_RING")?;
+        let mut snap = Snapshot::default();
+        for entry in services.iter() {
+            let (key, svc) = entry.map_err(map_err("SERVICES"))?;
+            let end = svc.ring_offset.checked_add(svc.ring_size);
+            if end.is_none_or(|e| e > ring.len()) {
+                return Err(DataplaneError::Inconsistent {
+                    map: "SERVICES",
+                    what: "a table outside MAGLEV_RING",
+                });
+            }
+            let table = (svc.ring_offset..svc.ring_offset + svc.ring_size)
+                .map(|i| ring.get(&i, 0).map_err(map_err("MAGLEV_RING")))
+                .collect::<Result<Vec<u32>, _>>()?;
+            snap.services.push((key, svc, table));
+        }
+        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+        let owners: Array<&MapData, u32> = self.map_ref("BACKEND_OWNERS")?;
+        for id in 0..backends.len() {
+            let b = backends.get(&id, 0).map_err(map_err("BACKENDS"))?;
+            if b.generation == 0 {
+                continue;
+            }
+            let owner = owners.get(&id, 0).map_err(map_err("BACKEND_OWNERS"))?;
+            snap.backends.push((id, b, owner));
+        }
+        let replies: HashMap<&MapData, ServiceKey, ReplyTarget> =
+            self.map_ref("BACKEND_REPLIES")?;
+        for entry in replies.iter() {
+            snap.replies
+                .push(entry.map_err(map_err("BACKEND_REPLIES"))?);
+        }
+        snap.services.sort_by_key(|(_, s, _)| s.id);
+        Ok(snap)
     }
 
     /// Global verdict counters, summed over CPUs, by `reason` index.

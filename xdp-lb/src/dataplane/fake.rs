@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use xdp_lb_common::{Backend, Counters, ReplyTarget, Service, ServiceKey, NO_BACKEND};
 
 use super::{Dataplane, DataplaneError, FlowCounts};
-use crate::plan::Plan;
+use crate::plan::{Plan, Snapshot};
 
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
@@ -13,6 +13,8 @@ pub struct FakeDataplane {
     pub ring: HashMap<u32, u32>,
     pub services: HashMap<ServiceKey, Service>,
     pub replies: HashMap<ServiceKey, ReplyTarget>,
+    /// BACKEND_OWNERS: backend id -> service id + 1.
+    pub owners: HashMap<u32, u32>,
     pub service_counters: HashMap<u32, Counters>,
     pub backend_counters: HashMap<u32, Counters>,
     pub flows: FlowCounts,
@@ -59,6 +61,7 @@ impl Dataplane for FakeDataplane {
         for k in &plan.reply_deletes {
             self.replies.remove(k);
         }
+        self.owners.extend(plan.owner_writes.iter().copied());
         self.applied += 1;
         Ok(())
     }
@@ -77,5 +80,26 @@ impl Dataplane for FakeDataplane {
 
     fn flow_counts(&self, _limit: u64) -> Result<FlowCounts, DataplaneError> {
         Ok(self.flows.clone())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        let mut snap = Snapshot {
+            services: self
+                .services
+                .iter()
+                .map(|(k, s)| (*k, *s, self.table(k)))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .filter(|(_, b)| b.generation != 0)
+                .map(|(id, b)| (*id, *b, self.owners.get(id).copied().unwrap_or(0)))
+                .collect(),
+            replies: self.replies.iter().map(|(k, t)| (*k, *t)).collect(),
+        };
+        // The kernel walks maps in its own order; sort so tests are deterministic.
+        snap.services.sort_by_key(|(_, s, _)| s.id);
+        snap.backends.sort_by_key(|(id, _, _)| *id);
+        Ok(snap)
     }
 }

@@ -3,6 +3,7 @@
 //! and everything above it are tested as plain Rust without root.
 mod bpf;
 mod fake;
+pub mod pin;
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ pub use bpf::{error_chain, ifindex, AyaDataplane, EBPF_OBJECT, PASS_PROGRAM, PRO
 pub use fake::FakeDataplane;
 use xdp_lb_common::Counters;
 
-use crate::plan::Plan;
+use crate::plan::{Plan, Snapshot};
 
 /// What the control plane needs from a data plane once it is loaded and attached.
 /// Reads take `&self`: status and metrics never need exclusive access.
@@ -27,6 +28,9 @@ pub trait Dataplane: Send {
     /// Entries of the flow table per (backend id, generation), walking at most
     /// `limit` entries.
     fn flow_counts(&self, limit: u64) -> Result<FlowCounts, DataplaneError>;
+    /// What the maps hold now (services with their live tables, backend records
+    /// with their owners, NAT reply targets): what `Planner::restore` rebuilds from.
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError>;
 }
 
 /// The flow table's entries counted per backend slot occupant.
@@ -81,4 +85,46 @@ pub enum DataplaneError {
     },
     #[error("the fake data plane was told to fail this write")]
     Injected,
+    #[error("the embedded XDP object cannot be parsed")]
+    Parse(#[source] aya_obj::ParseError),
+    #[error("pinned state in {dir} cannot be adopted: {diff}. Start with `xdp-lb run --fresh` to replace it with empty maps (established connections are lost), or run with the settings it was made with")]
+    Incompatible {
+        dir: std::path::PathBuf,
+        diff: pin::LayoutDiff,
+    },
+    #[error("pin directory {0} is not on a bpf file system: mount one (`mount -t bpf bpf DIR`) or choose --pin-dir under /sys/fs/bpf")]
+    NotBpffs(std::path::PathBuf),
+    #[error("cannot mount a bpf file system on {dir} for the pinned state (needs CAP_SYS_ADMIN; or mount one yourself with `mount -t bpf bpf {dir}`)")]
+    BpffsMount {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another xdp-lb run uses the pin directory {0}: stop it first, or give this one another --pin-dir")]
+    PinDirInUse(std::path::PathBuf),
+    #[error("pinned state at {path}")]
+    PinIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning the XDP link at {path}")]
+    PinLink {
+        path: std::path::PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error(
+        "the pinned XDP link of {iface} cannot be used (remove everything with `xdp-lb detach`)"
+    )]
+    Link {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinned map {map} holds {what} that this binary does not understand")]
+    Inconsistent {
+        map: &'static str,
+        what: &'static str,
+    },
 }

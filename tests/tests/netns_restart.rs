@@ -1,0 +1,398 @@
+//! Restarts without losing a connection: paced uploads through the VIP (each ~15 s,
+//! SHA-256 verified by the backend at the end) while `xdp-lb run` is stopped and
+//! started again, killed with SIGKILL and started again, or restarted with more
+//! backends; the program stays attached from pinned state throughout and the next
+//! start adopts it. Also: pinned state of another layout is refused, `--fresh` starts
+//! clean, `xdp-lb detach` removes everything.
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+use xdp_lb_tests::{
+    admin::AdminCli,
+    client::LineClient,
+    lb::XdpLbProcess,
+    lbconfig::{self, ConfigFile},
+    pins, require_root,
+    scenario::{self, test_data},
+    servers::hex,
+    topology::{IFACE, TCP_PORT},
+    Forwarding, Topology,
+};
+
+/// Parallel connections per test: with Maglev spreading them, every backend gets some.
+const CONNECTIONS: usize = 8;
+/// Bytes per connection, sent in CHUNK writes PAUSE apart: about 15 s per upload.
+const LEN: usize = 4 << 20;
+const CHUNK: usize = 32 << 10;
+const PAUSE: Duration = Duration::from_millis(115);
+/// Bounded waits for events (not thresholds on how fast anything is).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(topo: &Topology, backends: &[usize], flow_table_size: Option<u32>) -> String {
+    let mut svc = scenario::service(topo, false, TCP_PORT, "tcp", &[]);
+    svc.backends = backends
+        .iter()
+        .map(|&i| scenario::backend_spec(topo, i, false, TCP_PORT, 1))
+        .collect();
+    let body = lbconfig::render(&[IFACE], &[svc]);
+    match flow_table_size {
+        Some(n) => format!("flow_table_size = {n}\n{body}"),
+        None => body,
+    }
+}
+
+fn start(topo: &Topology, file: &ConfigFile, extra: &[&str]) -> XdpLbProcess {
+    topo.start_lb(&run_args(file, extra))
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
+fn run_args(file: &ConfigFile, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// One paced upload on its own thread in the client namespace.
+struct Upload {
+    sent: Arc<AtomicUsize>,
+    handle: thread::JoinHandle<xdp_lb_tests::Result<Result<(String, Instant), String>>>,
+}
+
+struct Done {
+    backend: String,
+    finished: Instant,
+}
+
+fn start_uploads(topo: &Topology, n: usize) -> Vec<Upload> {
+    let vip = topo.vip(false, TCP_PORT);
+    (0..n)
+        .map(|_| {
+            let sent = Arc::new(AtomicUsize::new(0));
+            let progress = sent.clone();
+            let handle = topo.client.spawn(move || {
+                let data = test_data(LEN);
+                let want = hex(&Sha256::digest(&data));
+                let mut c = LineClient::connect(vip).map_err(|e| format!("connect: {e}"))?;
+                let backend = c.greeting().to_string();
+                let got = c
+                    .sha_paced(&data, CHUNK, PAUSE, &progress)
+                    .map_err(|e| format!("upload to {backend}: {e}"))?;
+                if got != want {
+                    return Err(format!(
+                        "{backend} received other bytes: sha256 {got}, sent {want}"
+                    ));
+                }
+                Ok((backend, Instant::now()))
+            });
+            Upload { sent, handle }
+        })
+        .collect()
+}
+
+/// Waits until every upload has sent at least `fraction` of its bytes.
+fn wait_progress(uploads: &[Upload], fraction: f64, lb: Option<&XdpLbProcess>) {
+    let deadline = Instant::now() + WAIT;
+    let want = (LEN as f64 * fraction) as usize;
+    loop {
+        let sent: Vec<usize> = uploads
+            .iter()
+            .map(|u| u.sent.load(Ordering::Relaxed))
+            .collect();
+        if sent.iter().all(|&s| s >= want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads did not reach {want} bytes within {WAIT:?}: {sent:?}\n{}",
+            lb.map(|l| l.output()).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finish(uploads: Vec<Upload>, lb: &XdpLbProcess) -> Vec<Done> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for u in uploads {
+        match u.handle.join().expect("upload thread panicked") {
+            Ok(Ok((backend, finished))) => out.push(Done { backend, finished }),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("entering the client namespace: {e}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {CONNECTIONS} uploads failed: {errors:#?}\n{}",
+        errors.len(),
+        lb.output()
+    );
+    out
+}
+
+/// (link id, program id) of the pinned link on the lb's interface.
+fn link_ids(topo: &Topology) -> (u64, u64) {
+    let path = pins::dir_for(topo.lb.name()).join(format!("link-{IFACE}"));
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&path)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool link show pinned {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    (
+        v["id"].as_u64().expect("link id"),
+        v["prog_id"].as_u64().expect("prog id"),
+    )
+}
+
+/// The flow count from `xdp-lb state: adopted (N flows)`, or None for a fresh start.
+fn adopted_flows(lb: &XdpLbProcess) -> Option<u64> {
+    let line = lb.stdout_lines("xdp-lb state:").pop()?;
+    let n = line
+        .strip_prefix("xdp-lb state: adopted (")?
+        .strip_suffix(" flows)")?;
+    Some(n.parse().expect("a number of flows"))
+}
+
+/// Stop (or kill) and start again mid-transfer; every upload completes intact.
+fn restart_mid_transfer(mode: Forwarding, kill: bool) {
+    require_root();
+    let topo = scenario::xdp_topology(3, mode);
+    let file = ConfigFile::new(&config(&topo, &[1, 2, 3], None)).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    assert_eq!(adopted_flows(&lb), None, "{}", lb.output());
+    let (link_before, prog_before) = link_ids(&topo);
+
+    let uploads = start_uploads(&topo, CONNECTIONS);
+    wait_progress(&uploads, 0.25, Some(&lb));
+    let flows_before = AdminCli::new(&lb).json(&["status"])["flows_scanned"]
+        .as_u64()
+        .expect("flows_scanned");
+    if kill {
+        lb.kill();
+        // No xdp-lb process now: the pinned program keeps forwarding. Proof: every
+        // upload makes progress before anything is started again.
+        let at_kill: Vec<usize> = uploads
+            .iter()
+            .map(|u| u.sent.load(Ordering::Relaxed))
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        while uploads
+            .iter()
+            .zip(&at_kill)
+            .any(|(u, &s)| u.sent.load(Ordering::Relaxed) < s + 4 * CHUNK)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "uploads stalled after SIGKILL\n{}",
+                lb.output()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        let status = lb.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "xdp-lb did not exit cleanly: {status:?}\n{}",
+            lb.output()
+        );
+    }
+    assert!(
+        pins::exists(topo.lb.name()),
+        "nothing pinned after the first run"
+    );
+    let (link_between, prog_between) = link_ids(&topo);
+    assert_eq!(
+        (link_between, prog_between),
+        (link_before, prog_before),
+        "the program must stay attached while no xdp-lb runs"
+    );
+
+    let lb2 = start(&topo, &file, &[]);
+    let restarted = Instant::now();
+    let adopted = adopted_flows(&lb2).unwrap_or_else(|| panic!("not adopted\n{}", lb2.output()));
+    let (link_after, prog_after) = link_ids(&topo);
+    assert_eq!(link_after, link_before, "the same link, updated in place");
+    assert_ne!(prog_after, prog_before, "the new run's program is attached");
+    let status = AdminCli::new(&lb2).json(&["status"]);
+    assert_eq!(status["adopted"], true, "{status}");
+
+    let done = finish(uploads, &lb2);
+    assert!(
+        adopted >= CONNECTIONS as u64 && adopted >= flows_before,
+        "adopted {adopted} flows; {CONNECTIONS} connections, {flows_before} before the restart"
+    );
+    // Ordering, not speed: the new run was ready before the uploads ended, so the
+    // restart really happened under traffic.
+    assert!(
+        done.iter().all(|d| d.finished > restarted),
+        "an upload finished before the restart completed: make LEN larger"
+    );
+    let mut spread: Vec<&str> = done.iter().map(|d| d.backend.as_str()).collect();
+    spread.sort_unstable();
+    eprintln!(
+        "{mode:?} {}: {CONNECTIONS} uploads of {LEN} bytes intact across the restart on {spread:?}; {adopted} flows adopted; link {link_before}, program {prog_before} -> {prog_after}",
+        if kill { "SIGKILL" } else { "stop/start" }
+    );
+}
+
+#[test]
+fn nat_stop_and_start_mid_transfer_loses_nothing() {
+    restart_mid_transfer(Forwarding::Nat, false);
+}
+
+#[test]
+fn dsr_stop_and_start_mid_transfer_loses_nothing() {
+    restart_mid_transfer(Forwarding::Dsr, false);
+}
+
+#[test]
+fn sigkill_mid_transfer_keeps_forwarding_and_the_next_start_adopts() {
+    restart_mid_transfer(Forwarding::Nat, true);
+}
+
+/// Backends 1 and 2, restarted with 1..4: Maglev now sends about half of the
+/// established 5-tuples to backends 3 and 4, where no connection exists (they would
+/// answer with a reset). Only the adopted flow table keeps them on 1 and 2.
+#[test]
+fn backends_added_at_restart_leave_established_flows_alone() {
+    require_root();
+    let topo = scenario::xdp_topology(4, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 2], None)).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    let uploads = start_uploads(&topo, CONNECTIONS);
+    wait_progress(&uploads, 0.25, Some(&lb));
+    lb.stop();
+    file.write(&config(&topo, &[1, 2, 3, 4], None))
+        .expect("rewriting the config");
+    let lb2 = start(&topo, &file, &[]);
+    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
+    let done = finish(uploads, &lb2);
+    assert!(
+        done.iter()
+            .all(|d| d.backend == "backend-1" || d.backend == "backend-2"),
+        "connections started before backends 3 and 4 existed"
+    );
+    // New connections do reach the added backends.
+    let vip = topo.vip(false, TCP_PORT);
+    let names: Vec<String> = topo
+        .client
+        .run(|| {
+            (0..40)
+                .filter_map(|_| xdp_lb_tests::client::tcp_name(vip).ok().map(|(n, _)| n))
+                .collect()
+        })
+        .expect("client namespace");
+    assert_eq!(names.len(), 40, "new connections failed\n{}", lb2.output());
+    assert!(
+        names.iter().any(|n| n == "backend-3" || n == "backend-4"),
+        "no new connection reached an added backend: {names:?}"
+    );
+}
+
+#[test]
+fn layout_mismatch_is_refused_and_fresh_starts_clean() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    // Some flows to drop later.
+    let vip = topo.vip(false, TCP_PORT);
+    topo.client
+        .run(|| {
+            for _ in 0..5 {
+                xdp_lb_tests::client::tcp_name(vip).expect("connection through the VIP");
+            }
+        })
+        .expect("client namespace");
+    lb.stop();
+
+    // A map sized differently by the configuration.
+    file.write(&config(&topo, &[1, 2], Some(8192)))
+        .expect("rewriting the config");
+    let refused = topo
+        .start_lb(&run_args(&file, &[]))
+        .err()
+        .expect("a start over a different flow_table_size must be refused")
+        .to_string();
+    assert!(
+        refused.contains("flow_table_size = 4096") && refused.contains("--fresh"),
+        "{refused}"
+    );
+
+    // A layout record of another version (as a newer or older binary would leave).
+    file.write(&config(&topo, &[1, 2], Some(4096)))
+        .expect("rewriting the config");
+    let layout = pins::dir_for(topo.lb.name()).join("v1/LAYOUT");
+    let magic = u32::from_ne_bytes(*b"xlbL").to_ne_bytes();
+    let mut value: Vec<String> = magic.iter().map(|b| b.to_string()).collect();
+    value.extend(99u32.to_ne_bytes().iter().map(|b| b.to_string()));
+    value.extend(std::iter::repeat_n("0".to_string(), 16));
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&layout)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&value)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = topo
+        .start_lb(&run_args(&file, &[]))
+        .err()
+        .expect("another layout version must be refused")
+        .to_string();
+    assert!(
+        refused.contains("version 99") && refused.contains("--fresh"),
+        "{refused}"
+    );
+
+    let lb2 = start(&topo, &file, &["--fresh"]);
+    assert_eq!(adopted_flows(&lb2), None, "{}", lb2.output());
+    let status = AdminCli::new(&lb2).json(&["status"]);
+    assert_eq!(status["adopted"], false, "{status}");
+    assert_eq!(status["flows_scanned"], 0, "--fresh starts from empty maps");
+    // And it balances.
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after --fresh"))
+        .expect("client namespace");
+    drop(lb2);
+
+    // `xdp-lb detach` removes the program and every pin.
+    let bin = xdp_lb_tests::binary::xdp_lb_bin().expect("xdp-lb binary");
+    let out = topo
+        .lb
+        .command(&bin)
+        .env("XDP_LB_PIN_DIR", pins::dir_for(topo.lb.name()))
+        .arg("detach")
+        .output()
+        .expect("running xdp-lb detach");
+    assert!(
+        out.status.success(),
+        "xdp-lb detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins::exists(topo.lb.name()), "pins left after detach");
+    let link = topo.lb.ip(&["link", "show", IFACE]).expect("ip link show");
+    let text = String::from_utf8_lossy(&link.stdout);
+    assert!(!text.contains("xdp"), "a program is still attached: {text}");
+}

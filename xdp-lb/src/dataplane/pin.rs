@@ -1,0 +1,592 @@
+//! Pinned state: the maps that must outlive the process (flow table, NAT reply state,
+//! services, backends, tables, counters) live under bpffs in `<pin-dir>/v<LAYOUT>/`,
+//! and the XDP links in `<pin-dir>/link-<iface>`. A restarted daemon adopts both:
+//! the maps through `EbpfLoader::map_pin_path` (aya opens a pinned map instead of
+//! creating one), the links through `bpf_link_update`, which swaps the program on
+//! the interface in one step. Before anything is adopted, every pinned map is
+//! checked against what this binary would create, and the LAYOUT record against
+//! the configuration, so state is never misread.
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, MapData, MapInfo};
+use xdp_lb_common::{Layout, LAYOUT_MAGIC, LAYOUT_VERSION};
+
+use super::{DataplaneError, MapSizes};
+
+/// Where pinned state lives unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdp-lb";
+/// The mount point `run` mounts bpffs on when a pin directory under it has none.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Maps pinned and adopted across restarts. NEXTHOPS (a cache with a TTL) and
+/// TX_PORTS (filled by every attach) are rebuilt by each run, and the benchmark maps
+/// are not used by `run`.
+pub const PINNED_MAPS: [&str; 11] = [
+    "SERVICES",
+    "BACKENDS",
+    "MAGLEV_RING",
+    "FLOWS",
+    "BACKEND_REPLIES",
+    "NAT_REVERSE",
+    "SERVICE_STATS",
+    "BACKEND_STATS",
+    "GLOBAL_STATS",
+    "LAYOUT",
+    "BACKEND_OWNERS",
+];
+
+/// How `run` treats pinned state.
+#[derive(Debug, Clone)]
+pub struct PinOptions {
+    /// Base directory; maps go to `dir/v<LAYOUT_VERSION>`, links to `dir/link-<iface>`.
+    pub dir: PathBuf,
+    /// Drop whatever is pinned and start from empty maps.
+    pub fresh: bool,
+    /// Configuration values recorded in the LAYOUT record (they position tables in
+    /// MAGLEV_RING, so a restart must use the same ones).
+    pub max_services: u32,
+    pub max_table_size: u32,
+}
+
+impl PinOptions {
+    /// The directory of this binary's map layout.
+    pub fn map_dir(&self) -> PathBuf {
+        layout_dir(&self.dir)
+    }
+
+    /// The LAYOUT record this run writes, or expects to find.
+    pub fn layout(&self, sizes: &MapSizes) -> Layout {
+        Layout {
+            magic: LAYOUT_MAGIC,
+            version: LAYOUT_VERSION,
+            flow_table_size: sizes.flow_table_size,
+            max_services: self.max_services,
+            max_table_size: self.max_table_size,
+            _pad: 0,
+        }
+    }
+}
+
+fn layout_dir(base: &Path) -> PathBuf {
+    base.join(format!("v{LAYOUT_VERSION}"))
+}
+
+/// Path of the pinned link of `iface`.
+pub fn link_path(base: &Path, iface: &str) -> PathBuf {
+    base.join(format!("link-{iface}"))
+}
+
+/// Why pinned state cannot be adopted. Each names what differs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutDiff {
+    #[error("its layout record says version {pinned}, this binary uses layout {ours}")]
+    Version { pinned: u32, ours: u32 },
+    #[error(
+        "it holds state of another layout version ({found}; this binary uses v{LAYOUT_VERSION})"
+    )]
+    OtherVersion { found: String },
+    #[error("it was made with {key} = {pinned}, the configuration says {configured}")]
+    Setting {
+        key: &'static str,
+        pinned: u32,
+        configured: u32,
+    },
+    #[error("map {map}: {what} is {pinned} pinned but {ours} in this binary")]
+    Map {
+        map: &'static str,
+        what: &'static str,
+        pinned: u32,
+        ours: u32,
+    },
+    #[error("it has no valid layout record (an interrupted first start, or not made by xdp-lb)")]
+    NoRecord,
+    #[error("map {0} is missing")]
+    MissingMap(&'static str),
+}
+
+/// What `prepare` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing pinned (or `--fresh`): the loader creates and pins new maps.
+    Nothing,
+    /// Compatible pinned maps: the loader adopts them.
+    Adoptable,
+}
+
+/// Makes sure `opts.dir` is on bpffs (mounting bpffs on /sys/fs/bpf if the directory
+/// is under it and nothing is mounted there), then checks what is pinned.
+/// With `fresh`, removes pinned maps of every layout (the links stay: the new
+/// program replaces the old one through them, so the interface is never without one).
+/// Also returns the lock on the pin directory, to hold while the run lasts.
+pub fn prepare(
+    opts: &PinOptions,
+    sizes: &MapSizes,
+) -> Result<(Found, std::fs::File), DataplaneError> {
+    ensure_bpffs(&opts.dir)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataplaneError::PinIo { path, source }
+    };
+    std::fs::create_dir_all(&opts.dir).map_err(io(&opts.dir))?;
+    let lock = lock_dir(&opts.dir)?;
+    prepare_locked(opts, sizes).map(|found| (found, lock))
+}
+
+/// Takes the pin directory's lock: two daemons on one pin directory would swap each
+/// other's program out of the shared link and write the same maps.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(dir).map_err(|source| DataplaneError::PinIo {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: flock on a descriptor we own; the lock goes with the descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DataplaneError::PinDirInUse(dir.to_path_buf()));
+        }
+        return Err(DataplaneError::PinIo {
+            path: dir.to_path_buf(),
+            source: e,
+        });
+    }
+    Ok(f)
+}
+
+fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, DataplaneError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataplaneError::PinIo { path, source }
+    };
+    let ours = opts.map_dir();
+    // Other layout versions: state this binary cannot read.
+    for entry in std::fs::read_dir(&opts.dir).map_err(io(&opts.dir))? {
+        let entry = entry.map_err(io(&opts.dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_layout_dir = name.starts_with('v') && name[1..].bytes().all(|b| b.is_ascii_digit());
+        if !is_layout_dir || entry.path() == ours {
+            continue;
+        }
+        if opts.fresh {
+            log::info!("--fresh: removing pinned state of layout {name}");
+            remove_pins(&entry.path())?;
+        } else {
+            return Err(DataplaneError::Incompatible {
+                dir: opts.dir.clone(),
+                diff: LayoutDiff::OtherVersion { found: name },
+            });
+        }
+    }
+    if !ours.exists() {
+        std::fs::create_dir_all(&ours).map_err(io(&ours))?;
+        return Ok(Found::Nothing);
+    }
+    if opts.fresh {
+        log::info!("--fresh: removing pinned maps in {}", ours.display());
+        remove_pins(&ours)?;
+        std::fs::create_dir_all(&ours).map_err(io(&ours))?;
+        return Ok(Found::Nothing);
+    }
+    let pinned: Vec<&'static str> = PINNED_MAPS
+        .iter()
+        .copied()
+        .filter(|m| ours.join(m).exists())
+        .collect();
+    if pinned.is_empty() {
+        return Ok(Found::Nothing);
+    }
+    let incompatible = |diff| DataplaneError::Incompatible {
+        dir: ours.clone(),
+        diff,
+    };
+    check_record(&ours.join("LAYOUT"), &opts.layout(sizes)).map_err(incompatible)?;
+    let expected = expected_maps(sizes)?;
+    for (name, want) in expected {
+        let path = ours.join(name);
+        if !path.exists() {
+            return Err(incompatible(LayoutDiff::MissingMap(name)));
+        }
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map { map: name, source })?;
+        let got = MapShape {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if let Some(diff) = want.diff(name, &got) {
+            return Err(incompatible(diff));
+        }
+    }
+    Ok(Found::Adoptable)
+}
+
+/// The parts of a map definition that must match for a pinned map to be adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapShape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl MapShape {
+    fn diff(&self, map: &'static str, pinned: &MapShape) -> Option<LayoutDiff> {
+        let fields = [
+            ("type", pinned.map_type, self.map_type),
+            ("key size", pinned.key_size, self.key_size),
+            ("value size", pinned.value_size, self.value_size),
+            ("max_entries", pinned.max_entries, self.max_entries),
+        ];
+        fields
+            .into_iter()
+            .find(|(_, p, o)| p != o)
+            .map(|(what, pinned, ours)| LayoutDiff::Map {
+                map,
+                what,
+                pinned,
+                ours,
+            })
+    }
+}
+
+/// What the embedded object would create for each pinned map, with the sizes the
+/// configuration sets at load: read from the object itself, so a map changed in the
+/// eBPF crate is compared as it is built.
+fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(super::EBPF_OBJECT).map_err(DataplaneError::Parse)?;
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let m = obj.maps.get(name).ok_or(DataplaneError::Missing(name))?;
+            let max_entries = match name {
+                "MAGLEV_RING" => sizes.ring_entries.max(1),
+                "FLOWS" | "NAT_REVERSE" => sizes.flow_table_size,
+                _ => m.max_entries(),
+            };
+            Ok((
+                name,
+                MapShape {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Reads the pinned LAYOUT record and compares it with what this run needs.
+fn check_record(path: &Path, want: &Layout) -> Result<(), LayoutDiff> {
+    let got = read_record(path).ok_or(LayoutDiff::NoRecord)?;
+    layout_diff(&got, want).map_or(Ok(()), Err)
+}
+
+fn read_record(path: &Path) -> Option<Layout> {
+    let data = MapData::from_pin(path).ok()?;
+    let arr: Array<MapData, Layout> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    arr.get(&0, 0).ok()
+}
+
+/// The first difference between a pinned LAYOUT record and the wanted one.
+pub fn layout_diff(got: &Layout, want: &Layout) -> Option<LayoutDiff> {
+    if got.magic != LAYOUT_MAGIC {
+        return Some(LayoutDiff::NoRecord);
+    }
+    if got.version != want.version {
+        return Some(LayoutDiff::Version {
+            pinned: got.version,
+            ours: want.version,
+        });
+    }
+    [
+        ("flow_table_size", got.flow_table_size, want.flow_table_size),
+        ("max_services", got.max_services, want.max_services),
+        ("max_table_size", got.max_table_size, want.max_table_size),
+    ]
+    .into_iter()
+    .find(|(_, p, c)| p != c)
+    .map(|(key, pinned, configured)| LayoutDiff::Setting {
+        key,
+        pinned,
+        configured,
+    })
+}
+
+/// Mounts bpffs on /sys/fs/bpf if `dir` is under it and it is not bpffs yet;
+/// refuses any other directory that is not on bpffs.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let probe = nearest_existing(dir);
+    if fs_magic(&probe) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let root = Path::new(BPFFS_ROOT);
+    if !dir.starts_with(root) || fs_magic(root) == Some(BPF_FS_MAGIC) {
+        return Err(DataplaneError::NotBpffs(dir.to_path_buf()));
+    }
+    let target = CString::new(root.as_os_str().as_bytes()).expect("no NUL in a constant");
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::BpffsMount {
+            dir: root.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    log::info!("mounted a bpf file system on {BPFFS_ROOT} for the pinned state");
+    if !same_mount_ns_as_init() {
+        log::warn!(
+            "this process runs in its own mount namespace (e.g. under `ip netns exec`): the bpf file system mounted on {BPFFS_ROOT} disappears with it, and the pinned state too; give --pin-dir on a bpf file system mounted in the host's namespace"
+        );
+    }
+    Ok(())
+}
+
+fn nearest_existing(dir: &Path) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    p
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we own; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's integer type differs between libc targets"
+    )]
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+fn same_mount_ns_as_init() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Removes every pin in `dir` (files only: pinned maps) and the directory.
+fn remove_pins(dir: &Path) -> Result<(), DataplaneError> {
+    std::fs::remove_dir_all(dir).map_err(|source| DataplaneError::PinIo {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// What `detach` removed.
+#[derive(Debug, Default)]
+pub struct Detached {
+    /// Interfaces whose link was detached.
+    pub links: Vec<String>,
+    /// Layout directories of pinned maps removed.
+    pub layouts: Vec<String>,
+}
+
+/// `xdp-lb detach`: detaches every pinned link (BPF_LINK_DETACH, so it takes effect
+/// even while a daemon still holds the link), then removes every pin and the
+/// directory. Without pinned state it removes nothing and says so.
+pub fn detach(dir: &Path) -> Result<Detached, DataplaneError> {
+    let mut done = Detached::default();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataplaneError::PinIo { path, source }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let _lock = lock_dir(dir)?;
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if let Some(iface) = name.strip_prefix("link-") {
+            force_detach_link(&path)?;
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            done.links.push(iface.to_string());
+        } else if entry.file_type().map_err(io(&path))?.is_dir() {
+            remove_pins(&path)?;
+            done.layouts.push(name);
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io(dir))?;
+    Ok(done)
+}
+
+/// Detaches and unpins the links of interfaces this run no longer attaches to
+/// (removed from the configuration while the daemon was down).
+pub fn detach_other_links(dir: &Path, keep: &[String]) -> Result<(), DataplaneError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(iface) = name.strip_prefix("link-") else {
+            continue;
+        };
+        if keep.iter().any(|k| k == iface) {
+            continue;
+        }
+        log::info!("{iface} is no longer configured: detaching its pinned program");
+        let path = entry.path();
+        force_detach_link(&path)?;
+        std::fs::remove_file(&path).map_err(|source| DataplaneError::PinIo { path, source })?;
+    }
+    Ok(())
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Opens the pinned link and detaches it from its interface. A link whose interface
+/// is gone (already defunct) counts as detached.
+fn force_detach_link(path: &Path) -> Result<(), DataplaneError> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| DataplaneError::PinIo {
+        path: path.to_path_buf(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
+    let err = |source| DataplaneError::PinIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer; the kernel reads `pathname`,
+    // which points at `c`, alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    let fd = fd as i32;
+    // bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd as u32);
+    // SAFETY: as above; the kernel reads `link_fd` only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let detach_err = std::io::Error::last_os_error();
+    // SAFETY: fd was returned by BPF_OBJ_GET above and is ours to close.
+    unsafe { libc::close(fd) };
+    if rc != 0 && detach_err.raw_os_error() != Some(libc::ENOLINK) {
+        return Err(err(detach_err));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want() -> Layout {
+        Layout {
+            magic: LAYOUT_MAGIC,
+            version: LAYOUT_VERSION,
+            flow_table_size: 1024,
+            max_services: 4,
+            max_table_size: 1009,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn identical_records_match() {
+        assert_eq!(layout_diff(&want(), &want()), None);
+    }
+
+    #[test]
+    fn a_zeroed_record_is_no_record() {
+        assert_eq!(
+            layout_diff(&Layout::default(), &want()),
+            Some(LayoutDiff::NoRecord)
+        );
+    }
+
+    #[test]
+    fn version_and_settings_are_named() {
+        let got = Layout {
+            version: LAYOUT_VERSION + 1,
+            ..want()
+        };
+        assert_eq!(
+            layout_diff(&got, &want()),
+            Some(LayoutDiff::Version {
+                pinned: LAYOUT_VERSION + 1,
+                ours: LAYOUT_VERSION
+            })
+        );
+        let got = Layout {
+            flow_table_size: 2048,
+            ..want()
+        };
+        let diff = layout_diff(&got, &want()).unwrap();
+        assert_eq!(
+            diff.to_string(),
+            "it was made with flow_table_size = 2048, the configuration says 1024"
+        );
+    }
+
+    #[test]
+    fn map_shapes_name_the_first_difference() {
+        let ours = MapShape {
+            map_type: 9,
+            key_size: 40,
+            value_size: 24,
+            max_entries: 1024,
+        };
+        assert_eq!(ours.diff("FLOWS", &ours), None);
+        let pinned = MapShape {
+            value_size: 32,
+            max_entries: 2048,
+            ..ours
+        };
+        assert_eq!(
+            ours.diff("FLOWS", &pinned),
+            Some(LayoutDiff::Map {
+                map: "FLOWS",
+                what: "value size",
+                pinned: 32,
+                ours: 24
+            })
+        );
+    }
+}
