@@ -375,17 +375,38 @@ fn layout_mismatch_is_refused_and_fresh_starts_clean() {
     topo.client
         .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after --fresh"))
         .expect("client namespace");
+
+    // While it runs, a second daemon on the same pin directory (it would swap the
+    // first one's program out of the shared link) and `detach` are refused.
+    let second = topo
+        .start_lb(&run_args(&file, &[]))
+        .err()
+        .expect("a second daemon on the same pin directory must be refused")
+        .to_string();
+    assert!(
+        second.contains("another xdp-lb run uses the pin directory"),
+        "{second}"
+    );
+    let detach = || {
+        let bin = xdp_lb_tests::binary::xdp_lb_bin().expect("xdp-lb binary");
+        topo.lb
+            .command(&bin)
+            .env("XDP_LB_PIN_DIR", pins::dir_for(topo.lb.name()))
+            .arg("detach")
+            .output()
+            .expect("running xdp-lb detach")
+    };
+    let out = detach();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("another xdp-lb run uses"),
+        "detach under a running daemon: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(lb2);
 
     // `xdp-lb detach` removes the program and every pin.
-    let bin = xdp_lb_tests::binary::xdp_lb_bin().expect("xdp-lb binary");
-    let out = topo
-        .lb
-        .command(&bin)
-        .env("XDP_LB_PIN_DIR", pins::dir_for(topo.lb.name()))
-        .arg("detach")
-        .output()
-        .expect("running xdp-lb detach");
+    let out = detach();
     assert!(
         out.status.success(),
         "xdp-lb detach: {}",
