@@ -5,6 +5,7 @@
 //! start adopts it. Also: pinned state of another layout is refused, `--fresh` starts
 //! clean, `xdp-lb detach` removes everything.
 use std::{
+    net::UdpSocket,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -22,7 +23,7 @@ use xdp_lb_tests::{
     pins, require_root,
     scenario::{self, test_data},
     servers::hex,
-    topology::{IFACE, TCP_PORT},
+    topology::{IFACE, TCP_PORT, UDP_PORT},
     Forwarding, Topology,
 };
 
@@ -476,4 +477,66 @@ fn counters_and_flows_survive_a_restart() {
         after, before,
         "packets and flows per backend across the restart"
     );
+}
+
+/// The configuration changed while the daemon was down: one backend removed. UDP
+/// flows (same socket, same 5-tuple) homed on the others keep their backend; those
+/// homed on the removed one are re-dispatched. This holds only if the restored
+/// planner knows which slot the removed backend had (it marks that slot down).
+#[test]
+fn a_backend_removed_at_restart_has_its_flows_re_dispatched() {
+    require_root();
+    let topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let udp_config = |backends: &[usize]| {
+        let mut svc = scenario::service(&topo, false, UDP_PORT, "udp", &[]);
+        svc.backends = backends
+            .iter()
+            .map(|&i| scenario::backend_spec(&topo, i, false, UDP_PORT, 1))
+            .collect();
+        lbconfig::render(&[IFACE], &[svc])
+    };
+    let file = ConfigFile::new(&udp_config(&[1, 2, 3])).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    let vip = topo.vip(false, UDP_PORT);
+    let sockets: Vec<UdpSocket> = topo
+        .client
+        .run(|| {
+            (0..12)
+                .map(|_| {
+                    let s = UdpSocket::bind("0.0.0.0:0").expect("binding a udp socket");
+                    s.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("udp timeout");
+                    s
+                })
+                .collect()
+        })
+        .expect("client namespace");
+    let ask = |s: &UdpSocket, lb: &XdpLbProcess| {
+        s.send_to(b"hello\n", vip).expect("sending to the VIP");
+        let mut buf = [0u8; 64];
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer from {vip}: {e}\n{}", lb.output()));
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    };
+    let homes: Vec<String> = sockets.iter().map(|s| ask(s, &lb)).collect();
+    let removed = homes[0].clone();
+    let idx: usize = removed
+        .strip_prefix("backend-")
+        .and_then(|n| n.parse().ok())
+        .expect("a backend name");
+    lb.stop();
+    let keep: Vec<usize> = (1..=3).filter(|&i| i != idx).collect();
+    file.write(&udp_config(&keep))
+        .expect("rewriting the config");
+    let lb2 = start(&topo, &file, &[]);
+    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
+    for (s, home) in sockets.iter().zip(&homes) {
+        let now = ask(s, &lb2);
+        if *home == removed {
+            assert_ne!(now, removed, "a flow stayed on the removed backend");
+        } else {
+            assert_eq!(&now, home, "a flow to a kept backend moved");
+        }
+    }
 }
