@@ -170,7 +170,9 @@ fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, Dataplan
     for entry in std::fs::read_dir(&opts.dir).map_err(io(&opts.dir))? {
         let entry = entry.map_err(io(&opts.dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_layout_dir = name.starts_with('v') && name[1..].bytes().all(|b| b.is_ascii_digit());
+        let is_layout_dir = name.len() > 1
+            && name.starts_with('v')
+            && name[1..].bytes().all(|b| b.is_ascii_digit());
         if !is_layout_dir || entry.path() == ours {
             continue;
         }
