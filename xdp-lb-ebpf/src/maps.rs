@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, Layout, NatReverse, NextHop,
-    ReplyTarget, Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
+    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
 };
 
 /// VIP, port and protocol -> service record (active Maglev table, flags).
@@ -75,7 +75,7 @@ pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Control plane only (pinned state): the layout the pinned maps were made with.
 #[map]
-pub static LAYOUT: Array<Layout> = Array::with_max_entries(1, 0);
+pub static LAYOUT: Array<xdp_lb_common::Layout> = Array::with_max_entries(1, 0);
 
 /// Control plane only (pinned state): backend id -> owning service id + 1 (0: free),
 /// so a restarted daemon can tell which service a draining or down backend belongs to.
