@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod monitor;
 pub mod plan;
 pub mod run;
 pub mod summary;
+pub mod tui;
