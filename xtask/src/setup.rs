@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-tools",
     "nginx-light",
     "wrk",
+    // `promtool check metrics` checks the `/metrics` text in the monitor's tests.
+    "prometheus",
 ];
 
 pub fn is_root() -> bool {

@@ -416,6 +416,34 @@ impl Monitor {
     }
 }
 
+/// Mean nanoseconds of one [`Monitor::record`] of a data plane with `backends` backends (in
+/// services of 16) and no resources, for `cargo xtask bench`: the monitor's own share of a
+/// tick, apart from reading the maps and the machine.
+pub fn bench_record(backends: usize, iterations: u32) -> u128 {
+    let per_service = 16.min(backends.max(1));
+    let base = metrics::synthetic_input(backends.div_ceil(per_service), per_service).sample;
+    let mut m = Monitor::new(MonitorConfig::default()).expect("default configuration is valid");
+    let t0 = Instant::now();
+    let iterations = iterations.max(1);
+    let mut total = Duration::ZERO;
+    for i in 0..=iterations {
+        let mut s = base.clone();
+        for svc in s.dataplane.iter_mut().flat_map(|d| d.services.iter_mut()) {
+            svc.packets += u64::from(i) * 1000;
+            for b in &mut svc.backends {
+                b.packets += u64::from(i) * 100;
+            }
+        }
+        let start = Instant::now();
+        let _ = m.record(t0 + Duration::from_secs(u64::from(i)), s);
+        // The first call only sets the baseline.
+        if i > 0 {
+            total += start.elapsed();
+        }
+    }
+    total.as_nanos() / u128::from(iterations)
+}
+
 fn rate_of(delta: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 {
