@@ -3,7 +3,7 @@
 //! stopped firing. A condition must hold for its hold time before it fires; it fires once,
 //! stays listed while it holds, and clears once when it stops holding. The daemon logs the
 //! events; `xdp-lb alerts` and `/metrics` list [`AlertEngine::firing`].
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,7 @@ impl AlertEngine {
     pub fn evaluate(&mut self, figures: &Figures) -> Vec<AlertEvent> {
         let now = figures.at_s;
         let mut events = Vec::new();
-        let mut holding: HashMap<Key, ()> = HashMap::new();
+        let mut holding: HashSet<Key> = HashSet::new();
         for c in self.conditions(figures) {
             let hold = self.config.hold_s(c.key.0);
             let alert = self.tracked.entry(c.key.clone()).or_insert_with(|| Alert {
@@ -244,12 +244,12 @@ impl AlertEngine {
                     alert: alert.clone(),
                 });
             }
-            holding.insert(c.key, ());
+            holding.insert(c.key);
         }
         let gone: Vec<Key> = self
             .tracked
             .keys()
-            .filter(|k| !holding.contains_key(*k))
+            .filter(|k| !holding.contains(*k))
             .cloned()
             .collect();
         for key in gone {

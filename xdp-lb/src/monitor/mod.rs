@@ -30,10 +30,11 @@ pub use sample::*;
 
 use rates::Counters;
 
-/// `[monitor]` settings this module uses; the daemon owns the sampling interval and the
-/// `/metrics` address.
+/// The `[monitor]` settings this module uses. The daemon owns the others (sampling
+/// interval, `/metrics` address), so this struct accepts unknown keys and can be
+/// `#[serde(flatten)]`ed into the daemon's section; `AlertConfig` itself refuses them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MonitorConfig {
     /// Figures kept for the dashboard and reports (one per tick).
     pub history: usize,
@@ -487,90 +488,114 @@ impl Acc {
 
 /// Every figure of one tick under its report key.
 fn add_figures(f: &Figures, put: &mut impl FnMut(String, f64)) {
-    if let Some(r) = &f.resources {
-        put("cpu_percent".into(), r.cpu_percent);
-        for (i, c) in r.per_core_percent.iter().enumerate() {
-            put(format!("cpu/{i}/percent"), *c);
+    let mut under = |prefix: &str, figures: &[(&str, f64)]| {
+        for (name, value) in figures {
+            let key = if prefix.is_empty() {
+                (*name).to_string()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            put(key, *value);
         }
-        put("load1".into(), r.load1);
-        put("memory_percent".into(), r.memory_percent);
-        put("memory_used_bytes".into(), r.memory_used_bytes as f64);
-        put("swap_percent".into(), r.swap_percent);
-        put("process_cpu_percent".into(), r.process_cpu_percent);
-        put("process_memory_bytes".into(), r.process_memory_bytes as f64);
+    };
+    if let Some(r) = &f.resources {
+        under(
+            "",
+            &[
+                ("cpu_percent", r.cpu_percent),
+                ("load1", r.load1),
+                ("memory_percent", r.memory_percent),
+                ("memory_used_bytes", r.memory_used_bytes as f64),
+                ("swap_percent", r.swap_percent),
+                ("process_cpu_percent", r.process_cpu_percent),
+                ("process_memory_bytes", r.process_memory_bytes as f64),
+            ],
+        );
+        for (i, c) in r.per_core_percent.iter().enumerate() {
+            under(&format!("cpu/{i}"), &[("percent", *c)]);
+        }
         for d in &r.disks {
-            put(
-                format!("disk/{}/read_bytes_per_s", d.device),
-                d.read_bytes_per_s,
-            );
-            put(
-                format!("disk/{}/write_bytes_per_s", d.device),
-                d.write_bytes_per_s,
+            under(
+                &format!("disk/{}", d.device),
+                &[
+                    ("read_bytes_per_s", d.read_bytes_per_s),
+                    ("write_bytes_per_s", d.write_bytes_per_s),
+                ],
             );
         }
         for i in &r.interfaces {
-            put(format!("net/{}/rx_bytes_per_s", i.name), i.rx_bytes_per_s);
-            put(format!("net/{}/tx_bytes_per_s", i.name), i.tx_bytes_per_s);
-            put(
-                format!("net/{}/rx_packets_per_s", i.name),
-                i.rx_packets_per_s,
-            );
-            put(
-                format!("net/{}/tx_packets_per_s", i.name),
-                i.tx_packets_per_s,
+            under(
+                &format!("net/{}", i.name),
+                &[
+                    ("rx_bytes_per_s", i.rx_bytes_per_s),
+                    ("tx_bytes_per_s", i.tx_bytes_per_s),
+                    ("rx_packets_per_s", i.rx_packets_per_s),
+                    ("tx_packets_per_s", i.tx_packets_per_s),
+                ],
             );
         }
     }
     if let Some(d) = &f.dataplane {
-        put("packets_per_s".into(), d.packets_per_s);
-        put("bits_per_s".into(), d.bits_per_s);
-        put("new_flows_per_s".into(), d.new_flows_per_s);
-        put("flows".into(), d.flows as f64);
-        put("flow_table_percent".into(), d.flow_table_percent);
+        under(
+            "",
+            &[
+                ("packets_per_s", d.packets_per_s),
+                ("bits_per_s", d.bits_per_s),
+                ("new_flows_per_s", d.new_flows_per_s),
+                ("flows", d.flows as f64),
+                ("flow_table_percent", d.flow_table_percent),
+            ],
+        );
         for r in &d.reasons {
-            put(
-                format!("reason/{}/packets_per_s", r.reason),
-                r.packets_per_s,
+            under(
+                &format!("reason/{}", r.reason),
+                &[("packets_per_s", r.packets_per_s)],
             );
         }
         for s in &d.services {
-            put(format!("service/{}/packets_per_s", s.name), s.packets_per_s);
-            put(format!("service/{}/bits_per_s", s.name), s.bits_per_s);
-            put(
-                format!("service/{}/new_flows_per_s", s.name),
-                s.new_flows_per_s,
+            under(
+                &format!("service/{}", s.name),
+                &[
+                    ("packets_per_s", s.packets_per_s),
+                    ("bits_per_s", s.bits_per_s),
+                    ("new_flows_per_s", s.new_flows_per_s),
+                    ("flows", s.flows as f64),
+                ],
             );
-            put(format!("service/{}/flows", s.name), s.flows as f64);
             for b in &s.backends {
-                let k = format!("backend/{}/{}", s.name, b.addr);
-                put(format!("{k}/packets_per_s"), b.packets_per_s);
-                put(format!("{k}/bits_per_s"), b.bits_per_s);
-                put(format!("{k}/new_flows_per_s"), b.new_flows_per_s);
-                put(format!("{k}/flows"), b.flows as f64);
-                put(format!("{k}/share_percent"), b.share_percent);
+                let prefix = format!("backend/{}/{}", s.name, b.addr);
+                under(
+                    &prefix,
+                    &[
+                        ("packets_per_s", b.packets_per_s),
+                        ("bits_per_s", b.bits_per_s),
+                        ("new_flows_per_s", b.new_flows_per_s),
+                        ("flows", b.flows as f64),
+                        ("share_percent", b.share_percent),
+                    ],
+                );
                 if let Some(l) = b.check_latency_ms {
-                    put(format!("{k}/check_latency_ms"), l);
+                    under(&prefix, &[("check_latency_ms", l)]);
                 }
             }
         }
     }
     if let Some(c) = &f.cache {
-        put("cache/requests_per_s".into(), c.requests_per_s);
+        under(
+            "cache",
+            &[
+                ("requests_per_s", c.requests_per_s),
+                ("stale_per_s", c.stale_per_s),
+                ("redis_errors_per_s", c.redis_errors_per_s),
+                ("coalesced_waits_per_s", c.coalesced_waits_per_s),
+                ("upstream_requests_per_s", c.upstream_requests_per_s),
+            ],
+        );
         if let Some(h) = c.hit_percent {
-            put("cache/hit_percent".into(), h);
+            under("cache", &[("hit_percent", h)]);
         }
-        put("cache/stale_per_s".into(), c.stale_per_s);
-        put("cache/redis_errors_per_s".into(), c.redis_errors_per_s);
-        put(
-            "cache/coalesced_waits_per_s".into(),
-            c.coalesced_waits_per_s,
-        );
-        put(
-            "cache/upstream_requests_per_s".into(),
-            c.upstream_requests_per_s,
-        );
         if let Some(l) = c.redis_latency_ms {
-            put("cache/redis_latency_ms".into(), l);
+            under("cache", &[("redis_latency_ms", l)]);
         }
     }
 }

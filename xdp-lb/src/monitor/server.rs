@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use super::metrics::CONTENT_TYPE;
 
 /// Produces the text of one scrape (e.g. `move || monitor.lock().unwrap().render_metrics()`).
+/// It runs on the async runtime, so it should only take a lock briefly and render.
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Scrapers that do not send their request within this time are dropped.

@@ -299,71 +299,33 @@ fn metrics_read_back_by_prometheus_parse() {
     // prometheus-parse keeps label values as written (escaped); promtool, which unescapes,
     // checks the same kind of name in `metrics_pass_promtool_check`.
     let svc = r#"we\"b\\x"#;
-    assert_eq!(
-        sample_of(
-            &text,
+    let a = ("backend", "10.0.0.2:80");
+    let b = ("backend", "10.0.0.3:80");
+    let cases: &[(&str, &[(&str, &str)], f64)] = &[
+        (
             "xdp_lb_backend_packets_total",
-            &[("service", svc), ("backend", "10.0.0.2:80")]
+            &[("service", svc), a],
+            1234.0,
         ),
-        1234.0
-    );
-    assert_eq!(
-        sample_of(
-            &text,
-            "xdp_lb_backend_bytes_total",
-            &[("backend", "10.0.0.3:80")]
-        ),
-        1500.0
-    );
-    assert_eq!(
-        sample_of(
-            &text,
-            "xdp_lb_backend_healthy",
-            &[("backend", "10.0.0.3:80")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        sample_of(&text, "xdp_lb_backend_up", &[("backend", "10.0.0.3:80")]),
-        0.0
-    );
-    assert_eq!(
-        sample_of(&text, "xdp_lb_backend_up", &[("backend", "10.0.0.2:80")]),
-        1.0
-    );
-    assert_eq!(
-        sample_of(
-            &text,
+        ("xdp_lb_backend_bytes_total", &[b], 1500.0),
+        ("xdp_lb_backend_healthy", &[b], 0.0),
+        ("xdp_lb_backend_up", &[b], 0.0),
+        ("xdp_lb_backend_up", &[a], 1.0),
+        (
             "xdp_lb_backend_admin_state",
-            &[("backend", "10.0.0.3:80"), ("state", "draining")]
+            &[b, ("state", "draining")],
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample_of(
-            &text,
-            "xdp_lb_backend_check_latency_seconds",
-            &[("backend", "10.0.0.2:80")]
-        ),
-        0.0004
-    );
-    assert_eq!(
-        sample_of(&text, "xdp_lb_packets_total", &[("reason", "tx")]),
-        1244.0
-    );
-    assert_eq!(sample_of(&text, "xdp_lb_flow_table_capacity", &[]), 1000.0);
-    assert_eq!(
-        sample_of(&text, "xdp_lb_host_cpu_usage_ratio", &[("cpu", "all")]),
-        0.4
-    );
-    assert_eq!(
-        sample_of(&text, "xdp_lb_host_cpu_usage_ratio", &[("cpu", "1")]),
-        0.4
-    );
-    assert_eq!(
-        sample_of(&text, "xdp_lb_host_memory_used_bytes", &[]),
-        250.0
-    );
+        ("xdp_lb_backend_check_latency_seconds", &[a], 0.0004),
+        ("xdp_lb_packets_total", &[("reason", "tx")], 1244.0),
+        ("xdp_lb_flow_table_capacity", &[], 1000.0),
+        ("xdp_lb_host_cpu_usage_ratio", &[("cpu", "all")], 0.4),
+        ("xdp_lb_host_cpu_usage_ratio", &[("cpu", "1")], 0.4),
+        ("xdp_lb_host_memory_used_bytes", &[], 250.0),
+    ];
+    for (name, labels, want) in cases {
+        assert_eq!(sample_of(&text, name, labels), *want, "{name} {labels:?}");
+    }
     // No rates are exported: Prometheus derives them.
     assert!(!text.contains("per_s"), "{text}");
     assert!(
@@ -384,33 +346,43 @@ fn metrics_pass_promtool_check() {
         text.contains(r#"service="a \"quoted\"\\ name\nx""#),
         "{text}"
     );
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool is needed for this test ({e}); install Debian's `prometheus` package \
-             (`cargo xtask setup` does)"
-        ),
-    };
+    let (ok, report) = promtool_check(&text);
+    assert!(ok, "promtool check metrics: {report}");
+    // The checker does reject what breaks the conventions (a counter without `_total`, no
+    // help), so its verdict above means something.
+    let (ok, report) = promtool_check("# TYPE bad counter\nbad 1\n");
+    assert!(!ok, "promtool accepted a broken exposition: {report}");
+}
+
+/// Runs `promtool check metrics` on `text`: (passed, what it said).
+fn promtool_check(text: &str) -> (bool, String) {
     use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool is needed for this test ({e}); install Debian's `prometheus` \
+                 package (`cargo xtask setup` does)"
+            )
+        });
     child
         .stdin
         .take()
-        .unwrap()
+        .expect("stdin is piped")
         .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("waiting for promtool");
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), said)
 }
 
 #[test]
