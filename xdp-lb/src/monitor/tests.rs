@@ -301,7 +301,8 @@ fn metrics_read_back_by_prometheus_parse() {
     let svc = r#"we\"b\\x"#;
     let a = ("backend", "10.0.0.2:80");
     let b = ("backend", "10.0.0.3:80");
-    let cases: &[(&str, &[(&str, &str)], f64)] = &[
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(&str, Labels, f64)] = &[
         (
             "xdp_lb_backend_packets_total",
             &[("service", svc), a],
