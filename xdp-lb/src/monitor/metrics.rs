@@ -5,12 +5,12 @@
 //! that is removed disappears from the next scrape instead of lingering.
 //!
 //! Cardinality is bounded by the configuration, never by traffic or clients: per service
-//! 3 series, per backend at most 9 (packets, bytes, new flows, flows, weight, up, admin
-//! state, healthy, check latency) and 1 firing `backend_down` alert, per service 1 firing
+//! 3 series, per backend at most 10 (packets, bytes, new flows, flows, weight, up, admin
+//! state, healthy, health transitions, check latency) and 1 firing `backend_down` alert, per service 1 firing
 //! `no_healthy_backend`, plus fixed families (verdict reasons, cache, host, one
 //! `xdp_lb_alerts_firing` per alert kind). [`series_bound`] is the formula; with 256
-//! backends in 16 services on a 2-CPU machine with one disk and one interface it is 2,676
-//! series, of which backends are 2,560.
+//! backends in 16 services on a 2-CPU machine with one disk and one interface it is 2,932
+//! series, of which backends are 2,816.
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -43,7 +43,7 @@ pub fn series_bound(
     disks: usize,
     interfaces: usize,
 ) -> usize {
-    let dataplane = 3 * services + 9 * backends + reasons + 2;
+    let dataplane = 3 * services + 10 * backends + reasons + 2;
     let cache = 6 + 6;
     let host = (cpus + 1) + 3 + 4 + 2 * disks + 5 * interfaces + 2;
     // One `xdp_lb_alerts_firing` per kind, then one firing series per target.
@@ -213,6 +213,13 @@ impl Collector for Snapshot {
                 "1 if the backend passes its health checks, 0 if it fails them; absent without checks.",
                 Gauge,
                 backends().filter_map(|(l, b)| b.health.map(|h| (l, flag(h == Health::Up)))),
+            )?;
+            family(
+                enc,
+                "xdp_lb_backend_health_transitions",
+                "Changes of the backend's health state; absent without checks.",
+                Counter,
+                backends().filter_map(|(l, b)| b.health.map(|_| (l, b.health_transitions as f64))),
             )?;
             family(
                 enc,
@@ -506,6 +513,7 @@ pub fn synthetic_input(services: usize, backends_per_service: usize) -> MetricsI
                         new_flows: 10 * n,
                         flows: n,
                         last_check_latency: Some(Duration::from_micros(300 + n)),
+                        health_transitions: n % 3,
                     }
                 })
                 .collect(),

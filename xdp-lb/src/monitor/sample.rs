@@ -58,6 +58,9 @@ pub struct BackendSample {
     /// Entries in the flow table pointing at this backend now.
     pub flows: u64,
     pub last_check_latency: Option<Duration>,
+    /// Health state changes since the daemon started, cumulative.
+    #[serde(default)]
+    pub health_transitions: u64,
 }
 
 /// The operator's intent for a backend (configuration or admin command).
