@@ -365,7 +365,7 @@ impl AlertEngine {
                         0.0,
                         1.0,
                         format!(
-                            "none of its {} backends is active and healthy: new connections are dropped",
+                            "no active, healthy backend among {}: new connections are dropped",
                             s.backends.len()
                         ),
                     );

@@ -6,11 +6,11 @@
 //!
 //! Cardinality is bounded by the configuration, never by traffic or clients: per service
 //! 3 series, per backend at most 10 (packets, bytes, new flows, flows, weight, up, admin
-//! state, healthy, health transitions, check latency) and 1 firing `backend_down` alert, per service 1 firing
-//! `no_healthy_backend`, plus fixed families (verdict reasons, cache, host, one
-//! `xdp_lb_alerts_firing` per alert kind). [`series_bound`] is the formula; with 256
-//! backends in 16 services on a 2-CPU machine with one disk and one interface it is 2,932
-//! series, of which backends are 2,816.
+//! state, healthy, health transitions, check latency) and 1 firing `backend_down` alert,
+//! per service 1 firing `no_healthy_backend`, plus fixed families (verdict reasons, cache,
+//! host, one `xdp_lb_alerts_firing` per alert kind). [`series_bound`] is the formula; with
+//! 256 backends in 16 services on a 2-CPU machine with one disk and one interface it is
+//! 2,932 series, of which backends are 2,816.
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -21,7 +21,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::alerts::{Alert, AlertKind};
-use super::sample::{AdminState, Health, Sample};
+use super::resources::ResourceSample;
+use super::sample::{AdminState, CacheSample, DataplaneSample, Health, Sample, ServiceSample};
 
 /// `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -121,369 +122,401 @@ fn flag(b: bool) -> f64 {
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use Kind::{Counter, Gauge};
         let input = &*self.0;
-        let enc = &mut enc;
         if let Some(d) = &input.sample.dataplane {
-            let svc = |f: fn(&super::sample::ServiceSample) -> u64| {
-                d.services
-                    .iter()
-                    .map(move |s| ([("service", s.name.as_str())], f(s) as f64))
-            };
-            family(
-                enc,
-                "xdp_lb_service_packets",
-                "Packets balanced to the service's backends.",
-                Counter,
-                svc(|s| s.packets),
-            )?;
-            family(
-                enc,
-                "xdp_lb_service_bytes",
-                "Bytes of the packets balanced for the service.",
-                Counter,
-                svc(|s| s.bytes),
-            )?;
-            family(
-                enc,
-                "xdp_lb_service_new_flows",
-                "Flows the service dispatched by its table.",
-                Counter,
-                svc(|s| s.new_flows),
-            )?;
-            let backends = || {
-                d.services.iter().flat_map(|s| {
-                    s.backends.iter().map(move |b| {
-                        (
-                            [("service", s.name.as_str()), ("backend", b.addr.as_str())],
-                            b,
-                        )
-                    })
-                })
-            };
-            family(
-                enc,
-                "xdp_lb_backend_packets",
-                "Packets sent to the backend.",
-                Counter,
-                backends().map(|(l, b)| (l, b.packets as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_bytes",
-                "Bytes of the packets sent to the backend.",
-                Counter,
-                backends().map(|(l, b)| (l, b.bytes as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_new_flows",
-                "New flows dispatched to the backend.",
-                Counter,
-                backends().map(|(l, b)| (l, b.new_flows as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_flows",
-                "Flow-table entries pointing at the backend.",
-                Gauge,
-                backends().map(|(l, b)| (l, b.flows as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_weight",
-                "Configured weight of the backend.",
-                Gauge,
-                backends().map(|(l, b)| (l, f64::from(b.weight))),
-            )?;
-            family(enc, "xdp_lb_backend_up", "1 if the backend gets new flows: admin state active and not failing health checks.", Gauge, backends().map(|(l, b)| (l, flag(b.usable()))))?;
-            family(
-                enc,
-                "xdp_lb_backend_admin_state",
-                "The backend's admin state (the state label), always 1.",
-                Gauge,
-                backends().map(|(l, b)| {
-                    let [service, backend] = l;
-                    ([service, backend, ("state", b.state.as_str())], 1.0)
-                }),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_healthy",
-                "1 if the backend passes its health checks, 0 if it fails them; absent without checks.",
-                Gauge,
-                backends().filter_map(|(l, b)| b.health.map(|h| (l, flag(h == Health::Up)))),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_health_transitions",
-                "Changes of the backend's health state; absent without checks.",
-                Counter,
-                backends().filter_map(|(l, b)| b.health.map(|_| (l, b.health_transitions as f64))),
-            )?;
-            family(
-                enc,
-                "xdp_lb_backend_check_latency_seconds",
-                "Latency of the backend's last health check.",
-                Gauge,
-                backends().filter_map(|(l, b)| b.last_check_latency.map(|t| (l, t.as_secs_f64()))),
-            )?;
-            family(
-                enc,
-                "xdp_lb_packets",
-                "Packets seen by the XDP program, by verdict reason.",
-                Counter,
-                d.reasons
-                    .iter()
-                    .map(|r| ([("reason", r.reason.as_str())], r.packets as f64)),
-            )?;
-            single(
-                enc,
-                "xdp_lb_flows",
-                "Entries in the flow table.",
-                Gauge,
-                d.flows_total as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_flow_table_capacity",
-                "Entries the flow table can hold.",
-                Gauge,
-                d.flow_table_capacity as f64,
-            )?;
+            encode_dataplane(&mut enc, d)?;
         }
         if let Some(c) = &input.sample.cache {
-            family(
-                enc,
-                "xdp_lb_cache_requests",
-                "Cache tier requests by result (the X-Cache header).",
-                Counter,
-                [
-                    ("hit", c.hits),
-                    ("miss", c.misses),
-                    ("stale", c.stale),
-                    ("updating", c.updating),
-                    ("expired", c.expired),
-                    ("bypass", c.bypass),
-                ]
-                .map(|(result, n)| ([("result", result)], n as f64)),
-            )?;
-            single(
-                enc,
-                "xdp_lb_cache_redis_errors",
-                "Redis calls that failed or timed out.",
-                Counter,
-                c.redis_errors as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_cache_coalesced_waits",
-                "Requests that waited for another instance's fetch.",
-                Counter,
-                c.coalesced_waits as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_cache_served_bytes",
-                "Body bytes served from the cache.",
-                Counter,
-                c.bytes_from_cache as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_cache_upstream_requests",
-                "Requests sent to the upstreams.",
-                Counter,
-                c.upstream_requests as f64,
-            )?;
-            if let Some(l) = c.redis_latency {
-                single(
-                    enc,
-                    "xdp_lb_cache_redis_latency_seconds",
-                    "Latency of the last Redis round trip.",
-                    Gauge,
-                    l.as_secs_f64(),
-                )?;
-            }
-            if let Some(up) = c.redis_reachable {
-                single(
-                    enc,
-                    "xdp_lb_cache_redis_up",
-                    "1 if the last Redis call succeeded.",
-                    Gauge,
-                    flag(up),
-                )?;
-            }
+            encode_cache(&mut enc, c)?;
         }
         if let Some(r) = &input.sample.resources {
-            let cores: Vec<String> = (0..r.per_core_percent.len())
-                .map(|i| i.to_string())
-                .collect();
-            family(
-                enc,
-                "xdp_lb_host_cpu_usage_ratio",
-                "Busy share of the CPUs since the previous sample, 0 to 1 (cpu=\"all\" for all).",
-                Gauge,
-                std::iter::once(("all", r.cpu_percent))
-                    .chain(
-                        cores
-                            .iter()
-                            .map(String::as_str)
-                            .zip(r.per_core_percent.iter().copied()),
-                    )
-                    .map(|(cpu, p)| ([("cpu", cpu)], p / 100.0)),
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_load1",
-                "1-minute load average.",
-                Gauge,
-                r.load1,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_load5",
-                "5-minute load average.",
-                Gauge,
-                r.load5,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_load15",
-                "15-minute load average.",
-                Gauge,
-                r.load15,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_memory_total_bytes",
-                "Memory installed.",
-                Gauge,
-                r.memory_total_bytes as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_memory_used_bytes",
-                "Memory not available (total minus available).",
-                Gauge,
-                r.memory_used_bytes as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_swap_total_bytes",
-                "Swap space.",
-                Gauge,
-                r.swap_total_bytes as f64,
-            )?;
-            single(
-                enc,
-                "xdp_lb_host_swap_used_bytes",
-                "Swap space in use.",
-                Gauge,
-                r.swap_used_bytes as f64,
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_disk_read_bytes",
-                "Bytes read from the device.",
-                Counter,
-                r.disks
-                    .iter()
-                    .map(|d| ([("device", d.device.as_str())], d.read_bytes as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_disk_written_bytes",
-                "Bytes written to the device.",
-                Counter,
-                r.disks
-                    .iter()
-                    .map(|d| ([("device", d.device.as_str())], d.written_bytes as f64)),
-            )?;
-            let ifaces = || {
-                r.interfaces
-                    .iter()
-                    .map(|i| ([("interface", i.name.as_str())], i))
-            };
-            family(
-                enc,
-                "xdp_lb_host_network_receive_bytes",
-                "Bytes received by the interface.",
-                Counter,
-                ifaces().map(|(l, i)| (l, i.rx_bytes as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_network_transmit_bytes",
-                "Bytes sent by the interface.",
-                Counter,
-                ifaces().map(|(l, i)| (l, i.tx_bytes as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_network_receive_packets",
-                "Packets received by the interface.",
-                Counter,
-                ifaces().map(|(l, i)| (l, i.rx_packets as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_network_transmit_packets",
-                "Packets sent by the interface.",
-                Counter,
-                ifaces().map(|(l, i)| (l, i.tx_packets as f64)),
-            )?;
-            family(
-                enc,
-                "xdp_lb_host_network_speed_bytes",
-                "Link speed in bytes per second, where the driver reports one.",
-                Gauge,
-                ifaces().filter_map(|(l, i)| i.link_bits_per_s.map(|s| (l, s as f64 / 8.0))),
-            )?;
-            single(
-                enc,
-                "xdp_lb_process_cpu_seconds",
-                "CPU time used by this process.",
-                Counter,
-                r.process.cpu_seconds_total,
-            )?;
-            single(
-                enc,
-                "xdp_lb_process_resident_memory_bytes",
-                "Resident memory of this process.",
-                Gauge,
-                r.process.memory_bytes as f64,
-            )?;
+            encode_host(&mut enc, r)?;
         }
-        family(
-            enc,
-            "xdp_lb_alerts_firing",
-            "Alerts of this kind firing now.",
-            Gauge,
-            AlertKind::ALL.map(|k| {
-                let n = input.firing.iter().filter(|a| a.kind == k).count();
-                ([("alert", k.as_str())], n as f64)
-            }),
-        )?;
-        family(
-            enc,
-            "xdp_lb_alert_firing",
-            "1 for each alert firing now; target is the backend (SERVICE/ADDR), service or interface, empty for the machine.",
-            Gauge,
-            input
-                .firing
-                .iter()
-                .map(|a| ([("alert", a.kind.as_str()), ("target", a.target.as_str())], 1.0)),
-        )?;
-        Ok(())
+        encode_alerts(&mut enc, &input.firing)
     }
+}
+
+fn encode_dataplane(
+    enc: &mut DescriptorEncoder,
+    d: &DataplaneSample,
+) -> Result<(), std::fmt::Error> {
+    use Kind::{Counter, Gauge};
+    let svc = |f: fn(&ServiceSample) -> u64| {
+        d.services
+            .iter()
+            .map(move |s| ([("service", s.name.as_str())], f(s) as f64))
+    };
+    family(
+        enc,
+        "xdp_lb_service_packets",
+        "Packets balanced to the service's backends.",
+        Counter,
+        svc(|s| s.packets),
+    )?;
+    family(
+        enc,
+        "xdp_lb_service_bytes",
+        "Bytes of the packets balanced for the service.",
+        Counter,
+        svc(|s| s.bytes),
+    )?;
+    family(
+        enc,
+        "xdp_lb_service_new_flows",
+        "Flows the service dispatched by its table.",
+        Counter,
+        svc(|s| s.new_flows),
+    )?;
+    let backends = || {
+        d.services.iter().flat_map(|s| {
+            s.backends.iter().map(move |b| {
+                (
+                    [("service", s.name.as_str()), ("backend", b.addr.as_str())],
+                    b,
+                )
+            })
+        })
+    };
+    family(
+        enc,
+        "xdp_lb_backend_packets",
+        "Packets sent to the backend.",
+        Counter,
+        backends().map(|(l, b)| (l, b.packets as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_bytes",
+        "Bytes of the packets sent to the backend.",
+        Counter,
+        backends().map(|(l, b)| (l, b.bytes as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_new_flows",
+        "New flows dispatched to the backend.",
+        Counter,
+        backends().map(|(l, b)| (l, b.new_flows as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_flows",
+        "Flow-table entries pointing at the backend.",
+        Gauge,
+        backends().map(|(l, b)| (l, b.flows as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_weight",
+        "Configured weight of the backend.",
+        Gauge,
+        backends().map(|(l, b)| (l, f64::from(b.weight))),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_up",
+        "1 if the backend gets new flows (active, not failing checks).",
+        Gauge,
+        backends().map(|(l, b)| (l, flag(b.usable()))),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_admin_state",
+        "The backend's admin state (the state label), always 1.",
+        Gauge,
+        backends().map(|(l, b)| {
+            let [service, backend] = l;
+            ([service, backend, ("state", b.state.as_str())], 1.0)
+        }),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_healthy",
+        "1 if the backend passes its health checks, else 0; absent unchecked.",
+        Gauge,
+        backends().filter_map(|(l, b)| b.health.map(|h| (l, flag(h == Health::Up)))),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_health_transitions",
+        "Changes of the backend's health state; absent without checks.",
+        Counter,
+        backends().filter_map(|(l, b)| b.health.map(|_| (l, b.health_transitions as f64))),
+    )?;
+    family(
+        enc,
+        "xdp_lb_backend_check_latency_seconds",
+        "Latency of the backend's last health check.",
+        Gauge,
+        backends().filter_map(|(l, b)| b.last_check_latency.map(|t| (l, t.as_secs_f64()))),
+    )?;
+    family(
+        enc,
+        "xdp_lb_packets",
+        "Packets seen by the XDP program, by verdict reason.",
+        Counter,
+        d.reasons
+            .iter()
+            .map(|r| ([("reason", r.reason.as_str())], r.packets as f64)),
+    )?;
+    single(
+        enc,
+        "xdp_lb_flows",
+        "Entries in the flow table.",
+        Gauge,
+        d.flows_total as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_flow_table_capacity",
+        "Entries the flow table can hold.",
+        Gauge,
+        d.flow_table_capacity as f64,
+    )?;
+    Ok(())
+}
+
+fn encode_cache(enc: &mut DescriptorEncoder, c: &CacheSample) -> Result<(), std::fmt::Error> {
+    use Kind::{Counter, Gauge};
+    family(
+        enc,
+        "xdp_lb_cache_requests",
+        "Cache tier requests by result (the X-Cache header).",
+        Counter,
+        [
+            ("hit", c.hits),
+            ("miss", c.misses),
+            ("stale", c.stale),
+            ("updating", c.updating),
+            ("expired", c.expired),
+            ("bypass", c.bypass),
+        ]
+        .map(|(result, n)| ([("result", result)], n as f64)),
+    )?;
+    single(
+        enc,
+        "xdp_lb_cache_redis_errors",
+        "Redis calls that failed or timed out.",
+        Counter,
+        c.redis_errors as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_cache_coalesced_waits",
+        "Requests that waited for another instance's fetch.",
+        Counter,
+        c.coalesced_waits as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_cache_served_bytes",
+        "Body bytes served from the cache.",
+        Counter,
+        c.bytes_from_cache as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_cache_upstream_requests",
+        "Requests sent to the upstreams.",
+        Counter,
+        c.upstream_requests as f64,
+    )?;
+    if let Some(l) = c.redis_latency {
+        single(
+            enc,
+            "xdp_lb_cache_redis_latency_seconds",
+            "Latency of the last Redis round trip.",
+            Gauge,
+            l.as_secs_f64(),
+        )?;
+    }
+    if let Some(up) = c.redis_reachable {
+        single(
+            enc,
+            "xdp_lb_cache_redis_up",
+            "1 if the last Redis call succeeded.",
+            Gauge,
+            flag(up),
+        )?;
+    }
+    Ok(())
+}
+
+fn encode_host(enc: &mut DescriptorEncoder, r: &ResourceSample) -> Result<(), std::fmt::Error> {
+    use Kind::{Counter, Gauge};
+    let cores: Vec<String> = (0..r.per_core_percent.len())
+        .map(|i| i.to_string())
+        .collect();
+    family(
+        enc,
+        "xdp_lb_host_cpu_usage_ratio",
+        "Busy share of the CPUs since the previous sample, 0 to 1 (cpu=\"all\" for all).",
+        Gauge,
+        std::iter::once(("all", r.cpu_percent))
+            .chain(
+                cores
+                    .iter()
+                    .map(String::as_str)
+                    .zip(r.per_core_percent.iter().copied()),
+            )
+            .map(|(cpu, p)| ([("cpu", cpu)], p / 100.0)),
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_load1",
+        "1-minute load average.",
+        Gauge,
+        r.load1,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_load5",
+        "5-minute load average.",
+        Gauge,
+        r.load5,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_load15",
+        "15-minute load average.",
+        Gauge,
+        r.load15,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_memory_total_bytes",
+        "Memory installed.",
+        Gauge,
+        r.memory_total_bytes as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_memory_used_bytes",
+        "Memory not available (total minus available).",
+        Gauge,
+        r.memory_used_bytes as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_swap_total_bytes",
+        "Swap space.",
+        Gauge,
+        r.swap_total_bytes as f64,
+    )?;
+    single(
+        enc,
+        "xdp_lb_host_swap_used_bytes",
+        "Swap space in use.",
+        Gauge,
+        r.swap_used_bytes as f64,
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_disk_read_bytes",
+        "Bytes read from the device.",
+        Counter,
+        r.disks
+            .iter()
+            .map(|d| ([("device", d.device.as_str())], d.read_bytes as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_disk_written_bytes",
+        "Bytes written to the device.",
+        Counter,
+        r.disks
+            .iter()
+            .map(|d| ([("device", d.device.as_str())], d.written_bytes as f64)),
+    )?;
+    let ifaces = || {
+        r.interfaces
+            .iter()
+            .map(|i| ([("interface", i.name.as_str())], i))
+    };
+    family(
+        enc,
+        "xdp_lb_host_network_receive_bytes",
+        "Bytes received by the interface.",
+        Counter,
+        ifaces().map(|(l, i)| (l, i.rx_bytes as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_network_transmit_bytes",
+        "Bytes sent by the interface.",
+        Counter,
+        ifaces().map(|(l, i)| (l, i.tx_bytes as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_network_receive_packets",
+        "Packets received by the interface.",
+        Counter,
+        ifaces().map(|(l, i)| (l, i.rx_packets as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_network_transmit_packets",
+        "Packets sent by the interface.",
+        Counter,
+        ifaces().map(|(l, i)| (l, i.tx_packets as f64)),
+    )?;
+    family(
+        enc,
+        "xdp_lb_host_network_speed_bytes",
+        "Link speed in bytes per second, where the driver reports one.",
+        Gauge,
+        ifaces().filter_map(|(l, i)| i.link_bits_per_s.map(|s| (l, s as f64 / 8.0))),
+    )?;
+    single(
+        enc,
+        "xdp_lb_process_cpu_seconds",
+        "CPU time used by this process.",
+        Counter,
+        r.process.cpu_seconds_total,
+    )?;
+    single(
+        enc,
+        "xdp_lb_process_resident_memory_bytes",
+        "Resident memory of this process.",
+        Gauge,
+        r.process.memory_bytes as f64,
+    )?;
+    Ok(())
+}
+
+fn encode_alerts(enc: &mut DescriptorEncoder, firing: &[Alert]) -> Result<(), std::fmt::Error> {
+    use Kind::Gauge;
+    family(
+        enc,
+        "xdp_lb_alerts_firing",
+        "Alerts of this kind firing now.",
+        Gauge,
+        AlertKind::ALL.map(|k| {
+            let n = firing.iter().filter(|a| a.kind == k).count();
+            ([("alert", k.as_str())], n as f64)
+        }),
+    )?;
+    family(
+        enc,
+        "xdp_lb_alert_firing",
+        "1 per firing alert; target: SERVICE/ADDR, service, interface or empty.",
+        Gauge,
+        firing.iter().map(|a| {
+            (
+                [("alert", a.kind.as_str()), ("target", a.target.as_str())],
+                1.0,
+            )
+        }),
+    )?;
+    Ok(())
 }
 
 /// A synthetic input of `services` services with `backends_per_service` backends each,
 /// for the render benchmark and the tests.
 pub fn synthetic_input(services: usize, backends_per_service: usize) -> MetricsInput {
-    use super::resources::{DiskCounters, InterfaceCounters, ProcessUsage, ResourceSample};
-    use super::sample::{BackendSample, CacheSample, DataplaneSample, ReasonCount, ServiceSample};
+    use super::resources::{DiskCounters, InterfaceCounters, ProcessUsage};
+    use super::sample::{BackendSample, ReasonCount};
     use std::time::Duration;
     let mut n = 0u64;
     let services = (0..services)
