@@ -50,6 +50,16 @@ impl Default for MonitorConfig {
     }
 }
 
+impl MonitorConfig {
+    /// What `Monitor::new` checks, for validating a configuration file before starting.
+    pub fn validate(&self) -> Result<(), MonitorError> {
+        if self.history == 0 {
+            return Err(MonitorError::ZeroHistory);
+        }
+        Ok(self.alerts.validate()?)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MonitorError {
     #[error("monitor.history = 0: must keep at least 1 sample")]
@@ -152,6 +162,7 @@ pub struct Stat {
 
 impl Monitor {
     pub fn new(config: MonitorConfig) -> Result<Self, MonitorError> {
+        config.validate()?;
         let history = History::new(config.history).map_err(|_| MonitorError::ZeroHistory)?;
         Ok(Self {
             started: None,

@@ -147,6 +147,13 @@ fn history_is_bounded_by_its_configured_capacity() {
         .err(),
         Some(MonitorError::ZeroHistory)
     );
+    let from_file: MonitorConfig =
+        toml::from_str("history = 60\n[alerts]\ncpu_percent = 101").unwrap();
+    assert_eq!(from_file.history, 60);
+    assert_eq!(
+        from_file.validate().unwrap_err().to_string(),
+        "monitor.alerts.cpu_percent = 101: must be a percentage between 0 and 100"
+    );
 }
 
 #[test]
