@@ -198,6 +198,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 /// `xdp-lb check`: everything `run` does before touching the kernel.
 fn check(args: &RunArgs) -> anyhow::Result<()> {
     let cfg = crate::config::load(&args.sources()).context("invalid configuration")?;
+    crate::daemon::check_interfaces(&cfg.interfaces)?;
     crate::plan::Planner::new(cfg.max_services, cfg.max_table_size)
         .apply(&cfg)
         .context("configuration cannot be programmed")?;

@@ -33,7 +33,7 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the cache tier gets to finish requests in flight at shutdown.
 const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most XDP interfaces one run attaches to: the TX_PORTS device map's size.
-pub const MAX_INTERFACES: usize = 64;
+pub const MAX_INTERFACES: usize = xdp_lb_common::MAX_INTERFACES as usize;
 
 /// Where the admin API listens.
 #[derive(Debug, Clone)]
