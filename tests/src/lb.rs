@@ -30,6 +30,10 @@ pub struct XdpLbProcess {
     child: Child,
     what: String,
     out: Arc<(Mutex<Captured>, Condvar)>,
+    /// Its admin socket: one per process, so parallel tests never meet on the
+    /// default path.
+    admin_socket: std::path::PathBuf,
+    _admin_dir: tempfile::TempDir,
 }
 
 impl XdpLbProcess {
@@ -41,7 +45,14 @@ impl XdpLbProcess {
             bin.display(),
             args.join(" ")
         );
+        let admin_dir = tempfile::Builder::new()
+            .prefix("xdp-lb-admin-")
+            .tempdir()
+            .ctx(|| "creating a directory for the admin socket".to_string())?;
+        let admin_socket = admin_dir.path().join("admin.sock");
         let mut cmd = ns.command(bin);
+        // Read by `xdp-lb run` (clap `env`); other verbs ignore it.
+        cmd.env("XDP_LB_ADMIN_SOCKET", &admin_socket);
         // If the test process dies without running Drop (SIGKILL, a timeout), the kernel
         // stops xdp-lb too instead of leaving it attached in an orphaned namespace. The
         // signal follows the spawning thread, which always outlives this guard's use.
@@ -66,9 +77,21 @@ impl XdpLbProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         collect(stdout, out.clone(), false);
         collect(stderr, out.clone(), true);
-        let mut p = Self { child, what, out };
+        let mut p = Self {
+            child,
+            what,
+            out,
+            admin_socket,
+            _admin_dir: admin_dir,
+        };
         p.wait_stdout(0, "xdp-lb ready", None, READY_TIMEOUT)?;
         Ok(p)
+    }
+
+    /// The admin socket this process serves (the Unix socket is reachable from any
+    /// network namespace: it lives in the file system).
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
     }
 
     pub fn pid(&self) -> i32 {

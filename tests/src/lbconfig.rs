@@ -180,7 +180,7 @@ mod tests {
     fn rendered_file_loads_in_xdp_lb() {
         use xdp_lb::config::{Algorithm, BackendState, Forwarding as F, Proto};
         let file = ConfigFile::new(&render(&["eth0"], &sample())).unwrap();
-        let args = xdp_lb::cli::RunArgs {
+        let args = xdp_lb::config::Sources {
             config: Some(file.path().to_path_buf()),
             ..Default::default()
         };

@@ -10,7 +10,7 @@ use std::{
 
 use etherparse::{PacketBuilder, VlanId};
 use xdp_lb::{
-    dataplane::{Dataplane, MapSizes},
+    dataplane::{AyaDataplane, Dataplane as _, MapSizes},
     plan::Plan,
 };
 use xdp_lb_common::{
@@ -281,13 +281,13 @@ impl Bed {
     }
 
     /// Loads the program and programs `services` (service id = index in the slice).
-    pub fn load(&self, services: &[SvcSpec]) -> Dataplane {
+    pub fn load(&self, services: &[SvcSpec]) -> AyaDataplane {
         self.load_sized(services, 4096)
     }
 
-    pub fn load_sized(&self, services: &[SvcSpec], flow_table_size: u32) -> Dataplane {
+    pub fn load_sized(&self, services: &[SvcSpec], flow_table_size: u32) -> AyaDataplane {
         *self.specs.borrow_mut() = services.to_vec();
-        let mut dp = Dataplane::load(MapSizes {
+        let mut dp = AyaDataplane::load(MapSizes {
             ring_entries: (services.len() as u32).max(1) * 2 * RING_STRIDE,
             flow_table_size,
         })
@@ -356,7 +356,7 @@ impl Bed {
 
     /// Writes a new table for service `id` into `slot` and publishes it. `table`
     /// holds bed backend indexes (0-2), translated to the service family's ids.
-    pub fn publish_ring(&self, dp: &mut Dataplane, id: u32, table: &[u32], slot: u32) {
+    pub fn publish_ring(&self, dp: &mut AyaDataplane, id: u32, table: &[u32], slot: u32) {
         let base = self.specs.borrow()[id as usize].backend_base();
         let t: Vec<u32> = table
             .iter()
@@ -365,7 +365,7 @@ impl Bed {
         self.publish_raw(dp, id, &t, slot);
     }
 
-    fn publish_raw(&self, dp: &mut Dataplane, id: u32, table: &[u32], slot: u32) {
+    fn publish_raw(&self, dp: &mut AyaDataplane, id: u32, table: &[u32], slot: u32) {
         let specs = self.specs.borrow();
         let spec = specs[id as usize];
         let shared = specs
@@ -392,7 +392,7 @@ impl Bed {
     }
 
     /// Sets bed backend `idx` (both families) to `state`.
-    pub fn set_backend_state(&self, dp: &mut Dataplane, idx: u32, state: u8) {
+    pub fn set_backend_state(&self, dp: &mut AyaDataplane, idx: u32, state: u8) {
         let mut plan = Plan::default();
         let i = idx as usize;
         for (id, addr, family) in [

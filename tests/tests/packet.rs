@@ -13,7 +13,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use xdp_lb::dataplane::{Dataplane, PROGRAM};
+use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{
     hash, FlowKey, FlowValue, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR,
 };
@@ -610,7 +610,7 @@ fn dp_expect_backend(frame: &[u8], ring_size: u32) -> usize {
     ring_pattern(ring_size)[(hash::flow_hash(&key) % ring_size) as usize] as usize
 }
 
-fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
+fn run(dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
     let prog: &mut Xdp = dp
         .ebpf_mut()

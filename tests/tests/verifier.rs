@@ -1,11 +1,11 @@
 //! Every program of the XDP object passes this kernel's verifier: the balancer that
 //! `run` attaches, and the benchmark and veth-peer programs the other tests use.
-use xdp_lb::dataplane::{Dataplane, MapSizes, PASS_PROGRAM, PROGRAM};
+use xdp_lb::dataplane::{AyaDataplane, MapSizes, PASS_PROGRAM, PROGRAM};
 
 #[test]
 fn every_program_passes_the_verifier() {
     xdp_lb_tests::require_root();
-    let mut dp = Dataplane::load(MapSizes {
+    let mut dp = AyaDataplane::load(MapSizes {
         ring_entries: 1000,
         flow_table_size: 1024,
     })

@@ -8,11 +8,12 @@
 //!
 //! Byte order: every address and port field holds the bytes exactly as they sit in
 //! the packet (network byte order), loaded into a native integer without swapping.
-//! `ip_to_words`/`port_to_wire` in userspace produce that representation.
+//! `wire::ip_to_words`/`wire::port_to_wire` produce that representation.
 #![no_std]
 
 pub mod csum;
 pub mod hash;
+pub mod wire;
 
 /// Address family tags stored in keys and backends.
 pub const FAMILY_V4: u8 = 4;
@@ -21,6 +22,8 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// Interfaces one balancer attaches to: the size of the TX_PORTS device map.
+pub const MAX_INTERFACES: u32 = 64;
 /// Services map capacity (hash map entries).
 pub const MAX_SERVICES: u32 = 1024;
 /// Backend slots across all services (array map entries).

@@ -1,13 +1,17 @@
-//! xdp-lb control plane: configuration, Maglev tables, the planner that turns
-//! configurations into map writes, the aya-backed data plane adapter, and the `run`
-//! command that ties them together; and the HTTP cache tier (`cache`).
+//! xdp-lb control plane. Layers, each importing only those below it:
+//! `cli` (clap, anyhow) -> `daemon` (the controller task, signals) -> `admin`
+//! (the JSON API) -> `plan`/`maglev`/`summary` (pure balancing logic) -> `config`
+//! (the file's model) -> `dataplane` (the only aya user). `cache` is the HTTP cache
+//! tier, a library of its own.
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod monitor;
 pub mod plan;
-pub mod run;
 pub mod summary;
 pub mod tui;

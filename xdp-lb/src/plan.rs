@@ -14,8 +14,7 @@ use std::{
 
 use xdp_lb_common::{
     Backend, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_HASH_SRC_ONLY,
-    SVC_REVERSE_PER_FLOW,
+    MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_HASH_SRC_ONLY, SVC_REVERSE_PER_FLOW,
 };
 
 use crate::{
@@ -23,23 +22,7 @@ use crate::{
     maglev::{self, MaglevBackend},
 };
 
-/// An address as the kernel structs hold it: network-order bytes in native-endian
-/// words, IPv4 in word 0; plus the family tag.
-pub fn ip_to_words(ip: IpAddr) -> ([u32; 4], u8) {
-    match ip {
-        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
-        }
-    }
-}
-
-/// A port as the kernel structs hold it: network-order bytes in a native `u16`.
-pub fn port_to_wire(port: u16) -> u16 {
-    u16::from_ne_bytes(port.to_be_bytes())
-}
+pub use xdp_lb_common::wire::{ip_to_words, port_to_wire};
 
 /// The SERVICES map key of a configured service.
 pub fn service_key(svc: &ServiceConfig) -> ServiceKey {
@@ -72,6 +55,109 @@ fn state_code(state: BackendState) -> u8 {
     }
 }
 
+/// One change the planner made, as the operator's log, the admin API and metrics
+/// see it. `Display` gives the log line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    ServiceAdded {
+        service: String,
+        endpoint: String,
+        algorithm: Algorithm,
+        forwarding: Forwarding,
+        table_size: u32,
+    },
+    ServiceRemoved {
+        service: String,
+    },
+    ServiceMode {
+        service: String,
+        algorithm: Algorithm,
+        forwarding: Forwarding,
+    },
+    BackendAdded {
+        service: String,
+        backend: SocketAddr,
+        weight: u32,
+        state: BackendState,
+        slot: u32,
+    },
+    BackendRemoved {
+        service: String,
+        backend: SocketAddr,
+        slot: u32,
+    },
+    BackendState {
+        service: String,
+        backend: SocketAddr,
+        from: BackendState,
+        to: BackendState,
+    },
+    BackendWeight {
+        service: String,
+        backend: SocketAddr,
+        from: u32,
+        to: u32,
+    },
+    TablePublished {
+        service: String,
+        half: u32,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::ServiceAdded {
+                service,
+                endpoint,
+                algorithm,
+                forwarding,
+                table_size,
+            } => write!(
+                f,
+                "service {service}: added {endpoint} ({algorithm}, {forwarding}, table {table_size})"
+            ),
+            Change::ServiceRemoved { service } => write!(f, "service {service}: removed"),
+            Change::ServiceMode {
+                service,
+                algorithm,
+                forwarding,
+            } => write!(f, "service {service}: now {algorithm} / {forwarding}"),
+            Change::BackendAdded {
+                service,
+                backend,
+                weight,
+                state,
+                slot,
+            } => write!(
+                f,
+                "service {service}: +{backend} w={weight} {state} (slot {slot})"
+            ),
+            Change::BackendRemoved {
+                service,
+                backend,
+                slot,
+            } => write!(f, "service {service}: -{backend} (slot {slot})"),
+            Change::BackendState {
+                service,
+                backend,
+                from,
+                to,
+            } => write!(f, "service {service}: {backend} {from} -> {to}"),
+            Change::BackendWeight {
+                service,
+                backend,
+                from,
+                to,
+            } => write!(f, "service {service}: {backend} weight {from} -> {to}"),
+            Change::TablePublished { service, half } => {
+                write!(f, "service {service}: new table published in ring half {half}")
+            }
+        }
+    }
+}
+
 /// The writes that take the kernel from the previously applied config to the new one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -91,8 +177,8 @@ pub struct Plan {
     pub reply_writes: Vec<(ServiceKey, ReplyTarget)>,
     /// Last: endpoints no NAT service uses any more.
     pub reply_deletes: Vec<ServiceKey>,
-    /// Human-readable change log, one line per change, for the operator.
-    pub log: Vec<String>,
+    /// What changed, one entry per change, for the operator's log and the admin API.
+    pub changes: Vec<Change>,
 }
 
 impl Plan {
@@ -151,6 +237,21 @@ pub struct ServiceIds {
     pub id: u32,
     /// (backend address, backend id), sorted by address.
     pub backends: Vec<(SocketAddr, u32)>,
+    /// Per backend, in the order of `backends`: its slot and its share of the table.
+    pub slots: Vec<BackendSlot>,
+    /// Entries in the published table.
+    pub table_size: u32,
+}
+
+/// A backend's slot in BACKENDS and how much of its service's table it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSlot {
+    pub addr: SocketAddr,
+    pub id: u32,
+    /// Flow entries carrying another generation belong to a former occupant.
+    pub generation: u32,
+    /// Entries of the published table that name this backend.
+    pub table_entries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +317,7 @@ impl Planner {
 
     /// Offset into MAGLEV_RING of ring half `slot` of service `id`.
     pub fn ring_offset(&self, id: u32, slot: u32) -> u32 {
-        (2 * id + slot) * self.max_table_size
+        xdp_lb_common::wire::ring_offset(id, slot, self.max_table_size)
     }
 
     /// Ids currently assigned, sorted by service id.
@@ -229,6 +330,17 @@ impl Planner {
                 key: *key,
                 id: s.id,
                 backends: s.backends.iter().map(|(a, b)| (*a, b.id)).collect(),
+                slots: s
+                    .backends
+                    .iter()
+                    .map(|(a, b)| BackendSlot {
+                        addr: *a,
+                        id: b.id,
+                        generation: b.record.generation,
+                        table_entries: s.table.iter().filter(|&&i| i == b.id).count() as u32,
+                    })
+                    .collect(),
+                table_size: s.table.len() as u32,
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -361,7 +473,9 @@ impl Planner {
         gone.sort_by_key(|k| self.services[k].id);
         for key in gone {
             let old = self.services.remove(&key).expect("key listed from map");
-            plan.log.push(format!("service {}: removed", old.name));
+            plan.changes.push(Change::ServiceRemoved {
+                service: old.name.clone(),
+            });
             for (addr, b) in old.backends {
                 plan.backend_frees.push((
                     b.id,
@@ -370,8 +484,11 @@ impl Planner {
                         ..b.record
                     },
                 ));
-                plan.log
-                    .push(format!("service {}: -{addr} (slot {})", old.name, b.id));
+                plan.changes.push(Change::BackendRemoved {
+                    service: old.name.clone(),
+                    backend: addr,
+                    slot: b.id,
+                });
                 released_backends.push(b.id);
             }
             plan.service_deletes.push(key);
@@ -392,14 +509,13 @@ impl Planner {
                             released_services.remove(0)
                         }
                     };
-                    plan.log.push(format!(
-                        "service {}: added {} ({}, {}, table {})",
-                        svc.name,
-                        svc.endpoint(),
-                        svc.algorithm,
-                        svc.forwarding,
-                        svc.table_size
-                    ));
+                    plan.changes.push(Change::ServiceAdded {
+                        service: svc.name.clone(),
+                        endpoint: svc.endpoint(),
+                        algorithm: svc.algorithm,
+                        forwarding: svc.forwarding,
+                        table_size: svc.table_size,
+                    });
                     AppliedService {
                         name: svc.name.clone(),
                         id,
@@ -455,16 +571,20 @@ impl Planner {
                         }
                     }
                     if prev.state != b.state {
-                        plan.log.push(format!(
-                            "service {}: {addr} {} -> {}",
-                            svc.name, prev.state, b.state
-                        ));
+                        plan.changes.push(Change::BackendState {
+                            service: svc.name.clone(),
+                            backend: addr,
+                            from: prev.state,
+                            to: b.state,
+                        });
                     }
                     if prev.weight != b.weight {
-                        plan.log.push(format!(
-                            "service {}: {addr} weight {} -> {}",
-                            svc.name, prev.weight, b.weight
-                        ));
+                        plan.changes.push(Change::BackendWeight {
+                            service: svc.name.clone(),
+                            backend: addr,
+                            from: prev.weight,
+                            to: b.weight,
+                        });
                     }
                     AppliedBackend {
                         id: prev.id,
@@ -477,10 +597,13 @@ impl Planner {
                     let (id, generation) = self.alloc_backend();
                     let new = record(generation);
                     plan.backend_writes.push((id, new));
-                    plan.log.push(format!(
-                        "service {}: +{addr} w={} {} (slot {id})",
-                        svc.name, b.weight, b.state
-                    ));
+                    plan.changes.push(Change::BackendAdded {
+                        service: svc.name.clone(),
+                        backend: addr,
+                        weight: b.weight,
+                        state: b.state,
+                        slot: id,
+                    });
                     AppliedBackend {
                         id,
                         record: new,
@@ -499,8 +622,11 @@ impl Planner {
                     ..b.record
                 },
             ));
-            plan.log
-                .push(format!("service {}: -{addr} (slot {})", svc.name, b.id));
+            plan.changes.push(Change::BackendRemoved {
+                service: svc.name.clone(),
+                backend: addr,
+                slot: b.id,
+            });
             released.push(b.id);
         }
     }
@@ -517,10 +643,10 @@ impl Planner {
             let offset = self.ring_offset(applied.id, slot);
             plan.ring_writes.push((offset, table.clone()));
             if !applied.table.is_empty() {
-                plan.log.push(format!(
-                    "service {}: new table published in ring half {slot}",
-                    svc.name
-                ));
+                plan.changes.push(Change::TablePublished {
+                    service: svc.name.clone(),
+                    half: slot,
+                });
             }
             applied.table = table;
         }
@@ -537,10 +663,11 @@ impl Planner {
         };
         if record != applied.record {
             if applied.record != Service::default() && record.flags != applied.record.flags {
-                plan.log.push(format!(
-                    "service {}: now {} / {}",
-                    svc.name, svc.algorithm, svc.forwarding
-                ));
+                plan.changes.push(Change::ServiceMode {
+                    service: svc.name.clone(),
+                    algorithm: svc.algorithm,
+                    forwarding: svc.forwarding,
+                });
             }
             plan.service_writes.push((service_key(svc), record));
             applied.record = record;
@@ -636,6 +763,7 @@ mod tests {
 
     use super::*;
     use crate::config::parse_str;
+    use xdp_lb_common::{FAMILY_V4, FAMILY_V6};
 
     const M: u32 = 1009;
 
@@ -745,7 +873,7 @@ mod tests {
         assert_eq!(svc6.id, 1);
         assert_eq!(svc6.flags, SVC_FWD_DSR | SVC_HASH_SRC_ONLY);
         assert!(plan.service_deletes.is_empty() && plan.backend_frees.is_empty());
-        assert!(!plan.log.is_empty());
+        assert!(!plan.changes.is_empty());
     }
 
     #[test]
@@ -754,7 +882,7 @@ mod tests {
         p.apply(&web(&TWO)).unwrap();
         let plan = p.apply(&web(&TWO)).unwrap();
         assert!(plan.is_empty(), "{plan:?}");
-        assert!(plan.log.is_empty(), "{:?}", plan.log);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
     }
 
     #[test]
@@ -773,9 +901,11 @@ mod tests {
         assert_eq!(plan.service_writes[0].1.ring_offset, M);
         assert!(plan.service_deletes.is_empty() && plan.backend_frees.is_empty());
         assert!(
-            plan.log.iter().any(|l| l.contains("+198.18.1.4:8080")),
+            plan.changes
+                .iter()
+                .any(|c| c.to_string().contains("+198.18.1.4:8080")),
             "{:?}",
-            plan.log
+            plan.changes
         );
         // And the next change flips back to half 0.
         let plan = p.apply(&web(&TWO)).unwrap();
@@ -824,9 +954,11 @@ mod tests {
         let zeros = plan.ring_writes[0].1.iter().filter(|&&i| i == 0).count();
         assert!(zeros > 700, "weight 3 of 4 should own ~757 of {M}: {zeros}");
         assert!(
-            plan.log.iter().any(|l| l.contains("weight 1 -> 3")),
+            plan.changes
+                .iter()
+                .any(|c| c.to_string().contains("weight 1 -> 3")),
             "{:?}",
-            plan.log
+            plan.changes
         );
     }
 

@@ -2,10 +2,7 @@
 //! prints: what will be programmed, so an operator can eyeball it before traffic flows.
 use std::fmt::Write;
 
-use crate::{
-    cli::XdpMode,
-    config::{BackendState, Config},
-};
+use crate::config::{BackendState, Config};
 
 /// Renders `cfg` as aligned text: global settings, then each service with its
 /// backends and the share of new flows each active backend is expected to get.
@@ -15,11 +12,7 @@ pub fn render(cfg: &Config) -> String {
         out,
         "interfaces: {} (xdp mode {}), flow table {}, max services {}, max table size {}",
         cfg.interfaces.join(", "),
-        match cfg.xdp_mode {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        },
+        cfg.xdp_mode,
         cfg.flow_table_size,
         cfg.max_services,
         cfg.max_table_size

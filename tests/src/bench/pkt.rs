@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
-use xdp_lb::dataplane::{Dataplane, PROGRAM};
+use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
 
 use crate::pkt::*;
@@ -60,7 +60,7 @@ struct Case {
     /// New keys every round (the new-flow case).
     fresh_base: bool,
     base: u32,
-    check: fn(&mut Dataplane, &Outcome) -> anyhow::Result<()>,
+    check: fn(&mut AyaDataplane, &Outcome) -> anyhow::Result<()>,
 }
 
 struct Outcome {
@@ -181,12 +181,12 @@ fn non_vip_frame() -> FrameSpec {
     }
 }
 
-fn expect_tx(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_tx(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     ensure!(o.action == XDP_TX, "action {} instead of XDP_TX", o.action);
     Ok(())
 }
 
-fn expect_established(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_established(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     expect_tx(dp, o)?;
     ensure!(o.out[0..6] == BACKEND_MACS[0], "not sent to backend 0");
     ensure!(
@@ -197,7 +197,7 @@ fn expect_established(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_new_flows(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_new_flows(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     expect_tx(dp, o)?;
     let n = o.after.new_flows - o.before.new_flows;
     ensure!(
@@ -208,7 +208,7 @@ fn expect_new_flows(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_replies(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_replies(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     expect_tx(dp, o)?;
     ensure!(o.out[0..6] == CLIENT_MAC, "reply not sent to the client");
     let n = o.after.nat_reply - o.before.nat_reply;
@@ -220,7 +220,7 @@ fn expect_replies(dp: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_pass(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_pass(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     ensure!(
         o.action == XDP_PASS,
         "action {} instead of XDP_PASS",
@@ -230,7 +230,7 @@ fn expect_pass(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_floor(_: &mut Dataplane, o: &Outcome) -> anyhow::Result<()> {
+fn expect_floor(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     ensure!(o.action == XDP_TX, "floor returned {}", o.action);
     Ok(())
 }
@@ -252,7 +252,7 @@ fn cases() -> Vec<Case> {
             Target::Floor,
             v4_frame(0),
             ONE_FLOW_REPEAT,
-            expect_floor as fn(&mut Dataplane, &Outcome) -> anyhow::Result<()>,
+            expect_floor as fn(&mut AyaDataplane, &Outcome) -> anyhow::Result<()>,
         ),
         c(
             "non-VIP packet (XDP_PASS)",
@@ -338,7 +338,7 @@ struct Row {
 }
 
 struct Harness {
-    dp: Dataplane,
+    dp: AyaDataplane,
     ifindex: u32,
     fds: [ProgramFd; 3],
 }

@@ -42,7 +42,6 @@ use std::{
     collections::HashSet,
     fmt,
     net::{IpAddr, SocketAddr},
-    path::Path,
 };
 
 use serde::Deserialize;
@@ -51,10 +50,68 @@ use xdp_lb_common::{
     MAX_SERVICES,
 };
 
-use crate::{
-    cache::CacheConfig,
-    cli::{RunArgs, XdpMode},
-};
+use crate::cache::CacheConfig;
+
+pub mod edit;
+
+/// How the XDP program is attached to each interface.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Driver mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    /// Driver (native) mode only: fail if the driver lacks XDP support.
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Generic,
+}
+
+impl XdpMode {
+    pub const NAMES: [&'static str; 3] = ["auto", "native", "generic"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        parse_xdp_mode(s)
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Where a configuration comes from: the file named by `config`, plus what the
+/// command line adds (one service from `vip`/`backends`/...) or overrides
+/// (`ifaces`, `xdp_mode`, `flow_table_size`). Built by the CLI; plain data here so
+/// the configuration model knows nothing of the argument parser.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub config: Option<std::path::PathBuf>,
+    pub ifaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub flow_table_size: Option<u32>,
+    /// One more service: `ADDR:PORT` (IPv6 as `[ADDR]:PORT`).
+    pub vip: Option<String>,
+    /// Of the `vip` service; empty means the default.
+    pub proto: String,
+    /// Of the `vip` service: `ADDR:PORT[@WEIGHT]`.
+    pub backends: Vec<String>,
+    pub algorithm: String,
+    pub forwarding: String,
+    pub table_size: Option<u32>,
+}
 
 /// Default number of service slots the ring map is sized for.
 pub const DEFAULT_MAX_SERVICES: u32 = 32;
@@ -83,6 +140,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The HTTP cache tier to run beside the balancer, if the file has `[cache]`.
     pub cache: Option<CacheConfig>,
+    /// Services that came from the file: the first `file_services` of `services`;
+    /// a service from the command-line flags follows them.
+    pub file_services: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,25 +169,29 @@ pub struct BackendConfig {
     pub state: BackendState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     Maglev,
     SrcHash,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Forwarding {
     Nat,
     Dsr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendState {
     Active,
     Draining,
@@ -226,7 +290,7 @@ pub enum ConfigError {
     Cache(crate::cache::config::ConfigError),
     #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -353,30 +417,43 @@ pub enum ConfigError {
 
 /// Loads the file named by `args.config` (if any), adds the flag-defined service (if
 /// `--vip` is given), applies defaults and validates the result.
-pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
-    let raw = match &args.config {
-        Some(path) => read_file(path)?,
-        None => RawConfig::default(),
-    };
-    build(raw, args)
+pub fn load(args: &Sources) -> Result<Config, ConfigError> {
+    load_with_text(args).map(|(cfg, _)| cfg)
+}
+
+/// `load`, also returning the file's text as it was read (one read, so the text is
+/// exactly what the configuration came from).
+pub fn load_with_text(args: &Sources) -> Result<(Config, Option<String>), ConfigError> {
+    match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let cfg = parse_text(&text, args)?;
+            Ok((cfg, Some(text)))
+        }
+        None => Ok((build(RawConfig::default(), args)?, None)),
+    }
+}
+
+/// Parses `text` as the file `args.config` names, merged with the flags in `args`.
+pub fn parse_text(text: &str, args: &Sources) -> Result<Config, ConfigError> {
+    let origin = args
+        .config
+        .as_deref()
+        .map_or_else(|| "<config>".to_string(), |p| p.display().to_string());
+    build(parse_raw(text, &origin)?, args)
 }
 
 /// Parses and validates a TOML document alone (no flags); errors name it `<config>`.
 pub fn parse_str(toml_text: &str) -> Result<Config, ConfigError> {
-    build(parse_raw(toml_text, "<config>")?, &RunArgs::default())
+    build(parse_raw(toml_text, "<config>")?, &Sources::default())
 }
 
 /// Parses a TOML document and merges `args` into it, as `load` does for a file.
-pub fn parse_str_with_args(toml_text: &str, args: &RunArgs) -> Result<Config, ConfigError> {
+pub fn parse_str_with_args(toml_text: &str, args: &Sources) -> Result<Config, ConfigError> {
     build(parse_raw(toml_text, "<config>")?, args)
-}
-
-fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    parse_raw(&text, &path.display().to_string())
 }
 
 /// The file as written: strings where the value set is ours to check, so that a bad
@@ -453,7 +530,7 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
+fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
     // Nothing to balance is the most basic mistake: report it before anything else.
     if raw.services.is_empty() && args.vip.is_none() {
         service_from_flags(args)?;
@@ -517,23 +594,46 @@ fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
         .into_iter()
         .map(service_from_raw)
         .collect::<Result<Vec<_>, _>>()?;
+    let file_services = services.len();
     if let Some(svc) = service_from_flags(args)? {
         services.push(svc);
     }
 
+    if let Some(cache) = &raw.cache {
+        cache.validate().map_err(ConfigError::Cache)?;
+    }
+
+    let cfg = Config {
+        interfaces,
+        xdp_mode,
+        flow_table_size,
+        max_services,
+        max_table_size,
+        services,
+        cache: raw.cache,
+        file_services,
+    };
+    validate_services(&cfg)?;
+    Ok(cfg)
+}
+
+/// The rules between services and within each: run on every configuration, whether
+/// it came from the file or from a runtime change.
+pub fn validate_services(cfg: &Config) -> Result<(), ConfigError> {
+    let services = &cfg.services;
     if services.is_empty() {
         return Err(ConfigError::NoServices);
     }
-    if services.len() > max_services as usize {
+    if services.len() > cfg.max_services as usize {
         return Err(ConfigError::TooManyServices {
             count: services.len(),
-            max: max_services,
+            max: cfg.max_services,
         });
     }
     let mut names = HashSet::new();
     let mut endpoints: Vec<((IpAddr, u16, Proto), &str)> = Vec::new();
-    for svc in &services {
-        validate_service(svc, max_table_size)?;
+    for svc in services {
+        validate_service(svc, cfg.max_table_size)?;
         if !names.insert(svc.name.as_str()) {
             return Err(ConfigError::DuplicateServiceName {
                 name: svc.name.clone(),
@@ -549,20 +649,7 @@ fn build(raw: RawConfig, args: &RunArgs) -> Result<Config, ConfigError> {
         }
         endpoints.push((key, &svc.name));
     }
-
-    if let Some(cache) = &raw.cache {
-        cache.validate().map_err(ConfigError::Cache)?;
-    }
-
-    Ok(Config {
-        interfaces,
-        xdp_mode,
-        flow_table_size,
-        max_services,
-        max_table_size,
-        services,
-        cache: raw.cache,
-    })
+    Ok(())
 }
 
 fn validate_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
@@ -810,7 +897,56 @@ fn split_addr_port(context: &str, s: &str) -> Result<(IpAddr, Option<i64>), Conf
     Ok((addr, port))
 }
 
-fn service_from_flags(args: &RunArgs) -> Result<Option<ServiceConfig>, ConfigError> {
+/// A backend as written on a command line: `ADDR[:PORT][@WEIGHT]`, IPv6 with
+/// brackets (`[2001:db8::2]:8080@3`). The one parser for `--backend` and the admin
+/// verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+    pub weight: Option<u32>,
+}
+
+impl BackendSpec {
+    pub fn parse(context: &str, spec: &str) -> Result<Self, ConfigError> {
+        let (addr_part, weight) = match spec.rsplit_once('@') {
+            Some((a, w)) => {
+                let weight = w.parse::<i64>().map_err(|_| ConfigError::BadAddress {
+                    context: context.into(),
+                    value: spec.into(),
+                    reason: "weight after '@' must be a number, e.g. 198.18.1.2:8080@3".into(),
+                })?;
+                if !(1..=i64::from(MAX_WEIGHT)).contains(&weight) {
+                    return Err(ConfigError::WeightOutOfRange {
+                        service: context.into(),
+                        backend: a.into(),
+                        weight,
+                        max: MAX_WEIGHT,
+                    });
+                }
+                (a, Some(weight as u32))
+            }
+            None => (spec, None),
+        };
+        let (addr, port) = split_addr_port(context, addr_part)?;
+        let port = match port {
+            Some(p) => Some(check_port(&format!("{context} {spec}"), p)?),
+            None => None,
+        };
+        Ok(BackendSpec { addr, port, weight })
+    }
+}
+
+/// An unset (empty) flag value means the default.
+fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() {
+        default
+    } else {
+        value
+    }
+}
+
+fn service_from_flags(args: &Sources) -> Result<Option<ServiceConfig>, ConfigError> {
     let Some(vip_arg) = &args.vip else {
         if !args.backends.is_empty() {
             return Err(ConfigError::FlagWithoutVip { flag: "--backend" });
@@ -821,7 +957,7 @@ fn service_from_flags(args: &RunArgs) -> Result<Option<ServiceConfig>, ConfigErr
             });
         }
         // These have defaults, so only a non-default value shows the operator meant
-        // to describe a service (`RunArgs::default()` leaves them empty).
+        // to describe a service (`Sources::default()` leaves them empty).
         for (flag, value, default) in [
             ("--proto", &args.proto, "tcp"),
             ("--algorithm", &args.algorithm, "maglev"),
@@ -843,32 +979,17 @@ fn service_from_flags(args: &RunArgs) -> Result<Option<ServiceConfig>, ConfigErr
     };
     let port = check_port("--vip", port)?;
     let provisional = format!("{}", SocketAddr::new(vip, port));
-    let proto = parse_proto(&provisional, &args.proto)?;
+    let proto = parse_proto(&provisional, or_default(&args.proto, "tcp"))?;
     let name = default_name(vip, port, proto);
-    let algorithm = parse_algorithm(&name, &args.algorithm)?;
-    let forwarding = parse_forwarding(&name, &args.forwarding)?;
+    let algorithm = parse_algorithm(&name, or_default(&args.algorithm, "maglev"))?;
+    let forwarding = parse_forwarding(&name, or_default(&args.forwarding, "nat"))?;
     let mut backends = Vec::with_capacity(args.backends.len());
     for spec in &args.backends {
-        let (addr_part, weight) = match spec.rsplit_once('@') {
-            Some((a, w)) => {
-                let weight = w.parse::<i64>().map_err(|_| ConfigError::BadAddress {
-                    context: "--backend".into(),
-                    value: spec.clone(),
-                    reason: "weight after '@' must be a number, e.g. 198.18.1.2:8080@3".into(),
-                })?;
-                (a, weight)
-            }
-            None => (spec.as_str(), 1),
-        };
-        let (addr, bport) = split_addr_port("--backend", addr_part)?;
-        let bport = match bport {
-            Some(p) => Some(check_port(&format!("--backend {spec}"), p)?),
-            None => None,
-        };
-        let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
-        let weight = check_weight(&name, addr_part, weight)?;
+        let b = BackendSpec::parse("--backend", spec)?;
+        let port = resolve_backend_port(&name, forwarding, port, b.addr, b.port)?;
+        let weight = check_weight(&name, spec, b.weight.map_or(1, i64::from))?;
         backends.push(BackendConfig {
-            addr,
+            addr: b.addr,
             port,
             weight,
             state: BackendState::Active,
@@ -1126,7 +1247,7 @@ state = "down"
 
     #[test]
     fn unreadable_file_names_the_path() {
-        let args = RunArgs {
+        let args = Sources {
             config: Some("/nonexistent/xdp-lb.toml".into()),
             ..Default::default()
         };
@@ -1424,8 +1545,8 @@ state = "down"
         assert!(parse_str(&format!("interfaces = [\"abcdefghijklmno\"]\n{body}")).is_ok());
     }
 
-    fn flags(vip: &str, backends: &[&str]) -> RunArgs {
-        RunArgs {
+    fn flags(vip: &str, backends: &[&str]) -> Sources {
+        Sources {
             ifaces: vec!["veth0".into()],
             vip: Some(vip.into()),
             backends: backends.iter().map(|s| s.to_string()).collect(),
@@ -1515,7 +1636,7 @@ state = "down"
         ));
         // No file and no --vip: say so, not that interfaces are missing.
         assert!(matches!(
-            build(raw(), &RunArgs::default()).unwrap_err(),
+            build(raw(), &Sources::default()).unwrap_err(),
             ConfigError::NoServices
         ));
     }
@@ -1539,7 +1660,7 @@ state = "down"
         // Through a real file.
         let path = std::env::temp_dir().join(format!("xdp-lb-config-{}.toml", std::process::id()));
         std::fs::write(&path, GOOD).unwrap();
-        let args = RunArgs {
+        let args = Sources {
             config: Some(path.clone()),
             ..flags("198.18.100.2:443", &["198.18.1.7:8443"])
         };

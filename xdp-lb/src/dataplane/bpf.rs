@@ -1,14 +1,17 @@
-//! The one place that touches aya: loads the embedded XDP object with maps sized from
-//! the configuration, attaches it to interfaces, performs a `Plan`'s map writes in
-//! order, and reads the counters back. Everything above it is plain Rust.
+//! The aya implementation of `Dataplane`: loads the embedded XDP object with maps
+//! sized from the configuration, attaches it to interfaces, performs a `Plan`'s map
+//! writes in order, and reads the counters back.
 use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use xdp_lb_common::{reason, Backend, Counters, ReplyTarget, Service, ServiceKey, MAX_BACKENDS};
+use xdp_lb_common::{
+    reason, Backend, Counters, FlowKey, FlowValue, ReplyTarget, Service, ServiceKey, MAX_BACKENDS,
+};
 
-use crate::{cli, plan::Plan};
+use super::{Dataplane, DataplaneError, FlowCounts, MapSizes};
+use crate::{config, plan::Plan};
 
 /// The XDP object built from xdp-lb-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -22,47 +25,8 @@ const LOAD_TRIES: u32 = 5;
 /// Name of the pass-everything program for veth peers.
 pub const PASS_PROGRAM: &str = "xdp_pass";
 
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("the embedded XDP object is empty: this binary was built with AYA_BUILD_SKIP=1; rebuild without it")]
-    StubObject,
-    #[error("loading the XDP object into the kernel failed (are you root, and does the kernel support BPF?)")]
-    Load(#[source] aya::EbpfError),
-    #[error("the XDP object has no program or map named {0}")]
-    Missing(&'static str),
-    #[error("program {name} was rejected by the kernel (verifier or missing XDP support)")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("attaching XDP to interface {iface} in {mode} mode failed")]
-    Attach {
-        iface: String,
-        mode: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("interface {0} already has an XDP program attached (another xdp-lb? see `ip link show {0}`; detach it with `ip link set dev {0} xdp off`)")]
-    Busy(String),
-    #[error("interface {0} does not exist (see `ip link`)")]
-    NoInterface(String),
-    #[error("updating map {map} failed")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-}
-
-/// Map capacities decided by the configuration at start.
-#[derive(Debug, Clone, Copy)]
-pub struct MapSizes {
-    pub ring_entries: u32,
-    pub flow_table_size: u32,
-}
-
-pub struct Dataplane {
+/// The real data plane: the loaded object and the interfaces it is attached to.
+pub struct AyaDataplane {
     ebpf: Ebpf,
     attached: Vec<(String, &'static str)>,
     /// Reader of the program's rare-event log lines; holds the ring buffer's only
@@ -82,7 +46,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
     move |source| DataplaneError::Map { map, source }
 }
 
-impl Dataplane {
+impl AyaDataplane {
     /// Loads the object and the balancer program; nothing is attached yet.
     pub fn load(sizes: MapSizes) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
@@ -101,7 +65,7 @@ impl Dataplane {
                 None
             }
         };
-        let mut dp = Dataplane {
+        let mut dp = AyaDataplane {
             ebpf,
             attached: Vec::new(),
             kernel_log,
@@ -142,7 +106,7 @@ impl Dataplane {
         &mut self,
         program: &'static str,
         iface: &str,
-        mode: cli::XdpMode,
+        mode: config::XdpMode,
     ) -> Result<&'static str, DataplaneError> {
         let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface(iface.to_string()))?;
         let prog = self.load_program(program)?;
@@ -163,9 +127,9 @@ impl Dataplane {
             })
         };
         let used = match mode {
-            cli::XdpMode::Native => attempt(prog, XdpMode::Driver, "native")?,
-            cli::XdpMode::Generic => attempt(prog, XdpMode::Skb, "generic")?,
-            cli::XdpMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
+            config::XdpMode::Native => attempt(prog, XdpMode::Driver, "native")?,
+            config::XdpMode::Generic => attempt(prog, XdpMode::Skb, "generic")?,
+            config::XdpMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
                 Ok(m) => m,
                 Err(e @ DataplaneError::Busy(_)) => return Err(e),
                 Err(e) => {
@@ -201,6 +165,14 @@ impl Dataplane {
             })
     }
 
+    fn map_ref<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        T::try_from(m).map_err(map_err(name))
+    }
+
     fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -212,10 +184,53 @@ impl Dataplane {
         T::try_from(m).map_err(map_err(name))
     }
 
+    /// A descriptor that becomes readable when the program has logged something;
+    /// call `flush_kernel_log` then.
+    pub fn kernel_log_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd;
+        self.kernel_log
+            .as_ref()
+            .map(|l| l.as_fd().try_clone_to_owned())
+    }
+
+    /// Writes the program's pending log lines to the `log` logger.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = &mut self.kernel_log {
+            l.flush();
+        }
+    }
+
+    /// Interfaces attached so far and the mode each got.
+    pub fn attached(&self) -> &[(String, &'static str)] {
+        &self.attached
+    }
+
+    /// Writes flow-table entries from userspace: benchmarks fill the table this way to
+    /// measure what a full table costs the control plane.
+    pub fn insert_flows(
+        &mut self,
+        entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
+    ) -> Result<u64, DataplaneError> {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = self.map("FLOWS")?;
+        let mut n = 0;
+        for (k, v) in entries {
+            flows.insert(k, v, 0).map_err(map_err("FLOWS"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Raw access for tests and benchmarks (test runs, flow-table inspection).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+impl Dataplane for AyaDataplane {
     /// Performs a plan's writes in the order that keeps every intermediate state
     /// consistent for the kernel: backends, then tables into idle slots, then the
     /// service records that publish them, then removals.
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+    fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
         {
             let mut backends: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
             for (id, b) in &plan.backend_writes {
@@ -280,8 +295,8 @@ impl Dataplane {
     }
 
     /// Global verdict counters, summed over CPUs, by `reason` index.
-    pub fn global_counters(&mut self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
-        let stats: PerCpuArray<&mut MapData, u64> = self.map("GLOBAL_STATS")?;
+    fn global_counters(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+        let stats: PerCpuArray<&MapData, u64> = self.map_ref("GLOBAL_STATS")?;
         (0..reason::COUNT)
             .map(|i| {
                 let v = stats.get(&i, 0).map_err(map_err("GLOBAL_STATS"))?;
@@ -290,8 +305,40 @@ impl Dataplane {
             .collect()
     }
 
-    fn counters(&mut self, map: &'static str, index: u32) -> Result<Counters, DataplaneError> {
-        let stats: PerCpuArray<&mut MapData, Counters> = self.map(map)?;
+    fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        self.counters("SERVICE_STATS", id)
+    }
+
+    fn backend_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        debug_assert!(id < MAX_BACKENDS);
+        self.counters("BACKEND_STATS", id)
+    }
+
+    fn flow_counts(&self, limit: u64) -> Result<FlowCounts, DataplaneError> {
+        let flows: HashMap<&MapData, FlowKey, FlowValue> = self.map_ref("FLOWS")?;
+        let mut counts = FlowCounts::default();
+        // One syscall pair per entry (aya 0.14 has no batch lookup): bounded so a
+        // status call at a full table costs a known amount of time.
+        for entry in flows.iter() {
+            if counts.scanned >= limit {
+                counts.truncated = true;
+                break;
+            }
+            // An entry can vanish between the key walk and its lookup (LRU eviction).
+            let Ok((_, v)) = entry else { continue };
+            counts.scanned += 1;
+            *counts
+                .by_backend
+                .entry((v.backend_id, v.generation))
+                .or_default() += 1;
+        }
+        Ok(counts)
+    }
+}
+
+impl AyaDataplane {
+    fn counters(&self, map: &'static str, index: u32) -> Result<Counters, DataplaneError> {
+        let stats: PerCpuArray<&MapData, Counters> = self.map_ref(map)?;
         let v = stats.get(&index, 0).map_err(map_err(map))?;
         Ok(v.iter().fold(Counters::default(), |mut acc, c| {
             acc.packets += c.packets;
@@ -299,43 +346,6 @@ impl Dataplane {
             acc.new_flows += c.new_flows;
             acc
         }))
-    }
-
-    /// Counters of one service id, summed over CPUs.
-    pub fn service_counters(&mut self, id: u32) -> Result<Counters, DataplaneError> {
-        self.counters("SERVICE_STATS", id)
-    }
-
-    /// Counters of one backend id, summed over CPUs.
-    pub fn backend_counters(&mut self, id: u32) -> Result<Counters, DataplaneError> {
-        debug_assert!(id < MAX_BACKENDS);
-        self.counters("BACKEND_STATS", id)
-    }
-
-    /// A descriptor that becomes readable when the program has logged something;
-    /// call `flush_kernel_log` then.
-    pub fn kernel_log_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
-        use std::os::fd::AsFd;
-        self.kernel_log
-            .as_ref()
-            .map(|l| l.as_fd().try_clone_to_owned())
-    }
-
-    /// Writes the program's pending log lines to the `log` logger.
-    pub fn flush_kernel_log(&mut self) {
-        if let Some(l) = &mut self.kernel_log {
-            l.flush();
-        }
-    }
-
-    /// Interfaces attached so far and the mode each got.
-    pub fn attached(&self) -> &[(String, &'static str)] {
-        &self.attached
-    }
-
-    /// Raw access for tests and benchmarks (test runs, flow-table inspection).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
     }
 }
 

@@ -1,0 +1,845 @@
+//! The one owner of the balancer's state: the desired configuration (the file, plus
+//! runtime changes that are saved back into it), the planner and the data plane.
+//! Every change, whatever its origin, goes through here in one order: validated,
+//! planned, saved, written to the kernel, and recorded as typed events. Plain Rust
+//! over the `Dataplane` trait, so it is tested against the in-memory fake.
+//!
+//! Precedence: runtime changes are written back into the configuration file, so the
+//! file stays the truth. A reload (SIGHUP or `xdp-lb reload`) re-reads that file and
+//! therefore keeps them; a change refuses to run while the file on disk differs from
+//! what was last loaded (the operator's unloaded edits would otherwise be applied
+//! behind their back, or overwritten).
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use xdp_lb_common::Counters;
+
+use crate::{
+    admin::proto::{
+        ApiError, BackendRow, BackendStatus, Changed, Command, ErrorKind, Event, NewService,
+        Origin, Reply, ServiceStatus, Status,
+    },
+    config::{
+        self,
+        edit::{self, Edit},
+        BackendConfig, BackendSpec, BackendState, Config, Forwarding, ServiceConfig, Sources,
+    },
+    dataplane::Dataplane,
+    plan::{Change, Planner},
+};
+
+/// Events kept for `status`.
+const EVENT_HISTORY: usize = 64;
+/// Flow-table entries walked per status call (one syscall pair each).
+pub const DEFAULT_FLOW_SCAN_LIMIT: u64 = 4_000_000;
+
+/// Counters of every service and backend at one instant, by name.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    services: HashMap<String, Counters>,
+    backends: HashMap<(String, SocketAddr), Counters>,
+}
+
+pub struct Controller<D> {
+    sources: Sources,
+    cfg: Config,
+    /// The configuration file's text as last loaded or written.
+    file_text: Option<String>,
+    planner: Planner,
+    dp: D,
+    generation: u64,
+    started: Instant,
+    seq: u64,
+    events: VecDeque<Event>,
+    /// Drains with a timeout: when each backend goes down.
+    drains: HashMap<(String, SocketAddr), (Instant, Duration)>,
+    samples: VecDeque<Sample>,
+    flow_scan_limit: u64,
+    interfaces: Vec<String>,
+}
+
+impl<D: Dataplane> Controller<D> {
+    /// Takes over a data plane already programmed with `cfg` by `planner`;
+    /// `initial` are the changes that first programming made.
+    pub fn new(
+        sources: Sources,
+        cfg: Config,
+        file_text: Option<String>,
+        planner: Planner,
+        dp: D,
+        initial: Vec<Change>,
+        interfaces: Vec<String>,
+    ) -> Self {
+        let mut c = Controller {
+            sources,
+            cfg,
+            file_text,
+            planner,
+            dp,
+            generation: 1,
+            started: Instant::now(),
+            seq: 0,
+            events: VecDeque::new(),
+            drains: HashMap::new(),
+            samples: VecDeque::new(),
+            flow_scan_limit: DEFAULT_FLOW_SCAN_LIMIT,
+            interfaces,
+        };
+        for change in initial {
+            c.record(Origin::File, None, change);
+        }
+        c
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn set_flow_scan_limit(&mut self, limit: u64) {
+        self.flow_scan_limit = limit;
+    }
+
+    /// Serves one admin command. On error nothing changed.
+    pub fn handle(&mut self, cmd: Command) -> Result<Reply, ApiError> {
+        match cmd {
+            Command::Status => Ok(Reply::Status(self.status())),
+            Command::ServiceList => Ok(Reply::Services {
+                services: self.status().services,
+            }),
+            Command::BackendList { service } => {
+                if let Some(name) = &service {
+                    self.service_index(name)?;
+                }
+                let backends = self
+                    .status()
+                    .services
+                    .into_iter()
+                    .filter(|s| service.as_ref().is_none_or(|n| *n == s.name))
+                    .flat_map(|s| {
+                        let name = s.name;
+                        s.backends.into_iter().map(move |b| BackendRow {
+                            service: name.clone(),
+                            backend: b,
+                        })
+                    })
+                    .collect();
+                Ok(Reply::Backends { backends })
+            }
+            Command::Reload => self.reload().map(Reply::Changed),
+            change => self
+                .change(&change, Origin::Admin, None)
+                .map(Reply::Changed),
+        }
+    }
+
+    /// Re-reads the configuration file and applies the difference.
+    pub fn reload(&mut self) -> Result<Changed, ApiError> {
+        let (new, text) = config::load_with_text(&self.sources)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        let fixed = |c: &Config| {
+            (
+                c.interfaces.clone(),
+                c.xdp_mode,
+                c.flow_table_size,
+                c.max_services,
+                c.max_table_size,
+            )
+        };
+        if fixed(&new) != fixed(&self.cfg) {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                "interfaces, xdp_mode, flow_table_size, max_services and max_table_size only change on restart",
+            ));
+        }
+        if new.cache != self.cfg.cache {
+            return Err(ApiError::new(
+                ErrorKind::Invalid,
+                "the [cache] section only changes on restart",
+            ));
+        }
+        let events = self.commit(new, text, Origin::File, None, None)?;
+        Ok(Changed {
+            generation: self.generation,
+            events,
+            saved_to: None,
+        })
+    }
+
+    /// Applies a runtime change: checked, saved into the file, then written to the
+    /// kernel.
+    pub fn change(
+        &mut self,
+        cmd: &Command,
+        origin: Origin,
+        reason: Option<String>,
+    ) -> Result<Changed, ApiError> {
+        let path = self.sources.config.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotPersistable,
+                "this daemon was started without --config: runtime changes are saved into the configuration file, so there is nowhere to keep them; restart with `xdp-lb run --config FILE`",
+            )
+        })?;
+        let old_text = self.file_text.clone().unwrap_or_default();
+        match std::fs::read_to_string(&path) {
+            Ok(now) if now == old_text => {}
+            Ok(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::NotPersistable,
+                    format!(
+                        "{} changed on disk since it was loaded; run `xdp-lb reload` (or send SIGHUP) to apply it first, then repeat the change",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorKind::NotPersistable,
+                    format!("cannot read {}: {e}", path.display()),
+                ))
+            }
+        }
+        let (new, edit, drain) = mutate(&self.cfg, cmd)?;
+        config::validate_services(&new)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        let new_text = edit::apply(&old_text, &edit)
+            .map_err(|e| ApiError::new(ErrorKind::NotPersistable, error_text(&e)))?;
+        // The file must say exactly what will be applied, or a restart would differ.
+        match config::parse_text(&new_text, &self.sources) {
+            Ok(reread) if reread == new => {}
+            Ok(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::NotPersistable,
+                    "internal error: the edited file would not load as the changed configuration; nothing was changed (please report this)",
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorKind::NotPersistable,
+                    format!(
+                        "internal error: the edited file would not load ({}); nothing was changed",
+                        error_text(&e)
+                    ),
+                ))
+            }
+        }
+        edit::write_atomically(&path, &new_text)
+            .map_err(|e| ApiError::new(ErrorKind::NotPersistable, error_text(&e)))?;
+        match self.commit(new, Some(new_text), origin, reason, drain) {
+            Ok(events) => Ok(Changed {
+                generation: self.generation,
+                events,
+                saved_to: Some(path.display().to_string()),
+            }),
+            Err(e) => {
+                // The kernel refused: the file goes back to what is running.
+                if let Err(w) = edit::write_atomically(&path, &old_text) {
+                    log::error!(
+                        "could not restore {} after a failed change: {}",
+                        path.display(),
+                        error_text(&w)
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Plans `new` and writes it to the data plane; on success it becomes the
+    /// running configuration. On error the planner and the state are as before.
+    fn commit(
+        &mut self,
+        new: Config,
+        text: Option<String>,
+        origin: Origin,
+        reason: Option<String>,
+        drain: Option<DrainTimer>,
+    ) -> Result<Vec<Event>, ApiError> {
+        let mut planner = self.planner.clone();
+        let plan = planner
+            .apply(&new)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        self.dp.apply(&plan).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Dataplane,
+                format!("the kernel refused the change: {}", error_text(&e)),
+            )
+        })?;
+        self.planner = planner;
+        self.cfg = new;
+        self.file_text = text;
+        if !plan.is_empty() {
+            self.generation += 1;
+        }
+        // Timers of backends that are no longer draining (undrained, removed, or
+        // changed in the file) are void.
+        let cfg = &self.cfg;
+        self.drains.retain(|(svc, addr), _| {
+            backend_state(cfg, svc, *addr) == Some(BackendState::Draining)
+        });
+        if let Some(d) = drain {
+            self.drains
+                .insert((d.service, d.backend), (Instant::now() + d.after, d.after));
+        }
+        let events: Vec<Event> = plan
+            .changes
+            .into_iter()
+            .map(|c| self.record(origin, reason.clone(), c))
+            .collect();
+        if events.is_empty() {
+            log::info!("{origin}: configuration unchanged");
+        }
+        Ok(events)
+    }
+
+    fn record(&mut self, origin: Origin, reason: Option<String>, change: Change) -> Event {
+        self.seq += 1;
+        let event = Event {
+            seq: self.seq,
+            at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            origin,
+            reason,
+            change,
+        };
+        log::info!("{event}");
+        if self.events.len() == EVENT_HISTORY {
+            self.events.pop_front();
+        }
+        self.events.push_back(event.clone());
+        event
+    }
+
+    /// When the next drain timeout expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.drains.values().map(|(at, _)| *at).min()
+    }
+
+    /// Takes down every draining backend whose timeout has expired.
+    pub fn fire_timers(&mut self, now: Instant) {
+        let due: Vec<((String, SocketAddr), Duration)> = self
+            .drains
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(k, (_, after))| (k.clone(), *after))
+            .collect();
+        for ((service, backend), after) in due {
+            self.drains.remove(&(service.clone(), backend));
+            let cmd = Command::BackendDown {
+                service: service.clone(),
+                backend: backend.to_string(),
+                force: true,
+            };
+            let reason = format!(
+                "drain timeout of {} expired",
+                humantime::format_duration(after)
+            );
+            if let Err(e) = self.change(&cmd, Origin::Timer, Some(reason)) {
+                log::error!(
+                    "service {service}: drain timeout of {backend} expired but it cannot be taken down: {e}; it stays draining"
+                );
+            }
+        }
+    }
+
+    /// Reads every counter once; rates come from the last two samples.
+    pub fn sample(&mut self, now: Instant) {
+        let mut s = Sample {
+            at: now,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+        };
+        for a in self.planner.assignments() {
+            if let Ok(c) = self.dp.service_counters(a.id) {
+                s.services.insert(a.name.clone(), c);
+            }
+            for (addr, id) in &a.backends {
+                if let Ok(c) = self.dp.backend_counters(*id) {
+                    s.backends.insert((a.name.clone(), *addr), c);
+                }
+            }
+        }
+        if self.samples.len() == 2 {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    /// Per-second rates of a counter between the two latest samples.
+    fn rates(&self, now: &Counters, prev: Option<&Counters>, secs: f64) -> (f64, f64, f64) {
+        let Some(prev) = prev else {
+            return (0.0, 0.0, 0.0);
+        };
+        if secs <= 0.0 {
+            return (0.0, 0.0, 0.0);
+        }
+        // A counter that went backwards was reset (a slot reused, a restart): count
+        // from zero instead of reporting a negative or huge rate.
+        let d = |n: u64, p: u64| if n >= p { n - p } else { n } as f64 / secs;
+        (
+            d(now.packets, prev.packets),
+            d(now.bytes, prev.bytes) * 8.0,
+            d(now.new_flows, prev.new_flows),
+        )
+    }
+
+    pub fn status(&self) -> Status {
+        let flows = self
+            .dp
+            .flow_counts(self.flow_scan_limit)
+            .unwrap_or_default();
+        let (prev, last, window) = match (self.samples.front(), self.samples.back()) {
+            (Some(p), Some(l)) if self.samples.len() == 2 => {
+                (Some(p), Some(l), (l.at - p.at).as_secs_f64())
+            }
+            _ => (None, self.samples.back(), 0.0),
+        };
+        let assignments = self.planner.assignments();
+        let now = Instant::now();
+        let services = self
+            .cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, svc)| {
+                let ids = assignments.iter().find(|a| a.name == svc.name);
+                let counters = last
+                    .and_then(|l| l.services.get(&svc.name))
+                    .copied()
+                    .unwrap_or_default();
+                let (pps, bps, nfps) = self.rates(
+                    &counters,
+                    prev.and_then(|p| p.services.get(&svc.name)),
+                    window,
+                );
+                let backends = svc
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let addr = b.socket_addr();
+                        let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
+                        let key = (svc.name.clone(), addr);
+                        let c = last
+                            .and_then(|l| l.backends.get(&key))
+                            .copied()
+                            .unwrap_or_default();
+                        let (pps, bps, nfps) =
+                            self.rates(&c, prev.and_then(|p| p.backends.get(&key)), window);
+                        BackendStatus {
+                            addr,
+                            weight: b.weight,
+                            state: b.state,
+                            table_share: match (slot, ids) {
+                                (Some(s), Some(a)) if a.table_size > 0 => {
+                                    100.0 * f64::from(s.table_entries) / f64::from(a.table_size)
+                                }
+                                _ => 0.0,
+                            },
+                            flows: slot
+                                .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
+                                .copied()
+                                .unwrap_or(0),
+                            packets: c.packets,
+                            bytes: c.bytes,
+                            new_flows: c.new_flows,
+                            packets_per_sec: pps,
+                            bits_per_sec: bps,
+                            new_flows_per_sec: nfps,
+                            drain_remaining_secs: self
+                                .drains
+                                .get(&key)
+                                .map(|(at, _)| at.saturating_duration_since(now).as_secs_f64()),
+                        }
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: svc.name.clone(),
+                    endpoint: svc.endpoint(),
+                    algorithm: svc.algorithm,
+                    forwarding: svc.forwarding,
+                    table_size: svc.table_size,
+                    from_flags: i >= self.cfg.file_services,
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                    packets_per_sec: pps,
+                    bits_per_sec: bps,
+                    new_flows_per_sec: nfps,
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            generation: self.generation,
+            config_file: self
+                .sources
+                .config
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            interfaces: self.interfaces.clone(),
+            services,
+            flows_scanned: flows.scanned,
+            flows_truncated: flows.truncated,
+            rate_window_secs: window,
+            recent_events: self.events.iter().cloned().collect(),
+        }
+    }
+
+    fn service_index(&self, name: &str) -> Result<usize, ApiError> {
+        find_service(&self.cfg, name)
+    }
+}
+
+/// A drain whose timeout starts when the change is committed.
+struct DrainTimer {
+    service: String,
+    backend: SocketAddr,
+    after: Duration,
+}
+
+fn backend_state(cfg: &Config, service: &str, addr: SocketAddr) -> Option<BackendState> {
+    cfg.services
+        .iter()
+        .find(|s| s.name == service)?
+        .backends
+        .iter()
+        .find(|b| b.socket_addr() == addr)
+        .map(|b| b.state)
+}
+
+/// "outer: inner: innermost", each cause once.
+fn error_text(e: &dyn std::error::Error) -> String {
+    crate::dataplane::error_chain(e)
+}
+
+fn find_service(cfg: &Config, name: &str) -> Result<usize, ApiError> {
+    cfg.services
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+            ApiError::new(
+                ErrorKind::UnknownService,
+                format!(
+                    "unknown service {name:?}; known services: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
+/// The backend `spec` (`ADDR:PORT`, or `ADDR` when unambiguous) of `svc`.
+fn find_backend(svc: &ServiceConfig, spec: &str) -> Result<usize, ApiError> {
+    let parsed = BackendSpec::parse("backend", spec)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, error_text(&e)))?;
+    let matches: Vec<usize> = svc
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.addr == parsed.addr && parsed.port.is_none_or(|p| p == b.port))
+        .map(|(i, _)| i)
+        .collect();
+    let list = || {
+        svc.backends
+            .iter()
+            .map(|b| b.socket_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match matches[..] {
+        [i] => Ok(i),
+        [] => Err(ApiError::new(
+            ErrorKind::UnknownBackend,
+            format!(
+                "service {:?} has no backend {spec}; its backends: {}",
+                svc.name,
+                list()
+            ),
+        )),
+        _ => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "service {:?} has several backends at {spec}; give ADDR:PORT, one of: {}",
+                svc.name,
+                list()
+            ),
+        )),
+    }
+}
+
+fn active_count(svc: &ServiceConfig) -> usize {
+    svc.backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .count()
+}
+
+/// The configuration after `cmd`, the file edit that records it, and a drain timer
+/// to start. Pure: checks names, flag-defined services and the "no active backend
+/// left" rule.
+fn mutate(cfg: &Config, cmd: &Command) -> Result<(Config, Edit, Option<DrainTimer>), ApiError> {
+    let mut new = cfg.clone();
+    let target = |name: &str| -> Result<usize, ApiError> {
+        let i = find_service(cfg, name)?;
+        if i >= cfg.file_services {
+            return Err(ApiError::new(
+                ErrorKind::NotPersistable,
+                format!("service {name:?} is defined by command-line flags (--vip), which a runtime change cannot be saved into; move it into the --config file to manage it at runtime"),
+            ));
+        }
+        Ok(i)
+    };
+    let mut drain = None;
+    let (si, edit, force) = match cmd {
+        Command::BackendWeight {
+            service,
+            backend,
+            weight,
+        } => {
+            let si = target(service)?;
+            let bi = find_backend(&cfg.services[si], backend)?;
+            if !(1..=config::MAX_WEIGHT).contains(weight) {
+                return Err(ApiError::new(
+                    ErrorKind::Invalid,
+                    format!("weight {weight} out of range 1..={} (to take a backend out, drain it or mark it down)", config::MAX_WEIGHT),
+                ));
+            }
+            new.services[si].backends[bi].weight = *weight;
+            (
+                si,
+                Edit::SetWeight {
+                    service: si,
+                    backend: bi,
+                    weight: *weight,
+                },
+                true,
+            )
+        }
+        Command::BackendDrain {
+            service,
+            backend,
+            timeout_ms,
+            force,
+        } => {
+            let si = target(service)?;
+            let bi = find_backend(&cfg.services[si], backend)?;
+            drain = timeout_ms.map(|ms| DrainTimer {
+                service: service.clone(),
+                backend: cfg.services[si].backends[bi].socket_addr(),
+                after: Duration::from_millis(ms),
+            });
+            set_state(&mut new, si, bi, BackendState::Draining, *force)
+        }
+        Command::BackendDown {
+            service,
+            backend,
+            force,
+        } => {
+            let si = target(service)?;
+            let bi = find_backend(&cfg.services[si], backend)?;
+            set_state(&mut new, si, bi, BackendState::Down, *force)
+        }
+        Command::BackendUndrain { service, backend } | Command::BackendUp { service, backend } => {
+            let si = target(service)?;
+            let bi = find_backend(&cfg.services[si], backend)?;
+            set_state(&mut new, si, bi, BackendState::Active, true)
+        }
+        Command::BackendAdd {
+            service,
+            backend,
+            state,
+        } => {
+            let si = target(service)?;
+            let svc = &cfg.services[si];
+            let spec = BackendSpec::parse("backend", backend)
+                .map_err(|e| ApiError::new(ErrorKind::BadRequest, error_text(&e)))?;
+            let port = match (svc.forwarding, spec.port) {
+                (Forwarding::Dsr, None) => svc.port,
+                (_, Some(p)) => p,
+                (Forwarding::Nat, None) => {
+                    return Err(ApiError::new(
+                        ErrorKind::BadRequest,
+                        format!("service {service:?} uses nat: give the backend as ADDR:PORT"),
+                    ))
+                }
+            };
+            let b = BackendConfig {
+                addr: spec.addr,
+                port,
+                weight: spec.weight.unwrap_or(1),
+                state: state.unwrap_or(BackendState::Active),
+            };
+            new.services[si].backends.push(b.clone());
+            (
+                si,
+                Edit::AddBackend {
+                    service: si,
+                    backend: b,
+                },
+                true,
+            )
+        }
+        Command::BackendRemove {
+            service,
+            backend,
+            force,
+        } => {
+            let si = target(service)?;
+            let bi = find_backend(&cfg.services[si], backend)?;
+            new.services[si].backends.remove(bi);
+            if new.services[si].backends.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::WouldEmpty,
+                    format!("{backend} is the last backend of service {service:?}; remove the service instead (`xdp-lb service remove {service}`)"),
+                ));
+            }
+            (
+                si,
+                Edit::RemoveBackend {
+                    service: si,
+                    backend: bi,
+                },
+                *force,
+            )
+        }
+        Command::ServiceAdd { service } => {
+            if cfg.services.iter().any(|s| s.name == service.name) {
+                return Err(ApiError::new(
+                    ErrorKind::Invalid,
+                    format!("a service named {:?} exists already", service.name),
+                ));
+            }
+            let svc = new_service(service)?;
+            // File services come first: keep the flag-defined one last.
+            new.services.insert(cfg.file_services, svc.clone());
+            new.file_services += 1;
+            return Ok((new, Edit::AddService(svc), None));
+        }
+        Command::ServiceRemove { service } => {
+            let si = target(service)?;
+            new.services.remove(si);
+            new.file_services -= 1;
+            if new.services.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::WouldEmpty,
+                    format!("{service:?} is the only service; a balancer with no service cannot run (stop it instead)"),
+                ));
+            }
+            return Ok((new, Edit::RemoveService(si), None));
+        }
+        Command::Status | Command::ServiceList | Command::BackendList { .. } | Command::Reload => {
+            return Err(ApiError::new(ErrorKind::BadRequest, "not a change"))
+        }
+    };
+    if !force && active_count(&cfg.services[si]) > 0 && active_count(&new.services[si]) == 0 {
+        return Err(ApiError::new(
+            ErrorKind::WouldEmpty,
+            format!(
+                "this would leave service {:?} with no active backend, so its new connections would be dropped; repeat with --force if that is what you want",
+                cfg.services[si].name
+            ),
+        ));
+    }
+    Ok((new, edit, drain))
+}
+
+fn set_state(
+    cfg: &mut Config,
+    si: usize,
+    bi: usize,
+    state: BackendState,
+    force: bool,
+) -> (usize, Edit, bool) {
+    cfg.services[si].backends[bi].state = state;
+    (
+        si,
+        Edit::SetState {
+            service: si,
+            backend: bi,
+            state,
+        },
+        force,
+    )
+}
+
+/// A `ServiceConfig` from the API's description; `validate_services` checks the rest.
+fn new_service(s: &NewService) -> Result<ServiceConfig, ApiError> {
+    let bad = |e: config::ConfigError| ApiError::new(ErrorKind::BadRequest, error_text(&e));
+    if s.name.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            "a runtime service needs a name (--name)",
+        ));
+    }
+    let vip = BackendSpec::parse("--vip", &s.vip).map_err(bad)?;
+    let Some(port) = vip.port else {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "--vip {}: missing port; expected ADDR:PORT such as 198.18.0.1:80",
+                s.vip
+            ),
+        ));
+    };
+    let mut backends = Vec::new();
+    for spec in &s.backends {
+        let b = BackendSpec::parse("--backend", spec).map_err(bad)?;
+        let bport = match (s.forwarding, b.port) {
+            (Forwarding::Dsr, None) => port,
+            (Forwarding::Dsr, Some(p)) if p != port => {
+                return Err(ApiError::new(
+                    ErrorKind::Invalid,
+                    format!("dsr backend {spec} must use the service port {port} (dsr only rewrites MAC addresses)"),
+                ))
+            }
+            (_, Some(p)) => p,
+            (Forwarding::Nat, None) => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!("backend {spec} needs a port (nat): ADDR:PORT"),
+                ))
+            }
+        };
+        backends.push(BackendConfig {
+            addr: b.addr,
+            port: bport,
+            weight: b.weight.unwrap_or(1),
+            state: BackendState::Active,
+        });
+    }
+    Ok(ServiceConfig {
+        name: s.name.clone(),
+        vip: vip.addr,
+        port,
+        proto: s.proto,
+        algorithm: s.algorithm,
+        forwarding: s.forwarding,
+        table_size: s.table_size.unwrap_or(xdp_lb_common::DEFAULT_RING_SIZE),
+        backends,
+    })
+}
+
+#[cfg(test)]
+mod tests;

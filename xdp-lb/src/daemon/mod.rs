@@ -1,0 +1,405 @@
+//! `xdp-lb run`: validate everything, load and program the data plane, attach, then
+//! hand the state to the controller task. Signals, the admin socket and timers all
+//! reach the controller through the one loop in `serve`, so changes are applied in
+//! one order.
+pub mod controller;
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use crate::{
+    admin::server::{AdminServer, Envelope, ServerError},
+    config::{self, Config, ConfigError, Sources, XdpMode},
+    dataplane::{self, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM, PROGRAM},
+    plan::{PlanError, Planner},
+};
+use controller::Controller;
+
+/// How often backends' neighbour entries are refreshed (see `prime_neighbours`).
+const NEIGH_REFRESH: Duration = Duration::from_secs(5);
+/// How often traffic counters are logged when they changed.
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// How often counters are sampled for the rates `status` shows.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the cache tier gets to finish requests in flight at shutdown.
+const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most XDP interfaces one run attaches to: the TX_PORTS device map's size.
+pub const MAX_INTERFACES: usize = xdp_lb_common::MAX_INTERFACES as usize;
+
+/// Where the admin API listens.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    pub socket: PathBuf,
+    /// Optional loopback TCP listener, which needs a token.
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration")]
+    Config(#[source] ConfigError),
+    #[error("interface {0:?} does not exist in this network namespace (see `ip link`); fix `interfaces` or --iface")]
+    NoInterface(String),
+    #[error("{count} interfaces configured; one run attaches to at most {MAX_INTERFACES}")]
+    TooManyInterfaces { count: usize },
+    #[error("the configuration cannot be programmed")]
+    Plan(#[source] PlanError),
+    #[error("{0} needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP): run it with sudo")]
+    NotRoot(&'static str),
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("starting the [cache] tier")]
+    Cache(#[source] crate::cache::server::ServeError),
+    #[error("the cache tier stopped on its own")]
+    CacheStopped,
+    #[error("the cache tier panicked")]
+    CachePanicked(#[source] tokio::task::JoinError),
+    #[error("starting the admin API")]
+    Admin(#[source] ServerError),
+    #[error("the data plane")]
+    Dataplane(#[source] DataplaneError),
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+fn require_root(what: &'static str) -> Result<(), DaemonError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DaemonError::NotRoot(what));
+    }
+    Ok(())
+}
+
+/// Every interface named exists here, and there are no more than the program can
+/// redirect between.
+pub fn check_interfaces(ifaces: &[String]) -> Result<(), DaemonError> {
+    if ifaces.len() > MAX_INTERFACES {
+        return Err(DaemonError::TooManyInterfaces {
+            count: ifaces.len(),
+        });
+    }
+    for i in ifaces {
+        if dataplane::ifindex(i).is_none() {
+            return Err(DaemonError::NoInterface(i.clone()));
+        }
+    }
+    Ok(())
+}
+
+pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
+    // Everything that can be wrong with the input is found before the kernel is touched.
+    let (cfg, text) = config::load_with_text(&sources).map_err(DaemonError::Config)?;
+    check_interfaces(&cfg.interfaces)?;
+    let mut planner = Planner::new(cfg.max_services, cfg.max_table_size);
+    let plan = planner.apply(&cfg).map_err(DaemonError::Plan)?;
+    require_root("xdp-lb run")?;
+
+    // The cache tier serves HTTP on its own threads; the balancer's loop alone needs
+    // only one.
+    let rt = if cfg.cache.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .map_err(DaemonError::Runtime)?;
+    // Bind the cache's port and the admin socket before touching the kernel, so a
+    // port in use or a second daemon fails cleanly.
+    let cache = match cfg.cache.clone() {
+        Some(c) => Some(
+            rt.block_on(crate::cache::Server::bind(c))
+                .map_err(DaemonError::Cache)?,
+        ),
+        None => None,
+    };
+    let admin_server = rt
+        .block_on(AdminServer::bind(
+            &admin.socket,
+            admin.listen,
+            admin.token_file.as_deref(),
+        ))
+        .map_err(DaemonError::Admin)?;
+
+    let sizes = MapSizes {
+        ring_entries: xdp_lb_common::wire::ring_entries(cfg.max_services, cfg.max_table_size),
+        flow_table_size: cfg.flow_table_size,
+    };
+    let mut dp = AyaDataplane::load(sizes).map_err(DaemonError::Dataplane)?;
+    // Program the maps before attaching, so the first packet already sees the services.
+    dp.apply(&plan).map_err(DaemonError::Dataplane)?;
+    for iface in &cfg.interfaces {
+        let mode = dp
+            .attach(PROGRAM, iface, cfg.xdp_mode)
+            .map_err(DaemonError::Dataplane)?;
+        log::info!("attached to {iface} in {mode} mode");
+        warn_if_forwarding_disabled(&cfg, iface);
+    }
+    let attached: Vec<String> = dp
+        .attached()
+        .iter()
+        .map(|(i, m)| format!("{i} ({m})"))
+        .collect();
+    let interfaces = cfg.interfaces.clone();
+    let ctl = Controller::new(sources, cfg, text, planner, dp, plan.changes, interfaces);
+    rt.block_on(serve(ctl, cache, admin_server, attached))
+}
+
+async fn serve(
+    mut ctl: Controller<AyaDataplane>,
+    cache: Option<crate::cache::Server>,
+    admin: AdminServer,
+    attached: Vec<String>,
+) -> Result<(), DaemonError> {
+    let (stop_cache, cache_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut cache_task = cache.map(|server| {
+        log::info!("cache tier listening on {}", server.local_addr());
+        tokio::spawn(server.run(async {
+            let _ = cache_stopped.await;
+        }))
+    });
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let (tx, mut rx) = mpsc::channel::<Envelope>(64);
+    log::info!("admin API on {}", admin.path().display());
+    if let Some(addr) = admin.tcp_addr() {
+        log::info!("admin API also on tcp {addr} (token required)");
+    }
+    let admin_task = tokio::spawn(admin.run(tx));
+    // Only now, with the handlers installed, may anyone rely on signals: a SIGHUP
+    // before this point would have killed the process.
+    println!("{}", crate::summary::render(ctl.config()));
+    println!(
+        "xdp-lb ready: {} service(s) on {}",
+        ctl.config().services.len(),
+        attached.join(", ")
+    );
+    prime_neighbours(ctl.config());
+    let mut neigh = tokio::time::interval(NEIGH_REFRESH);
+    let mut stats = tokio::time::interval(STATS_INTERVAL);
+    stats.tick().await;
+    let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+    let kernel_log = match ctl.dataplane().kernel_log_fd() {
+        // SAFETY: `fd` is an owned descriptor moved into the AsyncFd, which keeps it
+        // open and unchanged until the AsyncFd is dropped.
+        Some(Ok(fd)) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| DaemonError::Signals(e.into_parts().1))?,
+        ),
+        Some(Err(e)) => {
+            log::warn!("cannot watch the XDP program's log: {e}");
+            None
+        }
+        None => None,
+    };
+    let mut last_counters = Vec::new();
+    let result = loop {
+        let deadline = ctl.next_deadline();
+        tokio::select! {
+            Some(env) = rx.recv() => {
+                let was = ctl.generation();
+                let answer = ctl.handle(env.command);
+                if let Err(e) = &answer {
+                    log::warn!("admin: refused: {e}");
+                }
+                if ctl.generation() != was {
+                    prime_neighbours(ctl.config());
+                }
+                let _ = env.reply.send(answer);
+            }
+            _ = hup.recv() => {
+                match ctl.reload() {
+                    Ok(_) => {
+                        prime_neighbours(ctl.config());
+                        println!(
+                            "xdp-lb reloaded: generation {}, {} service(s)",
+                            ctl.generation(),
+                            ctl.config().services.len()
+                        );
+                    }
+                    Err(e) => {
+                        log::error!("reload failed, keeping the running configuration: {e}");
+                        println!("xdp-lb reload failed: {e}");
+                    }
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => ctl.fire_timers(Instant::now()),
+            _ = int.recv() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            done = async {
+                match &mut cache_task {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let e = match done {
+                    Ok(Ok(())) => DaemonError::CacheStopped,
+                    Ok(Err(e)) => DaemonError::Cache(e),
+                    Err(e) => DaemonError::CachePanicked(e),
+                };
+                log::error!("{}; stopping", dataplane::error_chain(&e));
+                cache_task = None;
+                break Err(e);
+            }
+            _ = neigh.tick() => prime_neighbours(ctl.config()),
+            _ = sample.tick() => ctl.sample(Instant::now()),
+            ready = async {
+                match &kernel_log {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok(mut guard) = ready {
+                    ctl.dataplane_mut().flush_kernel_log();
+                    guard.clear_ready();
+                }
+            }
+            _ = stats.tick() => {
+                if let Ok(c) = ctl.dataplane().global_counters() {
+                    if c != last_counters {
+                        log::info!("counters: {}", format_counters(&c));
+                        log_service_counters(ctl.planner(), ctl.dataplane());
+                        last_counters = c;
+                    }
+                }
+            }
+        }
+    };
+    admin_task.abort();
+    let _ = admin_task.await;
+    if let Ok(c) = ctl.dataplane().global_counters() {
+        log::info!("final counters: {}", format_counters(&c));
+        log_service_counters(ctl.planner(), ctl.dataplane());
+    }
+    if let Some(task) = cache_task {
+        let _ = stop_cache.send(());
+        match tokio::time::timeout(CACHE_STOP_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => log::info!("cache tier stopped"),
+            Ok(Ok(Err(e))) => log::error!("cache tier: {e}"),
+            Ok(Err(e)) => log::error!("cache tier panicked: {e}"),
+            Err(_) => log::warn!("cache tier did not stop within {CACHE_STOP_TIMEOUT:?}"),
+        }
+    }
+    log::info!(
+        "detaching from {} interface(s)",
+        ctl.dataplane().attached().len()
+    );
+    drop(ctl);
+    result
+}
+
+/// `bpf_fib_lookup` refuses to find next hops on an interface with forwarding off,
+/// which would hand every packet to the kernel (counted as pass_fib_failed).
+fn warn_if_forwarding_disabled(cfg: &Config, iface: &str) {
+    let families = [(false, "ipv4"), (true, "ipv6")];
+    for (v6, fam) in families {
+        if !cfg.services.iter().any(|s| s.vip.is_ipv6() == v6) {
+            continue;
+        }
+        let path = format!("/proc/sys/net/{fam}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            log::warn!(
+                "{fam} forwarding is off on {iface}: the XDP program cannot look up next hops and hands packets to the kernel; enable it with `sysctl -w net.{fam}.conf.{iface}.forwarding=1` (or .all.)"
+            );
+        }
+    }
+}
+
+/// One line per service and per backend with traffic: packets, bytes, new flows.
+fn log_service_counters(planner: &Planner, dp: &impl Dataplane) {
+    for svc in planner.assignments() {
+        let Ok(c) = dp.service_counters(svc.id) else {
+            continue;
+        };
+        if c.packets == 0 {
+            continue;
+        }
+        let backends: Vec<String> = svc
+            .backends
+            .iter()
+            .filter_map(|(addr, id)| {
+                let b = dp.backend_counters(*id).ok()?;
+                (b.packets > 0).then(|| format!("{addr} {}p/{}f", b.packets, b.new_flows))
+            })
+            .collect();
+        log::info!(
+            "service {}: packets={} bytes={} new_flows={} [{}]",
+            svc.name,
+            c.packets,
+            c.bytes,
+            c.new_flows,
+            backends.join(", ")
+        );
+    }
+}
+
+fn format_counters(c: &[(&'static str, u64)]) -> String {
+    c.iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends an empty datagram to every backend so the kernel resolves (and keeps
+/// fresh) their neighbour entries: `bpf_fib_lookup` only succeeds for resolved
+/// next hops, and in DSR mode nothing else would ever make the balancer talk to a
+/// backend's own address.
+fn prime_neighbours(cfg: &Config) {
+    for s in &cfg.services {
+        for b in &s.backends {
+            let bind: SocketAddr = match b.addr {
+                IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+            };
+            if let Ok(sock) = UdpSocket::bind(bind) {
+                // Port 9 is "discard"; an ICMP unreachable back is harmless.
+                let _ = sock.send_to(&[], SocketAddr::new(b.addr, 9));
+            }
+        }
+    }
+}
+
+/// `xdp-lb xdp-pass`: attach the pass-everything program and wait for a signal.
+pub fn xdp_pass(ifaces: &[String]) -> Result<(), DaemonError> {
+    check_interfaces(ifaces)?;
+    require_root("xdp-lb xdp-pass")?;
+    let mut dp = AyaDataplane::load(MapSizes {
+        ring_entries: 1,
+        flow_table_size: 16,
+    })
+    .map_err(DaemonError::Dataplane)?;
+    for i in ifaces {
+        dp.attach(PASS_PROGRAM, i, XdpMode::Native)
+            .map_err(DaemonError::Dataplane)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(async {
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+        println!("xdp-lb ready: pass on {}", ifaces.join(", "));
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        Ok(())
+    })
+}
