@@ -407,7 +407,7 @@ mod tests {
     use crate::monitor::figures::{
         BackendFigures, CacheFigures, DataplaneFigures, ResourceFigures, ServiceFigures,
     };
-    use crate::monitor::sample::AdminState;
+    use crate::monitor::sample::BackendState;
 
     fn cpu_at(at_s: f64, cpu: f64) -> Figures {
         Figures {
@@ -424,7 +424,7 @@ mod tests {
     fn backend(addr: &str, health: Option<Health>) -> BackendFigures {
         BackendFigures {
             addr: addr.into(),
-            state: AdminState::Active,
+            state: BackendState::Active,
             health,
             weight: 1,
             packets_per_s: 0.0,
@@ -439,7 +439,7 @@ mod tests {
     fn service_at(at_s: f64, backends: Vec<BackendFigures>) -> Figures {
         let usable_backends = backends
             .iter()
-            .filter(|b| b.state == AdminState::Active && b.health != Some(Health::Down))
+            .filter(|b| b.state == BackendState::Active && b.health != Some(Health::Down))
             .count();
         Figures {
             at_s,

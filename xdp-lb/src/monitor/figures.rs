@@ -3,7 +3,7 @@
 //! dashboard, the alert engine and the window reports all read these.
 use serde::{Deserialize, Serialize};
 
-use super::sample::{AdminState, Health};
+use super::sample::{BackendState, Health};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
@@ -52,7 +52,7 @@ pub struct ServiceFigures {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendFigures {
     pub addr: String,
-    pub state: AdminState,
+    pub state: BackendState,
     pub health: Option<Health>,
     pub weight: u32,
     pub packets_per_s: f64,

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::alerts::{Alert, AlertKind};
 use super::resources::ResourceSample;
-use super::sample::{AdminState, CacheSample, DataplaneSample, Health, Sample, ServiceSample};
+use super::sample::{BackendState, CacheSample, DataplaneSample, Health, Sample, ServiceSample};
 
 /// `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -531,9 +531,9 @@ pub fn synthetic_input(services: usize, backends_per_service: usize) -> MetricsI
                     BackendSample {
                         addr: format!("10.{}.{}.{}:8080", s, b / 250, b % 250 + 1),
                         state: if n.is_multiple_of(7) {
-                            AdminState::Draining
+                            BackendState::Draining
                         } else {
-                            AdminState::Active
+                            BackendState::Active
                         },
                         health: if n.is_multiple_of(5) {
                             Some(Health::Down)

@@ -6,6 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::resources::ResourceSample;
+/// The operator's intent for a backend (configuration or admin command): the
+/// configuration's own type, so the daemon hands it over as it is.
+pub use crate::config::BackendState;
 
 /// Everything observed at one instant. Each part is optional: the cache tier run alone has
 /// no data plane, and a daemon without a `[cache]` section has no cache figures.
@@ -48,7 +51,7 @@ pub struct ServiceSample {
 pub struct BackendSample {
     /// `ADDR:PORT` as the configuration names it; unique within its service.
     pub addr: String,
-    pub state: AdminState,
+    pub state: BackendState,
     /// `None` when the backend has no health check.
     pub health: Option<Health>,
     pub weight: u32,
@@ -63,25 +66,6 @@ pub struct BackendSample {
     pub health_transitions: u64,
 }
 
-/// The operator's intent for a backend (configuration or admin command).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    Active,
-    Draining,
-    Down,
-}
-
-impl AdminState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Draining => "draining",
-            Self::Down => "down",
-        }
-    }
-}
-
 /// What the health checks concluded. A backend without checks is assumed usable, as the
 /// data plane does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,6 +76,15 @@ pub enum Health {
 }
 
 impl Health {
+    /// From the health checker's `up` flag.
+    pub fn from_up(up: bool) -> Self {
+        if up {
+            Self::Up
+        } else {
+            Self::Down
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Up => "up",
@@ -103,7 +96,7 @@ impl Health {
 impl BackendSample {
     /// Whether the data plane may send it new flows: active and not failing its checks.
     pub fn usable(&self) -> bool {
-        self.state == AdminState::Active && self.health != Some(Health::Down)
+        self.state == BackendState::Active && self.health != Some(Health::Down)
     }
 }
 

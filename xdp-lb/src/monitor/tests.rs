@@ -10,8 +10,8 @@ use super::*;
 pub(crate) fn backend(addr: &str, packets: u64, bytes: u64) -> BackendSample {
     BackendSample {
         addr: addr.into(),
-        state: AdminState::Active,
-        health: Some(Health::Up),
+        state: BackendState::Active,
+        health: Some(Health::from_up(true)),
         weight: 1,
         packets,
         bytes,
@@ -298,8 +298,8 @@ fn metrics_read_back_by_prometheus_parse() {
     let t0 = Instant::now();
     let mut s = sample((1234, 99_000), (10, 1500), 40.0);
     let d = s.dataplane.as_mut().unwrap();
-    d.services[0].backends[1].health = Some(Health::Down);
-    d.services[0].backends[1].state = AdminState::Draining;
+    d.services[0].backends[1].health = Some(Health::from_up(false));
+    d.services[0].backends[1].state = BackendState::Draining;
     // A name that needs escaping must not break the format.
     d.services[0].name = "we\"b\\x".into();
     m.record(t0, s).unwrap();

@@ -12,7 +12,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 
-use crate::monitor::{AdminState, Health, View};
+use crate::monitor::{BackendState, Health, View};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TuiError {
@@ -167,9 +167,9 @@ fn draw_table(frame: &mut Frame, view: &View, area: Rect) {
             );
             for b in &s.backends {
                 let state_color = match b.state {
-                    AdminState::Active => Color::Green,
-                    AdminState::Draining => Color::Yellow,
-                    AdminState::Down => Color::Red,
+                    BackendState::Active => Color::Green,
+                    BackendState::Draining => Color::Yellow,
+                    BackendState::Down => Color::Red,
                 };
                 let (health, health_color) = match b.health {
                     Some(Health::Up) => ("up", Color::Green),
@@ -331,7 +331,7 @@ mod tests {
         m.record(t0, a.clone()).unwrap();
         a = sample((4000, 5_000_000), (1000, 1_000_000), 35.0);
         let d = a.dataplane.as_mut().unwrap();
-        d.services[0].backends[1].state = AdminState::Draining;
+        d.services[0].backends[1].state = BackendState::Draining;
         d.services[0].backends[1].health = Some(Health::Down);
         m.record(t0 + Duration::from_secs(1), a).unwrap();
         let mut view = m.view();
