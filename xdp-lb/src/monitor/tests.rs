@@ -358,6 +358,23 @@ fn metrics_pass_promtool_check() {
     );
     let (ok, report) = promtool_check(&text);
     assert!(ok, "promtool check metrics: {report}");
+    // `xdp-lb cache serve` alone: cache families and alerts only.
+    let cache_only = render(Arc::new(MetricsInput {
+        sample: Sample {
+            cache: Some(CacheSample {
+                hits: 3,
+                redis_reachable: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        firing: Vec::new(),
+    }));
+    assert!(cache_only.contains("xdp_lb_cache_requests_total{result=\"hit\"} 3"));
+    assert!(cache_only.contains("xdp_lb_cache_redis_up 0"));
+    assert!(!cache_only.contains("xdp_lb_backend"));
+    let (ok, report) = promtool_check(&cache_only);
+    assert!(ok, "promtool check metrics (cache only): {report}");
     // The checker does reject what breaks the conventions (a counter without `_total`, no
     // help), so its verdict above means something.
     let (ok, report) = promtool_check("# TYPE bad counter\nbad 1\n");
