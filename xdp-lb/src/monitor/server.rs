@@ -19,8 +19,10 @@ use tokio::net::TcpListener;
 
 use super::metrics::CONTENT_TYPE;
 
-/// Produces the text of one scrape (e.g. `move || monitor.lock().unwrap().render_metrics()`).
-/// It runs on the async runtime, so it should only take a lock briefly and render.
+/// Produces the text of one scrape. It runs on the async runtime, so it should hold a lock
+/// only to take the snapshot and render after releasing it:
+/// `Arc::new(move || { let input = monitor.lock().unwrap().metrics_input(); render(input) })`
+/// (in one expression the lock guard would live until the render is done).
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Scrapers that do not send their request within this time are dropped.
