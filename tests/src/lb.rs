@@ -115,6 +115,11 @@ impl XdpLbProcess {
         Ok(())
     }
 
+    /// The lines the process printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         let c = self.out.0.lock().unwrap();
@@ -236,16 +241,6 @@ impl XdpLbProcess {
         let status = self.child.wait().ok();
         thread::sleep(Duration::from_millis(100));
         status
-    }
-
-    /// Lines of stdout so far that start with `prefix`.
-    pub fn stdout_lines(&self, prefix: &str) -> Vec<String> {
-        let c = self.out.0.lock().unwrap();
-        c.stdout
-            .iter()
-            .filter(|l| l.starts_with(prefix))
-            .cloned()
-            .collect()
     }
 }
 

@@ -164,7 +164,10 @@ fn link_ids(topo: &Topology) -> (u64, u64) {
 
 /// The flow count from `xdp-lb state: adopted (N flows)`, or None for a fresh start.
 fn adopted_flows(lb: &XdpLbProcess) -> Option<u64> {
-    let line = lb.stdout_lines("xdp-lb state:").pop()?;
+    let line = lb
+        .stdout_lines()
+        .into_iter()
+        .rfind(|l| l.starts_with("xdp-lb state:"))?;
     let n = line
         .strip_prefix("xdp-lb state: adopted (")?
         .strip_suffix(" flows)")?;
