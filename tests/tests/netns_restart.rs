@@ -36,13 +36,17 @@ const PAUSE: Duration = Duration::from_millis(115);
 /// Bounded waits for events (not thresholds on how fast anything is).
 const WAIT: Duration = Duration::from_secs(60);
 
+/// No /metrics listener: two processes in one namespace would compete for its port
+/// before they reach what these tests check.
+const NO_METRICS: &str = "\n[monitor]\nmetrics_listen = \"off\"\n";
+
 fn config(topo: &Topology, backends: &[usize], flow_table_size: Option<u32>) -> String {
     let mut svc = scenario::service(topo, false, TCP_PORT, "tcp", &[]);
     svc.backends = backends
         .iter()
         .map(|&i| scenario::backend_spec(topo, i, false, TCP_PORT, 1))
         .collect();
-    let body = lbconfig::render(&[IFACE], &[svc]);
+    let body = lbconfig::render(&[IFACE], &[svc]) + NO_METRICS;
     match flow_table_size {
         Some(n) => format!("flow_table_size = {n}\n{body}"),
         None => body,
@@ -496,7 +500,7 @@ fn a_backend_removed_at_restart_has_its_flows_re_dispatched() {
             .iter()
             .map(|&i| scenario::backend_spec(&topo, i, false, UDP_PORT, 1))
             .collect();
-        lbconfig::render(&[IFACE], &[svc])
+        lbconfig::render(&[IFACE], &[svc]) + NO_METRICS
     };
     let file = ConfigFile::new(&udp_config(&[1, 2, 3])).expect("config file");
     let mut lb = start(&topo, &file, &[]);
