@@ -192,6 +192,7 @@ fn restart_mid_transfer(mode: Forwarding, kill: bool) {
     let flows_before = AdminCli::new(&lb).json(&["status"])["flows_scanned"]
         .as_u64()
         .expect("flows_scanned");
+    let stopped = Instant::now();
     if kill {
         lb.kill();
         // No xdp-lb process now: the pinned program keeps forwarding. Proof: every
@@ -255,8 +256,9 @@ fn restart_mid_transfer(mode: Forwarding, kill: bool) {
     let mut spread: Vec<&str> = done.iter().map(|d| d.backend.as_str()).collect();
     spread.sort_unstable();
     eprintln!(
-        "{mode:?} {}: {CONNECTIONS} uploads of {LEN} bytes intact across the restart on {spread:?}; {adopted} flows adopted; link {link_before}, program {prog_before} -> {prog_after}",
-        if kill { "SIGKILL" } else { "stop/start" }
+        "{mode:?} {}: {CONNECTIONS} uploads of {LEN} bytes intact across the restart on {spread:?}; {adopted} flows adopted; no xdp-lb process for {:.2?} while link {link_before} stayed attached, program {prog_before} -> {prog_after}",
+        if kill { "SIGKILL" } else { "stop/start" },
+        restarted - stopped
     );
 }
 
