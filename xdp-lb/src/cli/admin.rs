@@ -417,7 +417,8 @@ fn si(v: f64) -> String {
 
 fn header() -> Vec<String> {
     [
-        "SERVICE", "BACKEND", "STATE", "WEIGHT", "SHARE", "FLOWS", "PKT/S", "BIT/S", "NEW/S",
+        "SERVICE", "BACKEND", "STATE", "HEALTH", "CHECK", "WEIGHT", "SHARE", "FLOWS", "PKT/S",
+        "BIT/S", "NEW/S",
     ]
     .into_iter()
     .map(String::from)
@@ -425,15 +426,40 @@ fn header() -> Vec<String> {
 }
 
 fn backend_row(service: &str, b: &BackendStatus) -> Vec<String> {
-    let state = match b.drain_remaining_secs {
+    let mut state = match b.drain_remaining_secs {
         Some(s) => format!("{} ({:.0}s left)", b.state, s),
         None => b.state.to_string(),
+    };
+    // Admin state first; what the data plane does when health changes it.
+    if b.effective_state != b.state {
+        let _ = write!(state, " -> {}", b.effective_state);
+    }
+    if b.backup {
+        state.push_str(" (backup)");
+    }
+    let (health, check) = match &b.health {
+        None => ("unchecked".to_string(), "-".to_string()),
+        Some(h) => (
+            if h.up { "up" } else { "down" }.to_string(),
+            match (&h.last_result, h.last_latency_ms) {
+                (None, _) => format!("{} (not yet)", h.check),
+                (Some(r), Some(ms)) if r == "ok" => format!("{} ok {ms:.1}ms", h.check),
+                (Some(r), _) => format!("{} {r}", h.check),
+            },
+        ),
+    };
+    let weight = if b.effective_weight != b.weight && b.effective_state == BackendState::Active {
+        format!("{}/{}", b.effective_weight, b.weight)
+    } else {
+        b.weight.to_string()
     };
     vec![
         service.to_string(),
         b.addr.to_string(),
         state,
-        b.weight.to_string(),
+        health,
+        check,
+        weight,
         format!("{:.1}%", b.table_share),
         b.flows.to_string(),
         si(b.packets_per_sec),
@@ -470,7 +496,7 @@ fn render_status(s: &Status) -> String {
     for svc in &s.services {
         let _ = writeln!(
             out,
-            "service {} {} ({}, {}): {} pkt/s, {} bit/s, {} new flows/s{}",
+            "service {} {} ({}, {}): {} pkt/s, {} bit/s, {} new flows/s, serving {}{}",
             svc.name,
             svc.endpoint,
             svc.algorithm,
@@ -478,6 +504,7 @@ fn render_status(s: &Status) -> String {
             si(svc.packets_per_sec),
             si(svc.bits_per_sec),
             si(svc.new_flows_per_sec),
+            svc.serving,
             if svc.from_flags {
                 " [from flags: read-only]"
             } else {
