@@ -32,7 +32,7 @@ use xdp_lb_tests::{
     netns::NetNs,
     require_root,
     scenario::{self, Tally},
-    topology::{IFACE, TCP_PORT},
+    topology::{IFACE, TCP_PORT, UDP_PORT},
     Forwarding, Topology,
 };
 
@@ -214,8 +214,18 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_brings_it_back() {
         health_up(s, &topo, 2) == Some(false)
             && backend(s, &topo, 2).effective_state == BackendState::Down
     });
+    // When the checks flipped (the event's time), as opposed to when the status
+    // showed the new table: the difference is the publish (table build and writes).
+    let asked = Instant::now();
+    let since = backend(&status(&lb), &topo, 2)
+        .health
+        .as_ref()
+        .and_then(|h| h.since_secs)
+        .expect("a flip time");
+    let flipped = (asked - Duration::from_secs_f64(since)).saturating_duration_since(killed);
     println!(
-        "detection: backend-2 marked down {:.0} ms after its server was gone (stopping it took {:.0} ms; interval {} ms, fall {FALL})",
+        "detection: backend-2's checks failed it {:.0} ms and the status showed it out {:.0} ms after its server was gone (stopping it took {:.0} ms; interval {} ms, fall {FALL})",
+        ms(flipped),
         ms(detected),
         ms(killed - stopping),
         INTERVAL.as_millis(),
@@ -680,4 +690,74 @@ fn nat_admin_down_beats_a_passing_check_and_up_hands_back_to_the_checks() {
     let report = format!("checks up again: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert!(tally.get("backend-1") > 0, "{report}");
+}
+
+/// A udp check against a udp service: the responder answers every datagram with its
+/// name; stopped, its port answers ICMP port unreachable ("connection refused").
+#[test]
+fn nat_udp_check_takes_a_dead_udp_backend_out() {
+    require_root();
+    let mut topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let mut text = format!(
+        "interfaces = [\"{IFACE}\"]\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {UDP_PORT}\nproto = \"udp\"\n\
+         [service.health_check]\ntype = \"udp\"\nsend = \"ping\"\nexpect = \"backend-\"\ninterval = \"{}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n",
+        topo.vip(false, UDP_PORT).ip(),
+        INTERVAL.as_millis()
+    );
+    for i in 1..=2 {
+        text += &format!(
+            "[[service.backend]]\naddr = \"{}\"\nport = {UDP_PORT}\n",
+            topo.backend(i).v4()
+        );
+    }
+    let file = ConfigFile::new(&text).expect("writing the config file");
+    let lb = start(&topo, &file);
+    let addrs: Vec<SocketAddr> = (1..=2)
+        .map(|i| SocketAddr::new(IpAddr::V4(topo.backend(i).v4()), UDP_PORT))
+        .collect();
+    let udp = |s: &Status, i: usize| {
+        s.services[0]
+            .backends
+            .iter()
+            .find(|b| b.addr == addrs[i - 1])
+            .and_then(|b| b.health.clone())
+    };
+    wait_for(&lb, "the first udp checks", Instant::now(), |s| {
+        (1..=2).all(|i| udp(s, i).is_some_and(|h| h.up && h.checks > 0 && h.check == "udp"))
+    });
+    topo.stop_servers(1);
+    let killed = Instant::now();
+    let took = wait_for(&lb, "backend-1 down by its udp check", killed, |s| {
+        udp(s, 1).is_some_and(|h| !h.up)
+    });
+    let h = udp(&status(&lb), 1).unwrap();
+    println!(
+        "udp: backend-1 marked down {:.0} ms after its responder stopped ({})",
+        ms(took),
+        h.last_result.as_deref().unwrap_or("-")
+    );
+    let vip = topo.vip(false, UDP_PORT);
+    let tally = topo
+        .client
+        .run(|| {
+            let mut t = Tally::default();
+            for _ in 0..BATCH {
+                if t.gave_up() {
+                    break;
+                }
+                match client::udp_ask(vip) {
+                    Ok((name, _, _)) => t.add(&name),
+                    Err(e) => t.error(e),
+                }
+            }
+            t
+        })
+        .expect("entering the client namespace");
+    let report = format!(
+        "udp with backend-1 down: {}\n{}",
+        tally.report(),
+        lb.output()
+    );
+    assert!(tally.errors.is_empty(), "{report}");
+    assert_eq!(tally.get("backend-2"), BATCH, "{report}");
 }
