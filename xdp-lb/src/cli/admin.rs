@@ -551,3 +551,74 @@ fn table(rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::proto::HealthStatus;
+
+    fn row(health: Option<HealthStatus>, effective: BackendState, weights: (u32, u32)) -> String {
+        let b = BackendStatus {
+            addr: "198.18.1.2:8080".parse().unwrap(),
+            weight: weights.0,
+            state: BackendState::Active,
+            table_share: 50.0,
+            flows: 3,
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            packets_per_sec: 0.0,
+            bits_per_sec: 0.0,
+            new_flows_per_sec: 0.0,
+            drain_remaining_secs: None,
+            backup: true,
+            effective_state: effective,
+            effective_weight: weights.1,
+            health,
+        };
+        backend_row("web", &b).join(" | ")
+    }
+
+    fn health(up: bool, last: &str, latency: Option<f64>) -> HealthStatus {
+        HealthStatus {
+            up,
+            check: "tcp".into(),
+            target: "198.18.1.2:8080".parse().unwrap(),
+            last_result: Some(last.into()),
+            last_latency_ms: latency,
+            last_check_secs_ago: Some(0.1),
+            checks: 7,
+            streak: 0,
+            transitions: 1,
+            reason: None,
+            since_secs: None,
+        }
+    }
+
+    #[test]
+    fn backend_rows_show_admin_and_health_state() {
+        let down = row(
+            Some(health(false, "connection refused", None)),
+            BackendState::Down,
+            (3, 3),
+        );
+        assert!(
+            down.starts_with("web | 198.18.1.2:8080 | active -> down (backup) | down | tcp connection refused | 3 |"),
+            "{down}"
+        );
+        let ramp = row(
+            Some(health(true, "ok", Some(0.25))),
+            BackendState::Active,
+            (4, 1),
+        );
+        assert!(
+            ramp.contains("| active (backup) | up | tcp ok 0.2ms | 1/4 |"),
+            "{ramp}"
+        );
+        let unchecked = row(None, BackendState::Draining, (1, 1));
+        assert!(
+            unchecked.contains("| active -> draining (backup) | unchecked | - | 1 |"),
+            "{unchecked}"
+        );
+    }
+}
