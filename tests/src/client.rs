@@ -120,9 +120,16 @@ pub fn udp_ask(addr: SocketAddr) -> Result<(String, SocketAddr, u16)> {
 
 /// `GET /` on a new connection (`Connection: close`); returns the body.
 pub fn http_get(addr: SocketAddr) -> Result<String> {
+    http_get_path(addr, "/")
+}
+
+/// `GET path` over one connection; the body of a 200 answer.
+pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = connect(addr)?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .ctx(|| format!("sending request to {addr}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ctx(|| format!("sending request to {addr}"))?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)
         .ctx(|| format!("reading response from {addr}"))?;

@@ -1,9 +1,11 @@
-//! The demo behind `cargo xtask run`: three HTTP backends weighted 3:2:1 behind a NAT
-//! VIP, a bounded batch of requests from the client (one connection each), and a table
-//! of where they went. Then what health checks buy: one backend's server is stopped,
-//! the demo shows when the balancer marked it down and why (and the requests that
-//! failed until then), the spread without it, and its return when the server is back.
-//! Ctrl-C stops the batch; the same Drop guards tear everything down.
+//! The demo behind `cargo xtask run`: a short story in namespaces, each step printed as
+//! it happens and bounded in time. Three backends weighted 3:2:1 behind a NAT VIP; the
+//! weighted spread of 300 HTTP requests; a backend drained at runtime through the admin
+//! API while a long-lived connection on it keeps working and new connections avoid it;
+//! a backend's server stopped: when the balancer marked it down and why, the spread
+//! without it (no failed request), its return once the server is back; the balancer's
+//! own `status` at the end. Ctrl-C stops it; the same Drop guards tear
+//! everything down.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -21,21 +23,26 @@ use xdp_lb::admin::{
 };
 
 use crate::{
-    client,
+    admin::AdminCli,
+    client::{self, LineClient},
     lb::XdpLbProcess,
     lbconfig::{self, BackendSpec, ConfigFile, Forwarding, ServiceSpec},
     root,
-    topology::{Topology, TopologyBuilder, HTTP_PORT, IFACE, VIP4},
+    topology::{TopologyBuilder, HTTP_PORT, IFACE, TCP_PORT, VIP4},
+    Topology,
 };
 
 const REQUESTS: usize = 300;
 const WEIGHTS: [u32; 3] = [3, 2, 1];
+const DRAIN_CONNECTIONS: usize = 100;
 /// The backend whose server the demo stops (1-based).
 const VICTIM: usize = 2;
 /// Bound for the balancer to notice (the checks below take about a second).
 const PATIENCE: Duration = Duration::from_secs(15);
-/// The demo's checks: fast enough to watch, HAProxy-style counts.
-const HEALTH_CHECK: &str = "\n[service.health_check]\ntype = \"http\"\npath = \"/\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
+/// The demo's checks: fast enough to watch, HAProxy-style counts. Each table follows
+/// its service's backends, so it belongs to that service.
+const WEB_CHECK: &str = "\n[service.health_check]\ntype = \"http\"\npath = \"/\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
+const CHAT_CHECK: &str = "\n[service.health_check]\ntype = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
 
 pub fn run() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -47,6 +54,36 @@ pub fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     result
+}
+
+fn service(topo: &Topology, name: &str, port: u16) -> String {
+    let svc = ServiceSpec {
+        vip: IpAddr::V4(VIP4),
+        port,
+        proto: "tcp",
+        algorithm: "maglev",
+        forwarding: Forwarding::Nat,
+        backends: topo
+            .backends
+            .iter()
+            .zip(WEIGHTS)
+            .map(|(b, weight)| BackendSpec {
+                addr: IpAddr::V4(b.v4()),
+                port,
+                weight,
+                state: "active",
+            })
+            .collect(),
+    };
+    lbconfig::render(&[IFACE], &[svc]).replacen(
+        "[[service]]\n",
+        &format!("[[service]]\nname = \"{name}\"\n"),
+        1,
+    )
+}
+
+fn step(n: usize, what: &str) {
+    println!("\n== step {n}: {what}");
 }
 
 fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -61,116 +98,217 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
+    let stopped = || stop.load(Ordering::Relaxed);
 
-    println!("building the namespace topology (client, lb, bridge, 3 backends)...");
-    let topo = TopologyBuilder::new(WEIGHTS.len(), Forwarding::Nat)
-        .ports(None, None, Some(HTTP_PORT))
+    step(
+        1,
+        "a client, the balancer, a bridge and 3 backends, each in its own namespace",
+    );
+    let mut topo = TopologyBuilder::new(WEIGHTS.len(), Forwarding::Nat)
+        .ports(Some(TCP_PORT), None, Some(HTTP_PORT))
         .xdp_pass(true)
         .build()
         .context("building the topology")?;
-    let svc = ServiceSpec {
-        vip: IpAddr::V4(VIP4),
-        port: HTTP_PORT,
-        proto: "tcp",
-        algorithm: "maglev",
-        forwarding: Forwarding::Nat,
-        backends: topo
-            .backends
-            .iter()
-            .zip(WEIGHTS)
-            .map(|(b, weight)| BackendSpec {
-                addr: IpAddr::V4(b.v4()),
-                port: HTTP_PORT,
-                weight,
-                state: "active",
-            })
-            .collect(),
-    };
-    // The health_check table follows the backends, so it belongs to the service.
-    let file = ConfigFile::new(&format!(
-        "{}{HEALTH_CHECK}",
-        lbconfig::render(&[IFACE], &[svc])
-    ))
-    .context("writing the configuration file")?;
+    // Two services on one VIP: HTTP for the spread, a line protocol for a connection
+    // that stays open across the drain.
+    let text = service(&topo, "web", HTTP_PORT)
+        + WEB_CHECK
+        + &service(&topo, "chat", TCP_PORT).replacen(
+            &format!("interfaces = [\"{IFACE}\"]\n"),
+            "",
+            1,
+        )
+        + CHAT_CHECK;
+    let file = ConfigFile::new(&text).context("writing the configuration")?;
     let args = vec![
         "run".to_string(),
         "--config".into(),
         file.path().display().to_string(),
     ];
     println!(
-        "starting: xdp-lb {} (in namespace {}), http checks every 300 ms (fall 3, rise 2)",
+        "starting: xdp-lb {} (in namespace {})",
         args.join(" "),
         topo.lb.name()
     );
-    let mut topo = topo;
     let lb = topo.start_lb(&args).context("starting xdp-lb")?;
-    if stop.load(Ordering::Relaxed) {
+    for line in lb.stdout_lines() {
+        println!("  | {line}");
+    }
+    if stopped() {
         return Ok(());
     }
 
+    step(
+        2,
+        &format!("{REQUESTS} HTTP requests, one connection each, weights 3:2:1"),
+    );
     let vip = topo.vip(false, HTTP_PORT);
-    println!("sending {REQUESTS} HTTP requests to http://{vip}/ from the client namespace...");
-    let before = batch(&topo, REQUESTS, &stop)?;
-    print_spread(&topo, &before, &[]);
-    if stop.load(Ordering::Relaxed) {
+    let stop2 = stop.clone();
+    let (counts, errors) = topo.client.run(move || {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut errors = Vec::new();
+        for _ in 0..REQUESTS {
+            if stop2.load(Ordering::Relaxed) {
+                break;
+            }
+            match client::http_get(vip) {
+                Ok(body) => *counts.entry(body).or_default() += 1,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (counts, errors)
+    })?;
+    let total: usize = counts.values().sum();
+    let weight_sum: u32 = WEIGHTS.iter().sum();
+    println!(
+        "{:<12} {:>9} {:>8} {:>11}",
+        "backend", "requests", "share", "configured"
+    );
+    for (b, w) in topo.backends.iter().zip(WEIGHTS) {
+        let n = counts.get(&b.name).copied().unwrap_or(0);
+        println!(
+            "{:<12} {:>9} {:>7.1}% {:>10.1}%",
+            b.name,
+            n,
+            pct(n, total),
+            100.0 * f64::from(w) / f64::from(weight_sum)
+        );
+    }
+    for (name, n) in counts
+        .iter()
+        .filter(|(k, _)| !topo.backends.iter().any(|b| &b.name == *k))
+    {
+        println!("{name:<12} {n:>9} (unexpected answer)");
+    }
+    println!(
+        "result: {total} of {REQUESTS} requests answered, {} failed",
+        errors.len()
+    );
+    if let Some(e) = errors.first() {
+        println!("first failure: {e}");
+    }
+    if total == 0 {
+        bail!("no request got an answer");
+    }
+    if stopped() {
         return Ok(());
     }
 
+    step(
+        3,
+        "drain a backend at runtime: its open connection stays, new ones avoid it",
+    );
+    let cli = AdminCli::new(&lb);
+    let chat = topo.vip(false, TCP_PORT);
+    let mut conn = topo
+        .client
+        .run(|| LineClient::connect(chat))?
+        .context("opening a long-lived connection")?;
+    let home = conn.greeting().to_string();
+    let b = topo
+        .backends
+        .iter()
+        .find(|b| b.name == home)
+        .context("greeting from an unknown backend")?;
+    let home_addr = SocketAddr::new(b.v4().into(), TCP_PORT).to_string();
+    println!("a long-lived connection is on {home} ({home_addr})");
+    println!("$ xdp-lb backend drain chat {home_addr}");
+    for line in cli.ok(&["backend", "drain", "chat", &home_addr]).lines() {
+        println!("  | {line}");
+    }
+    let stop3 = stop.clone();
+    let after = topo.client.run(move || {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..DRAIN_CONNECTIONS {
+            if stop3.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok((name, _)) = client::tcp_name(chat) {
+                *counts.entry(name).or_default() += 1;
+            }
+        }
+        counts
+    })?;
+    let still = conn.ping().map_err(|e| e.to_string());
+    println!(
+        "result: {DRAIN_CONNECTIONS} new connections went to {after:?} ({} to {home}); the open connection still answers from {}",
+        after.get(&home).copied().unwrap_or(0),
+        still.as_deref().unwrap_or("nowhere")
+    );
+    println!("$ xdp-lb backend undrain chat {home_addr}");
+    cli.ok(&["backend", "undrain", "chat", &home_addr]);
+    if stopped() {
+        return Ok(());
+    }
+
+    step(
+        4,
+        "a backend's server stops: health checks take it out, and bring it back",
+    );
     let victim = topo.backend(VICTIM).name.clone();
     let victim_addr = SocketAddr::new(IpAddr::V4(topo.backend(VICTIM).v4()), HTTP_PORT);
     println!(
-        "\nstopping {victim}'s server ({victim_addr}) and sending requests until xdp-lb notices..."
+        "stopping {victim}'s servers; requests to http://{vip}/ go on until xdp-lb notices (http checks every 300 ms, fall 3)"
     );
     topo.stop_servers(VICTIM);
-    let stopped = Instant::now();
+    let gone = Instant::now();
     let (failed, served, down) = until_marked_down(&topo, &lb, victim_addr, &stop)?;
     match down {
         Some(h) => println!(
-            "xdp-lb marked {victim} down {} ms after its server stopped: {} ({} requests failed meanwhile, {served} answered)",
-            stopped.elapsed().as_millis(),
+            "xdp-lb marked {victim} down {} ms after its server stopped: {} ({failed} requests failed meanwhile, {served} answered)",
+            gone.elapsed().as_millis(),
             h.reason.as_deref().unwrap_or("no reason given"),
-            failed
         ),
-        None if stop.load(Ordering::Relaxed) => return Ok(()),
-        None => bail!("xdp-lb did not mark {victim} down within {PATIENCE:?}\n{}", lb.output()),
+        None if stopped() => return Ok(()),
+        None => bail!(
+            "xdp-lb did not mark {victim} down within {PATIENCE:?}\n{}",
+            lb.output()
+        ),
     }
-    println!("sending {REQUESTS} more requests with {victim} down...");
+    println!("{REQUESTS} more requests with {victim} down:");
     let during = batch(&topo, REQUESTS, &stop)?;
     print_spread(&topo, &during, &[VICTIM]);
-
-    println!("\nstarting {victim}'s server again...");
+    if stopped() {
+        return Ok(());
+    }
+    println!("starting {victim}'s servers again...");
     topo.start_servers(VICTIM)
-        .context("restarting the stopped server")?;
+        .context("restarting the stopped servers")?;
     let started = Instant::now();
-    let up = wait_health(&lb, victim_addr, true, &stop)?;
-    match up {
+    match wait_health(&lb, victim_addr, true, &stop)? {
         Some(h) => println!(
-            "xdp-lb marked {victim} up {} ms after its server started: {}",
+            "xdp-lb marked {victim} up {} ms after its server started: {} (rise 2)",
             started.elapsed().as_millis(),
             h.reason.as_deref().unwrap_or("")
         ),
-        None if stop.load(Ordering::Relaxed) => return Ok(()),
+        None if stopped() => return Ok(()),
         None => bail!(
             "xdp-lb did not bring {victim} back within {PATIENCE:?}\n{}",
             lb.output()
         ),
     }
-    println!("sending {REQUESTS} more requests...");
-    let after = batch(&topo, REQUESTS, &stop)?;
-    print_spread(&topo, &after, &[]);
-
-    drop(lb);
-    println!("cleaning up namespaces");
-    drop(topo);
-    if before.total() == 0 || after.total() == 0 {
-        bail!("no request got an answer");
-    }
+    println!("{REQUESTS} more requests:");
+    let back = batch(&topo, REQUESTS, &stop)?;
+    print_spread(&topo, &back, &[]);
     if !during.errors.is_empty() {
         bail!(
             "{} requests failed after {victim} was marked down",
             during.errors.len()
         );
     }
+    if stopped() {
+        return Ok(());
+    }
+
+    step(5, "the balancer's own view: xdp-lb status");
+    for line in cli.ok(&["status"]).lines() {
+        println!("  | {line}");
+    }
+    drop(conn);
+    drop(lb);
+    println!("\ncleaning up namespaces");
+    drop(topo);
+    println!("demo complete");
     Ok(())
 }
 

@@ -111,6 +111,11 @@ impl XdpLbProcess {
         Ok(())
     }
 
+    /// The lines the process printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         let c = self.out.0.lock().unwrap();

@@ -22,6 +22,8 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// Interfaces one balancer attaches to: the size of the TX_PORTS device map.
+pub const MAX_INTERFACES: u32 = 64;
 /// Services map capacity (hash map entries).
 pub const MAX_SERVICES: u32 = 1024;
 /// Backend slots across all services (array map entries).

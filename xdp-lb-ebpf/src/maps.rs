@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use xdp_lb_common::{
     reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
-    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
 };
 
 /// VIP, port and protocol -> service record (active Maglev table, flags).
@@ -59,7 +59,7 @@ pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason
 
 /// Interfaces we may XDP_REDIRECT to, keyed by ifindex.
 #[map]
-pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
 /// Benchmark only: the frame the wrapper restores before each tail call.
 #[map]

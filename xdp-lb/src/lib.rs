@@ -11,5 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod monitor;
 pub mod plan;
 pub mod summary;
+pub mod tui;

@@ -55,7 +55,7 @@ fn bad_file_names_the_problem_and_exits_nonzero() {
 fn flags_only_and_flag_errors() {
     let out = check(&[
         "--iface",
-        "veth0",
+        "lo",
         "--vip",
         "198.18.100.1:80",
         "--backend",
@@ -66,7 +66,7 @@ fn flags_only_and_flag_errors() {
 
     let out = check(&[
         "--iface",
-        "veth0",
+        "lo",
         "--vip",
         "198.18.100.1:80",
         "--backend",
@@ -89,4 +89,23 @@ fn missing_file_is_reported_with_its_path() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn an_interface_that_does_not_exist_is_an_error() {
+    let out = check(&[
+        "--iface",
+        "nosuchif0",
+        "--vip",
+        "198.18.100.1:80",
+        "--backend",
+        "198.18.1.2:8080",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("interface \"nosuchif0\" does not exist"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }

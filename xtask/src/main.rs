@@ -1,9 +1,13 @@
 //! `cargo xtask setup|run|test|bench`: the project's one entry point for preparing a
 //! machine, running the demo or the real binary, running every test and benchmarking.
+mod install;
 mod setup;
 mod workspace;
 
-use std::process::{Command, ExitCode};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -30,6 +34,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the release binary and install it with a systemd unit and an example config.
+    Install(InstallArgs),
+    /// Remove what `install` put in place (a changed configuration is kept).
+    Uninstall(InstallArgs),
     /// Build release and run the benchmarks.
     Bench {
         #[arg(value_enum, default_value_t = BenchKind::All)]
@@ -37,9 +45,37 @@ enum Task {
     },
 }
 
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Where the binary goes (PREFIX/bin/xdp-lb).
+    #[arg(long, default_value = "/usr/local")]
+    prefix: PathBuf,
+    /// Where the systemd unit goes.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    unit_dir: PathBuf,
+    /// Where the configuration goes (never overwritten).
+    #[arg(long, default_value = "/etc/xdp-lb")]
+    config_dir: PathBuf,
+    /// Install this binary instead of building the release one.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+impl InstallArgs {
+    fn layout(&self) -> install::Layout {
+        install::Layout {
+            prefix: self.prefix.clone(),
+            unit_dir: self.unit_dir.clone(),
+            config_dir: self.config_dir.clone(),
+        }
+    }
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 enum BenchKind {
     Pkt,
+    /// What a `status` call costs at 10k, 100k and 1M flows.
+    Status,
     E2e,
     Cache,
     All,
@@ -49,6 +85,7 @@ impl BenchKind {
     fn as_str(self) -> &'static str {
         match self {
             BenchKind::Pkt => "pkt",
+            BenchKind::Status => "status",
             BenchKind::E2e => "e2e",
             BenchKind::Cache => "cache",
             BenchKind::All => "all",
@@ -70,12 +107,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ws = workspace::Workspace::locate()?;
     match cli.task {
         Task::Setup => {
-            setup::run()?;
+            setup::run(setup::Need::Test)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Test { args } => {
             require_root("test")?;
-            setup::run()?;
+            setup::run(setup::Need::Test)?;
             let bin = ws.build_xdp_lb(false)?;
             let mut cmd = ws.cargo();
             // The eBPF crate only builds for the BPF target (through xdp-lb's build.rs);
@@ -98,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Task::Run { args } if args.is_empty() => {
             require_root("run (demo)")?;
-            setup::run()?;
+            setup::run(setup::Need::Test)?;
             let bin = ws.build_xdp_lb(false)?;
             let mut cmd = ws.cargo();
             cmd.args([
@@ -114,18 +151,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_code(&mut cmd)
         }
         Task::Run { args } => {
-            setup::run()?;
+            setup::run(setup::Need::Build)?;
             let bin = ws.build_xdp_lb(false)?;
             let mut cmd = Command::new(&bin);
             cmd.args(&args);
             forward_interrupts();
             status_code(&mut cmd)
         }
+        Task::Install(args) => {
+            let bin = match &args.binary {
+                Some(b) => b.clone(),
+                None => {
+                    setup::run(setup::Need::Build)?;
+                    ws.build_xdp_lb(true)?
+                }
+            };
+            install::install(&bin, &args.layout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Uninstall(args) => {
+            install::uninstall(&args.layout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench { what } => {
             if !matches!(what, BenchKind::Cache) {
                 require_root("bench")?;
             }
-            setup::run()?;
+            setup::run(setup::Need::Test)?;
             let bin = ws.build_xdp_lb(true)?;
             let mut cmd = ws.cargo();
             cmd.args([

@@ -1,6 +1,7 @@
-//! `cargo xtask setup`: the nightly's rust-src, bpf-linker built against the nightly's own
-//! LLVM, and the Debian packages the tests, demo and benchmarks use. Each step checks
-//! first, so running it again does nothing.
+//! `cargo xtask setup`: the nightly's rust-src and bpf-linker built against the nightly's
+//! own LLVM (what building the balancer needs), and the Debian packages the tests, demo
+//! and benchmarks use (only for those). Each step checks first, so running it again
+//! does nothing.
 use std::{
     env, fs,
     path::{Path, PathBuf},
@@ -11,6 +12,7 @@ use anyhow::{bail, Context};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// What the tests, the demo and the benchmarks use; never installed for `run ARGS`.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -21,18 +23,41 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-tools",
     "nginx-light",
     "wrk",
+    // systemd-analyze, for the install test's unit check.
+    "systemd",
+    // `promtool check metrics` checks the `/metrics` text in the monitor's tests.
+    "prometheus",
 ];
+
+/// Services the packages above ship: installing them must not leave them enabled or
+/// running on the developer's machine.
+const SHIPPED_SERVICES: &[&str] = &[
+    "redis-server.service",
+    "nginx.service",
+    "prometheus.service",
+];
+
+/// Which set-up a task needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Building the balancer: the toolchain pieces only.
+    Build,
+    /// Tests, the demo, benchmarks: the toolchain and the Debian packages they use.
+    Test,
+}
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(need: Need) -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
     rust_src(&sysroot)?;
     bpf_linker(&sysroot)?;
-    debian_packages()?;
+    if need == Need::Test {
+        debian_packages()?;
+    }
     println!("xtask: setup complete");
     Ok(())
 }
@@ -161,12 +186,38 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("xtask: installing Debian packages: {}", missing.join(" "));
     checked(Command::new("apt-get").arg("update"))?;
-    checked(
+    // policy-rc.d answering 101 keeps package scripts from starting the services they
+    // ship (redis, nginx, prometheus): the tests start their own instances or, for
+    // prometheus, only use its promtool.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask setup for one apt-get run\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = checked(
         Command::new("apt-get")
-            .args(["install", "-y"])
+            .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        let _ = fs::remove_file(policy);
+    }
+    installed?;
+    // Nor leave them enabled for the next boot.
+    for unit in SHIPPED_SERVICES {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--quiet", unit])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
 }
 
 fn dpkg_installed(package: &str) -> bool {

@@ -1,7 +1,8 @@
-//! Benchmarks run by `cargo xtask bench [pkt|e2e|cache|all]` through the `xdp-lb-bench` bin.
+//! Benchmarks run by `cargo xtask bench [pkt|status|e2e|cache|all]` through the `xdp-lb-bench` bin.
 pub mod cache;
 pub mod e2e;
 pub mod pkt;
+pub mod status;
 
 type Bench = fn() -> anyhow::Result<()>;
 
@@ -24,8 +25,14 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
         "pkt" => pkt(),
         "e2e" => e2e::run(),
         "cache" => cache(),
+        "status" => status::run(),
         "all" => {
-            let all: [(&str, Bench); 3] = [("pkt", pkt), ("e2e", e2e::run), ("cache", cache)];
+            let all: [(&str, Bench); 4] = [
+                ("pkt", pkt),
+                ("status", status::run),
+                ("e2e", e2e::run),
+                ("cache", cache),
+            ];
             for (name, f) in all {
                 println!("=== bench {name}");
                 match f() {
@@ -36,6 +43,8 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        other => anyhow::bail!("unknown benchmark {other:?}: expected pkt, e2e, cache or all"),
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}: expected pkt, status, e2e, cache or all")
+        }
     }
 }

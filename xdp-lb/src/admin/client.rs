@@ -30,8 +30,9 @@ pub enum ClientError {
     NoAnswer(String),
     #[error("the daemon's answer is not valid JSON")]
     BadAnswer(#[source] serde_json::Error),
-    #[error("{0}")]
-    Refused(#[source] ApiError),
+    /// The daemon refused the request; its message says why.
+    #[error(transparent)]
+    Refused(ApiError),
 }
 
 /// Where to reach the daemon.

@@ -87,6 +87,14 @@ pub enum Command {
     },
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// The monitor's live picture (what `xdp-lb top` draws).
+    Monitor,
+    /// The alerts firing now.
+    Alerts,
+    /// Averages and peaks over the last `window_ms`.
+    Report {
+        window_ms: u64,
+    },
 }
 
 /// A service to add at runtime.
@@ -138,6 +146,9 @@ pub enum Reply {
     Services { services: Vec<ServiceStatus> },
     Backends { backends: Vec<BackendRow> },
     Changed(Changed),
+    Monitor(Box<crate::monitor::View>),
+    Alerts { alerts: Vec<crate::monitor::Alert> },
+    Report(Box<crate::monitor::Report>),
 }
 
 /// The answer to a change: what happened, and where it was saved.

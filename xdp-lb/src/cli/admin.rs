@@ -552,6 +552,85 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+pub fn top(a: &AdminArgs, refresh: Duration) -> anyhow::Result<()> {
+    let endpoint = endpoint(a)?;
+    crate::tui::run_dashboard(
+        || match client::call(&endpoint, Command::Monitor) {
+            Ok(Reply::Monitor(v)) => Ok(*v),
+            Ok(other) => Err(format!("unexpected answer: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+        refresh,
+    )
+    .context("running the dashboard")
+}
+
+pub fn alerts(a: &AdminArgs) -> anyhow::Result<()> {
+    let reply = call(a, Command::Alerts)?;
+    if a.json {
+        return print_json(&reply);
+    }
+    let Reply::Alerts { alerts } = reply else {
+        anyhow::bail!("unexpected answer to alerts: {reply:?}");
+    };
+    if alerts.is_empty() {
+        println!("no alert firing");
+    }
+    for al in alerts {
+        println!(
+            "{}{}: {} (value {:.1}, threshold {:.1})",
+            al.kind.as_str(),
+            if al.target.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", al.target)
+            },
+            al.message,
+            al.value,
+            al.threshold
+        );
+    }
+    Ok(())
+}
+
+pub fn report(a: &AdminArgs, window: Duration) -> anyhow::Result<()> {
+    let reply = call(
+        a,
+        Command::Report {
+            window_ms: window.as_millis() as u64,
+        },
+    )?;
+    if a.json {
+        return print_json(&reply);
+    }
+    let Reply::Report(r) = reply else {
+        anyhow::bail!("unexpected answer to report: {reply:?}");
+    };
+    println!("report over {:.0}s ({} samples)", r.window_s, r.samples);
+    let mut rows = vec![["FIGURE", "AVG", "PEAK", "LAST"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()];
+    for (name, st) in &r.figures {
+        rows.push(vec![name.clone(), si(st.avg), si(st.peak), si(st.last)]);
+    }
+    print!("{}", table(&rows));
+    println!("\ntop processes by CPU:");
+    for p in &r.top_cpu {
+        println!("  {:>7}  {:<20} {:>6.1}% cpu", p.pid, p.name, p.cpu_percent);
+    }
+    println!("top processes by memory:");
+    for p in &r.top_memory {
+        println!(
+            "  {:>7}  {:<20} {:>8} KiB",
+            p.pid,
+            p.name,
+            p.memory_bytes / 1024
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,29 @@ pub enum Command {
     Service(ServiceCmd),
     /// Make the daemon re-read its configuration file (as SIGHUP does) and show what changed.
     Reload(AdminArgs),
+    /// Live dashboard of the running daemon: services, backends, rates, CPU, memory,
+    /// cache hit rate and firing alerts. `q` quits.
+    Top {
+        /// How often to refresh, e.g. 1s, 500ms.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        refresh: std::time::Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the alerts firing now (thresholds under [monitor.alerts]).
+    Alerts(AdminArgs),
+    /// Averages and peaks of every monitored figure over a window, and the machine's
+    /// top processes by CPU and memory.
+    #[command(
+        after_help = "Examples:\n  xdp-lb report --window 5m\n  xdp-lb report --window 1h --json"
+    )]
+    Report {
+        /// How far back, e.g. 60s, 5m (the history holds [monitor] history samples).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// HTTP cache tier: caching reverse proxy with a Redis-backed shared cache.
     Cache(crate::cache::CacheArgs),
 }
@@ -191,6 +214,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Backend(cmd) => admin::backend(cmd),
         Command::Service(cmd) => admin::service(cmd),
         Command::Reload(args) => admin::reload(&args),
+        Command::Top { refresh, admin } => admin::top(&admin, refresh),
+        Command::Alerts(args) => admin::alerts(&args),
+        Command::Report { window, admin } => admin::report(&admin, window),
         Command::Cache(args) => crate::cache::run(args),
     }
 }
@@ -198,6 +224,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 /// `xdp-lb check`: everything `run` does before touching the kernel.
 fn check(args: &RunArgs) -> anyhow::Result<()> {
     let cfg = crate::config::load(&args.sources()).context("invalid configuration")?;
+    crate::daemon::check_interfaces(&cfg.interfaces)?;
     crate::plan::Planner::new(cfg.max_services, cfg.max_table_size)
         .apply(&cfg)
         .context("configuration cannot be programmed")?;

@@ -155,6 +155,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The HTTP cache tier to run beside the balancer, if the file has `[cache]`.
     pub cache: Option<CacheConfig>,
+    /// Sampling, `/metrics` and alerts (`[monitor]`; defaults when absent).
+    pub monitor: MonitorSettings,
     /// Services that came from the file: the first `file_services` of `services`;
     /// a service from the command-line flags follows them.
     pub file_services: usize,
@@ -349,7 +351,7 @@ pub enum ConfigError {
     Cache(crate::cache::config::ConfigError),
     #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
     NoServices,
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -470,6 +472,12 @@ pub enum ConfigError {
         value: u64,
         reason: String,
     },
+    #[error("[monitor] {key} {value:?}: {reason}")]
+    BadMonitor {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{flag} needs --vip ADDR:PORT (the flags describe one service)")]
     FlagWithoutVip { flag: &'static str },
     #[error("invalid health check")]
@@ -545,6 +553,85 @@ struct RawConfig {
     services: Vec<RawService>,
     /// The HTTP cache tier, run beside the balancer (see `crate::cache`).
     cache: Option<CacheConfig>,
+    monitor: Option<RawMonitor>,
+}
+
+/// `[monitor]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    interval: Option<String>,
+    metrics_listen: Option<String>,
+    history: Option<usize>,
+    alerts: Option<crate::monitor::AlertConfig>,
+}
+
+/// Default address of the Prometheus endpoint: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9717";
+
+/// The daemon's monitor: how often it samples, where `/metrics` is served, and what
+/// the monitor keeps and alerts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    pub interval: std::time::Duration,
+    /// `None`: no `/metrics` endpoint (`metrics_listen = "off"`).
+    pub metrics_listen: Option<SocketAddr>,
+    pub monitor: crate::monitor::MonitorConfig,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        MonitorSettings {
+            interval: std::time::Duration::from_secs(1),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            monitor: crate::monitor::MonitorConfig::default(),
+        }
+    }
+}
+
+fn monitor_settings(raw: Option<RawMonitor>) -> Result<MonitorSettings, ConfigError> {
+    let mut m = MonitorSettings::default();
+    let Some(raw) = raw else { return Ok(m) };
+    let bad = |key: &'static str, value: String, reason: String| ConfigError::BadMonitor {
+        key,
+        value,
+        reason,
+    };
+    if let Some(i) = raw.interval {
+        let d = humantime::parse_duration(&i).map_err(|e| {
+            bad(
+                "interval",
+                i.clone(),
+                format!("{e}; e.g. \"1s\" or \"500ms\""),
+            )
+        })?;
+        if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+            return Err(bad("interval", i, "must be between 100ms and 1h".into()));
+        }
+        m.interval = d;
+    }
+    if let Some(l) = raw.metrics_listen {
+        m.metrics_listen = match l.as_str() {
+            "off" | "" => None,
+            _ => Some(l.parse().map_err(|_| {
+                bad(
+                    "metrics_listen",
+                    l.clone(),
+                    "expected ADDR:PORT such as 127.0.0.1:9717, or \"off\"".into(),
+                )
+            })?),
+        };
+    }
+    if let Some(h) = raw.history {
+        m.monitor.history = h;
+    }
+    if let Some(a) = raw.alerts {
+        m.monitor.alerts = a;
+    }
+    m.monitor
+        .validate()
+        .map_err(|e| bad("alerts", String::new(), e.to_string()))?;
+    Ok(m)
 }
 
 #[derive(Debug, Deserialize)]
@@ -690,6 +777,7 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         max_table_size,
         services,
         cache: raw.cache,
+        monitor: monitor_settings(raw.monitor)?,
         file_services,
     };
     validate_services(&cfg)?;

@@ -36,11 +36,12 @@ use crate::{
         edit::{self, Edit},
         BackendConfig, BackendSpec, BackendState, Config, Forwarding, ServiceConfig, Sources,
     },
-    dataplane::Dataplane,
+    dataplane::{Dataplane, FlowCounts},
     health::{
         policy::{self, slow_start_next_step, slow_start_weight},
         BackendHealth, HealthChecker, HealthEvent, Member, OnAllDown, Selection, Target,
     },
+    monitor::{BackendSample, DataplaneSample, ReasonCount, ServiceSample},
     plan::{Change, Plan, Planner},
 };
 
@@ -209,6 +210,8 @@ pub struct Controller<D> {
     drains: HashMap<(String, SocketAddr), (Instant, Duration)>,
     samples: VecDeque<Sample>,
     flow_scan_limit: u64,
+    /// The last flow-table walk for the monitor, and when it was taken.
+    monitor_flows: Option<(Instant, FlowCounts)>,
     interfaces: Vec<String>,
     /// Health of the checked backends that reported (see the module docs).
     health: HashMap<Key, Health>,
@@ -245,6 +248,7 @@ impl<D: Dataplane> Controller<D> {
             drains: HashMap::new(),
             samples: VecDeque::new(),
             flow_scan_limit: DEFAULT_FLOW_SCAN_LIMIT,
+            monitor_flows: None,
             interfaces,
             health: HashMap::new(),
             checker: None,
@@ -483,6 +487,11 @@ impl<D: Dataplane> Controller<D> {
                 Ok(Reply::Backends { backends })
             }
             Command::Reload => self.reload().map(Reply::Changed),
+            // The daemon's loop answers these from the monitor it owns.
+            Command::Monitor | Command::Alerts | Command::Report { .. } => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "the monitor is not running in this daemon",
+            )),
             change => self
                 .change(&change, Origin::Admin, None)
                 .map(Reply::Changed),
@@ -500,12 +509,13 @@ impl<D: Dataplane> Controller<D> {
                 c.flow_table_size,
                 c.max_services,
                 c.max_table_size,
+                c.monitor.clone(),
             )
         };
         if fixed(&new) != fixed(&self.cfg) {
             return Err(ApiError::new(
                 ErrorKind::Invalid,
-                "interfaces, xdp_mode, flow_table_size, max_services and max_table_size only change on restart",
+                "interfaces, xdp_mode, flow_table_size, max_services, max_table_size and [monitor] only change on restart",
             ));
         }
         if new.cache != self.cfg.cache {
@@ -760,6 +770,105 @@ impl<D: Dataplane> Controller<D> {
             d(now.bytes, prev.bytes) * 8.0,
             d(now.new_flows, prev.new_flows),
         )
+    }
+
+    /// The monitor's view of the data plane as of the latest `sample`. The flow table
+    /// is walked at most once per `flows_every` (the walk is the expensive part: see
+    /// the status benchmark); in between the last walk's counts are reported.
+    pub fn monitor_sample(&mut self, now: Instant, flows_every: Duration) -> DataplaneSample {
+        let stale = self
+            .monitor_flows
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= flows_every);
+        if stale {
+            if let Ok(f) = self.dp.flow_counts(self.flow_scan_limit) {
+                self.monitor_flows = Some((now, f));
+            }
+        }
+        let flows = self
+            .monitor_flows
+            .as_ref()
+            .map(|(_, f)| f.clone())
+            .unwrap_or_default();
+        let last = self.samples.back();
+        let assignments = self.planner.assignments();
+        let checked = self.checked();
+        let checks: HashMap<Key, BackendHealth> = self
+            .checker
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.backend), h))
+            .collect();
+        let services = self
+            .cfg
+            .services
+            .iter()
+            .map(|svc| {
+                let c = last
+                    .and_then(|l| l.services.get(&svc.name))
+                    .copied()
+                    .unwrap_or_default();
+                let ids = assignments.iter().find(|a| a.name == svc.name);
+                ServiceSample {
+                    name: svc.name.clone(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    new_flows: c.new_flows,
+                    backends: svc
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let addr = b.socket_addr();
+                            let key = (svc.name.clone(), addr);
+                            let c = last
+                                .and_then(|l| l.backends.get(&(svc.name.clone(), addr)))
+                                .copied()
+                                .unwrap_or_default();
+                            let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
+                            BackendSample {
+                                addr: addr.to_string(),
+                                state: b.state,
+                                health: checked.contains(&key).then(|| {
+                                    crate::monitor::sample::Health::from_up(
+                                        self.health.get(&key).is_none_or(|h| h.up),
+                                    )
+                                }),
+                                weight: b.weight,
+                                packets: c.packets,
+                                bytes: c.bytes,
+                                new_flows: c.new_flows,
+                                flows: slot
+                                    .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
+                                    .copied()
+                                    .unwrap_or(0),
+                                last_check_latency: checks.get(&key).and_then(|h| h.last_latency),
+                                health_transitions: self
+                                    .health
+                                    .get(&key)
+                                    .map_or(0, |h| h.transitions),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        DataplaneSample {
+            services,
+            reasons: self
+                .dp
+                .global_counters()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(reason, packets)| ReasonCount {
+                    reason: reason.to_string(),
+                    packets,
+                })
+                .collect(),
+            flows_total: flows.scanned,
+            flow_table_capacity: u64::from(self.cfg.flow_table_size),
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -1165,7 +1274,13 @@ fn mutate(cfg: &Config, cmd: &Command) -> Result<(Config, Edit, Option<DrainTime
             }
             return Ok((new, Edit::RemoveService(si), None));
         }
-        Command::Status | Command::ServiceList | Command::BackendList { .. } | Command::Reload => {
+        Command::Status
+        | Command::ServiceList
+        | Command::BackendList { .. }
+        | Command::Reload
+        | Command::Monitor
+        | Command::Alerts
+        | Command::Report { .. } => {
             return Err(ApiError::new(ErrorKind::BadRequest, "not a change"))
         }
     };

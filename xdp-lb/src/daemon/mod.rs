@@ -16,11 +16,17 @@ use tokio::{
     sync::mpsc,
 };
 
+use std::sync::{Arc, Mutex};
+
 use crate::{
-    admin::server::{AdminServer, Envelope, ServerError},
+    admin::{
+        proto::{ApiError, Command, ErrorKind, Reply},
+        server::{AdminServer, Envelope, ServerError},
+    },
     config::{self, Config, ConfigError, Sources, XdpMode},
     dataplane::{self, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM, PROGRAM},
     health::{HealthChecker, HealthEvent, DEFAULT_MAX_CONCURRENT},
+    monitor::{server::Exposure, Monitor, ResourceSampler, Sample as MonitorSample},
     plan::{PlanError, Planner},
 };
 use controller::Controller;
@@ -29,15 +35,13 @@ use controller::Controller;
 const NEIGH_REFRESH: Duration = Duration::from_secs(5);
 /// How often traffic counters are logged when they changed.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
-/// How often counters are sampled for the rates `status` shows.
-const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the cache tier gets to finish requests in flight at shutdown.
 const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Health events queued for the controller; a full queue makes the checks wait (no
 /// event is lost).
 const HEALTH_EVENTS: usize = 256;
 /// Most XDP interfaces one run attaches to: the TX_PORTS device map's size.
-pub const MAX_INTERFACES: usize = 64;
+pub const MAX_INTERFACES: usize = xdp_lb_common::MAX_INTERFACES as usize;
 
 /// Where the admin API listens.
 #[derive(Debug, Clone)]
@@ -74,6 +78,12 @@ pub enum DaemonError {
     Dataplane(#[source] DataplaneError),
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("starting the monitor")]
+    Monitor(#[source] crate::monitor::MonitorError),
+    #[error("starting the /metrics endpoint")]
+    Metrics(#[source] crate::monitor::server::MetricsServerError),
+    #[error("starting the resource sampler")]
+    Resources(#[source] crate::monitor::resources::ResourceError),
 }
 
 fn require_root(what: &'static str) -> Result<(), DaemonError> {
@@ -134,6 +144,23 @@ pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    let metrics = match cfg.monitor.metrics_listen {
+        Some(addr) => {
+            let exposure = if addr.ip().is_loopback() {
+                Exposure::LoopbackOnly
+            } else {
+                log::warn!("[monitor] metrics_listen = {addr} is not loopback: every figure is readable from the network");
+                Exposure::AllowRemote
+            };
+            Some((
+                rt.block_on(crate::monitor::server::bind_metrics(addr, exposure))
+                    .map_err(DaemonError::Metrics)?,
+                exposure,
+            ))
+        }
+        None => None,
+    };
+    let monitor = Monitor::new(cfg.monitor.monitor.clone()).map_err(DaemonError::Monitor)?;
     let admin_server = rt
         .block_on(AdminServer::bind(
             &admin.socket,
@@ -163,7 +190,37 @@ pub fn run(sources: Sources, admin: AdminOptions) -> Result<(), DaemonError> {
         .collect();
     let interfaces = cfg.interfaces.clone();
     let ctl = Controller::new(sources, cfg, text, planner, dp, plan.changes, interfaces);
-    rt.block_on(serve(ctl, cache, admin_server, attached))
+    let watch = Watch {
+        monitor: Arc::new(Mutex::new(monitor)),
+        metrics,
+        interval: ctl.config().monitor.interval,
+    };
+    rt.block_on(serve(ctl, cache, admin_server, attached, watch))
+}
+
+/// The monitor the daemon feeds, and where its figures are served.
+struct Watch {
+    monitor: Arc<Mutex<Monitor>>,
+    metrics: Option<(tokio::net::TcpListener, Exposure)>,
+    interval: Duration,
+}
+
+/// How often the monitor walks the flow table for per-backend flow counts (the walk
+/// costs about a second at a million flows; see `cargo xtask bench status`).
+const MONITOR_FLOWS_EVERY: Duration = Duration::from_secs(10);
+
+/// Answers the monitor's admin commands; `None` for the controller's.
+fn monitor_answer(monitor: &Mutex<Monitor>, cmd: &Command) -> Option<Result<Reply, ApiError>> {
+    let m = monitor.lock().unwrap_or_else(|e| e.into_inner());
+    Some(match cmd {
+        Command::Monitor => Ok(Reply::Monitor(Box::new(m.view()))),
+        Command::Alerts => Ok(Reply::Alerts { alerts: m.firing() }),
+        Command::Report { window_ms } => m
+            .window(Duration::from_millis(*window_ms))
+            .map(|r| Reply::Report(Box::new(r)))
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, e.to_string())),
+        _ => return None,
+    })
 }
 
 async fn serve(
@@ -171,7 +228,31 @@ async fn serve(
     cache: Option<crate::cache::Server>,
     admin: AdminServer,
     attached: Vec<String>,
+    watch: Watch,
 ) -> Result<(), DaemonError> {
+    let cache_stats = cache.as_ref().map(|c| c.stats());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = watch.metrics.map(|(listener, exposure)| {
+        let monitor = Arc::clone(&watch.monitor);
+        let source: crate::monitor::server::MetricsSource = Arc::new(move || {
+            // Snapshot under the lock, render outside it.
+            let input = monitor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .metrics_input();
+            crate::monitor::metrics::render(input)
+        });
+        tokio::spawn(crate::monitor::server::serve_metrics(
+            listener,
+            source,
+            exposure,
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    let mut resources = ResourceSampler::new().map_err(DaemonError::Resources)?;
+    let mut tick = tokio::time::interval(watch.interval);
     let (stop_cache, cache_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut cache_task = cache.map(|server| {
         log::info!("cache tier listening on {}", server.local_addr());
@@ -209,7 +290,6 @@ async fn serve(
     let mut neigh = tokio::time::interval(NEIGH_REFRESH);
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.tick().await;
-    let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
     let kernel_log = match ctl.dataplane().kernel_log_fd() {
         // SAFETY: `fd` is an owned descriptor moved into the AsyncFd, which keeps it
         // open and unchanged until the AsyncFd is dropped.
@@ -229,7 +309,10 @@ async fn serve(
         tokio::select! {
             Some(env) = rx.recv() => {
                 let was = ctl.generation();
-                let answer = ctl.handle(env.command);
+                let answer = match monitor_answer(&watch.monitor, &env.command) {
+                    Some(a) => a,
+                    None => ctl.handle(env.command),
+                };
                 if let Err(e) = &answer {
                     log::warn!("admin: refused: {e}");
                 }
@@ -285,7 +368,28 @@ async fn serve(
                 break Err(e);
             }
             _ = neigh.tick() => prime_neighbours(ctl.config()),
-            _ = sample.tick() => ctl.sample(Instant::now()),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                ctl.sample(now);
+                let sample = MonitorSample {
+                    dataplane: Some(ctl.monitor_sample(now, MONITOR_FLOWS_EVERY)),
+                    cache: cache_stats.as_ref().map(|s| s.snapshot().into()),
+                    resources: Some(resources.sample()),
+                };
+                let events = watch
+                    .monitor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(now, sample);
+                match events {
+                    Ok(events) => {
+                        for e in events {
+                            log::warn!("{e}");
+                        }
+                    }
+                    Err(e) => log::debug!("monitor: {e}"),
+                }
+            }
             ready = async {
                 match &kernel_log {
                     Some(fd) => fd.readable().await,
@@ -310,6 +414,10 @@ async fn serve(
     };
     admin_task.abort();
     let _ = admin_task.await;
+    if let Some(task) = metrics_task {
+        let _ = stop_metrics.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
     if let Ok(c) = ctl.dataplane().global_counters() {
         log::info!("final counters: {}", format_counters(&c));
         log_service_counters(ctl.planner(), ctl.dataplane());

@@ -205,6 +205,21 @@ impl AyaDataplane {
         &self.attached
     }
 
+    /// Writes flow-table entries from userspace: benchmarks fill the table this way to
+    /// measure what a full table costs the control plane.
+    pub fn insert_flows(
+        &mut self,
+        entries: impl IntoIterator<Item = (FlowKey, FlowValue)>,
+    ) -> Result<u64, DataplaneError> {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = self.map("FLOWS")?;
+        let mut n = 0;
+        for (k, v) in entries {
+            flows.insert(k, v, 0).map_err(map_err("FLOWS"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Raw access for tests and benchmarks (test runs, flow-table inspection).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -1,0 +1,247 @@
+//! The daemon's monitor, end to end: `/metrics` passes Prometheus' own checker and
+//! counts the traffic pushed through the VIP, an alert fires and clears with the
+//! balancer's state and is listed by `xdp-lb alerts`, and `report --json` agrees with
+//! `/metrics`.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use xdp_lb_tests::{
+    admin::AdminCli,
+    client,
+    lb::XdpLbProcess,
+    lbconfig::{self, ConfigFile},
+    require_root,
+    scenario::{self, Tally},
+    topology::{IFACE, TCP_PORT},
+    Forwarding, Topology,
+};
+
+const METRICS: &str = "127.0.0.1:9717";
+const CONNECTIONS: usize = 120;
+
+fn config(topo: &Topology) -> String {
+    let mut svc = scenario::service(topo, false, TCP_PORT, "tcp", &[]);
+    svc.backends = (1..=3)
+        .map(|i| scenario::backend_spec(topo, i, false, TCP_PORT, 1))
+        .collect();
+    lbconfig::render(&[IFACE], &[svc]).replacen("[[service]]\n", "[[service]]\nname = \"web\"\n", 1)
+        + "\n[monitor]\ninterval = \"200ms\"\nmetrics_listen = \"127.0.0.1:9717\"\n\n[monitor.alerts]\nhold_s = 0.4\n"
+}
+
+fn start(topo: &Topology, file: &ConfigFile) -> XdpLbProcess {
+    topo.start_lb(&[
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
+/// `/metrics`, fetched inside the balancer's namespace (its loopback).
+fn scrape(topo: &Topology) -> String {
+    let addr: SocketAddr = METRICS.parse().unwrap();
+    topo.lb
+        .run(|| client::http_get_path(addr, "/metrics"))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("scraping /metrics: {e}"))
+}
+
+/// The value of every sample of `metric` whose labels contain `label`, by labels.
+fn samples(text: &str, metric: &str, label: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn backend_label(topo: &Topology, i: usize) -> String {
+    format!(
+        "backend=\"{}\"",
+        SocketAddr::new(topo.backend(i).v4().into(), TCP_PORT)
+    )
+}
+
+fn connections(topo: &Topology) -> Tally {
+    let vip = topo.vip(false, TCP_PORT);
+    topo.client
+        .run(|| {
+            let mut t = Tally::default();
+            for _ in 0..CONNECTIONS {
+                if t.gave_up() {
+                    break;
+                }
+                match client::tcp_name(vip) {
+                    Ok((name, _)) => t.add(&name),
+                    Err(e) => t.error(e),
+                }
+            }
+            t
+        })
+        .unwrap()
+}
+
+/// Waits (bounded) until `f` holds for a fresh scrape.
+fn wait_scrape(topo: &Topology, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(topo);
+        if f(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never showed in /metrics:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_the_traffic() {
+    require_root();
+    let topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo)).expect("config file");
+    let lb = start(&topo, &file);
+    let t = connections(&topo);
+    assert!(t.errors.is_empty(), "{}\n{}", t.report(), lb.output());
+    // Every connection is one new flow on the backend that answered it.
+    let text = wait_scrape(&topo, "the connections' new flows", |text| {
+        samples(text, "xdp_lb_backend_new_flows_total", "service=\"web\"")
+            .values()
+            .sum::<f64>()
+            >= CONNECTIONS as f64
+    });
+    for i in 1..=3 {
+        let label = backend_label(&topo, i);
+        let flows: f64 = samples(&text, "xdp_lb_backend_new_flows_total", &label)
+            .values()
+            .sum();
+        assert_eq!(
+            flows,
+            t.get(&format!("backend-{i}")) as f64,
+            "backend-{i}: new flows in /metrics vs connections answered ({})\n{text}",
+            t.report()
+        );
+        // A TCP connection is at least SYN, ACK and FIN from the client.
+        let packets: f64 = samples(&text, "xdp_lb_backend_packets_total", &label)
+            .values()
+            .sum();
+        assert!(
+            packets >= 3.0 * t.get(&format!("backend-{i}")) as f64,
+            "backend-{i}: {packets} packets for {} connections\n{text}",
+            t.get(&format!("backend-{i}"))
+        );
+    }
+    // Prometheus' own checker accepts the exposition.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // report --json over the same traffic agrees: the counted packets of each backend
+    // in the window are at most what /metrics says in total, and not zero.
+    let cli = AdminCli::new(&lb);
+    let report = cli.json(&["report", "--window", "1h"]);
+    let figures = &report["figures"];
+    for i in 1..=3 {
+        let addr = SocketAddr::new(topo.backend(i).v4().into(), TCP_PORT);
+        let key = format!("backend/web/{addr}/new_flows_per_s");
+        let in_window = figures[&key]["sum"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} in the report: {report}"));
+        let total: f64 = samples(
+            &scrape(&topo),
+            "xdp_lb_backend_new_flows_total",
+            &backend_label(&topo, i),
+        )
+        .values()
+        .sum();
+        let answered = t.get(&format!("backend-{i}")) as f64;
+        assert!(
+            (in_window - answered).abs() <= 1.0 && in_window <= total + 0.5,
+            "{key}: report counts {in_window}, /metrics {total}, connections {answered}"
+        );
+    }
+}
+
+#[test]
+fn alert_fires_and_clears_with_the_balancer_state() {
+    require_root();
+    let topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo)).expect("config file");
+    let lb = start(&topo, &file);
+    let cli = AdminCli::new(&lb);
+    assert_eq!(cli.ok(&["alerts"]).trim(), "no alert firing");
+    // Every backend down: the service has no usable backend.
+    for i in 1..=3 {
+        let a = SocketAddr::new(topo.backend(i).v4().into(), TCP_PORT).to_string();
+        cli.ok(&["backend", "down", "web", &a, "--force"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = cli.json(&["alerts"]);
+        let firing = v["alerts"].as_array().cloned().unwrap_or_default();
+        if firing
+            .iter()
+            .any(|a| a["kind"] == "no_healthy_backend" && a["target"] == "web")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no_healthy_backend never fired: {v}\n{}",
+            lb.output()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    wait_scrape(&topo, "the firing alert", |t| {
+        t.lines().any(|l| {
+            l.starts_with("xdp_lb_alert") && l.contains("no_healthy_backend") && l.ends_with(" 1")
+        })
+    });
+    let a = SocketAddr::new(topo.backend(1).v4().into(), TCP_PORT).to_string();
+    cli.ok(&["backend", "up", "web", &a]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cli.ok(&["alerts"]).trim() != "no alert firing" {
+        assert!(
+            Instant::now() < deadline,
+            "the alert never cleared\n{}",
+            lb.output()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let out = lb.output();
+    assert!(
+        out.contains("alert firing: no_healthy_backend web"),
+        "{out}"
+    );
+    assert!(
+        out.contains("alert cleared: no_healthy_backend web"),
+        "{out}"
+    );
+}
