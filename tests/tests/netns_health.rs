@@ -66,8 +66,9 @@ fn http_check() -> String {
 /// `service` lines (scalar keys, then the health_check table) before the backends.
 fn config(topo: &Topology, service: &str, backends: &[(usize, &str)]) -> String {
     let mut s = format!(
-        "interfaces = [\"{IFACE}\"]\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {TCP_PORT}\nforwarding = \"nat\"\n{service}\n",
-        topo.vip(false, TCP_PORT).ip()
+        "interfaces = [\"{IFACE}\"]\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {TCP_PORT}\nforwarding = \"{}\"\n{service}\n",
+        topo.vip(false, TCP_PORT).ip(),
+        topo.mode.as_str()
     );
     for (i, extra) in backends {
         s += &format!(
@@ -182,8 +183,18 @@ fn ms(d: Duration) -> f64 {
 
 #[test]
 fn nat_tcp_check_takes_a_dead_backend_out_and_brings_it_back() {
+    dead_backend_out_and_back(Forwarding::Nat);
+}
+
+/// In DSR mode the checks go to the backend's own address (the VIP is on its `lo`).
+#[test]
+fn dsr_tcp_check_takes_a_dead_backend_out_and_brings_it_back() {
+    dead_backend_out_and_back(Forwarding::Dsr);
+}
+
+fn dead_backend_out_and_back(mode: Forwarding) {
     require_root();
-    let mut topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let mut topo = scenario::xdp_topology(3, mode);
     let file = ConfigFile::new(&config(&topo, &tcp_check(), &[(1, ""), (2, ""), (3, "")]))
         .expect("writing the config file");
     let lb = start(&topo, &file);
@@ -224,7 +235,7 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_brings_it_back() {
         .expect("a flip time");
     let flipped = (asked - Duration::from_secs_f64(since)).saturating_duration_since(killed);
     println!(
-        "detection: backend-2's checks failed it {:.0} ms and the status showed it out {:.0} ms after its server was gone (stopping it took {:.0} ms; interval {} ms, fall {FALL})",
+        "detection ({mode:?}): backend-2's checks failed it {:.0} ms and the status showed it out {:.0} ms after its server was gone (stopping it took {:.0} ms; interval {} ms, fall {FALL})",
         ms(flipped),
         ms(detected),
         ms(killed - stopping),
@@ -276,7 +287,7 @@ fn nat_tcp_check_takes_a_dead_backend_out_and_brings_it_back() {
             && backend(s, &topo, 2).effective_state == BackendState::Active
     });
     println!(
-        "return: backend-2 marked up {:.0} ms after its server restarted (rise {RISE} x {} ms)",
+        "return ({mode:?}): backend-2 marked up {:.0} ms after its server restarted (rise {RISE} x {} ms)",
         ms(back),
         INTERVAL.as_millis()
     );

@@ -633,6 +633,7 @@ impl<D: Dataplane> Controller<D> {
         // The planner gets the effective configuration; the desired one is kept (and
         // was saved by the caller).
         let plan = self.publish(&new, &health, Instant::now())?;
+        let desired_changed = new != self.cfg;
         self.health = health;
         self.cfg = new;
         self.file_text = text;
@@ -654,7 +655,13 @@ impl<D: Dataplane> Controller<D> {
             .into_iter()
             .map(|c| self.record(origin, reason.clone(), c))
             .collect();
-        if events.is_empty() {
+        if events.is_empty() && desired_changed {
+            // E.g. `up` for a backend its checks call down: saved, and it comes back
+            // when they pass.
+            log::info!(
+                "{origin}: saved; the tables are unchanged because health decides the backends' effective state (see `xdp-lb status`)"
+            );
+        } else if events.is_empty() {
             log::info!("{origin}: configuration unchanged");
         }
         Ok(events)
