@@ -120,7 +120,7 @@ fn wait_for(
     lb: &XdpLbProcess,
     what: &str,
     since: Instant,
-    done: impl Fn(&Status) -> bool,
+    mut done: impl FnMut(&Status) -> bool,
 ) -> Duration {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -771,4 +771,53 @@ fn nat_udp_check_takes_a_dead_udp_backend_out() {
     );
     assert!(tally.errors.is_empty(), "{report}");
     assert_eq!(tally.get("backend-2"), BATCH, "{report}");
+}
+
+/// Slow start: a backend that comes back gets its weight in 4 steps over `slow_start`,
+/// each step a table publish on the daemon's timer.
+#[test]
+fn nat_slow_start_ramps_a_returning_backend_in_steps() {
+    require_root();
+    let mut topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let service = format!("slow_start = \"1200ms\"\n{}", tcp_check());
+    let file = ConfigFile::new(&config(&topo, &service, &[(1, ""), (2, "weight = 4")]))
+        .expect("writing the config file");
+    let lb = start(&topo, &file);
+    all_checked_and_up(&lb, &topo, 2);
+    assert_eq!(backend(&status(&lb), &topo, 2).effective_weight, 4);
+    topo.stop_servers(2);
+    wait_for(&lb, "backend-2 down", Instant::now(), |s| {
+        health_up(s, &topo, 2) == Some(false)
+    });
+    topo.start_servers(2).expect("restarting backend-2");
+    let back = Instant::now();
+    // Every effective weight seen while it is up, with when it was first seen.
+    let mut seen: Vec<(u32, Duration)> = Vec::new();
+    wait_for(&lb, "the ramp to reach weight 4", back, |s| {
+        let b = backend(s, &topo, 2);
+        if b.effective_state == BackendState::Active
+            && seen.last().is_none_or(|(w, _)| *w != b.effective_weight)
+        {
+            seen.push((b.effective_weight, back.elapsed()));
+        }
+        seen.last().is_some_and(|(w, _)| *w == 4)
+    });
+    println!(
+        "slow start: weights after the return: {}",
+        seen.iter()
+            .map(|(w, t)| format!("{w} at {:.0} ms", ms(*t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(
+        seen.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{seen:?}\n{}",
+        lb.output()
+    );
+    assert!(
+        lb.output().contains("(slow start)"),
+        "no timer events for the ramp\n{}",
+        lb.output()
+    );
 }
