@@ -2,25 +2,30 @@
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
+use super::request::normalize_host;
+
 /// Keys longer than this keep their first `KEEP` bytes and get a hash of the whole key, so
 /// they stay bounded while prefix purges still match their beginning.
 const MAX_KEY: usize = 200;
 const KEEP: usize = 128;
 
-/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it).
+/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it). The
+/// host is normalised (lowercase, default port dropped, see [`normalize_host`]) so instances
+/// reached as `Example.org:80` and `example.org` share entries.
 pub fn render(template: &str, req: &Parts) -> String {
     let method = if req.method == http::Method::HEAD {
         "GET"
     } else {
         req.method.as_str()
     };
-    let host = req
+    let raw = req
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_ascii_lowercase();
+        .unwrap_or("");
+    // Requests with a host that does not normalise were refused before; keep the text anyway.
+    let host = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
     let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let key = template
         .replace("{method}", method)
@@ -65,6 +70,10 @@ mod tests {
         assert_eq!(
             render(t, &parts("GET", "/a?b=1", "Example")),
             "http://example/a?b=1"
+        );
+        assert_eq!(
+            render(t, &parts("GET", "/a", "Example:80")),
+            render(t, &parts("GET", "/a", "example"))
         );
         assert_eq!(
             render("{method} {path}", &parts("HEAD", "/a", "x")),

@@ -9,6 +9,7 @@ pub mod hot;
 pub mod key;
 pub mod proxy;
 pub mod range;
+pub mod request;
 pub mod server;
 pub mod stats;
 pub mod store;

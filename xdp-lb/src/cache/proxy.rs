@@ -28,6 +28,7 @@ use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
 use super::hot::HotTier;
 use super::key;
 use super::range::{self, RangeAnswer};
+use super::request::target_host;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
 use super::upstream::{Lease, Pool};
@@ -122,7 +123,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn plain(status: StatusCode, msg: &'static str) -> Resp {
+fn plain(status: StatusCode, msg: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(ProxyBody::full(msg));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -298,6 +299,12 @@ impl Proxy {
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
         let client = client.to_canonical();
         let (parts, body) = req.into_parts();
+        // Checked before the body is read, so a refused request costs no buffering either.
+        if let Err(why) = target_host(&parts) {
+            Stats::bump(&self.stats.refused);
+            log::debug!("cache: refusing a request from {client}: {why}");
+            return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+        }
         let body = match Limited::new(body, self.cfg.max_request_body_bytes)
             .collect()
             .await
@@ -406,6 +413,9 @@ impl Proxy {
                 return Err(FetchError::Failed("bad request target".into()));
             };
             *req.headers_mut() = parts.headers.clone();
+            // The body was read in full and is sent as one piece: its length is the only
+            // framing the upstream sees, whatever the client's framing headers said.
+            req.headers_mut().remove(CONTENT_LENGTH);
             Stats::bump(&self.stats.upstream_requests);
             match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
                 Ok(Ok(resp)) => {

@@ -15,6 +15,8 @@ pub struct Stats {
     pub upstream_requests: AtomicU64,
     /// Values answered by the in-process hot tier instead of Redis.
     pub hot_hits: AtomicU64,
+    /// Requests answered 400 before reaching an upstream or the cache (ambiguous host).
+    pub refused: AtomicU64,
 }
 
 #[derive(Copy, Clone, Debug, Default, PartialEq)]
@@ -29,6 +31,7 @@ pub struct Snapshot {
     pub bytes_from_cache: u64,
     pub upstream_requests: u64,
     pub hot_hits: u64,
+    pub refused: u64,
 }
 
 impl Snapshot {
@@ -61,6 +64,7 @@ impl Stats {
             bytes_from_cache: self.bytes_from_cache.load(Relaxed),
             upstream_requests: self.upstream_requests.load(Relaxed),
             hot_hits: self.hot_hits.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 }
@@ -69,7 +73,7 @@ impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "hits={} misses={} stale={} updating={} expired={} bypass={} errors={} hit_rate={:.3} bytes_from_cache={} upstream_requests={} hot_hits={}",
+            "hits={} misses={} stale={} updating={} expired={} bypass={} errors={} hit_rate={:.3} bytes_from_cache={} upstream_requests={} hot_hits={} refused={}",
             self.hits,
             self.misses,
             self.stale,
@@ -80,7 +84,8 @@ impl std::fmt::Display for Snapshot {
             self.hit_rate(),
             self.bytes_from_cache,
             self.upstream_requests,
-            self.hot_hits
+            self.hot_hits,
+            self.refused
         )
     }
 }
