@@ -13,7 +13,7 @@ const VARY_MAGIC: &[u8; 4] = b"XLV1";
 pub enum EntryError {
     #[error("stored value is truncated or malformed")]
     Malformed,
-    #[error("stored policy does not decode: {0}")]
+    #[error("stored policy does not decode")]
     Policy(#[from] serde_json::Error),
 }
 

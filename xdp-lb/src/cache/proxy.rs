@@ -2,7 +2,7 @@
 //! invalidation by unsafe methods, and PURGE.
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +32,7 @@ use super::request::target_host;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
 use super::upstream::{Lease, Pool};
+use super::Causes;
 
 pub type Resp = Response<ProxyBody>;
 
@@ -41,10 +42,44 @@ const WAIT_POLL_MAX: Duration = Duration::from_millis(100);
 /// A Vary marker outlives its variants so they stay reachable.
 const MARKER_MIN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug)]
-enum FetchError {
-    Timeout,
-    Failed(String),
+/// Why no upstream response could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no upstream to try")]
+    NoUpstream,
+    #[error("upstream {0} did not answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("request to upstream {0} failed")]
+    Request(SocketAddr, #[source] hyper_util::client::legacy::Error),
+    #[error("request target {0:?} cannot be sent upstream")]
+    BadTarget(String, #[source] http::Error),
+    #[error("upstream body failed partway")]
+    Body(#[source] hyper::Error),
+    #[error("upstream body stalled for {0:?}")]
+    BodyTimeout(Duration),
+}
+
+impl FetchError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(..) | Self::BodyTimeout(_))
+    }
+}
+
+/// Marks a response the proxy made up because the upstream failed, so a local leader can tell
+/// the requests waiting on it (response extensions never reach the wire).
+#[derive(Clone, Copy)]
+struct UpstreamFailed;
+
+/// What the local leader of a miss tells the requests that waited for it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Pending,
+    /// The fetch ended with a response (stored when it could be).
+    Done,
+    /// The upstream failed; the status is what the leader answered.
+    Failed(StatusCode),
+    /// The leader went away (its client disconnected) before it had an answer.
+    Abandoned,
 }
 
 pub struct Proxy {
@@ -61,21 +96,29 @@ pub struct Proxy {
     hot: Option<HotTier>,
 }
 
-type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>;
+type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Outcome>>>>;
 
 /// Held by the local leader of a miss; dropping it (also on cancellation) releases followers.
 struct Inflight {
     map: InflightMap,
     key: String,
-    _done: tokio::sync::watch::Sender<()>,
+    outcome: Outcome,
+    done: tokio::sync::watch::Sender<Outcome>,
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
+        // Leave the map before waking the followers, so the one that retries a failed fetch
+        // becomes the next leader instead of finding this finished one.
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
+        let outcome = match self.outcome {
+            Outcome::Pending => Outcome::Abandoned,
+            o => o,
+        };
+        self.done.send_replace(outcome);
     }
 }
 
@@ -96,8 +139,10 @@ pub enum Warmed {
 pub enum WarmError {
     #[error("not an absolute http url")]
     NotAbsolute,
-    #[error("upstream: {0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("storing the response")]
+    Entry(#[from] entry::EntryError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,13 +185,14 @@ fn with_x_cache(mut r: Resp, label: &'static str) -> Resp {
 }
 
 fn error_response(e: &FetchError) -> Resp {
-    match e {
-        FetchError::Timeout => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-        FetchError::Failed(why) => {
-            log::info!("cache: answering 502: {why}");
-            plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
-        }
-    }
+    let mut r = if e.is_timeout() {
+        plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+    } else {
+        plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
+    };
+    log::info!("cache: answering {}: {}", r.status().as_u16(), Causes(e));
+    r.extensions_mut().insert(UpstreamFailed);
+    r
 }
 
 /// Passes an upstream response through, streaming its body.
@@ -278,9 +324,9 @@ impl Proxy {
             Some(b"STALE") => Some(&self.stats.stale),
             Some(b"UPDATING") => Some(&self.stats.updating),
             Some(b"EXPIRED") => Some(&self.stats.expired),
-            Some(b"BYPASS") => Some(&self.stats.bypass),
             _ => None,
         };
+        self.stats.response(resp.status());
         if let Some(c) = counter {
             Stats::bump(c);
         }
@@ -321,7 +367,8 @@ impl Proxy {
         let mut up = parts.clone();
         strip_hop_by_hop(&mut up.headers);
         add_forwarding(&mut up.headers, client);
-        if freshness::bypass_request(&parts, &self.rules) {
+        if let Some(reason) = freshness::bypass_request(&parts, &self.rules) {
+            self.stats.bypassed(reason);
             return self.bypass(&parts, &up, body).await;
         }
         let key = key::render(&self.cfg.key, &parts);
@@ -398,20 +445,18 @@ impl Proxy {
             1
         };
         let mut tried = Vec::with_capacity(tries);
-        let mut last = FetchError::Failed("no upstream".into());
+        let mut last = FetchError::NoUpstream;
         for _ in 0..tries {
             let Some(lease) = self.pool.pick(&tried) else {
                 break;
             };
             tried.push(lease.index);
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let Ok(mut req) = Request::builder()
+            let mut req = Request::builder()
                 .method(parts.method.clone())
                 .uri(format!("http://{}{pq}", lease.addr()))
                 .body(Full::new(body.clone()))
-            else {
-                return Err(FetchError::Failed("bad request target".into()));
-            };
+                .map_err(|e| FetchError::BadTarget(pq.to_string(), e))?;
             *req.headers_mut() = parts.headers.clone();
             // The body was read in full and is sent as one piece: its length is the only
             // framing the upstream sees, whatever the client's framing headers said.
@@ -423,14 +468,14 @@ impl Proxy {
                     return Ok((resp, lease));
                 }
                 Ok(Err(e)) => {
-                    log::debug!("cache: upstream {} failed: {e}", lease.addr());
                     self.pool.report_failure(lease.index);
-                    last = FetchError::Failed(e.to_string());
+                    last = FetchError::Request(lease.addr(), e);
+                    log::debug!("cache: {}", Causes(&last));
                 }
                 Err(_) => {
-                    log::debug!("cache: upstream {} timed out", lease.addr());
                     self.pool.report_failure(lease.index);
-                    last = FetchError::Timeout;
+                    last = FetchError::Timeout(lease.addr(), self.upstream_timeout);
+                    log::debug!("cache: {}", Causes(&last));
                 }
             }
         }
@@ -512,7 +557,12 @@ impl Proxy {
     pub fn hot_follower(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let hot = self.hot.clone()?;
         let timeout = Duration::from_millis(self.cfg.redis.timeout_ms);
-        Some(hot.follow(self.cfg.redis.nodes.clone(), self.store.channel(), timeout))
+        Some(hot.follow(
+            self.cfg.redis.nodes.clone(),
+            self.store.channel(),
+            timeout,
+            Arc::clone(&self.stats),
+        ))
     }
 
     /// Fetches one URL for warm-up and prepares its entry. Responses with `Vary` are stored
@@ -536,10 +586,7 @@ impl Proxy {
             .parse()
             .map_err(|_| WarmError::NotAbsolute)?;
         let now = SystemTime::now();
-        let (mut resp, _lease) = self
-            .forward(&parts, Bytes::new())
-            .await
-            .map_err(|e| WarmError::Upstream(format!("{e:?}")))?;
+        let (mut resp, _lease) = self.forward(&parts, Bytes::new()).await?;
         normalize_age(resp.headers_mut());
         let status = resp.status();
         let policy = freshness::policy(&parts, status, resp.headers(), &self.rules, now);
@@ -558,11 +605,12 @@ impl Proxy {
         let limited = Limited::new(body, self.cfg.max_body_bytes);
         let body = match tokio::time::timeout(self.upstream_timeout, limited.collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Ok(Warmed::TooLarge)
-            }
-            Ok(Err(e)) => return Err(WarmError::Upstream(e.to_string())),
-            Err(_) => return Err(WarmError::Upstream("body timed out".into())),
+            // `Limited` fails with its own error past the limit, or with the body's.
+            Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+                Ok(e) => return Err(FetchError::Body(*e).into()),
+                Err(_) => return Ok(Warmed::TooLarge),
+            },
+            Err(_) => return Err(FetchError::BodyTimeout(self.upstream_timeout).into()),
         };
         p.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -574,8 +622,7 @@ impl Proxy {
             status,
             headers: p.headers,
             body,
-            policy_json: Entry::encode_policy(&policy)
-                .map_err(|e| WarmError::Upstream(e.to_string()))?,
+            policy_json: Entry::encode_policy(&policy)?,
         };
         let key = key::render(&self.cfg.key, &parts);
         if entry.headers.contains_key(VARY) {
@@ -583,9 +630,7 @@ impl Proxy {
                 .await;
             return Ok(Warmed::Stored);
         }
-        let bytes = entry
-            .encode()
-            .map_err(|e| WarmError::Upstream(e.to_string()))?;
+        let bytes = entry.encode()?;
         Ok(Warmed::Ready {
             redis_key: self.store.entry_key(&key),
             bytes,
@@ -741,44 +786,81 @@ impl Proxy {
                 self.fetch(&key, &parts, &up, Some(e), "EXPIRED", store_ok)
                     .await
             }
-            None if store_ok => {
-                // Requests on this instance queue behind one local leader, so only the leader
-                // talks to the cross-instance Redis lock.
-                let follow = {
-                    let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                    match map.get(&key) {
-                        Some(rx) => Err(rx.clone()),
-                        None => {
-                            let (tx, rx) = tokio::sync::watch::channel(());
-                            map.insert(key.clone(), rx);
-                            Ok(Inflight {
-                                map: Arc::clone(&self.inflight),
-                                key: key.clone(),
-                                _done: tx,
-                            })
-                        }
-                    }
+            None if store_ok => self.coalesced_miss(&key, &parts, &up).await,
+            None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
+        }
+    }
+
+    /// Joins the local fetch of `key` as a follower, or becomes its leader.
+    fn join_inflight(&self, key: &str) -> Result<Inflight, tokio::sync::watch::Receiver<Outcome>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(key) {
+            return Err(rx.clone());
+        }
+        let (done, rx) = tokio::sync::watch::channel(Outcome::Pending);
+        map.insert(key.to_string(), rx);
+        Ok(Inflight {
+            map: Arc::clone(&self.inflight),
+            key: key.to_string(),
+            outcome: Outcome::Pending,
+            done,
+        })
+    }
+
+    /// A miss on this instance: requests for one key queue behind one local leader, so only
+    /// the leader talks to the cross-instance Redis lock and the upstream. When the leader's
+    /// fetch fails, one follower retries it; the others wait for that retry and, if it fails
+    /// too, get its error instead of all going to the upstream at once.
+    async fn coalesced_miss(&self, key: &str, parts: &request::Parts, up: &request::Parts) -> Resp {
+        let mut failures_seen = 0;
+        loop {
+            let mut rx = match self.join_inflight(key) {
+                Ok(mut leader) => {
+                    let r = self.miss_with_lock(key, parts, up).await;
+                    leader.outcome = if r.extensions().get::<UpstreamFailed>().is_some() {
+                        Outcome::Failed(r.status())
+                    } else {
+                        Outcome::Done
+                    };
+                    return r;
+                }
+                Err(rx) => rx,
+            };
+            Stats::bump(&self.stats.coalesced_waits);
+            let wait = Duration::from_millis(self.cfg.lock_wait_ms) + self.upstream_timeout;
+            let outcome =
+                match tokio::time::timeout(wait, rx.wait_for(|o| *o != Outcome::Pending)).await {
+                    Ok(Ok(o)) => *o,
+                    // The sender always publishes before it goes; a closed channel is a leader
+                    // that vanished without its guard running, treated like one that gave up.
+                    Ok(Err(_)) => Outcome::Abandoned,
+                    // Waited as long as a fetch may take: fetch without the others.
+                    Err(_) => Outcome::Pending,
                 };
-                match follow {
-                    Ok(_leader) => self.miss_with_lock(&key, &parts, &up).await,
-                    Err(mut rx) => {
-                        let wait =
-                            Duration::from_millis(self.cfg.lock_wait_ms) + self.upstream_timeout;
-                        let _ = tokio::time::timeout(wait, rx.changed()).await;
-                        let now = SystemTime::now();
-                        match self.lookup(&key, &parts).await {
-                            Ok(Some(e)) if freshness::is_fresh_for(&e, &parts, now) => {
-                                self.serve_entry(&e, &parts, "HIT", now)
-                            }
-                            other => {
-                                self.fetch(&key, &parts, &up, None, "MISS", other.is_ok())
-                                    .await
-                            }
+            match outcome {
+                Outcome::Abandoned => continue,
+                Outcome::Failed(_) if failures_seen == 0 => {
+                    failures_seen += 1;
+                    continue;
+                }
+                Outcome::Failed(status) => {
+                    let mut r = plain(status, "upstream failed\n");
+                    r.extensions_mut().insert(UpstreamFailed);
+                    return r;
+                }
+                Outcome::Done | Outcome::Pending => {
+                    let now = SystemTime::now();
+                    return match self.lookup(key, parts).await {
+                        Ok(Some(e)) if freshness::is_fresh_for(&e, parts, now) => {
+                            self.serve_entry(&e, parts, "HIT", now)
                         }
-                    }
+                        other => {
+                            self.fetch(key, parts, up, None, "MISS", other.is_ok())
+                                .await
+                        }
+                    };
                 }
             }
-            None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
         }
     }
 
@@ -981,10 +1063,19 @@ impl Proxy {
                     }
                 }
                 Ok(None) => break,
-                Ok(Some(Err(_))) => {
-                    return error_response(&FetchError::Failed("upstream body".into()))
+                // stale-if-error covers a body that breaks off too: nothing was sent yet.
+                Ok(Some(Err(e))) => {
+                    return self
+                        .serve_stale(stale.as_ref(), parts, now)
+                        .unwrap_or_else(|| error_response(&FetchError::Body(e)))
                 }
-                Err(_) => return error_response(&FetchError::Timeout),
+                Err(_) => {
+                    return self
+                        .serve_stale(stale.as_ref(), parts, now)
+                        .unwrap_or_else(|| {
+                            error_response(&FetchError::BodyTimeout(self.upstream_timeout))
+                        })
+                }
             }
         }
         let body = buf.freeze();
