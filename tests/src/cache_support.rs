@@ -695,3 +695,60 @@ pub fn run_xdp_lb(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+type RawHandler = dyn Fn(u64) -> Vec<u8> + Send + Sync;
+
+/// An upstream that writes raw bytes: for its n-th request (from 0) whatever the closure
+/// returns, then closes the connection. For answers hyper's server would not send: interim
+/// 1xx responses, bodies cut short of their Content-Length.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(answer: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let addr = listener.local_addr().expect("addr");
+        let count = Arc::new(AtomicU64::new(0));
+        let answer: Arc<RawHandler> = Arc::new(answer);
+        let c2 = Arc::clone(&count);
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (count, answer) = (Arc::clone(&c2), Arc::clone(&answer));
+                tokio::spawn(async move {
+                    // Read the request head (the proxy sends no body on GET).
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(&answer(n)).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Self { addr, count, task }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

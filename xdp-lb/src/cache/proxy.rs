@@ -817,7 +817,11 @@ impl Proxy {
             let mut rx = match self.join_inflight(key) {
                 Ok(mut leader) => {
                     let r = self.miss_with_lock(key, parts, up).await;
-                    leader.outcome = if r.extensions().get::<UpstreamFailed>().is_some() {
+                    // The statuses stale-if-error treats as failures count as failed fetches
+                    // here too: waiters must not all take them to the origin again.
+                    let failed = r.extensions().get::<UpstreamFailed>().is_some()
+                        || matches!(r.status().as_u16(), 500 | 502 | 503 | 504);
+                    leader.outcome = if failed {
                         Outcome::Failed(r.status())
                     } else {
                         Outcome::Done
