@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::compress::CompressionConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no upstream configured")]
@@ -23,6 +25,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("max_header_bytes must be at least 8192 (hyper's minimum buffer)")]
     HeaderLimitTooSmall,
+    #[error("compression.{0} = {1} is out of range ({2})")]
+    BadLevel(&'static str, u32, &'static str),
 }
 
 /// Backend choice among healthy upstreams (the cache's counterpart of the balancer's
@@ -144,6 +148,8 @@ pub struct CacheConfig {
     pub hot_ttl_ms: u64,
     /// Memory bound of the hot tier (bodies, headers and keys).
     pub hot_max_bytes: u64,
+    /// gzip and brotli for compressible stored responses (`[cache.compression]`).
+    pub compression: CompressionConfig,
 }
 
 impl Default for CacheConfig {
@@ -177,6 +183,7 @@ impl Default for CacheConfig {
             stats_log_s: 60,
             hot_ttl_ms: 0,
             hot_max_bytes: 64 << 20,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -208,6 +215,17 @@ impl CacheConfig {
         }
         if self.max_header_bytes < 8192 {
             return Err(ConfigError::HeaderLimitTooSmall);
+        }
+        let c = &self.compression;
+        if !(1..=9).contains(&c.gzip_level) {
+            return Err(ConfigError::BadLevel("gzip_level", c.gzip_level, "1-9"));
+        }
+        if c.brotli_level > 11 {
+            return Err(ConfigError::BadLevel(
+                "brotli_level",
+                c.brotli_level,
+                "0-11",
+            ));
         }
         Ok(())
     }

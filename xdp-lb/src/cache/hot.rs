@@ -36,7 +36,11 @@ impl HotTier {
                 let size = k.len()
                     + match &**v {
                         Stored::Entry(e) => {
-                            e.body.len() + e.policy_json.len() + 64 * e.headers.len()
+                            e.body.len()
+                                + e.variants.gzip.as_ref().map_or(0, |v| v.len())
+                                + e.variants.brotli.as_ref().map_or(0, |v| v.len())
+                                + e.policy_json.len()
+                                + 64 * e.headers.len()
                         }
                         Stored::Vary(m) => m.vary.len(),
                     };

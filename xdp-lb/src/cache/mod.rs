@@ -1,6 +1,7 @@
 //! L7 cache tier: an HTTP/1.1 reverse proxy in front of an upstream pool, with an RFC 9111
 //! shared cache kept in Redis so every instance serves what any instance fetched.
 pub mod body;
+pub mod compress;
 pub mod config;
 pub mod entry;
 pub mod freshness;

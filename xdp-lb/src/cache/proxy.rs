@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 use super::body::ProxyBody;
+use super::compress::{self, Variants};
 use super::config::{CacheConfig, ConfigError};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
@@ -206,6 +207,36 @@ fn relay(resp: Response<Incoming>, lease: Lease, head: bool) -> Resp {
         ProxyBody::stream(Bytes::new(), body, Some(lease))
     };
     Response::from_parts(p, body)
+}
+
+/// Adds `accept-encoding` to `Vary` unless it is there already (or `Vary: *`).
+fn add_vary_accept_encoding(headers: &mut http::HeaderMap) {
+    let listed = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.eq_ignore_ascii_case("accept-encoding")
+        });
+    if !listed {
+        headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+/// A compressed variant is not byte-identical to the stored body, so a strong validator
+/// becomes weak (as nginx does), keeping `If-None-Match` working while `If-Range` and strong
+/// comparisons no longer match across codings.
+fn weaken_etag(headers: &mut http::HeaderMap) {
+    let Some(tag) = headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if !tag.starts_with("W/") {
+        if let Ok(v) = HeaderValue::from_str(&format!("W/{tag}")) {
+            headers.insert(ETAG, v);
+        }
+    }
 }
 
 fn as_get(parts: &request::Parts) -> request::Parts {
@@ -614,6 +645,7 @@ impl Proxy {
         };
         p.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let variants = self.compress(status, &p.headers, &body);
         let entry = Entry {
             stored_at_ms: millis(now),
             fresh_until_ms: millis(now + decision.fresh_for),
@@ -623,6 +655,7 @@ impl Proxy {
             headers: p.headers,
             body,
             policy_json: Entry::encode_policy(&policy)?,
+            variants,
         };
         let key = key::render(&self.cfg.key, &parts);
         if entry.headers.contains_key(VARY) {
@@ -636,6 +669,15 @@ impl Proxy {
             bytes,
             keep_for: decision.keep_for,
         })
+    }
+
+    /// The compressed variants of a body about to be stored, counted in the stats.
+    fn compress(&self, status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Variants {
+        let v = self.cfg.compression.variants(status, headers, body);
+        for out in [&v.gzip, &v.brotli].into_iter().flatten() {
+            self.stats.compressed(body.len(), out.len());
+        }
+        v
     }
 
     pub fn store(&self) -> &Store {
@@ -705,11 +747,31 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
             headers.insert(AGE, v);
         }
+        // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
+        // Ranges are answered from the identity body only.
+        let coded = if entry.variants.is_empty() {
+            None
+        } else {
+            add_vary_accept_encoding(&mut headers);
+            compress::choose(&req.headers, &entry.variants)
+                .filter(|_| !req.headers.contains_key(http::header::RANGE))
+                .and_then(|c| Some((c, entry.variants.get(c)?.clone())))
+        };
+        if let Some((coding, data)) = &coded {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.token()),
+            );
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+            weaken_etag(&mut headers);
+        }
         let (status, body) = if client_not_modified(entry, req) {
             headers.remove(CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, ProxyBody::empty())
         } else if req.method == Method::HEAD {
             (entry.status, ProxyBody::empty())
+        } else if let Some((_, data)) = coded {
+            (entry.status, ProxyBody::full(data))
         } else if entry.status == StatusCode::OK {
             let len = entry.body.len() as u64;
             match range::answer(&req.headers, len) {
@@ -1090,6 +1152,7 @@ impl Proxy {
             *r.version_mut() = http::Version::HTTP_11;
             return with_x_cache(r, label);
         };
+        let variants = self.compress(status, &p.headers, &body);
         let entry = Entry {
             stored_at_ms: millis(now),
             fresh_until_ms: millis(now + decision.fresh_for),
@@ -1099,6 +1162,7 @@ impl Proxy {
             headers: p.headers,
             body,
             policy_json,
+            variants,
         };
         self.store_entry(key, &get, &entry, decision.keep_for).await;
         self.serve_entry(&entry, parts, label, now)
