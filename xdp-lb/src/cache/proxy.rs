@@ -97,6 +97,20 @@ pub struct Proxy {
     hot: Option<HotTier>,
 }
 
+/// A stored entry as read (shared with the hot tier, not copied: a hit only reads it).
+struct Found(Arc<Stored>);
+
+impl std::ops::Deref for Found {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        match &*self.0 {
+            Stored::Entry(e) => e,
+            Stored::Vary(_) => unreachable!("lookup returns entries only"),
+        }
+    }
+}
+
 type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Outcome>>>>;
 
 /// Held by the local leader of a miss; dropping it (also on cancellation) releases followers.
@@ -237,6 +251,14 @@ fn weaken_etag(headers: &mut http::HeaderMap) {
             headers.insert(ETAG, v);
         }
     }
+}
+
+/// The request as sent upstream: hop-by-hop headers removed, forwarding headers added.
+fn upstream_parts(parts: &request::Parts, client: IpAddr) -> request::Parts {
+    let mut up = parts.clone();
+    strip_hop_by_hop(&mut up.headers);
+    add_forwarding(&mut up.headers, client);
+    up
 }
 
 fn as_get(parts: &request::Parts) -> request::Parts {
@@ -395,19 +417,16 @@ impl Proxy {
         if parts.method.as_str() == "PURGE" {
             return self.purge(&parts, client).await;
         }
-        let mut up = parts.clone();
-        strip_hop_by_hop(&mut up.headers);
-        add_forwarding(&mut up.headers, client);
         if let Some(reason) = freshness::bypass_request(&parts, &self.rules) {
             self.stats.bypassed(reason);
-            return self.bypass(&parts, &up, body).await;
+            return self.bypass(&parts, client, body).await;
         }
         let key = key::render(&self.cfg.key, &parts);
-        self.cached(key, parts, up).await
+        self.cached(key, parts, client).await
     }
 
-    async fn bypass(&self, parts: &request::Parts, up: &request::Parts, body: Bytes) -> Resp {
-        match self.forward(up, body).await {
+    async fn bypass(&self, parts: &request::Parts, client: IpAddr, body: Bytes) -> Resp {
+        match self.forward(&upstream_parts(parts, client), body).await {
             Err(e) => error_response(&e),
             Ok((resp, lease)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
@@ -563,13 +582,13 @@ impl Proxy {
         }
     }
 
-    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Entry>, StoreError> {
+    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Found>, StoreError> {
         let primary = self.store.entry_key(key);
         let Some(stored) = self.get_stored(&primary).await? else {
             return Ok(None);
         };
         let stored = match &*stored {
-            Stored::Entry(e) => return Ok(Some((**e).clone())),
+            Stored::Entry(_) => return Ok(Some(Found(stored))),
             Stored::Vary(m) => {
                 let variant = Self::variant_key(&primary, m, &req.headers);
                 match self.get_stored(&variant).await? {
@@ -579,7 +598,7 @@ impl Proxy {
             }
         };
         match &*stored {
-            Stored::Entry(e) => Ok(Some((**e).clone())),
+            Stored::Entry(_) => Ok(Some(Found(stored))),
             Stored::Vary(_) => Ok(None),
         }
     }
@@ -802,12 +821,7 @@ impl Proxy {
         with_x_cache(r, label)
     }
 
-    async fn cached(
-        self: &Arc<Self>,
-        key: String,
-        parts: request::Parts,
-        up: request::Parts,
-    ) -> Resp {
+    async fn cached(self: &Arc<Self>, key: String, parts: request::Parts, client: IpAddr) -> Resp {
         let now = SystemTime::now();
         let lookup = self.lookup(&key, &parts).await;
         let store_ok = lookup.is_ok();
@@ -820,7 +834,9 @@ impl Proxy {
             _ if only_if_cached => {
                 with_x_cache(plain(StatusCode::GATEWAY_TIMEOUT, "not cached\n"), "MISS")
             }
-            Some(e) => {
+            Some(found) => {
+                // Stale: the rare path, where an owned copy is simpler than sharing.
+                let e: Entry = (*found).clone();
                 let client_wants_fresh = !freshness::is_fresh_for(
                     &Entry {
                         fresh_until_ms: u64::MAX,
@@ -837,19 +853,19 @@ impl Proxy {
                     let lock_ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
                     if let Ok(true) = self.store.try_lock(&rkey, &token, lock_ttl).await {
                         let this = Arc::clone(self);
-                        let (p, u, stale) = (parts.clone(), up.clone(), e.clone());
+                        let (p, u, stale) = (parts.clone(), client, e.clone());
                         tokio::spawn(async move {
-                            let _ = this.fetch(&key, &p, &u, Some(stale), "EXPIRED", true).await;
+                            let _ = this.fetch(&key, &p, u, Some(stale), "EXPIRED", true).await;
                             let _ = this.store.unlock(&rkey, &token).await;
                         });
                     }
                     return self.serve_entry(&e, &parts, "UPDATING", now);
                 }
-                self.fetch(&key, &parts, &up, Some(e), "EXPIRED", store_ok)
+                self.fetch(&key, &parts, client, Some(e), "EXPIRED", store_ok)
                     .await
             }
-            None if store_ok => self.coalesced_miss(&key, &parts, &up).await,
-            None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
+            None if store_ok => self.coalesced_miss(&key, &parts, client).await,
+            None => self.fetch(&key, &parts, client, None, "MISS", false).await,
         }
     }
 
@@ -873,12 +889,12 @@ impl Proxy {
     /// the leader talks to the cross-instance Redis lock and the upstream. When the leader's
     /// fetch fails, one follower retries it; the others wait for that retry and, if it fails
     /// too, get its error instead of all going to the upstream at once.
-    async fn coalesced_miss(&self, key: &str, parts: &request::Parts, up: &request::Parts) -> Resp {
+    async fn coalesced_miss(&self, key: &str, parts: &request::Parts, client: IpAddr) -> Resp {
         let mut failures_seen = 0;
         loop {
             let mut rx = match self.join_inflight(key) {
                 Ok(mut leader) => {
-                    let r = self.miss_with_lock(key, parts, up).await;
+                    let r = self.miss_with_lock(key, parts, client).await;
                     // The statuses stale-if-error treats as failures count as failed fetches
                     // here too: waiters must not all take them to the origin again.
                     let failed = r.extensions().get::<UpstreamFailed>().is_some()
@@ -921,7 +937,7 @@ impl Proxy {
                             self.serve_entry(&e, parts, "HIT", now)
                         }
                         other => {
-                            self.fetch(key, parts, up, None, "MISS", other.is_ok())
+                            self.fetch(key, parts, client, None, "MISS", other.is_ok())
                                 .await
                         }
                     };
@@ -931,21 +947,21 @@ impl Proxy {
     }
 
     /// A miss with the cross-instance lock: one fetch for all instances, the others wait.
-    async fn miss_with_lock(&self, key: &str, parts: &request::Parts, up: &request::Parts) -> Resp {
+    async fn miss_with_lock(&self, key: &str, parts: &request::Parts, client: IpAddr) -> Resp {
         let token = self.token();
         let lkey = self.store.lock_key(key);
         let ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
         match self.store.try_lock(&lkey, &token, ttl).await {
             Ok(true) => {
-                let r = self.fetch(key, parts, up, None, "MISS", true).await;
+                let r = self.fetch(key, parts, client, None, "MISS", true).await;
                 let _ = self.store.unlock(&lkey, &token).await;
                 r
             }
             Ok(false) => match self.wait_for(key, &lkey, parts).await {
                 Some(r) => r,
-                None => self.fetch(key, parts, up, None, "MISS", true).await,
+                None => self.fetch(key, parts, client, None, "MISS", true).await,
             },
-            Err(_) => self.fetch(key, parts, up, None, "MISS", false).await,
+            Err(_) => self.fetch(key, parts, client, None, "MISS", false).await,
         }
     }
 
@@ -1004,7 +1020,7 @@ impl Proxy {
         &self,
         key: &str,
         parts: &request::Parts,
-        up: &request::Parts,
+        client: IpAddr,
         stale: Option<Entry>,
         label: &'static str,
         store_ok: bool,
@@ -1012,7 +1028,9 @@ impl Proxy {
         let now = SystemTime::now();
         let head = parts.method == Method::HEAD;
         let get = as_get(parts);
-        let mut send = as_get(up);
+        // Built only here: hits never pay for the copy and the header rewriting.
+        let up = upstream_parts(parts, client);
+        let mut send = as_get(&up);
         let stale_policy = stale.as_ref().and_then(|e| e.policy().ok());
         if let Some(policy) = &stale_policy {
             if let BeforeRequest::Stale {
@@ -1035,7 +1053,7 @@ impl Proxy {
                 && !client_conditional(parts)
                 && !self.selects(e, parts, resp)
             {
-                sent = self.forward(&as_get(up), Bytes::new()).await;
+                sent = self.forward(&as_get(&up), Bytes::new()).await;
             }
         }
         let (mut resp, lease) = match sent {
