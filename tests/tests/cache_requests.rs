@@ -168,7 +168,7 @@ async fn malformed_and_ambiguous_requests_are_refused() {
     assert_eq!(up.total(), 0, "no refused request reached the upstream");
     assert_eq!(redis.dbsize(), 0, "nothing was stored or locked");
     let s = proxy.stats.snapshot();
-    assert_eq!((s.misses, s.bypass(), s.hits), (0, 0, 0));
+    assert_eq!((s.misses, s.bypass, s.hits), (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,4 +41,5 @@ async fn counters_follow_the_traffic() {
     assert_eq!(s.upstream_requests, 6);
     assert!(s.redis_calls > 0 && s.redis_latency_us > 0);
     assert_eq!(s.errors, 0);
+    assert_eq!(s.redis_reachable, Some(true));
 }

@@ -1,7 +1,7 @@
 //! Cache statistics: lock-free cumulative counters shared by every request, read as a
 //! [`Snapshot`] by the periodic log line and by a metrics exporter (every field is a counter
 //! that only grows, so rates are deltas between two snapshots).
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Why a request skipped the cache entirely (`X-Cache: BYPASS`).
@@ -45,6 +45,8 @@ pub struct Stats {
     /// latency in microseconds.
     pub redis_calls: AtomicU64,
     pub redis_latency_us: AtomicU64,
+    /// 0 before the first Redis call, 1 when the last one reached Redis, 2 when it did not.
+    pub redis_state: AtomicU8,
     pub bytes_from_cache: AtomicU64,
     pub upstream_requests: AtomicU64,
     /// Values answered by the in-process hot tier instead of Redis.
@@ -69,6 +71,8 @@ pub struct Snapshot {
     pub stale: u64,
     pub updating: u64,
     pub expired: u64,
+    /// Requests that bypassed the cache, whatever the reason.
+    pub bypass: u64,
     /// By [`BypassReason`], in the order of `BypassReason::ALL`.
     pub bypass_by_reason: [u64; 3],
     /// By status class, 1xx first.
@@ -76,6 +80,9 @@ pub struct Snapshot {
     pub errors: u64,
     pub redis_calls: u64,
     pub redis_latency_us: u64,
+    /// Whether the last Redis call reached Redis; `None` before the first call. (A gauge,
+    /// the one field that is not a counter.)
+    pub redis_reachable: Option<bool>,
     pub bytes_from_cache: u64,
     pub upstream_requests: u64,
     pub hot_hits: u64,
@@ -88,11 +95,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Requests that bypassed the cache, whatever the reason.
-    pub fn bypass(&self) -> u64 {
-        self.bypass_by_reason.iter().sum()
-    }
-
     pub fn bypassed(&self, reason: BypassReason) -> u64 {
         self.bypass_by_reason[reason as usize]
     }
@@ -123,6 +125,10 @@ impl Stats {
         Self::bump(&self.status_class[class]);
     }
 
+    pub fn redis_reached(&self, reached: bool) {
+        self.redis_state.store(if reached { 1 } else { 2 }, Relaxed);
+    }
+
     pub fn redis_latency(&self, took: Duration) {
         Self::bump(&self.redis_calls);
         self.redis_latency_us
@@ -147,11 +153,16 @@ impl Stats {
             stale: self.stale.load(Relaxed),
             updating: self.updating.load(Relaxed),
             expired: self.expired.load(Relaxed),
+            bypass: bypass_by_reason.iter().sum(),
             bypass_by_reason,
             status_class,
             errors: self.errors.load(Relaxed),
             redis_calls: self.redis_calls.load(Relaxed),
             redis_latency_us: self.redis_latency_us.load(Relaxed),
+            redis_reachable: match self.redis_state.load(Relaxed) {
+                0 => None,
+                state => Some(state == 1),
+            },
             bytes_from_cache: self.bytes_from_cache.load(Relaxed),
             upstream_requests: self.upstream_requests.load(Relaxed),
             hot_hits: self.hot_hits.load(Relaxed),
@@ -176,7 +187,7 @@ impl std::fmt::Display for Snapshot {
             self.stale,
             self.updating,
             self.expired,
-            self.bypass(),
+            self.bypass,
             self.errors,
             self.hit_rate(),
             self.bytes_from_cache,
@@ -215,7 +226,10 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.bypassed(BypassReason::NoStore), 2);
         assert_eq!(snap.bypassed(BypassReason::Authorization), 0);
-        assert_eq!(snap.bypass(), 3);
+        assert_eq!(snap.bypass, 3);
+        assert_eq!(snap.redis_reachable, None);
+        s.redis_reached(false);
+        assert_eq!(s.snapshot().redis_reachable, Some(false));
         assert_eq!(snap.status_class, [1, 1, 0, 0, 1]);
     }
 }

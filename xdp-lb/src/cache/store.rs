@@ -207,6 +207,8 @@ impl Store {
     /// Counts a failure, opens the skip window when Redis is unreachable, and logs the start
     /// and the end of an outage once each.
     fn note<T>(&self, res: &Result<T, StoreError>, count: bool) {
+        self.stats
+            .redis_reached(res.as_ref().map_or_else(|e| !e.is_unreachable(), |_| true));
         match res {
             Ok(_) => {
                 if self.down.swap(false, Ordering::Relaxed) && self.announce.load(Ordering::Relaxed)
