@@ -26,13 +26,41 @@ pub fn render(template: &str, req: &Parts) -> String {
         .unwrap_or("");
     // Requests with a host that does not normalise were refused before; keep the text anyway.
     let host = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
-    let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let key = template
-        .replace("{method}", method)
-        .replace("{scheme}", "http")
-        .replace("{host}", &host)
-        .replace("{path}", req.uri.path())
-        .replace("{query}", &query);
+    // One pass over the template (it runs on every request, hits included).
+    let mut key = String::with_capacity(template.len() + host.len() + req.uri.path().len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        key.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let (value, used) = [
+            ("{method}", method),
+            ("{scheme}", "http"),
+            ("{host}", host.as_str()),
+            ("{path}", req.uri.path()),
+        ]
+        .into_iter()
+        .find(|(p, _)| after.starts_with(p))
+        .map(|(p, v)| (Some(v), p.len()))
+        .unwrap_or_else(|| {
+            if after.starts_with("{query}") {
+                (None, "{query}".len())
+            } else {
+                (Some("{"), 1)
+            }
+        });
+        match value {
+            Some(v) => key.push_str(v),
+            // {query} includes its `?` when there is a query.
+            None => {
+                if let Some(q) = req.uri.query() {
+                    key.push('?');
+                    key.push_str(q);
+                }
+            }
+        }
+        rest = &after[used..];
+    }
+    key.push_str(rest);
     shorten(key)
 }
 
@@ -75,6 +103,14 @@ mod tests {
             render(t, &parts("GET", "/a", "Example:80")),
             render(t, &parts("GET", "/a", "example"))
         );
+        assert_eq!(
+            render(
+                "{method}|{host}|{path}{query}|{x}{",
+                &parts("POST", "/p?q", "h:8080")
+            ),
+            "POST|h:8080|/p?q|{x}{"
+        );
+        assert_eq!(render("{path}{query}", &parts("GET", "/p", "h")), "/p");
         assert_eq!(
             render("{method} {path}", &parts("HEAD", "/a", "x")),
             "GET /a"

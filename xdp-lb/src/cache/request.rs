@@ -65,6 +65,15 @@ pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
 /// `example.org` share cache entries. `None` for anything that is not a plain host and
 /// optional port (user info, paths, empty hosts, ports out of range).
 pub fn normalize_host(raw: &str) -> Option<String> {
+    // The common case, a lowercase name without a port, needs no parsing (this runs twice per
+    // request: the check here and the cache key).
+    if !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return Some(raw.to_string());
+    }
     if raw.is_empty() || raw.contains(['@', '/', '?', '#']) {
         return None;
     }
