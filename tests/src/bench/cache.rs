@@ -153,42 +153,60 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// CPU seconds (user + system) used so far by this process's threads named `name`
-/// (tokio's blocking-pool threads carry the name too).
-fn cpu_seconds(name: &str) -> f64 {
+/// CPU seconds (user + system) in a `/proc/.../stat` file, 0 when unreadable.
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
     };
-    let mut total = 0u64;
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let num = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += num(14) + num(15);
-    }
-    total as f64 / ticks
+    (num(14) + num(15)) as f64 / ticks
 }
 
-/// CPU seconds the named threads use while `f` runs.
-fn cpu_during<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Vec<f64>) {
-    let before: Vec<f64> = names.iter().map(|n| cpu_seconds(n)).collect();
+/// Where a side's CPU time is read: this process's threads of one name (tokio's
+/// blocking-pool threads carry the name too), or another process.
+enum Side {
+    Threads(&'static str),
+    Process(u32),
+}
+
+impl Side {
+    fn cpu_seconds(&self) -> f64 {
+        match self {
+            Side::Process(pid) => {
+                stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+            }
+            Side::Threads(name) => {
+                let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+                    return 0.0;
+                };
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == *name)
+                    })
+                    .map(|t| stat_cpu_seconds(&t.path().join("stat")))
+                    .sum()
+            }
+        }
+    }
+}
+
+/// CPU seconds each side uses while `f` runs.
+fn cpu_during<T>(sides: &[Side], f: impl FnOnce() -> T) -> (T, Vec<f64>) {
+    let before: Vec<f64> = sides.iter().map(Side::cpu_seconds).collect();
     let out = f();
-    let used = names
+    let used = sides
         .iter()
         .zip(before)
-        .map(|(n, b)| cpu_seconds(n) - b)
+        .map(|(s, b)| s.cpu_seconds() - b)
         .collect();
     (out, used)
 }
@@ -230,20 +248,25 @@ pub fn run() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     // wrk blocks this thread; the servers' runtimes keep serving.
-    let names = ["bench-up", "bench-proxy", "bench-hot"];
-    let (direct, cpu_direct) = cpu_during(&names, || wrk(upstream.addr));
+    let sides = [
+        Side::Threads("bench-up"),
+        Side::Threads("bench-proxy"),
+        Side::Threads("bench-hot"),
+        Side::Process(nginx.child.id()),
+    ];
+    let (direct, cpu_direct) = cpu_during(&sides, || wrk(upstream.addr));
     let before = upstream.hits(PATH);
-    let (ours, cpu_ours) = cpu_during(&names, || wrk(proxy.addr));
-    let (ours_hot, cpu_hot) = cpu_during(&names, || wrk(hot.addr));
-    let (theirs, cpu_nginx) = cpu_during(&names, || wrk(nginx.addr));
+    let (ours, cpu_ours) = cpu_during(&sides, || wrk(proxy.addr));
+    let (ours_hot, cpu_hot) = cpu_during(&sides, || wrk(hot.addr));
+    let (theirs, cpu_nginx) = cpu_during(&sides, || wrk(nginx.addr));
     let (direct, ours, ours_hot, theirs) = (direct?, ours?, ours_hot?, theirs?);
     let upstream_hits = upstream.hits(PATH) - before;
     println!(
         "cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s"
     );
     println!(
-        "{:<28} {:>12} {:>10} {:>22}",
-        "target", "requests/s", "p99 ms", "CPU s (up/proxy/hot)"
+        "{:<28} {:>12} {:>10}   CPU s (upstream/proxy/hot proxy/nginx)",
+        "target", "requests/s", "p99 ms"
     );
     for (name, f, cpu) in [
         ("upstream direct", direct, &cpu_direct),
@@ -252,11 +275,11 @@ pub fn run() -> anyhow::Result<()> {
         ("nginx proxy_cache hit", theirs, &cpu_nginx),
     ] {
         println!(
-            "{name:<28} {:>12.0} {:>10.2} {:>8.2}/{:.2}/{:.2}",
-            f.requests_per_s, f.p99_ms, cpu[0], cpu[1], cpu[2]
+            "{name:<28} {:>12.0} {:>10.2}   {:.2}/{:.2}/{:.2}/{:.2}",
+            f.requests_per_s, f.p99_ms, cpu[0], cpu[1], cpu[2], cpu[3]
         );
     }
-    println!("(nginx runs one worker process; Redis is a separate process in the redis runs)");
+    println!("(nginx: one process, no master; Redis, not counted, serves the redis-hit run)");
     for (name, f) in [("xdp-lb", ours), ("xdp-lb hot", ours_hot)] {
         println!(
             "ratios {name}: /direct rps {:.2}, /nginx rps {:.2}, /nginx p99 {:.2}",
