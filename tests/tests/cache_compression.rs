@@ -85,6 +85,25 @@ async fn one_fetch_serves_gzip_brotli_and_identity_clients() {
         assert_eq!(r.header("content-encoding"), None, "{ae}");
         assert_eq!(r.body, identity, "{ae}");
     }
+    // HEAD describes what GET would send to the same client.
+    let head = c
+        .send(
+            proxy.addr,
+            "HEAD",
+            "/p",
+            &[("accept-encoding", "gzip")],
+            b"",
+        )
+        .await;
+    let get = c
+        .get_with(proxy.addr, "/p", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(head.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
     // A conditional request with the weak tag of the compressed variant still matches.
     let r = c
         .get_with(
