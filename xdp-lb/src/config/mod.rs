@@ -126,6 +126,8 @@ pub struct Sources {
     pub algorithm: String,
     pub forwarding: String,
     pub table_size: Option<u32>,
+    /// Overrides `[monitor] metrics_listen`: `ADDR:PORT` or `off`.
+    pub metrics_listen: Option<String>,
 }
 
 /// Default number of service slots the ring map is sized for.
@@ -589,9 +591,20 @@ impl Default for MonitorSettings {
     }
 }
 
-fn monitor_settings(raw: Option<RawMonitor>) -> Result<MonitorSettings, ConfigError> {
+fn monitor_settings(
+    raw: Option<RawMonitor>,
+    listen_flag: Option<&str>,
+) -> Result<MonitorSettings, ConfigError> {
+    let mut raw = raw.unwrap_or(RawMonitor {
+        interval: None,
+        metrics_listen: None,
+        history: None,
+        alerts: None,
+    });
+    if let Some(l) = listen_flag {
+        raw.metrics_listen = Some(l.to_string());
+    }
     let mut m = MonitorSettings::default();
-    let Some(raw) = raw else { return Ok(m) };
     let bad = |key: &'static str, value: String, reason: String| ConfigError::BadMonitor {
         key,
         value,
@@ -777,7 +790,7 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         max_table_size,
         services,
         cache: raw.cache,
-        monitor: monitor_settings(raw.monitor)?,
+        monitor: monitor_settings(raw.monitor, args.metrics_listen.as_deref())?,
         file_services,
     };
     validate_services(&cfg)?;
