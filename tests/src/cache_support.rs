@@ -78,8 +78,13 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// On a given port (e.g. one a proxy was told about before Redis existed).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let mut s = Self {
-            port: free_port(),
+            port,
             child: None,
             dir: TempDir::new("redis"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -599,4 +604,151 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The real `xdp-lb` binary running a cache verb, its stderr collected line by line; killed
+/// (by PID) on drop.
+pub struct CacheProcess {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl CacheProcess {
+    pub fn spawn(args: &[&str]) -> Self {
+        let bin = crate::binary::xdp_lb_bin().expect("xdp-lb binary");
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xdp-lb");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` (the bound only keeps a broken run from
+    /// hanging; nothing is measured) and returns it.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Lines seen so far that contain `needle`.
+    pub fn count_lines(&mut self, needle: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for CacheProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the real `xdp-lb` binary to completion: exit success, stdout, stderr.
+pub fn run_xdp_lb(args: &[&str]) -> (bool, String, String) {
+    let bin = crate::binary::xdp_lb_bin().expect("xdp-lb binary");
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run xdp-lb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+type RawHandler = dyn Fn(u64) -> Vec<u8> + Send + Sync;
+
+/// An upstream that writes raw bytes: for its n-th request (from 0) whatever the closure
+/// returns, then closes the connection. For answers hyper's server would not send: interim
+/// 1xx responses, bodies cut short of their Content-Length.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(answer: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let addr = listener.local_addr().expect("addr");
+        let count = Arc::new(AtomicU64::new(0));
+        let answer: Arc<RawHandler> = Arc::new(answer);
+        let c2 = Arc::clone(&count);
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (count, answer) = (Arc::clone(&c2), Arc::clone(&answer));
+                tokio::spawn(async move {
+                    // Read the request head (the proxy sends no body on GET).
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(&answer(n)).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Self { addr, count, task }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -2,7 +2,9 @@
 //! it happens and bounded in time. Three backends weighted 3:2:1 behind a NAT VIP; the
 //! weighted spread of 300 HTTP requests; a backend drained at runtime through the admin
 //! API while a long-lived connection on it keeps working and new connections avoid it;
-//! the balancer's own `status` at the end. Ctrl-C stops it; the same Drop guards tear
+//! a backend's server stopped: when the balancer marked it down and why, the spread
+//! without it (no failed request), its return once the server is back; the balancer's
+//! own `status` at the end. Ctrl-C stops it; the same Drop guards tear
 //! everything down.
 use std::{
     collections::BTreeMap,
@@ -11,13 +13,19 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use xdp_lb::admin::{
+    client::{self as admin, Endpoint},
+    proto::{Command, HealthStatus, Reply},
+};
 
 use crate::{
     admin::AdminCli,
     client::{self, LineClient},
+    lb::XdpLbProcess,
     lbconfig::{self, BackendSpec, ConfigFile, Forwarding, ServiceSpec},
     root,
     topology::{TopologyBuilder, HTTP_PORT, IFACE, TCP_PORT, VIP4},
@@ -27,6 +35,14 @@ use crate::{
 const REQUESTS: usize = 300;
 const WEIGHTS: [u32; 3] = [3, 2, 1];
 const DRAIN_CONNECTIONS: usize = 100;
+/// The backend whose server the demo stops (1-based).
+const VICTIM: usize = 2;
+/// Bound for the balancer to notice (the checks below take about a second).
+const PATIENCE: Duration = Duration::from_secs(15);
+/// The demo's checks: fast enough to watch, HAProxy-style counts. Each table follows
+/// its service's backends, so it belongs to that service.
+const WEB_CHECK: &str = "\n[service.health_check]\ntype = \"http\"\npath = \"/\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
+const CHAT_CHECK: &str = "\n[service.health_check]\ntype = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 3\n";
 
 pub fn run() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -88,7 +104,7 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         1,
         "a client, the balancer, a bridge and 3 backends, each in its own namespace",
     );
-    let topo = TopologyBuilder::new(WEIGHTS.len(), Forwarding::Nat)
+    let mut topo = TopologyBuilder::new(WEIGHTS.len(), Forwarding::Nat)
         .ports(Some(TCP_PORT), None, Some(HTTP_PORT))
         .xdp_pass(true)
         .build()
@@ -96,11 +112,13 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     // Two services on one VIP: HTTP for the spread, a line protocol for a connection
     // that stays open across the drain.
     let text = service(&topo, "web", HTTP_PORT)
+        + WEB_CHECK
         + &service(&topo, "chat", TCP_PORT).replacen(
             &format!("interfaces = [\"{IFACE}\"]\n"),
             "",
             1,
-        );
+        )
+        + CHAT_CHECK;
     let file = ConfigFile::new(&text).context("writing the configuration")?;
     let args = vec![
         "run".to_string(),
@@ -223,7 +241,66 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    step(4, "the balancer's own view: xdp-lb status");
+    step(
+        4,
+        "a backend's server stops: health checks take it out, and bring it back",
+    );
+    let victim = topo.backend(VICTIM).name.clone();
+    let victim_addr = SocketAddr::new(IpAddr::V4(topo.backend(VICTIM).v4()), HTTP_PORT);
+    println!(
+        "stopping {victim}'s servers; requests to http://{vip}/ go on until xdp-lb notices (http checks every 300 ms, fall 3)"
+    );
+    topo.stop_servers(VICTIM);
+    let gone = Instant::now();
+    let (failed, served, down) = until_marked_down(&topo, &lb, victim_addr, &stop)?;
+    match down {
+        Some(h) => println!(
+            "xdp-lb marked {victim} down {} ms after its server stopped: {} ({failed} requests failed meanwhile, {served} answered)",
+            gone.elapsed().as_millis(),
+            h.reason.as_deref().unwrap_or("no reason given"),
+        ),
+        None if stopped() => return Ok(()),
+        None => bail!(
+            "xdp-lb did not mark {victim} down within {PATIENCE:?}\n{}",
+            lb.output()
+        ),
+    }
+    println!("{REQUESTS} more requests with {victim} down:");
+    let during = batch(&topo, REQUESTS, &stop)?;
+    print_spread(&topo, &during, &[VICTIM]);
+    if stopped() {
+        return Ok(());
+    }
+    println!("starting {victim}'s servers again...");
+    topo.start_servers(VICTIM)
+        .context("restarting the stopped servers")?;
+    let started = Instant::now();
+    match wait_health(&lb, victim_addr, true, &stop)? {
+        Some(h) => println!(
+            "xdp-lb marked {victim} up {} ms after its server started: {} (rise 2)",
+            started.elapsed().as_millis(),
+            h.reason.as_deref().unwrap_or("")
+        ),
+        None if stopped() => return Ok(()),
+        None => bail!(
+            "xdp-lb did not bring {victim} back within {PATIENCE:?}\n{}",
+            lb.output()
+        ),
+    }
+    println!("{REQUESTS} more requests:");
+    let back = batch(&topo, REQUESTS, &stop)?;
+    print_spread(&topo, &back, &[]);
+    if !during.errors.is_empty() {
+        bail!(
+            "{} requests failed after {victim} was marked down",
+            during.errors.len()
+        );
+    }
+    if stopped() {
+        return Ok(());
+    }
+
+    step(5, "the balancer's own view: xdp-lb status");
     for line in cli.ok(&["status"]).lines() {
         println!("  | {line}");
     }
@@ -233,6 +310,141 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     drop(topo);
     println!("demo complete");
     Ok(())
+}
+
+/// Answers by backend name, and the failures.
+#[derive(Default)]
+struct Batch {
+    counts: BTreeMap<String, usize>,
+    errors: Vec<String>,
+}
+
+impl Batch {
+    fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+}
+
+fn batch(topo: &Topology, n: usize, stop: &Arc<AtomicBool>) -> anyhow::Result<Batch> {
+    let vip = topo.vip(false, HTTP_PORT);
+    let stop = stop.clone();
+    Ok(topo.client.run(move || {
+        let mut b = Batch::default();
+        for _ in 0..n {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match client::http_get(vip) {
+                Ok(body) => *b.counts.entry(body).or_default() += 1,
+                Err(e) => b.errors.push(e.to_string()),
+            }
+        }
+        b
+    })?)
+}
+
+/// The health the daemon reports for `backend`.
+fn health_of(lb: &XdpLbProcess, backend: SocketAddr) -> anyhow::Result<Option<HealthStatus>> {
+    let reply = admin::call(
+        &Endpoint::Unix(lb.admin_socket().to_path_buf()),
+        Command::Status,
+    )
+    .context("asking xdp-lb for its status")?;
+    let Reply::Status(s) = reply else {
+        bail!("xdp-lb answered status with {reply:?}");
+    };
+    Ok(s.services
+        .iter()
+        .flat_map(|svc| &svc.backends)
+        .find(|b| b.addr == backend)
+        .and_then(|b| b.health.clone()))
+}
+
+/// Sends requests one by one until the daemon reports `backend` down (bounded):
+/// (failed, answered, its health once down).
+fn until_marked_down(
+    topo: &Topology,
+    lb: &XdpLbProcess,
+    backend: SocketAddr,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(usize, usize, Option<HealthStatus>)> {
+    let vip = topo.vip(false, HTTP_PORT);
+    let deadline = Instant::now() + PATIENCE;
+    let (mut failed, mut served) = (0, 0);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Some(h) = health_of(lb, backend)?.filter(|h| !h.up) {
+            return Ok((failed, served, Some(h)));
+        }
+        match topo.client.run(|| client::http_get(vip))? {
+            Ok(_) => served += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    Ok((failed, served, None))
+}
+
+fn wait_health(
+    lb: &XdpLbProcess,
+    backend: SocketAddr,
+    up: bool,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<HealthStatus>> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Some(h) = health_of(lb, backend)?.filter(|h| h.up == up && h.transitions > 0) {
+            return Ok(Some(h));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(None)
+}
+
+/// The spread of a batch against the weights of the backends that are in (`out`
+/// lists the 1-based backends that are down).
+fn print_spread(topo: &Topology, b: &Batch, out: &[usize]) {
+    let total = b.total();
+    let weight_sum: u32 = WEIGHTS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !out.contains(&(i + 1)))
+        .map(|(_, w)| w)
+        .sum();
+    println!();
+    println!(
+        "{:<12} {:>9} {:>8} {:>11}",
+        "backend", "requests", "share", "configured"
+    );
+    for (i, (be, w)) in topo.backends.iter().zip(WEIGHTS).enumerate() {
+        let n = b.counts.get(&be.name).copied().unwrap_or(0);
+        let expected = if out.contains(&(i + 1)) {
+            "down".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * f64::from(w) / f64::from(weight_sum))
+        };
+        println!(
+            "{:<12} {:>9} {:>7.1}% {:>11}",
+            be.name,
+            n,
+            pct(n, total),
+            expected
+        );
+    }
+    for (name, n) in b
+        .counts
+        .iter()
+        .filter(|(k, _)| !topo.backends.iter().any(|be| &be.name == *k))
+    {
+        println!("{name:<12} {n:>9} (unexpected answer)");
+    }
+    println!("{:<12} {:>9}", "total", total);
+    println!(
+        "{:<12} {:>9}{}",
+        "failed",
+        b.errors.len(),
+        b.errors
+            .first()
+            .map_or(String::new(), |e| format!(" (first: {e})"))
+    );
 }
 
 fn pct(n: usize, total: usize) -> f64 {

@@ -105,6 +105,7 @@ impl TopologyBuilder {
         }
         let mut topo = Topology {
             servers: Vec::new(),
+            server_specs: Vec::new(),
             xdp_pass: None,
             mode: self.mode,
             backends: Vec::new(),
@@ -192,7 +193,8 @@ impl TopologyBuilder {
                 udp_addrs,
             };
             topo.servers
-                .push(BackendServers::start(&b.ns, &b.name, &spec)?);
+                .push(Some(BackendServers::start(&b.ns, &b.name, &spec)?));
+            topo.server_specs.push(spec);
         }
 
         topo.warm_up()?;
@@ -230,7 +232,9 @@ impl Backend {
 /// A built topology. Fields drop in order: servers and processes stop before the
 /// namespaces go away.
 pub struct Topology {
-    servers: Vec<BackendServers>,
+    /// Per backend (index - 1); `None` while stopped with `stop_servers`.
+    servers: Vec<Option<BackendServers>>,
+    server_specs: Vec<ServerSpec>,
     xdp_pass: Option<XdpLbProcess>,
     pub mode: Forwarding,
     pub backends: Vec<Backend>,
@@ -256,6 +260,21 @@ impl Topology {
         } else {
             SocketAddr::new(IpAddr::V4(VIP4), port)
         }
+    }
+
+    /// Stops backend `index`'s servers: its listening sockets close, so new
+    /// connections to it are refused (connections already open keep their threads).
+    pub fn stop_servers(&mut self, index: usize) {
+        // Drop joins the accept loops, so the ports are closed when this returns.
+        self.servers[index - 1] = None;
+    }
+
+    /// Starts backend `index`'s servers again, as the topology first did.
+    pub fn start_servers(&mut self, index: usize) -> Result<()> {
+        let b = &self.backends[index - 1];
+        let servers = BackendServers::start(&b.ns, &b.name, &self.server_specs[index - 1])?;
+        self.servers[index - 1] = Some(servers);
+        Ok(())
     }
 
     /// Starts `xdp-lb ARGS` in the lb namespace and waits until it is ready.

@@ -27,6 +27,10 @@ fn demo_runs_to_the_end_and_cleans_up() {
         "(0 to backend-",
         "the open connection still answers from backend-",
         "== step 4",
+        "xdp-lb marked backend-2 down",
+        "health check failed: connection refused",
+        "xdp-lb marked backend-2 up",
+        "== step 5",
         "service chat",
         "demo complete",
     ] {

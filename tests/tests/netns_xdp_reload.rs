@@ -243,10 +243,14 @@ fn second_balancer_on_the_same_interface_is_refused() {
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1]);
     let lb = scenario::start_service(&topo, &svc);
     let bin = xdp_lb_tests::binary::xdp_lb_bin().unwrap_or_else(|e| panic!("{e}"));
+    // Its own admin socket and no /metrics port: what is refused must be the interface.
+    let dir = tempfile::tempdir().unwrap();
     let out = topo
         .lb
         .command(&bin)
         .args(svc.run_args(IFACE))
+        .args(["--metrics-listen", "off"])
+        .env("XDP_LB_ADMIN_SOCKET", dir.path().join("second.sock"))
         .output()
         .expect("running a second xdp-lb");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -58,30 +58,55 @@ pub fn render(cfg: &Config) -> String {
             "  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  {}",
             svc.name, endpoint, svc.algorithm, svc.forwarding, svc.table_size
         );
+        // Shares as they are with every backend healthy: backups only count when
+        // the service has nothing else.
+        let has_primary = svc
+            .backends
+            .iter()
+            .any(|b| b.state == BackendState::Active && !b.backup);
+        let in_table = |b: &crate::config::BackendConfig| {
+            b.state == BackendState::Active && (b.backup != has_primary)
+        };
         let active_weight: u64 = svc
             .backends
             .iter()
-            .filter(|b| b.state == BackendState::Active)
+            .filter(|b| in_table(b))
             .map(|b| u64::from(b.weight))
             .sum();
+        let _ = writeln!(
+            out,
+            "      health: {}{}, on all down: {}",
+            health_summary(svc),
+            svc.slow_start.map_or(String::new(), |d| format!(
+                ", slow start {}",
+                humantime::format_duration(d)
+            )),
+            svc.on_all_down
+        );
         let _ = writeln!(
             out,
             "      {:<backend_w$}  {:>6}  {:>6}  STATE",
             "BACKEND", "WEIGHT", "SHARE"
         );
         for b in &svc.backends {
-            let share = if b.state == BackendState::Active && active_weight > 0 {
+            let share = if in_table(b) && active_weight > 0 {
                 format!("{:.1}%", 100.0 * f64::from(b.weight) / active_weight as f64)
             } else {
                 "-".to_string()
             };
             let _ = writeln!(
                 out,
-                "      {:<backend_w$}  {:>6}  {:>6}  {}",
+                "      {:<backend_w$}  {:>6}  {:>6}  {}{}{}",
                 b.socket_addr().to_string(),
                 b.weight,
                 share,
-                b.state
+                b.state,
+                if b.backup { " (backup)" } else { "" },
+                match svc.health_check(b) {
+                    Ok(Some(c)) if b.health_check.is_some() =>
+                        format!(" [check {} {}]", c.kind(), c.target),
+                    _ => String::new(),
+                }
             );
         }
         if active_weight == 0 {
@@ -92,6 +117,22 @@ pub fn render(cfg: &Config) -> String {
         }
     }
     out
+}
+
+/// "tcp every 2s (rise 2, fall 3)" from the first backend's resolved check, or
+/// "not checked".
+fn health_summary(svc: &crate::config::ServiceConfig) -> String {
+    match svc.backends.first().map(|b| svc.health_check(b)) {
+        Some(Ok(Some(c))) => format!(
+            "{} every {} (timeout {}, rise {}, fall {})",
+            c.kind(),
+            humantime::format_duration(c.interval),
+            humantime::format_duration(c.timeout),
+            c.rise,
+            c.fall
+        ),
+        _ => "not checked".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +194,52 @@ state = "down"
         assert!(dns.contains("src-hash") && dns.contains("dsr") && dns.contains("1009"));
         assert!(line("[2001:db8::2]:53").contains("down"), "{text}");
         assert!(text.contains("no active backend"), "{text}");
+        assert!(
+            text.contains("health: tcp every 2s (timeout 1s, rise 2, fall 3), on all down: drop"),
+            "{text}"
+        );
+        assert!(text.contains("health: not checked"), "{text}");
+    }
+
+    #[test]
+    fn shows_backups_checks_and_slow_start() {
+        let cfg = parse_str(
+            r#"
+interfaces = ["veth0"]
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+slow_start = "30s"
+on_all_down = "fail-open"
+[service.health_check]
+type = "http"
+interval = "500ms"
+[[service.backend]]
+addr = "198.18.1.2"
+port = 8080
+[[service.backend]]
+addr = "198.18.1.3"
+port = 8080
+backup = true
+[service.backend.health_check]
+port = 9000
+"#,
+        )
+        .unwrap();
+        let text = render(&cfg);
+        assert!(
+            text.contains("health: http every 500ms (timeout 250ms, rise 2, fall 3), slow start 30s, on all down: fail-open"),
+            "{text}"
+        );
+        let line = |addr: &str| text.lines().find(|l| l.contains(addr)).unwrap().to_string();
+        assert!(line("198.18.1.2:8080").contains("100.0%"), "{text}");
+        let backup = line("198.18.1.3:8080");
+        assert!(
+            backup.contains(" - ")
+                && backup.contains("(backup)")
+                && backup.contains("[check http 198.18.1.3:9000]"),
+            "{backup}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask bench cache`: cache-hit throughput and p99 latency of the cache tier, measured
 //! with wrk against the same upstream served directly and against nginx `proxy_cache`
-//! configured for the same content, in the same run.
+//! configured for the same content, in the same run. The upstream, the proxy and the
+//! hot-tier proxy each run on their own one-thread tokio runtime (nginx runs one worker),
+//! and the CPU time each used during each run is printed, so the comparison is fair.
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,23 +144,95 @@ fn wrk(addr: SocketAddr) -> anyhow::Result<Figures> {
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// A one-thread runtime whose thread carries `name`, so its CPU time can be read.
+fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// CPU seconds (user + system) in a `/proc/.../stat` file, 0 when unreadable.
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (num(14) + num(15)) as f64 / ticks
+}
+
+/// Where a side's CPU time is read: this process's threads of one name (tokio's
+/// blocking-pool threads carry the name too), or another process.
+enum Side {
+    Threads(&'static str),
+    Process(u32),
+}
+
+impl Side {
+    fn cpu_seconds(&self) -> f64 {
+        match self {
+            Side::Process(pid) => {
+                stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+            }
+            Side::Threads(name) => {
+                let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+                    return 0.0;
+                };
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == *name)
+                    })
+                    .map(|t| stat_cpu_seconds(&t.path().join("stat")))
+                    .sum()
+            }
+        }
+    }
+}
+
+/// CPU seconds each side uses while `f` runs.
+fn cpu_during<T>(sides: &[Side], f: impl FnOnce() -> T) -> (T, Vec<f64>) {
+    let before: Vec<f64> = sides.iter().map(Side::cpu_seconds).collect();
+    let out = f();
+    let used = sides
+        .iter()
+        .zip(before)
+        .map(|(s, b)| s.cpu_seconds() - b)
+        .collect();
+    (out, used)
+}
+
 pub fn run() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The test bed's client runs here; the servers each have their own runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (up_rt, proxy_rt, hot_rt) = (
+        runtime("bench-up")?,
+        runtime("bench-proxy")?,
+        runtime("bench-hot")?,
+    );
     let redis = RedisServer::start();
-    let (upstream, proxy, hot) = rt.block_on(async {
+    let upstream = up_rt.block_on(async {
         let body = "x".repeat(BODY_BYTES);
-        let upstream =
-            Upstream::start(move |_, _| Reply::ok(&body).header("cache-control", "max-age=3600"))
-                .await;
-        let proxy = ProxyInstance::start(test_config(&[upstream.addr], vec![redis.url()])).await;
-        let mut hot_cfg = test_config(&[upstream.addr], vec![redis.url()]);
-        hot_cfg.hot_ttl_ms = 1_000;
-        let hot = ProxyInstance::start(hot_cfg).await;
-        (upstream, proxy, hot)
+        Upstream::start(move |_, _| Reply::ok(&body).header("cache-control", "max-age=3600")).await
     });
+    let proxy = proxy_rt.block_on(ProxyInstance::start(test_config(
+        &[upstream.addr],
+        vec![redis.url()],
+    )));
+    let mut hot_cfg = test_config(&[upstream.addr], vec![redis.url()]);
+    hot_cfg.hot_ttl_ms = 1_000;
+    let hot = hot_rt.block_on(ProxyInstance::start(hot_cfg));
     let nginx = Nginx::start(upstream.addr)?;
     // Fill the caches with the Host wrk will send, and check they answer hits.
     rt.block_on(async {
@@ -173,25 +247,39 @@ pub fn run() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    // wrk blocks this thread; the runtime's workers keep serving the upstream and the proxies.
-    let direct = wrk(upstream.addr)?;
+    // wrk blocks this thread; the servers' runtimes keep serving.
+    let sides = [
+        Side::Threads("bench-up"),
+        Side::Threads("bench-proxy"),
+        Side::Threads("bench-hot"),
+        Side::Process(nginx.child.id()),
+    ];
+    let (direct, cpu_direct) = cpu_during(&sides, || wrk(upstream.addr));
     let before = upstream.hits(PATH);
-    let ours = wrk(proxy.addr)?;
-    let ours_hot = wrk(hot.addr)?;
-    let theirs = wrk(nginx.addr)?;
+    let (ours, cpu_ours) = cpu_during(&sides, || wrk(proxy.addr));
+    let (ours_hot, cpu_hot) = cpu_during(&sides, || wrk(hot.addr));
+    let (theirs, cpu_nginx) = cpu_during(&sides, || wrk(nginx.addr));
+    let (direct, ours, ours_hot, theirs) = (direct?, ours?, ours_hot?, theirs?);
     let upstream_hits = upstream.hits(PATH) - before;
     println!(
         "cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s"
     );
-    println!("{:<28} {:>12} {:>10}", "target", "requests/s", "p99 ms");
-    for (name, f) in [
-        ("upstream direct", direct),
-        ("xdp-lb cache (redis hit)", ours),
-        ("xdp-lb cache (hot tier 1s)", ours_hot),
-        ("nginx proxy_cache hit", theirs),
+    println!(
+        "{:<28} {:>12} {:>10}   CPU s (upstream/proxy/hot proxy/nginx)",
+        "target", "requests/s", "p99 ms"
+    );
+    for (name, f, cpu) in [
+        ("upstream direct", direct, &cpu_direct),
+        ("xdp-lb cache (redis hit)", ours, &cpu_ours),
+        ("xdp-lb cache (hot tier 1s)", ours_hot, &cpu_hot),
+        ("nginx proxy_cache hit", theirs, &cpu_nginx),
     ] {
-        println!("{name:<28} {:>12.0} {:>10.2}", f.requests_per_s, f.p99_ms);
+        println!(
+            "{name:<28} {:>12.0} {:>10.2}   {:.2}/{:.2}/{:.2}/{:.2}",
+            f.requests_per_s, f.p99_ms, cpu[0], cpu[1], cpu[2], cpu[3]
+        );
     }
+    println!("(nginx: one process, no master; Redis, not counted, serves the redis-hit run)");
     for (name, f) in [("xdp-lb", ours), ("xdp-lb hot", ours_hot)] {
         println!(
             "ratios {name}: /direct rps {:.2}, /nginx rps {:.2}, /nginx p99 {:.2}",
@@ -204,11 +292,9 @@ pub fn run() -> anyhow::Result<()> {
     println!("xdp-lb stats: {}", proxy.stats.snapshot());
     println!("xdp-lb hot stats: {}", hot.stats.snapshot());
     drop(nginx);
-    rt.block_on(async {
-        drop(proxy);
-        drop(hot);
-    });
-    drop(upstream);
+    proxy_rt.block_on(async { drop(proxy) });
+    hot_rt.block_on(async { drop(hot) });
+    up_rt.block_on(async { drop(upstream) });
     Ok(())
 }
 

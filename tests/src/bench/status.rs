@@ -59,5 +59,11 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     println!("(a status call is this walk plus microseconds of formatting; the daemon serves it on its one control task)");
+    // The monitor's own share of a tick and of a scrape, at 256 backends.
+    let iters = 200;
+    let render = xdp_lb::monitor::metrics::bench_render(256, iters);
+    let record = xdp_lb::monitor::bench_record(256, iters);
+    println!("monitor, {BACKENDS} backends: /metrics render {:.2} ms per scrape, record {:.2} ms per tick", render as f64 / 1e6, record as f64 / 1e6);
+    println!("daemon CPU at 1 s sampling, 1M flows: the walk above once per 10 s (per-backend flows) plus record, counter reads and a resource sample each second");
     Ok(())
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Algorithm, BackendState, Forwarding, Proto},
+    health::OnAllDown,
     plan::Change,
 };
 
@@ -237,6 +238,9 @@ pub struct Status {
     /// Flow-table entries found when the state was adopted.
     #[serde(default)]
     pub adopted_flows: u64,
+    /// Health flips (up or down) the balancer applied since it started.
+    #[serde(default)]
+    pub health_transitions: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,7 +258,74 @@ pub struct ServiceStatus {
     pub packets_per_sec: f64,
     pub bits_per_sec: f64,
     pub new_flows_per_sec: f64,
+    /// What new connections get when no backend is up (`on_all_down`).
+    #[serde(default)]
+    pub on_all_down: OnAllDown,
+    /// Which backends take new connections now, by health.
+    #[serde(default)]
+    pub serving: Serving,
     pub backends: Vec<BackendStatus>,
+}
+
+/// Which backends of a service take new connections, by the health checks, the
+/// backup rule and `on_all_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Serving {
+    /// The healthy primary backends (the normal case).
+    #[default]
+    Primaries,
+    /// Every primary is down: the healthy backups.
+    Backups,
+    /// No backend is up and `on_all_down = "drop"`: new connections are dropped.
+    AllDownDrop,
+    /// No backend is up and `on_all_down = "fail-open"`: every configured backend.
+    AllDownFailOpen,
+    /// An operator took every backend out (no active backend configured).
+    NoActive,
+}
+
+impl std::fmt::Display for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Serving::Primaries => "primaries",
+            Serving::Backups => "backups",
+            Serving::AllDownDrop => "all down: drop",
+            Serving::AllDownFailOpen => "all down: fail-open",
+            Serving::NoActive => "no active backend",
+        })
+    }
+}
+
+/// What the health checks say about one backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// The health state: up or down by its checks.
+    pub up: bool,
+    /// tcp, http or udp.
+    pub check: String,
+    /// Where the probes go.
+    pub target: SocketAddr,
+    /// The last check's outcome: "ok" or why it failed; none before the first check.
+    #[serde(default)]
+    pub last_result: Option<String>,
+    /// Latency of the last passing check, in milliseconds.
+    #[serde(default)]
+    pub last_latency_ms: Option<f64>,
+    /// Seconds since the last check finished.
+    #[serde(default)]
+    pub last_check_secs_ago: Option<f64>,
+    pub checks: u64,
+    /// Consecutive results against the current state (toward rise or fall).
+    pub streak: u32,
+    /// Up/down flips the balancer applied for this backend.
+    pub transitions: u64,
+    /// Why the last flip happened ("health check failed: connection refused").
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds since the last flip.
+    #[serde(default)]
+    pub since_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,6 +346,17 @@ pub struct BackendStatus {
     /// Seconds left before a drain with a timeout takes the backend down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_remaining_secs: Option<f64>,
+    /// A backup backend: new connections only while every primary is down.
+    #[serde(default)]
+    pub backup: bool,
+    /// What the data plane uses: the admin `state` combined with health (a backend
+    /// the checks call down is down; a healthy backup not in use is draining).
+    pub effective_state: BackendState,
+    /// The weight in the table: `weight`, or less during a slow start.
+    pub effective_weight: u32,
+    /// The health checks' view; none when the backend is not checked.
+    #[serde(default)]
+    pub health: Option<HealthStatus>,
 }
 
 /// A backend with its service's name, for `backend list`.

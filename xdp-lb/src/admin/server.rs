@@ -49,7 +49,9 @@ pub enum ServerError {
 
 pub struct AdminServer {
     unix: UnixListener,
-    path: PathBuf,
+    /// Removes the socket file when the server goes, whether it ran or the start
+    /// failed after binding.
+    path: RemoveOnDrop,
     tcp: Option<(TcpListener, String)>,
 }
 
@@ -103,13 +105,13 @@ impl AdminServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
         Ok(AdminServer {
             unix,
-            path: path.to_path_buf(),
+            path: RemoveOnDrop(path.to_path_buf()),
             tcp,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.path.0
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
@@ -119,7 +121,7 @@ impl AdminServer {
     /// Accepts connections until the task is aborted; each is served on its own task.
     pub async fn run(self, tx: mpsc::Sender<Envelope>) {
         let AdminServer { unix, path, tcp } = self;
-        let _cleanup = RemoveOnDrop(path);
+        let _cleanup = path;
         let (tcp, token) = match tcp {
             Some((l, t)) => (Some(l), Some(t)),
             None => (None, None),

@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::compress::CompressionConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no upstream configured")]
     NoUpstreams,
     #[error("upstream {0} has weight 0")]
     ZeroWeight(SocketAddr),
-    #[error("no redis node configured")]
+    #[error("no redis node configured (redis.nodes is empty)")]
     NoRedisNodes,
+    #[error("redis node {0:?} is not a valid redis url (e.g. redis://127.0.0.1:6379)")]
+    BadRedisUrl(String, #[source] redis::RedisError),
     #[error("status_ttl key {0:?} is not an http status code (100-599)")]
     BadStatus(String),
     #[error("key template is empty")]
@@ -21,12 +25,15 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("max_header_bytes must be at least 8192 (hyper's minimum buffer)")]
     HeaderLimitTooSmall,
+    #[error("compression.{0} = {1} is out of range ({2})")]
+    BadLevel(&'static str, u32, &'static str),
 }
 
-/// Backend choice among healthy upstreams.
+/// Backend choice among healthy upstreams (the cache's counterpart of the balancer's
+/// `algorithm`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum Balance {
+pub enum Algorithm {
     /// Smooth weighted round-robin (plain round-robin when all weights are equal).
     #[default]
     RoundRobin,
@@ -58,6 +65,23 @@ pub struct RedisConfig {
     pub key_prefix: String,
 }
 
+impl RedisConfig {
+    /// What the Redis side needs on its own (`cache purge` uses nothing else).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::NoRedisNodes);
+        }
+        for url in &self.nodes {
+            redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_err(|e| ConfigError::BadRedisUrl(url.clone(), e))?;
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::Zero("redis.timeout_ms"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
@@ -74,7 +98,9 @@ impl Default for RedisConfig {
 pub struct CacheConfig {
     pub listen: SocketAddr,
     pub upstreams: Vec<UpstreamConfig>,
-    pub balance: Balance,
+    /// Named like the balancer's `algorithm`; `balance`, its former name, is still read.
+    #[serde(alias = "balance")]
+    pub algorithm: Algorithm,
     /// Failures within `fail_timeout_ms` that take an upstream out for `fail_timeout_ms` (nginx semantics).
     pub max_fails: u32,
     pub fail_timeout_ms: u64,
@@ -122,6 +148,8 @@ pub struct CacheConfig {
     pub hot_ttl_ms: u64,
     /// Memory bound of the hot tier (bodies, headers and keys).
     pub hot_max_bytes: u64,
+    /// gzip and brotli for compressible stored responses (`[cache.compression]`).
+    pub compression: CompressionConfig,
 }
 
 impl Default for CacheConfig {
@@ -129,7 +157,7 @@ impl Default for CacheConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             upstreams: Vec::new(),
-            balance: Balance::default(),
+            algorithm: Algorithm::default(),
             max_fails: 1,
             fail_timeout_ms: 10_000,
             connect_timeout_ms: 1_000,
@@ -155,6 +183,7 @@ impl Default for CacheConfig {
             stats_log_s: 60,
             hot_ttl_ms: 0,
             hot_max_bytes: 64 << 20,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -167,15 +196,12 @@ impl CacheConfig {
         if let Some(u) = self.upstreams.iter().find(|u| u.weight == 0) {
             return Err(ConfigError::ZeroWeight(u.addr));
         }
-        if self.redis.nodes.is_empty() {
-            return Err(ConfigError::NoRedisNodes);
-        }
+        self.redis.validate()?;
         if self.key.is_empty() {
             return Err(ConfigError::EmptyKey);
         }
         self.status_ttls()?;
         for (name, v) in [
-            ("redis.timeout_ms", self.redis.timeout_ms),
             ("fail_timeout_ms", self.fail_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("upstream_timeout_ms", self.upstream_timeout_ms),
@@ -189,6 +215,17 @@ impl CacheConfig {
         }
         if self.max_header_bytes < 8192 {
             return Err(ConfigError::HeaderLimitTooSmall);
+        }
+        let c = &self.compression;
+        if !(1..=9).contains(&c.gzip_level) {
+            return Err(ConfigError::BadLevel("gzip_level", c.gzip_level, "1-9"));
+        }
+        if c.brotli_level > 11 {
+            return Err(ConfigError::BadLevel(
+                "brotli_level",
+                c.brotli_level,
+                "0-11",
+            ));
         }
         Ok(())
     }
@@ -215,7 +252,7 @@ mod tests {
             r#"
             listen = "127.0.0.1:8081"
             upstreams = [{ addr = "127.0.0.1:9000", weight = 2 }, { addr = "127.0.0.1:9001" }]
-            balance = "least-conn"
+            algorithm = "least-conn"
             [redis]
             nodes = ["redis://127.0.0.1:7000"]
             [status_ttl]
@@ -225,6 +262,7 @@ mod tests {
         )
         .unwrap();
         cfg.validate().unwrap();
+        assert_eq!(cfg.algorithm, Algorithm::LeastConn);
         assert_eq!(cfg.upstreams[1].weight, 1);
         assert_eq!(cfg.status_ttls().unwrap()[&404], Duration::from_secs(60));
     }
@@ -240,5 +278,17 @@ mod tests {
         });
         cfg.status_ttl.insert("abc".into(), 1);
         assert!(matches!(cfg.validate(), Err(ConfigError::BadStatus(_))));
+        cfg.status_ttl.clear();
+        cfg.redis.nodes = vec![];
+        assert!(matches!(cfg.validate(), Err(ConfigError::NoRedisNodes)));
+        cfg.redis.nodes = vec!["127.0.0.1:6379".into()];
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("\"127.0.0.1:6379\""), "{e}");
+    }
+
+    #[test]
+    fn reads_the_former_name_of_algorithm() {
+        let cfg: CacheConfig = toml::from_str(r#"balance = "least-conn""#).unwrap();
+        assert_eq!(cfg.algorithm, Algorithm::LeastConn);
     }
 }

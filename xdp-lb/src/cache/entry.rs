@@ -6,14 +6,18 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 
-const ENTRY_MAGIC: &[u8; 4] = b"XLE1";
+use super::compress::Variants;
+
+/// Version 2 adds the compressed variants; version 1 values (no variants) are still read.
+const ENTRY_MAGIC: &[u8; 4] = b"XLE2";
+const ENTRY_MAGIC_V1: &[u8; 4] = b"XLE1";
 const VARY_MAGIC: &[u8; 4] = b"XLV1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
     #[error("stored value is truncated or malformed")]
     Malformed,
-    #[error("stored policy does not decode: {0}")]
+    #[error("stored policy does not decode")]
     Policy(#[from] serde_json::Error),
 }
 
@@ -33,6 +37,8 @@ pub struct Entry {
     /// The serialized `CachePolicy`, decoded only for revalidation (conditional request
     /// headers, 304 merging) so hits do not pay for it.
     pub policy_json: Bytes,
+    /// gzip / brotli forms of `body`, made when it was stored (see `compress`).
+    pub variants: Variants,
 }
 
 /// Marker at the primary key of a resource whose responses carry `Vary`.
@@ -92,8 +98,11 @@ impl Entry {
 
     pub fn encode(&self) -> Result<Vec<u8>, EntryError> {
         let policy = &self.policy_json;
-        let mut out =
-            BytesMut::with_capacity(64 + policy.len() + self.body.len() + 32 * self.headers.len());
+        let variants_len = self.variants.gzip.as_ref().map_or(0, Bytes::len)
+            + self.variants.brotli.as_ref().map_or(0, Bytes::len);
+        let mut out = BytesMut::with_capacity(
+            72 + policy.len() + self.body.len() + variants_len + 32 * self.headers.len(),
+        );
         out.put_slice(ENTRY_MAGIC);
         out.put_u64(self.stored_at_ms);
         out.put_u64(self.fresh_until_ms);
@@ -107,6 +116,10 @@ impl Entry {
         }
         put_bytes(&mut out, policy);
         put_bytes(&mut out, &self.body);
+        // An empty field means no such variant (a compressed variant is never empty).
+        for v in [&self.variants.gzip, &self.variants.brotli] {
+            put_bytes(&mut out, v.as_deref().unwrap_or_default());
+        }
         Ok(out.to_vec())
     }
 }
@@ -136,7 +149,8 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
             String::from_utf8(get_bytes(&mut b)?.to_vec()).map_err(|_| EntryError::Malformed)?;
         return Ok(Stored::Vary(VaryMarker { generation, vary }));
     }
-    if &magic[..] != ENTRY_MAGIC || b.remaining() < 30 {
+    let v1 = &magic[..] == ENTRY_MAGIC_V1;
+    if (&magic[..] != ENTRY_MAGIC && !v1) || b.remaining() < 30 {
         return Err(EntryError::Malformed);
     }
     let stored_at_ms = b.get_u64();
@@ -155,6 +169,12 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
     }
     let policy_json = get_bytes(&mut b)?;
     let body = get_bytes(&mut b)?;
+    let mut variants = Variants::default();
+    if !v1 {
+        let non_empty = |v: Bytes| (!v.is_empty()).then_some(v);
+        variants.gzip = non_empty(get_bytes(&mut b)?);
+        variants.brotli = non_empty(get_bytes(&mut b)?);
+    }
     Ok(Stored::Entry(Box::new(Entry {
         stored_at_ms,
         fresh_until_ms,
@@ -164,6 +184,7 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
         headers,
         body,
         policy_json,
+        variants,
     })))
 }
 
@@ -190,6 +211,10 @@ mod tests {
             headers,
             body: Bytes::from_static(b"body"),
             policy_json: Entry::encode_policy(&CachePolicy::new(&req, &res)).unwrap(),
+            variants: Variants {
+                gzip: None,
+                brotli: Some(Bytes::from_static(b"br")),
+            },
         };
         let Stored::Entry(d) = decode(e.encode().unwrap()).unwrap() else {
             panic!("not an entry")
@@ -207,6 +232,16 @@ mod tests {
         assert_eq!(d.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&d.body[..], b"body");
         assert!(d.policy().unwrap().is_storable());
+        assert_eq!(d.variants, e.variants);
+        // A version 1 value (no variants) still decodes.
+        let mut v1 = e.encode().unwrap();
+        v1[..4].copy_from_slice(ENTRY_MAGIC_V1);
+        v1.truncate(v1.len() - 4 - 4 - 2);
+        let Stored::Entry(d) = decode(v1).unwrap() else {
+            panic!("not an entry")
+        };
+        assert!(d.variants.is_empty());
+        assert_eq!(&d.body[..], b"body");
         let m = VaryMarker {
             generation: 7,
             vary: "accept-encoding".into(),

@@ -9,6 +9,7 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 
 use super::config::{CacheConfig, ConfigError};
 use super::entry::Entry;
+use super::stats::BypassReason;
 
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -75,15 +76,17 @@ impl Directives {
     }
 }
 
-/// Why a request does not use the cache at all.
-pub fn bypass_request(req: &request::Parts, rules: &Rules) -> bool {
+/// Why a request does not use the cache at all, if it does not.
+pub fn bypass_request(req: &request::Parts, rules: &Rules) -> Option<BypassReason> {
     if req.method != Method::GET && req.method != Method::HEAD {
-        return true;
+        return Some(BypassReason::Method);
     }
     if req.headers.contains_key(http::header::AUTHORIZATION) && !rules.cache_authorized {
-        return true;
+        return Some(BypassReason::Authorization);
     }
-    Directives::parse(&req.headers).has("no-store")
+    Directives::parse(&req.headers)
+        .has("no-store")
+        .then_some(BypassReason::NoStore)
 }
 
 /// The policy object, built from views of the messages that apply the operator's opt-ins.
@@ -423,8 +426,11 @@ mod tests {
             let p = policy(&req, StatusCode::OK, &res, &r, now);
             store_decision(&p, StatusCode::OK, &res, &r, now, true)
         };
-        assert!(bypass_request(&req, &rules()));
-        assert!(!bypass_request(&req, &r));
+        assert_eq!(
+            bypass_request(&req, &rules()),
+            Some(BypassReason::Authorization)
+        );
+        assert_eq!(bypass_request(&req, &r), None);
         assert_eq!(decide("max-age=60"), None);
         assert!(decide("public, max-age=60").is_some());
         assert!(decide("s-maxage=60").is_some());

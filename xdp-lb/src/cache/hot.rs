@@ -1,6 +1,8 @@
-//! Small in-process tier in front of Redis: decoded values kept for a short TTL, dropped on
-//! invalidation messages from Redis pub/sub, and bypassed whenever that subscription is down
-//! (an instance that could miss invalidations must not answer from memory).
+//! Small in-process tier in front of Redis: decoded values kept for a short TTL and dropped on
+//! invalidation messages from Redis pub/sub. While that subscription is down (Redis outage)
+//! the tier keeps answering with what it holds, each value at most its TTL old, but takes no
+//! new values; when the subscription comes back it starts empty, since invalidations sent
+//! meanwhile were missed.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use futures_util::StreamExt;
 use moka::sync::Cache;
 
 use super::entry::Stored;
+use super::stats::Stats;
 
 /// Message that drops everything (prefix purges).
 pub const ALL: &str = "*";
@@ -33,7 +36,11 @@ impl HotTier {
                 let size = k.len()
                     + match &**v {
                         Stored::Entry(e) => {
-                            e.body.len() + e.policy_json.len() + 64 * e.headers.len()
+                            e.body.len()
+                                + e.variants.gzip.as_ref().map_or(0, |v| v.len())
+                                + e.variants.brotli.as_ref().map_or(0, |v| v.len())
+                                + e.policy_json.len()
+                                + 64 * e.headers.len()
                         }
                         Stored::Vary(m) => m.vary.len(),
                     };
@@ -52,9 +59,6 @@ impl HotTier {
     }
 
     pub fn get(&self, redis_key: &str) -> Option<Arc<Stored>> {
-        if !self.subscribed.load(Ordering::SeqCst) {
-            return None;
-        }
         self.cache.get(redis_key)
     }
 
@@ -75,7 +79,8 @@ impl HotTier {
     }
 
     fn set_subscribed(&self, on: bool) {
-        if !on {
+        if on {
+            // Whatever was purged while we were not listening is unknown: start over.
             self.epoch.fetch_add(1, Ordering::SeqCst);
             self.cache.invalidate_all();
         }
@@ -84,7 +89,13 @@ impl HotTier {
 
     /// Keeps a subscription to `channel` on one of `nodes` (in a Redis Cluster, PUBLISH reaches
     /// every node) and applies its messages, until the task is aborted.
-    pub async fn follow(self, nodes: Vec<String>, channel: String, timeout: Duration) {
+    pub async fn follow(
+        self,
+        nodes: Vec<String>,
+        channel: String,
+        timeout: Duration,
+        stats: Arc<Stats>,
+    ) {
         let mut next = 0usize;
         loop {
             let url = &nodes[next % nodes.len()];
@@ -111,8 +122,10 @@ impl HotTier {
                         }
                     }
                     log::warn!(
-                        "cache: invalidation subscription lost; hot tier off until it is back"
+                        "cache: invalidation subscription lost; the hot tier serves what it \
+                         holds (at most hot_ttl_ms old) and takes nothing new until it is back"
                     );
+                    Stats::bump(&stats.hot_subscription_losses);
                     self.set_subscribed(false);
                 }
                 Err(e) => log::debug!("cache: hot tier subscription to {url}: {e}"),

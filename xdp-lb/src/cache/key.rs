@@ -2,32 +2,65 @@
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
+use super::request::normalize_host;
+
 /// Keys longer than this keep their first `KEEP` bytes and get a hash of the whole key, so
 /// they stay bounded while prefix purges still match their beginning.
 const MAX_KEY: usize = 200;
 const KEEP: usize = 128;
 
-/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it).
+/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it). The
+/// host is normalised (lowercase, default port dropped, see [`normalize_host`]) so instances
+/// reached as `Example.org:80` and `example.org` share entries.
 pub fn render(template: &str, req: &Parts) -> String {
     let method = if req.method == http::Method::HEAD {
         "GET"
     } else {
         req.method.as_str()
     };
-    let host = req
+    let raw = req
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let key = template
-        .replace("{method}", method)
-        .replace("{scheme}", "http")
-        .replace("{host}", &host)
-        .replace("{path}", req.uri.path())
-        .replace("{query}", &query);
+        .unwrap_or("");
+    // Requests with a host that does not normalise were refused before; keep the text anyway.
+    let host = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
+    // One pass over the template (it runs on every request, hits included).
+    let mut key = String::with_capacity(template.len() + host.len() + req.uri.path().len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        key.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let (value, used) = [
+            ("{method}", method),
+            ("{scheme}", "http"),
+            ("{host}", host.as_str()),
+            ("{path}", req.uri.path()),
+        ]
+        .into_iter()
+        .find(|(p, _)| after.starts_with(p))
+        .map(|(p, v)| (Some(v), p.len()))
+        .unwrap_or_else(|| {
+            if after.starts_with("{query}") {
+                (None, "{query}".len())
+            } else {
+                (Some("{"), 1)
+            }
+        });
+        match value {
+            Some(v) => key.push_str(v),
+            // {query} includes its `?` when there is a query.
+            None => {
+                if let Some(q) = req.uri.query() {
+                    key.push('?');
+                    key.push_str(q);
+                }
+            }
+        }
+        rest = &after[used..];
+    }
+    key.push_str(rest);
     shorten(key)
 }
 
@@ -66,6 +99,18 @@ mod tests {
             render(t, &parts("GET", "/a?b=1", "Example")),
             "http://example/a?b=1"
         );
+        assert_eq!(
+            render(t, &parts("GET", "/a", "Example:80")),
+            render(t, &parts("GET", "/a", "example"))
+        );
+        assert_eq!(
+            render(
+                "{method}|{host}|{path}{query}|{x}{",
+                &parts("POST", "/p?q", "h:8080")
+            ),
+            "POST|h:8080|/p?q|{x}{"
+        );
+        assert_eq!(render("{path}{query}", &parts("GET", "/p", "h")), "/p");
         assert_eq!(
             render("{method} {path}", &parts("HEAD", "/a", "x")),
             "GET /a"

@@ -2,7 +2,7 @@
 //! invalidation by unsafe methods, and PURGE.
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 use super::body::ProxyBody;
+use super::compress::{self, Variants};
 use super::config::{CacheConfig, ConfigError};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
@@ -28,9 +29,11 @@ use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
 use super::hot::HotTier;
 use super::key;
 use super::range::{self, RangeAnswer};
+use super::request::target_host;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
 use super::upstream::{Lease, Pool};
+use super::Causes;
 
 pub type Resp = Response<ProxyBody>;
 
@@ -40,10 +43,44 @@ const WAIT_POLL_MAX: Duration = Duration::from_millis(100);
 /// A Vary marker outlives its variants so they stay reachable.
 const MARKER_MIN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug)]
-enum FetchError {
-    Timeout,
-    Failed(String),
+/// Why no upstream response could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no upstream to try")]
+    NoUpstream,
+    #[error("upstream {0} did not answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("request to upstream {0} failed")]
+    Request(SocketAddr, #[source] hyper_util::client::legacy::Error),
+    #[error("request target {0:?} cannot be sent upstream")]
+    BadTarget(String, #[source] http::Error),
+    #[error("upstream body failed partway")]
+    Body(#[source] hyper::Error),
+    #[error("upstream body stalled for {0:?}")]
+    BodyTimeout(Duration),
+}
+
+impl FetchError {
+    fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(..) | Self::BodyTimeout(_))
+    }
+}
+
+/// Marks a response the proxy made up because the upstream failed, so a local leader can tell
+/// the requests waiting on it (response extensions never reach the wire).
+#[derive(Clone, Copy)]
+struct UpstreamFailed;
+
+/// What the local leader of a miss tells the requests that waited for it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Pending,
+    /// The fetch ended with a response (stored when it could be).
+    Done,
+    /// The upstream failed; the status is what the leader answered.
+    Failed(StatusCode),
+    /// The leader went away (its client disconnected) before it had an answer.
+    Abandoned,
 }
 
 pub struct Proxy {
@@ -60,21 +97,43 @@ pub struct Proxy {
     hot: Option<HotTier>,
 }
 
-type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>;
+/// A stored entry as read (shared with the hot tier, not copied: a hit only reads it).
+struct Found(Arc<Stored>);
+
+impl std::ops::Deref for Found {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        match &*self.0 {
+            Stored::Entry(e) => e,
+            Stored::Vary(_) => unreachable!("lookup returns entries only"),
+        }
+    }
+}
+
+type InflightMap = Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<Outcome>>>>;
 
 /// Held by the local leader of a miss; dropping it (also on cancellation) releases followers.
 struct Inflight {
     map: InflightMap,
     key: String,
-    _done: tokio::sync::watch::Sender<()>,
+    outcome: Outcome,
+    done: tokio::sync::watch::Sender<Outcome>,
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
+        // Leave the map before waking the followers, so the one that retries a failed fetch
+        // becomes the next leader instead of finding this finished one.
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
+        let outcome = match self.outcome {
+            Outcome::Pending => Outcome::Abandoned,
+            o => o,
+        };
+        self.done.send_replace(outcome);
     }
 }
 
@@ -95,8 +154,10 @@ pub enum Warmed {
 pub enum WarmError {
     #[error("not an absolute http url")]
     NotAbsolute,
-    #[error("upstream: {0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("storing the response")]
+    Entry(#[from] entry::EntryError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +183,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn plain(status: StatusCode, msg: &'static str) -> Resp {
+fn plain(status: StatusCode, msg: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(ProxyBody::full(msg));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -139,13 +200,14 @@ fn with_x_cache(mut r: Resp, label: &'static str) -> Resp {
 }
 
 fn error_response(e: &FetchError) -> Resp {
-    match e {
-        FetchError::Timeout => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-        FetchError::Failed(why) => {
-            log::info!("cache: answering 502: {why}");
-            plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
-        }
-    }
+    let mut r = if e.is_timeout() {
+        plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+    } else {
+        plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
+    };
+    log::info!("cache: answering {}: {}", r.status().as_u16(), Causes(e));
+    r.extensions_mut().insert(UpstreamFailed);
+    r
 }
 
 /// Passes an upstream response through, streaming its body.
@@ -159,6 +221,44 @@ fn relay(resp: Response<Incoming>, lease: Lease, head: bool) -> Resp {
         ProxyBody::stream(Bytes::new(), body, Some(lease))
     };
     Response::from_parts(p, body)
+}
+
+/// Adds `accept-encoding` to `Vary` unless it is there already (or `Vary: *`).
+fn add_vary_accept_encoding(headers: &mut http::HeaderMap) {
+    let listed = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.eq_ignore_ascii_case("accept-encoding")
+        });
+    if !listed {
+        headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+/// A compressed variant is not byte-identical to the stored body, so a strong validator
+/// becomes weak (as nginx does), keeping `If-None-Match` working while `If-Range` and strong
+/// comparisons no longer match across codings.
+fn weaken_etag(headers: &mut http::HeaderMap) {
+    let Some(tag) = headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if !tag.starts_with("W/") {
+        if let Ok(v) = HeaderValue::from_str(&format!("W/{tag}")) {
+            headers.insert(ETAG, v);
+        }
+    }
+}
+
+/// The request as sent upstream: hop-by-hop headers removed, forwarding headers added.
+fn upstream_parts(parts: &request::Parts, client: IpAddr) -> request::Parts {
+    let mut up = parts.clone();
+    strip_hop_by_hop(&mut up.headers);
+    add_forwarding(&mut up.headers, client);
+    up
 }
 
 fn as_get(parts: &request::Parts) -> request::Parts {
@@ -277,9 +377,9 @@ impl Proxy {
             Some(b"STALE") => Some(&self.stats.stale),
             Some(b"UPDATING") => Some(&self.stats.updating),
             Some(b"EXPIRED") => Some(&self.stats.expired),
-            Some(b"BYPASS") => Some(&self.stats.bypass),
             _ => None,
         };
+        self.stats.response(resp.status());
         if let Some(c) = counter {
             Stats::bump(c);
         }
@@ -298,6 +398,12 @@ impl Proxy {
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
         let client = client.to_canonical();
         let (parts, body) = req.into_parts();
+        // Checked before the body is read, so a refused request costs no buffering either.
+        if let Err(why) = target_host(&parts) {
+            Stats::bump(&self.stats.refused);
+            log::debug!("cache: refusing a request from {client}: {why}");
+            return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+        }
         let body = match Limited::new(body, self.cfg.max_request_body_bytes)
             .collect()
             .await
@@ -311,18 +417,16 @@ impl Proxy {
         if parts.method.as_str() == "PURGE" {
             return self.purge(&parts, client).await;
         }
-        let mut up = parts.clone();
-        strip_hop_by_hop(&mut up.headers);
-        add_forwarding(&mut up.headers, client);
-        if freshness::bypass_request(&parts, &self.rules) {
-            return self.bypass(&parts, &up, body).await;
+        if let Some(reason) = freshness::bypass_request(&parts, &self.rules) {
+            self.stats.bypassed(reason);
+            return self.bypass(&parts, client, body).await;
         }
         let key = key::render(&self.cfg.key, &parts);
-        self.cached(key, parts, up).await
+        self.cached(key, parts, client).await
     }
 
-    async fn bypass(&self, parts: &request::Parts, up: &request::Parts, body: Bytes) -> Resp {
-        match self.forward(up, body).await {
+    async fn bypass(&self, parts: &request::Parts, client: IpAddr, body: Bytes) -> Resp {
+        match self.forward(&upstream_parts(parts, client), body).await {
             Err(e) => error_response(&e),
             Ok((resp, lease)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
@@ -391,21 +495,22 @@ impl Proxy {
             1
         };
         let mut tried = Vec::with_capacity(tries);
-        let mut last = FetchError::Failed("no upstream".into());
+        let mut last = FetchError::NoUpstream;
         for _ in 0..tries {
             let Some(lease) = self.pool.pick(&tried) else {
                 break;
             };
             tried.push(lease.index);
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let Ok(mut req) = Request::builder()
+            let mut req = Request::builder()
                 .method(parts.method.clone())
                 .uri(format!("http://{}{pq}", lease.addr()))
                 .body(Full::new(body.clone()))
-            else {
-                return Err(FetchError::Failed("bad request target".into()));
-            };
+                .map_err(|e| FetchError::BadTarget(pq.to_string(), e))?;
             *req.headers_mut() = parts.headers.clone();
+            // The body was read in full and is sent as one piece: its length is the only
+            // framing the upstream sees, whatever the client's framing headers said.
+            req.headers_mut().remove(CONTENT_LENGTH);
             Stats::bump(&self.stats.upstream_requests);
             match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
                 Ok(Ok(resp)) => {
@@ -413,14 +518,14 @@ impl Proxy {
                     return Ok((resp, lease));
                 }
                 Ok(Err(e)) => {
-                    log::debug!("cache: upstream {} failed: {e}", lease.addr());
                     self.pool.report_failure(lease.index);
-                    last = FetchError::Failed(e.to_string());
+                    last = FetchError::Request(lease.addr(), e);
+                    log::debug!("cache: {}", Causes(&last));
                 }
                 Err(_) => {
-                    log::debug!("cache: upstream {} timed out", lease.addr());
                     self.pool.report_failure(lease.index);
-                    last = FetchError::Timeout;
+                    last = FetchError::Timeout(lease.addr(), self.upstream_timeout);
+                    log::debug!("cache: {}", Causes(&last));
                 }
             }
         }
@@ -477,13 +582,13 @@ impl Proxy {
         }
     }
 
-    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Entry>, StoreError> {
+    async fn lookup(&self, key: &str, req: &request::Parts) -> Result<Option<Found>, StoreError> {
         let primary = self.store.entry_key(key);
         let Some(stored) = self.get_stored(&primary).await? else {
             return Ok(None);
         };
         let stored = match &*stored {
-            Stored::Entry(e) => return Ok(Some((**e).clone())),
+            Stored::Entry(_) => return Ok(Some(Found(stored))),
             Stored::Vary(m) => {
                 let variant = Self::variant_key(&primary, m, &req.headers);
                 match self.get_stored(&variant).await? {
@@ -493,7 +598,7 @@ impl Proxy {
             }
         };
         match &*stored {
-            Stored::Entry(e) => Ok(Some((**e).clone())),
+            Stored::Entry(_) => Ok(Some(Found(stored))),
             Stored::Vary(_) => Ok(None),
         }
     }
@@ -502,7 +607,12 @@ impl Proxy {
     pub fn hot_follower(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let hot = self.hot.clone()?;
         let timeout = Duration::from_millis(self.cfg.redis.timeout_ms);
-        Some(hot.follow(self.cfg.redis.nodes.clone(), self.store.channel(), timeout))
+        Some(hot.follow(
+            self.cfg.redis.nodes.clone(),
+            self.store.channel(),
+            timeout,
+            Arc::clone(&self.stats),
+        ))
     }
 
     /// Fetches one URL for warm-up and prepares its entry. Responses with `Vary` are stored
@@ -526,10 +636,7 @@ impl Proxy {
             .parse()
             .map_err(|_| WarmError::NotAbsolute)?;
         let now = SystemTime::now();
-        let (mut resp, _lease) = self
-            .forward(&parts, Bytes::new())
-            .await
-            .map_err(|e| WarmError::Upstream(format!("{e:?}")))?;
+        let (mut resp, _lease) = self.forward(&parts, Bytes::new()).await?;
         normalize_age(resp.headers_mut());
         let status = resp.status();
         let policy = freshness::policy(&parts, status, resp.headers(), &self.rules, now);
@@ -548,14 +655,16 @@ impl Proxy {
         let limited = Limited::new(body, self.cfg.max_body_bytes);
         let body = match tokio::time::timeout(self.upstream_timeout, limited.collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Ok(Warmed::TooLarge)
-            }
-            Ok(Err(e)) => return Err(WarmError::Upstream(e.to_string())),
-            Err(_) => return Err(WarmError::Upstream("body timed out".into())),
+            // `Limited` fails with its own error past the limit, or with the body's.
+            Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+                Ok(e) => return Err(FetchError::Body(*e).into()),
+                Err(_) => return Ok(Warmed::TooLarge),
+            },
+            Err(_) => return Err(FetchError::BodyTimeout(self.upstream_timeout).into()),
         };
         p.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let variants = self.compress(status, &p.headers, &body);
         let entry = Entry {
             stored_at_ms: millis(now),
             fresh_until_ms: millis(now + decision.fresh_for),
@@ -564,8 +673,8 @@ impl Proxy {
             status,
             headers: p.headers,
             body,
-            policy_json: Entry::encode_policy(&policy)
-                .map_err(|e| WarmError::Upstream(e.to_string()))?,
+            policy_json: Entry::encode_policy(&policy)?,
+            variants,
         };
         let key = key::render(&self.cfg.key, &parts);
         if entry.headers.contains_key(VARY) {
@@ -573,14 +682,21 @@ impl Proxy {
                 .await;
             return Ok(Warmed::Stored);
         }
-        let bytes = entry
-            .encode()
-            .map_err(|e| WarmError::Upstream(e.to_string()))?;
+        let bytes = entry.encode()?;
         Ok(Warmed::Ready {
             redis_key: self.store.entry_key(&key),
             bytes,
             keep_for: decision.keep_for,
         })
+    }
+
+    /// The compressed variants of a body about to be stored, counted in the stats.
+    fn compress(&self, status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Variants {
+        let v = self.cfg.compression.variants(status, headers, body);
+        for out in [&v.gzip, &v.brotli].into_iter().flatten() {
+            self.stats.compressed(body.len(), out.len());
+        }
+        v
     }
 
     pub fn store(&self) -> &Store {
@@ -650,11 +766,31 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
             headers.insert(AGE, v);
         }
+        // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
+        // Ranges are answered from the identity body only.
+        let coded = if entry.variants.is_empty() {
+            None
+        } else {
+            add_vary_accept_encoding(&mut headers);
+            compress::choose(&req.headers, &entry.variants)
+                .filter(|_| !req.headers.contains_key(http::header::RANGE))
+                .and_then(|c| Some((c, entry.variants.get(c)?.clone())))
+        };
+        if let Some((coding, data)) = &coded {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.token()),
+            );
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+            weaken_etag(&mut headers);
+        }
         let (status, body) = if client_not_modified(entry, req) {
             headers.remove(CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, ProxyBody::empty())
         } else if req.method == Method::HEAD {
             (entry.status, ProxyBody::empty())
+        } else if let Some((_, data)) = coded {
+            (entry.status, ProxyBody::full(data))
         } else if entry.status == StatusCode::OK {
             let len = entry.body.len() as u64;
             match range::answer(&req.headers, len) {
@@ -685,12 +821,7 @@ impl Proxy {
         with_x_cache(r, label)
     }
 
-    async fn cached(
-        self: &Arc<Self>,
-        key: String,
-        parts: request::Parts,
-        up: request::Parts,
-    ) -> Resp {
+    async fn cached(self: &Arc<Self>, key: String, parts: request::Parts, client: IpAddr) -> Resp {
         let now = SystemTime::now();
         let lookup = self.lookup(&key, &parts).await;
         let store_ok = lookup.is_ok();
@@ -703,7 +834,9 @@ impl Proxy {
             _ if only_if_cached => {
                 with_x_cache(plain(StatusCode::GATEWAY_TIMEOUT, "not cached\n"), "MISS")
             }
-            Some(e) => {
+            Some(found) => {
+                // Stale: the rare path, where an owned copy is simpler than sharing.
+                let e: Entry = (*found).clone();
                 let client_wants_fresh = !freshness::is_fresh_for(
                     &Entry {
                         fresh_until_ms: u64::MAX,
@@ -720,74 +853,115 @@ impl Proxy {
                     let lock_ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
                     if let Ok(true) = self.store.try_lock(&rkey, &token, lock_ttl).await {
                         let this = Arc::clone(self);
-                        let (p, u, stale) = (parts.clone(), up.clone(), e.clone());
+                        let (p, u, stale) = (parts.clone(), client, e.clone());
                         tokio::spawn(async move {
-                            let _ = this.fetch(&key, &p, &u, Some(stale), "EXPIRED", true).await;
+                            let _ = this.fetch(&key, &p, u, Some(stale), "EXPIRED", true).await;
                             let _ = this.store.unlock(&rkey, &token).await;
                         });
                     }
                     return self.serve_entry(&e, &parts, "UPDATING", now);
                 }
-                self.fetch(&key, &parts, &up, Some(e), "EXPIRED", store_ok)
+                self.fetch(&key, &parts, client, Some(e), "EXPIRED", store_ok)
                     .await
             }
-            None if store_ok => {
-                // Requests on this instance queue behind one local leader, so only the leader
-                // talks to the cross-instance Redis lock.
-                let follow = {
-                    let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                    match map.get(&key) {
-                        Some(rx) => Err(rx.clone()),
-                        None => {
-                            let (tx, rx) = tokio::sync::watch::channel(());
-                            map.insert(key.clone(), rx);
-                            Ok(Inflight {
-                                map: Arc::clone(&self.inflight),
-                                key: key.clone(),
-                                _done: tx,
-                            })
-                        }
-                    }
+            None if store_ok => self.coalesced_miss(&key, &parts, client).await,
+            None => self.fetch(&key, &parts, client, None, "MISS", false).await,
+        }
+    }
+
+    /// Joins the local fetch of `key` as a follower, or becomes its leader.
+    fn join_inflight(&self, key: &str) -> Result<Inflight, tokio::sync::watch::Receiver<Outcome>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(key) {
+            return Err(rx.clone());
+        }
+        let (done, rx) = tokio::sync::watch::channel(Outcome::Pending);
+        map.insert(key.to_string(), rx);
+        Ok(Inflight {
+            map: Arc::clone(&self.inflight),
+            key: key.to_string(),
+            outcome: Outcome::Pending,
+            done,
+        })
+    }
+
+    /// A miss on this instance: requests for one key queue behind one local leader, so only
+    /// the leader talks to the cross-instance Redis lock and the upstream. When the leader's
+    /// fetch fails, one follower retries it; the others wait for that retry and, if it fails
+    /// too, get its error instead of all going to the upstream at once.
+    async fn coalesced_miss(&self, key: &str, parts: &request::Parts, client: IpAddr) -> Resp {
+        let mut failures_seen = 0;
+        loop {
+            let mut rx = match self.join_inflight(key) {
+                Ok(mut leader) => {
+                    let r = self.miss_with_lock(key, parts, client).await;
+                    // The statuses stale-if-error treats as failures count as failed fetches
+                    // here too: waiters must not all take them to the origin again.
+                    let failed = r.extensions().get::<UpstreamFailed>().is_some()
+                        || matches!(r.status().as_u16(), 500 | 502 | 503 | 504);
+                    leader.outcome = if failed {
+                        Outcome::Failed(r.status())
+                    } else {
+                        Outcome::Done
+                    };
+                    return r;
+                }
+                Err(rx) => rx,
+            };
+            Stats::bump(&self.stats.coalesced_waits);
+            let wait = Duration::from_millis(self.cfg.lock_wait_ms) + self.upstream_timeout;
+            let outcome =
+                match tokio::time::timeout(wait, rx.wait_for(|o| *o != Outcome::Pending)).await {
+                    Ok(Ok(o)) => *o,
+                    // The sender always publishes before it goes; a closed channel is a leader
+                    // that vanished without its guard running, treated like one that gave up.
+                    Ok(Err(_)) => Outcome::Abandoned,
+                    // Waited as long as a fetch may take: fetch without the others.
+                    Err(_) => Outcome::Pending,
                 };
-                match follow {
-                    Ok(_leader) => self.miss_with_lock(&key, &parts, &up).await,
-                    Err(mut rx) => {
-                        let wait =
-                            Duration::from_millis(self.cfg.lock_wait_ms) + self.upstream_timeout;
-                        let _ = tokio::time::timeout(wait, rx.changed()).await;
-                        let now = SystemTime::now();
-                        match self.lookup(&key, &parts).await {
-                            Ok(Some(e)) if freshness::is_fresh_for(&e, &parts, now) => {
-                                self.serve_entry(&e, &parts, "HIT", now)
-                            }
-                            other => {
-                                self.fetch(&key, &parts, &up, None, "MISS", other.is_ok())
-                                    .await
-                            }
+            match outcome {
+                Outcome::Abandoned => continue,
+                Outcome::Failed(_) if failures_seen == 0 => {
+                    failures_seen += 1;
+                    continue;
+                }
+                Outcome::Failed(status) => {
+                    let mut r = plain(status, "upstream failed\n");
+                    r.extensions_mut().insert(UpstreamFailed);
+                    return r;
+                }
+                Outcome::Done | Outcome::Pending => {
+                    let now = SystemTime::now();
+                    return match self.lookup(key, parts).await {
+                        Ok(Some(e)) if freshness::is_fresh_for(&e, parts, now) => {
+                            self.serve_entry(&e, parts, "HIT", now)
                         }
-                    }
+                        other => {
+                            self.fetch(key, parts, client, None, "MISS", other.is_ok())
+                                .await
+                        }
+                    };
                 }
             }
-            None => self.fetch(&key, &parts, &up, None, "MISS", false).await,
         }
     }
 
     /// A miss with the cross-instance lock: one fetch for all instances, the others wait.
-    async fn miss_with_lock(&self, key: &str, parts: &request::Parts, up: &request::Parts) -> Resp {
+    async fn miss_with_lock(&self, key: &str, parts: &request::Parts, client: IpAddr) -> Resp {
         let token = self.token();
         let lkey = self.store.lock_key(key);
         let ttl = Duration::from_millis(self.cfg.lock_ttl_ms);
         match self.store.try_lock(&lkey, &token, ttl).await {
             Ok(true) => {
-                let r = self.fetch(key, parts, up, None, "MISS", true).await;
+                let r = self.fetch(key, parts, client, None, "MISS", true).await;
                 let _ = self.store.unlock(&lkey, &token).await;
                 r
             }
             Ok(false) => match self.wait_for(key, &lkey, parts).await {
                 Some(r) => r,
-                None => self.fetch(key, parts, up, None, "MISS", true).await,
+                None => self.fetch(key, parts, client, None, "MISS", true).await,
             },
-            Err(_) => self.fetch(key, parts, up, None, "MISS", false).await,
+            Err(_) => self.fetch(key, parts, client, None, "MISS", false).await,
         }
     }
 
@@ -846,7 +1020,7 @@ impl Proxy {
         &self,
         key: &str,
         parts: &request::Parts,
-        up: &request::Parts,
+        client: IpAddr,
         stale: Option<Entry>,
         label: &'static str,
         store_ok: bool,
@@ -854,7 +1028,9 @@ impl Proxy {
         let now = SystemTime::now();
         let head = parts.method == Method::HEAD;
         let get = as_get(parts);
-        let mut send = as_get(up);
+        // Built only here: hits never pay for the copy and the header rewriting.
+        let up = upstream_parts(parts, client);
+        let mut send = as_get(&up);
         let stale_policy = stale.as_ref().and_then(|e| e.policy().ok());
         if let Some(policy) = &stale_policy {
             if let BeforeRequest::Stale {
@@ -877,7 +1053,7 @@ impl Proxy {
                 && !client_conditional(parts)
                 && !self.selects(e, parts, resp)
             {
-                sent = self.forward(&as_get(up), Bytes::new()).await;
+                sent = self.forward(&as_get(&up), Bytes::new()).await;
             }
         }
         let (mut resp, lease) = match sent {
@@ -971,10 +1147,19 @@ impl Proxy {
                     }
                 }
                 Ok(None) => break,
-                Ok(Some(Err(_))) => {
-                    return error_response(&FetchError::Failed("upstream body".into()))
+                // stale-if-error covers a body that breaks off too: nothing was sent yet.
+                Ok(Some(Err(e))) => {
+                    return self
+                        .serve_stale(stale.as_ref(), parts, now)
+                        .unwrap_or_else(|| error_response(&FetchError::Body(e)))
                 }
-                Err(_) => return error_response(&FetchError::Timeout),
+                Err(_) => {
+                    return self
+                        .serve_stale(stale.as_ref(), parts, now)
+                        .unwrap_or_else(|| {
+                            error_response(&FetchError::BodyTimeout(self.upstream_timeout))
+                        })
+                }
             }
         }
         let body = buf.freeze();
@@ -985,6 +1170,7 @@ impl Proxy {
             *r.version_mut() = http::Version::HTTP_11;
             return with_x_cache(r, label);
         };
+        let variants = self.compress(status, &p.headers, &body);
         let entry = Entry {
             stored_at_ms: millis(now),
             fresh_until_ms: millis(now + decision.fresh_for),
@@ -994,6 +1180,7 @@ impl Proxy {
             headers: p.headers,
             body,
             policy_json,
+            variants,
         };
         self.store_entry(key, &get, &entry, decision.keep_for).await;
         self.serve_entry(&entry, parts, label, now)

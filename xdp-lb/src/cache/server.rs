@@ -19,8 +19,8 @@ use super::stats::Stats;
 pub enum ServeError {
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
+    #[error("cannot listen on {0}")]
+    Bind(SocketAddr, #[source] std::io::Error),
 }
 
 /// Clients that do not finish their request headers within this time are dropped.
@@ -77,6 +77,13 @@ impl Server {
             })
         });
         let follower = self.proxy.hot_follower().map(tokio::spawn);
+        // A Redis that is down is not fatal (requests go to the upstreams), but the operator
+        // should hear it now rather than from the hit rate; the failed ping logs it, and the
+        // watcher logs its return.
+        let store = self.proxy.store().clone();
+        store.announce_outages();
+        let _ = store.ping().await;
+        let watcher = tokio::spawn(store.watch());
         log::info!("cache: listening on {}", self.local_addr());
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -116,7 +123,7 @@ impl Server {
         {
             log::warn!("cache: connections still busy after {DRAIN:?}; dropping them");
         }
-        for task in [follower, stats_log].into_iter().flatten() {
+        for task in [follower, stats_log, Some(watcher)].into_iter().flatten() {
             task.abort();
         }
         log::info!("cache: stopped; {}", stats.snapshot());

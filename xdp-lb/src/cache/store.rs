@@ -1,6 +1,6 @@
 //! Redis access for the cache: single node or cluster, every operation bounded by a timeout so a
 //! slow or absent Redis degrades to "no cache" instead of failing requests.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,12 +10,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue};
 use tokio::sync::Mutex;
 
-use super::config::RedisConfig;
+use super::config::{ConfigError, RedisConfig};
 use super::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis: {0}")]
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
@@ -28,6 +30,7 @@ impl StoreError {
     fn is_unreachable(&self) -> bool {
         match self {
             StoreError::Timeout(_) | StoreError::Unavailable => true,
+            StoreError::Config(_) => false,
             StoreError::Redis(e) => {
                 e.is_io_error()
                     || e.is_connection_refusal()
@@ -73,11 +76,20 @@ pub struct Store {
     /// Until this time (ms since the epoch) Redis is not asked at all: after a connection
     /// failure or timeout, requests skip it instead of each waiting out the timeout.
     skip_until_ms: Arc<AtomicU64>,
+    /// Whether the last attempt found Redis unreachable, so an outage is logged once when it
+    /// starts and once when it ends rather than on every request.
+    down: Arc<AtomicBool>,
+    /// The configured nodes, for log lines.
+    nodes: Arc<str>,
+    /// Whether outages are logged as warnings; only a serving proxy does (the one-shot verbs
+    /// report the error themselves).
+    announce: Arc<AtomicBool>,
 }
 
 impl Store {
-    /// Connects lazily: a Redis that is down at start-up is not an error.
+    /// Connects lazily: a Redis that is down at start-up is not an error (see [`Store::ping`]).
     pub fn new(cfg: &RedisConfig, stats: Arc<Stats>) -> Result<Self, StoreError> {
+        cfg.validate()?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let conn = if cfg.cluster {
             let client = ClusterClient::builder(cfg.nodes.clone())
@@ -104,7 +116,41 @@ impl Store {
             prefix: cfg.key_prefix.as_str().into(),
             stats,
             skip_until_ms: Arc::new(AtomicU64::new(0)),
+            down: Arc::new(AtomicBool::new(false)),
+            nodes: cfg.nodes.join(", ").into(),
+            announce: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// One PING under the timeout, ignoring the skip window (start-up checks and the probe
+    /// that notices Redis coming back).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let res = self.run::<String>(redis::cmd("PING").clone()).await;
+        self.note(&res, true);
+        res.map(drop)
+    }
+
+    /// Logs the start and end of Redis outages from now on (for a serving proxy).
+    pub fn announce_outages(&self) {
+        self.announce.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the last attempt found Redis unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Pings Redis while it is down, so its return is noticed (and logged) without waiting
+    /// for traffic; runs until aborted.
+    pub async fn watch(self) {
+        loop {
+            tokio::time::sleep(SKIP_AFTER_FAILURE).await;
+            if self.is_down() {
+                // Not counted as errors: the outage was counted when requests met it.
+                let res = self.run::<String>(redis::cmd("PING").clone()).await;
+                self.note(&res, false);
+            }
+        }
     }
 
     pub fn entry_key(&self, key: &str) -> String {
@@ -138,41 +184,75 @@ impl Store {
         Ok(c)
     }
 
-    /// Runs one command under the timeout; failures are counted in the stats.
-    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
-        let now = now_ms();
-        if now < self.skip_until_ms.load(Ordering::Relaxed) {
-            Stats::bump(&self.stats.errors);
-            return Err(StoreError::Unavailable);
-        }
-        let res = async {
-            let fut = async {
-                match &*self.conn {
-                    Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
-                    Conn::Cluster { .. } => {
-                        let mut c = self.cluster_conn().await?;
-                        return Ok(cmd.query_async::<T>(&mut c).await?);
-                    }
+    /// Runs one command under the timeout, without the skip window or bookkeeping.
+    async fn run<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let fut = async {
+            match &*self.conn {
+                Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
+                Conn::Cluster { .. } => {
+                    let mut c = self.cluster_conn().await?;
+                    return Ok(cmd.query_async::<T>(&mut c).await?);
                 }
-                .map_err(StoreError::from)
-            };
-            tokio::time::timeout(self.timeout, fut)
-                .await
-                .map_err(|_| StoreError::Timeout(self.timeout))?
-        }
-        .await;
-        if let Err(e) = &res {
-            Stats::bump(&self.stats.errors);
-            if e.is_unreachable() {
+            }
+            .map_err(StoreError::from)
+        };
+        let res = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?;
+        self.stats.redis_latency(started.elapsed());
+        res
+    }
+
+    /// Counts a failure, opens the skip window when Redis is unreachable, and logs the start
+    /// and the end of an outage once each.
+    fn note<T>(&self, res: &Result<T, StoreError>, count: bool) {
+        self.stats
+            .redis_reached(res.as_ref().map_or_else(|e| !e.is_unreachable(), |_| true));
+        match res {
+            Ok(_) => {
+                if self.down.swap(false, Ordering::Relaxed) && self.announce.load(Ordering::Relaxed)
+                {
+                    log::info!(
+                        "cache: redis ({}) answers again; caching resumed",
+                        self.nodes
+                    );
+                }
+            }
+            Err(e) => {
+                if count {
+                    Stats::bump(&self.stats.errors);
+                }
+                if !e.is_unreachable() {
+                    log::debug!("cache store: {}", super::Causes(e));
+                    return;
+                }
                 self.skip_until_ms.store(
                     now_ms() + SKIP_AFTER_FAILURE.as_millis() as u64,
                     Ordering::Relaxed,
                 );
-                log::warn!("cache store: {e}; serving without redis for {SKIP_AFTER_FAILURE:?}");
-            } else {
-                log::debug!("cache store: {e}");
+                if !self.down.swap(true, Ordering::Relaxed) && self.announce.load(Ordering::Relaxed)
+                {
+                    log::warn!(
+                        "cache: redis ({}) cannot be reached: {}; serving uncached until it answers",
+                        self.nodes,
+                        super::Causes(e)
+                    );
+                } else {
+                    log::debug!("cache store: {}", super::Causes(e));
+                }
             }
         }
+    }
+
+    /// Runs one command under the timeout; skipped while Redis is known to be unreachable.
+    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        if now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+            Stats::bump(&self.stats.errors);
+            return Err(StoreError::Unavailable);
+        }
+        let res = self.run(cmd).await;
+        self.note(&res, true);
         res
     }
 
@@ -291,9 +371,7 @@ impl Store {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(limit)),
         };
-        if res.is_err() {
-            Stats::bump(&self.stats.errors);
-        }
+        self.note(&res, true);
         res
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::config::{Balance, CacheConfig};
+use super::config::{Algorithm, CacheConfig};
 
 struct Health {
     fails: u32,
@@ -22,7 +22,7 @@ pub struct Upstream {
 
 pub struct Pool {
     upstreams: Vec<Upstream>,
-    balance: Balance,
+    algorithm: Algorithm,
     max_fails: u32,
     fail_timeout: Duration,
     /// Smooth weighted round-robin state (current weights), as nginx does it.
@@ -68,7 +68,7 @@ impl Pool {
         let n = upstreams.len();
         Arc::new(Self {
             upstreams,
-            balance: cfg.balance,
+            algorithm: cfg.algorithm,
             max_fails: cfg.max_fails,
             fail_timeout: Duration::from_millis(cfg.fail_timeout_ms),
             current: Mutex::new(vec![0; n]),
@@ -107,8 +107,8 @@ impl Pool {
             .filter(|&i| self.is_up(i, now))
             .collect();
         let set = if up.is_empty() { &candidates } else { &up };
-        let index = match self.balance {
-            Balance::RoundRobin => {
+        let index = match self.algorithm {
+            Algorithm::RoundRobin => {
                 let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
                 let total: i64 = set.iter().map(|&i| self.upstreams[i].weight).sum();
                 let mut best = set[0];
@@ -121,7 +121,7 @@ impl Pool {
                 cur[best] -= total;
                 best
             }
-            Balance::LeastConn => *set
+            Algorithm::LeastConn => *set
                 .iter()
                 .min_by(|&&a, &&b| {
                     // Compare active/weight without division: a_active * b_weight vs b_active * a_weight.
@@ -179,7 +179,7 @@ mod tests {
     use super::*;
     use crate::cache::config::UpstreamConfig;
 
-    fn pool(weights: &[u32], balance: Balance) -> Arc<Pool> {
+    fn pool(weights: &[u32], algorithm: Algorithm) -> Arc<Pool> {
         let cfg = CacheConfig {
             upstreams: weights
                 .iter()
@@ -189,7 +189,7 @@ mod tests {
                     weight: w,
                 })
                 .collect(),
-            balance,
+            algorithm,
             max_fails: 2,
             ..CacheConfig::default()
         };
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_follows_weights() {
-        let p = pool(&[3, 1], Balance::RoundRobin);
+        let p = pool(&[3, 1], Algorithm::RoundRobin);
         let picks: Vec<usize> = (0..8).map(|_| p.pick(&[]).unwrap().index).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         // Smooth: the light upstream is not starved for a run of 3.
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn least_conn_avoids_busy_upstream() {
-        let p = pool(&[1, 1], Balance::LeastConn);
+        let p = pool(&[1, 1], Algorithm::LeastConn);
         let held = p.pick(&[]).unwrap();
         let next = p.pick(&[]).unwrap();
         assert_ne!(held.index, next.index);
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn failed_upstream_is_skipped_until_success() {
-        let p = pool(&[1, 1], Balance::RoundRobin);
+        let p = pool(&[1, 1], Algorithm::RoundRobin);
         p.report_failure(0);
         assert!(
             (0..4).any(|_| p.pick(&[]).unwrap().index == 0),

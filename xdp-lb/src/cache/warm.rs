@@ -1,6 +1,7 @@
 //! `xdp-lb cache warm FILE`: fetches a list of URLs through the upstream pool and stores the
 //! cacheable answers with pipelined Redis writes, showing a progress bar.
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,6 +10,8 @@ use tokio::task::JoinSet;
 use super::config::CacheConfig;
 use super::proxy::{Proxy, ProxyError, Warmed};
 use super::stats::Stats;
+use super::store::StoreError;
+use super::Causes;
 
 /// URLs fetched at once.
 const CONCURRENCY: usize = 16;
@@ -17,12 +20,16 @@ const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmFileError {
-    #[error("reading {0}: {1}")]
-    Read(String, std::io::Error),
-    #[error("line {0}: {1:?} is not an absolute http url")]
-    BadUrl(usize, String),
+    #[error("cannot read the url list {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{0}, line {1}: {2:?} is not an absolute http url (e.g. http://example.org/a)")]
+    BadUrl(PathBuf, usize, String),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// Checked before anything is fetched, so a warm-up without Redis fails at once instead of
+    /// loading the upstreams for nothing.
+    #[error("redis does not answer; nothing was fetched")]
+    RedisDown(#[source] StoreError),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,25 +41,33 @@ pub struct WarmReport {
 
 /// Reads one URL per line; blank lines and `#` comments are skipped.
 pub fn read_urls(path: &Path) -> Result<Vec<http::Uri>, WarmFileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| WarmFileError::Read(path.display().to_string(), e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| WarmFileError::Read(path.to_path_buf(), e))?;
     text.lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
         .map(|(n, l)| match l.parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Ok(u),
-            _ => Err(WarmFileError::BadUrl(n, l.to_string())),
+            _ => Err(WarmFileError::BadUrl(path.to_path_buf(), n, l.to_string())),
         })
         .collect()
 }
 
+/// Fetches and stores `urls`. With `show_progress` and a terminal on stderr a progress bar is
+/// drawn; the URLs that failed are printed to stderr either way (cron and CI logs need them).
 pub async fn warm(
     cfg: CacheConfig,
     urls: Vec<http::Uri>,
     show_progress: bool,
 ) -> Result<WarmReport, WarmFileError> {
     let proxy = Proxy::new(cfg, Arc::new(Stats::default()))?;
+    proxy
+        .store()
+        .ping()
+        .await
+        .map_err(WarmFileError::RedisDown)?;
+    let show_progress = show_progress && std::io::stderr().is_terminal();
     let bar = if show_progress {
         ProgressBar::new(urls.len() as u64)
     } else {
@@ -92,7 +107,12 @@ pub async fn warm(
             Ok(Warmed::NotStorable(_) | Warmed::TooLarge) => report.not_storable += 1,
             Err(e) => {
                 report.failed += 1;
-                bar.println(format!("{uri}: {e}"));
+                let line = format!("failed: {uri}: {}", Causes(&e));
+                if show_progress {
+                    bar.println(line);
+                } else {
+                    eprintln!("{line}");
+                }
             }
         }
         if batch.len() >= BATCH {
@@ -116,7 +136,11 @@ async fn flush(
     match proxy.store().set_many(batch).await {
         Ok(()) => report.stored += batch.len(),
         Err(e) => {
-            log::warn!("cache warm: writing {} entries: {e}", batch.len());
+            eprintln!(
+                "failed: writing {} entries to redis: {}",
+                batch.len(),
+                Causes(&e)
+            );
             report.failed += batch.len();
         }
     }

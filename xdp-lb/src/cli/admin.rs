@@ -417,7 +417,8 @@ fn si(v: f64) -> String {
 
 fn header() -> Vec<String> {
     [
-        "SERVICE", "BACKEND", "STATE", "WEIGHT", "SHARE", "FLOWS", "PKT/S", "BIT/S", "NEW/S",
+        "SERVICE", "BACKEND", "STATE", "HEALTH", "CHECK", "WEIGHT", "SHARE", "FLOWS", "PKT/S",
+        "BIT/S", "NEW/S",
     ]
     .into_iter()
     .map(String::from)
@@ -425,15 +426,40 @@ fn header() -> Vec<String> {
 }
 
 fn backend_row(service: &str, b: &BackendStatus) -> Vec<String> {
-    let state = match b.drain_remaining_secs {
+    let mut state = match b.drain_remaining_secs {
         Some(s) => format!("{} ({:.0}s left)", b.state, s),
         None => b.state.to_string(),
+    };
+    // Admin state first; what the data plane does when health changes it.
+    if b.effective_state != b.state {
+        let _ = write!(state, " -> {}", b.effective_state);
+    }
+    if b.backup {
+        state.push_str(" (backup)");
+    }
+    let (health, check) = match &b.health {
+        None => ("unchecked".to_string(), "-".to_string()),
+        Some(h) => (
+            if h.up { "up" } else { "down" }.to_string(),
+            match (&h.last_result, h.last_latency_ms) {
+                (None, _) => format!("{} (not yet)", h.check),
+                (Some(r), Some(ms)) if r == "ok" => format!("{} ok {ms:.1}ms", h.check),
+                (Some(r), _) => format!("{} {r}", h.check),
+            },
+        ),
+    };
+    let weight = if b.effective_weight != b.weight && b.effective_state == BackendState::Active {
+        format!("{}/{}", b.effective_weight, b.weight)
+    } else {
+        b.weight.to_string()
     };
     vec![
         service.to_string(),
         b.addr.to_string(),
         state,
-        b.weight.to_string(),
+        health,
+        check,
+        weight,
         format!("{:.1}%", b.table_share),
         b.flows.to_string(),
         si(b.packets_per_sec),
@@ -485,7 +511,7 @@ fn render_status(s: &Status) -> String {
     for svc in &s.services {
         let _ = writeln!(
             out,
-            "service {} {} ({}, {}): {} pkt/s, {} bit/s, {} new flows/s{}",
+            "service {} {} ({}, {}): {} pkt/s, {} bit/s, {} new flows/s, serving {}{}",
             svc.name,
             svc.endpoint,
             svc.algorithm,
@@ -493,6 +519,7 @@ fn render_status(s: &Status) -> String {
             si(svc.packets_per_sec),
             si(svc.bits_per_sec),
             si(svc.new_flows_per_sec),
+            svc.serving,
             if svc.from_flags {
                 " [from flags: read-only]"
             } else {
@@ -617,4 +644,75 @@ pub fn report(a: &AdminArgs, window: Duration) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::proto::HealthStatus;
+
+    fn row(health: Option<HealthStatus>, effective: BackendState, weights: (u32, u32)) -> String {
+        let b = BackendStatus {
+            addr: "198.18.1.2:8080".parse().unwrap(),
+            weight: weights.0,
+            state: BackendState::Active,
+            table_share: 50.0,
+            flows: 3,
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            packets_per_sec: 0.0,
+            bits_per_sec: 0.0,
+            new_flows_per_sec: 0.0,
+            drain_remaining_secs: None,
+            backup: true,
+            effective_state: effective,
+            effective_weight: weights.1,
+            health,
+        };
+        backend_row("web", &b).join(" | ")
+    }
+
+    fn health(up: bool, last: &str, latency: Option<f64>) -> HealthStatus {
+        HealthStatus {
+            up,
+            check: "tcp".into(),
+            target: "198.18.1.2:8080".parse().unwrap(),
+            last_result: Some(last.into()),
+            last_latency_ms: latency,
+            last_check_secs_ago: Some(0.1),
+            checks: 7,
+            streak: 0,
+            transitions: 1,
+            reason: None,
+            since_secs: None,
+        }
+    }
+
+    #[test]
+    fn backend_rows_show_admin_and_health_state() {
+        let down = row(
+            Some(health(false, "connection refused", None)),
+            BackendState::Down,
+            (3, 3),
+        );
+        assert!(
+            down.starts_with("web | 198.18.1.2:8080 | active -> down (backup) | down | tcp connection refused | 3 |"),
+            "{down}"
+        );
+        let ramp = row(
+            Some(health(true, "ok", Some(0.25))),
+            BackendState::Active,
+            (4, 1),
+        );
+        assert!(
+            ramp.contains("| active (backup) | up | tcp ok 0.2ms | 1/4 |"),
+            "{ramp}"
+        );
+        let unchecked = row(None, BackendState::Draining, (1, 1));
+        assert!(
+            unchecked.contains("| active -> draining (backup) | unchecked | - | 1 |"),
+            "{unchecked}"
+        );
+    }
 }

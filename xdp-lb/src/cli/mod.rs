@@ -186,6 +186,10 @@ pub struct RunArgs {
     /// Forwarding of the --vip service.
     #[arg(long, default_value = "nat", value_parser = ["nat", "dsr"], ignore_case = true)]
     pub forwarding: String,
+    /// Prometheus endpoint, ADDR:PORT or `off`. Overrides `[monitor] metrics_listen`;
+    /// default 127.0.0.1:9717.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Maglev table size of the --vip service (a prime). Default: 65537.
     #[arg(long)]
     pub table_size: Option<u32>,
@@ -205,6 +209,7 @@ impl RunArgs {
             algorithm: self.algorithm.to_ascii_lowercase(),
             forwarding: self.forwarding.to_ascii_lowercase(),
             table_size: self.table_size,
+            metrics_listen: self.metrics_listen.clone(),
         }
     }
 }

@@ -170,6 +170,9 @@ fn backend_to_table(b: &BackendConfig, forwarding: Forwarding) -> Table {
     if b.state != BackendState::Active {
         t["state"] = value(b.state.as_str());
     }
+    if b.backup {
+        t["backup"] = value(true);
+    }
     t
 }
 

@@ -24,7 +24,18 @@
 //! port = 8080                    # required for nat; for dsr optional and must equal the service port
 //! weight = 3                     # 1..=65535, default 1 (take a backend out with state, not weight 0)
 //! state = "active"               # active (default) | draining | down
+//! backup = false                 # true: gets new flows only while every primary is down
+//!
+//! [service.health_check]         # see `crate::health::config` for every key
+//! type = "tcp"                   # tcp (default for tcp services) | http | udp | none
 //! ```
+//!
+//! Health checks: a tcp service without a `health_check` table is checked with the
+//! library's default (tcp connect every 2 s, rise 2, fall 3); a udp service without
+//! one is not checked (a udp check needs a payload the backend answers, which only
+//! the operator knows). A backend's `[service.backend.health_check]` overrides the
+//! service's table key by key. `slow_start = "30s"` ramps a backend that came back;
+//! `on_all_down = "drop" | "fail-open"` says what happens when no backend is up.
 //!
 //! Rules beyond the syntax: every service has at least one and at most
 //! `MAX_BACKENDS_PER_SERVICE` backends; (vip, port, proto) and names are unique; a
@@ -42,6 +53,7 @@ use std::{
     collections::HashSet,
     fmt,
     net::{IpAddr, SocketAddr},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -50,7 +62,10 @@ use xdp_lb_common::{
     MAX_SERVICES,
 };
 
-use crate::cache::CacheConfig;
+use crate::{
+    cache::CacheConfig,
+    health::{self, policy::UnknownOnAllDown, HealthCheck, HealthCheckConfig, OnAllDown},
+};
 
 pub mod edit;
 
@@ -111,6 +126,8 @@ pub struct Sources {
     pub algorithm: String,
     pub forwarding: String,
     pub table_size: Option<u32>,
+    /// Overrides `[monitor] metrics_listen`: `ADDR:PORT` or `off`.
+    pub metrics_listen: Option<String>,
 }
 
 /// Default number of service slots the ring map is sized for.
@@ -159,6 +176,12 @@ pub struct ServiceConfig {
     /// Maglev table size M (prime).
     pub table_size: u32,
     pub backends: Vec<BackendConfig>,
+    /// The service's `[service.health_check]` table as written (resolved per backend
+    /// by `ServiceConfig::health_check`); kept raw so a re-read file compares equal.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Ramp time of a backend whose checks bring it back; `None`: full weight at once.
+    pub slow_start: Option<Duration>,
+    pub on_all_down: OnAllDown,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +192,24 @@ pub struct BackendConfig {
     /// 1..=MAX_WEIGHT.
     pub weight: u32,
     pub state: BackendState,
+    /// Gets new flows only while every primary backend of the service is down.
+    pub backup: bool,
+    /// The backend's `[service.backend.health_check]` override as written.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+impl BackendConfig {
+    /// An active primary backend with the default check.
+    pub fn new(addr: IpAddr, port: u16, weight: u32, state: BackendState) -> Self {
+        BackendConfig {
+            addr,
+            port,
+            weight,
+            state,
+            backup: false,
+            health_check: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -277,6 +318,26 @@ impl ServiceConfig {
     /// "VIP:PORT/PROTO", e.g. "198.18.100.1:80/tcp" or "[2001:db8::10]:80/tcp".
     pub fn endpoint(&self) -> String {
         format!("{}/{}", SocketAddr::new(self.vip, self.port), self.proto)
+    }
+
+    /// The check of backend `b`, or `None` when it is not checked (type "none", or a
+    /// udp service with no `health_check` table at all: see the module docs).
+    pub fn health_check(
+        &self,
+        b: &BackendConfig,
+    ) -> Result<Option<HealthCheck>, health::HealthConfigError> {
+        // A udp check needs `send`, which only the operator can give: with no table
+        // at all, a udp backend is not checked.
+        if self.proto == Proto::Udp && self.health_check.is_none() && b.health_check.is_none() {
+            return Ok(None);
+        }
+        let check = health::resolve(
+            &self.name,
+            b.socket_addr(),
+            self.health_check.as_ref(),
+            b.health_check.as_ref(),
+        )?;
+        Ok((check.kind() != health::CheckKind::None).then_some(check))
     }
 }
 
@@ -421,6 +482,21 @@ pub enum ConfigError {
     },
     #[error("{flag} needs --vip ADDR:PORT (the flags describe one service)")]
     FlagWithoutVip { flag: &'static str },
+    #[error("invalid health check")]
+    HealthCheck(#[source] health::HealthConfigError),
+    #[error("service {service:?}: slow_start = {value:?} is not a duration; write e.g. \"30s\" or \"2m\" (or leave it out for no slow start)")]
+    BadSlowStart {
+        service: String,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("service {service:?}")]
+    OnAllDown {
+        service: String,
+        #[source]
+        source: UnknownOnAllDown,
+    },
 }
 
 /// Loads the file named by `args.config` (if any), adds the flag-defined service (if
@@ -515,9 +591,20 @@ impl Default for MonitorSettings {
     }
 }
 
-fn monitor_settings(raw: Option<RawMonitor>) -> Result<MonitorSettings, ConfigError> {
+fn monitor_settings(
+    raw: Option<RawMonitor>,
+    listen_flag: Option<&str>,
+) -> Result<MonitorSettings, ConfigError> {
+    let mut raw = raw.unwrap_or(RawMonitor {
+        interval: None,
+        metrics_listen: None,
+        history: None,
+        alerts: None,
+    });
+    if let Some(l) = listen_flag {
+        raw.metrics_listen = Some(l.to_string());
+    }
     let mut m = MonitorSettings::default();
-    let Some(raw) = raw else { return Ok(m) };
     let bad = |key: &'static str, value: String, reason: String| ConfigError::BadMonitor {
         key,
         value,
@@ -572,6 +659,9 @@ struct RawService {
     table_size: Option<u32>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+    health_check: Option<HealthCheckConfig>,
+    slow_start: Option<String>,
+    on_all_down: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +671,8 @@ struct RawBackend {
     port: Option<i64>,
     weight: Option<i64>,
     state: Option<String>,
+    backup: Option<bool>,
+    health_check: Option<HealthCheckConfig>,
 }
 
 fn parse_raw(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
@@ -698,7 +790,7 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         max_table_size,
         services,
         cache: raw.cache,
-        monitor: monitor_settings(raw.monitor)?,
+        monitor: monitor_settings(raw.monitor, args.metrics_listen.as_deref())?,
         file_services,
     };
     validate_services(&cfg)?;
@@ -900,8 +992,30 @@ fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
             port,
             weight,
             state,
+            backup: b.backup.unwrap_or(false),
+            health_check: b.health_check,
         });
     }
+    let slow_start = match raw.slow_start {
+        None => None,
+        Some(value) => {
+            let d =
+                humantime::parse_duration(&value).map_err(|source| ConfigError::BadSlowStart {
+                    service: name.clone(),
+                    value: value.clone(),
+                    source,
+                })?;
+            // "0s" says "no slow start" as plainly as leaving the key out.
+            (!d.is_zero()).then_some(d)
+        }
+    };
+    let on_all_down = match raw.on_all_down.as_deref() {
+        None => OnAllDown::default(),
+        Some(value) => value.parse().map_err(|source| ConfigError::OnAllDown {
+            service: name.clone(),
+            source,
+        })?,
+    };
     Ok(ServiceConfig {
         name,
         vip,
@@ -911,6 +1025,9 @@ fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
         forwarding,
         table_size: raw.table_size.unwrap_or(DEFAULT_RING_SIZE),
         backends,
+        health_check: raw.health_check,
+        slow_start,
+        on_all_down,
     })
 }
 
@@ -1076,12 +1193,12 @@ fn service_from_flags(args: &Sources) -> Result<Option<ServiceConfig>, ConfigErr
         let b = BackendSpec::parse("--backend", spec)?;
         let port = resolve_backend_port(&name, forwarding, port, b.addr, b.port)?;
         let weight = check_weight(&name, spec, b.weight.map_or(1, i64::from))?;
-        backends.push(BackendConfig {
-            addr: b.addr,
+        backends.push(BackendConfig::new(
+            b.addr,
             port,
             weight,
-            state: BackendState::Active,
-        });
+            BackendState::Active,
+        ));
     }
     Ok(Some(ServiceConfig {
         name,
@@ -1092,6 +1209,9 @@ fn service_from_flags(args: &Sources) -> Result<Option<ServiceConfig>, ConfigErr
         forwarding,
         table_size: args.table_size.unwrap_or(DEFAULT_RING_SIZE),
         backends,
+        health_check: None,
+        slow_start: None,
+        on_all_down: OnAllDown::default(),
     }))
 }
 
@@ -1135,6 +1255,9 @@ fn validate_service(svc: &ServiceConfig, max_table_size: u32) -> Result<(), Conf
                 backend: b.socket_addr().to_string(),
             });
         }
+        // Resolved here so a bad check fails `check`, `run` and runtime changes
+        // before anything is programmed.
+        svc.health_check(b).map_err(ConfigError::HealthCheck)?;
     }
     let m = svc.table_size;
     if !is_prime(m) {
@@ -1290,18 +1413,13 @@ state = "down"
         assert_eq!(
             web.backends,
             vec![
-                BackendConfig {
-                    addr: "198.18.1.2".parse().unwrap(),
-                    port: 8080,
-                    weight: 3,
-                    state: BackendState::Active
-                },
-                BackendConfig {
-                    addr: "198.18.1.3".parse().unwrap(),
-                    port: 8080,
-                    weight: 1,
-                    state: BackendState::Draining
-                },
+                BackendConfig::new("198.18.1.2".parse().unwrap(), 8080, 3, BackendState::Active),
+                BackendConfig::new(
+                    "198.18.1.3".parse().unwrap(),
+                    8080,
+                    1,
+                    BackendState::Draining
+                ),
             ]
         );
         let dns = &cfg.services[1];
@@ -1765,5 +1883,103 @@ state = "down"
         assert!(!is_prime(0) && !is_prime(1) && !is_prime(65535) && !is_prime(1_000_001));
         assert_eq!(next_prime(100), 101);
         assert_eq!(next_prime(65536), 65537);
+    }
+
+    #[test]
+    fn health_keys_parse_and_resolve() {
+        let text = one(
+            "slow_start = \"30s\"\non_all_down = \"fail-open\"\n\
+             [service.health_check]\ntype = \"http\"\ninterval = \"500ms\"\npath = \"/healthz\"",
+            "backup = true\n[service.backend.health_check]\nport = 9000\nfall = 1",
+        );
+        let cfg = parse_str(&text).unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(web.slow_start, Some(Duration::from_secs(30)));
+        assert_eq!(web.on_all_down, OnAllDown::FailOpen);
+        let b = &web.backends[0];
+        assert!(b.backup);
+        let check = web.health_check(b).unwrap().expect("checked");
+        assert_eq!(check.kind(), health::CheckKind::Http);
+        assert_eq!(check.target, "198.18.1.2:9000".parse().unwrap());
+        assert_eq!(
+            (check.interval, check.fall),
+            (Duration::from_millis(500), 1)
+        );
+        // The same text read twice is the same configuration (the controller compares).
+        assert_eq!(parse_str(&text).unwrap(), cfg);
+    }
+
+    #[test]
+    fn without_a_table_tcp_services_get_the_default_check_udp_services_none() {
+        let cfg = parse_str(GOOD).unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(web.on_all_down, OnAllDown::Drop);
+        assert_eq!(web.slow_start, None);
+        assert!(!web.backends[0].backup);
+        let check = web
+            .health_check(&web.backends[0])
+            .unwrap()
+            .expect("tcp default");
+        assert_eq!(check.kind(), health::CheckKind::Tcp);
+        assert_eq!(check.target, web.backends[0].socket_addr());
+        assert_eq!((check.rise, check.fall), (2, 3));
+        let dns = &cfg.services[1];
+        assert_eq!(dns.health_check(&dns.backends[0]).unwrap(), None);
+        // type = "none" turns checks off for a tcp service.
+        let off = parse_str(&one("[service.health_check]\ntype = \"none\"", "")).unwrap();
+        assert_eq!(
+            off.services[0]
+                .health_check(&off.services[0].backends[0])
+                .unwrap(),
+            None
+        );
+        // A udp check on a udp service.
+        let udp = parse_str(
+            "interfaces = [\"eth0\"]\n[[service]]\nvip = \"198.18.100.1\"\nport = 53\nproto = \"udp\"\n\
+             [[service.backend]]\naddr = \"198.18.1.2\"\nport = 53\n\
+             [service.health_check]\ntype = \"udp\"\nsend = \"ping\"",
+        )
+        .unwrap();
+        let svc = &udp.services[0];
+        assert_eq!(
+            svc.health_check(&svc.backends[0]).unwrap().unwrap().kind(),
+            health::CheckKind::Udp
+        );
+    }
+
+    #[test]
+    fn bad_health_keys_fail_with_the_key_named() {
+        let cases = [
+            (
+                one("[service.health_check]\ninterval = \"soon\"", ""),
+                "service \"web\", backend 198.18.1.2:8080: health_check: interval = \"soon\" is not a duration",
+            ),
+            (
+                one("", "[service.backend.health_check]\ntype = \"icmp\""),
+                "type = \"icmp\" is unknown",
+            ),
+            (
+                one("[service.health_check]\ntype = \"udp\"", ""),
+                "needs send",
+            ),
+            (
+                one("slow_start = \"fast\"", ""),
+                "service \"web\": slow_start = \"fast\" is not a duration",
+            ),
+            (
+                one("on_all_down = \"open\"", ""),
+                "on_all_down = \"open\" is unknown; use \"drop\" or \"fail-open\"",
+            ),
+            (one("", "backup = \"yes\""), "invalid type"),
+            (
+                one("[service.health_check]\nintervall = \"1s\"", ""),
+                "unknown field `intervall`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = err(&text);
+            let chain = crate::dataplane::error_chain(&e);
+            assert!(chain.contains(needle), "{needle:?} not in {chain:?}");
+        }
     }
 }

@@ -9,8 +9,17 @@
 //! therefore keeps them; a change refuses to run while the file on disk differs from
 //! what was last loaded (the operator's unloaded edits would otherwise be applied
 //! behind their back, or overwritten).
+//!
+//! Health is a runtime overlay on the desired configuration, never saved into the
+//! file: the planner is fed the *effective* configuration ([`effective`]) derived from
+//! the desired one and the last health events. A backend its checks call down is
+//! down (a draining one too: it loses its flows); an operator's `down`/`drain` wins
+//! over a passing check, and `up` hands the backend back to its last known health;
+//! a healthy backup is draining (keeps its flows, gets no new ones) while any
+//! primary is up; with every backend down a service drops new flows or fails open
+//! (`on_all_down`); a backend that came back ramps its weight up (`slow_start`).
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -19,8 +28,8 @@ use xdp_lb_common::Counters;
 
 use crate::{
     admin::proto::{
-        ApiError, BackendRow, BackendStatus, Changed, Command, ErrorKind, Event, NewService,
-        Origin, Reply, ServiceStatus, Status,
+        ApiError, BackendRow, BackendStatus, Changed, Command, ErrorKind, Event, HealthStatus,
+        NewService, Origin, Reply, ServiceStatus, Serving, Status,
     },
     config::{
         self,
@@ -28,8 +37,12 @@ use crate::{
         BackendConfig, BackendSpec, BackendState, Config, Forwarding, ServiceConfig, Sources,
     },
     dataplane::{Dataplane, FlowCounts},
+    health::{
+        policy::{self, slow_start_next_step, slow_start_weight},
+        BackendHealth, HealthChecker, HealthEvent, Member, OnAllDown, Selection, Target,
+    },
     monitor::{BackendSample, DataplaneSample, ReasonCount, ServiceSample},
-    plan::{Change, Planner},
+    plan::{Change, Plan, Planner},
 };
 
 /// Events kept for `status`.
@@ -43,6 +56,143 @@ struct Sample {
     at: Instant,
     services: HashMap<String, Counters>,
     backends: HashMap<(String, SocketAddr), Counters>,
+}
+
+/// A backend of a service, by name and address: how health is keyed.
+type Key = (String, SocketAddr);
+
+/// What the controller needs of the health checker: `HealthChecker` in the daemon, a
+/// recorder in the tests.
+pub trait HealthSource {
+    /// The backends to check now (a reload, a runtime change).
+    fn update(&mut self, targets: Vec<Target>);
+    /// The checker's view of every target, for `status`.
+    fn snapshot(&self) -> Vec<BackendHealth>;
+}
+
+impl HealthSource for HealthChecker {
+    fn update(&mut self, targets: Vec<Target>) {
+        HealthChecker::update(self, targets);
+    }
+
+    fn snapshot(&self) -> Vec<BackendHealth> {
+        HealthChecker::snapshot(self)
+    }
+}
+
+/// The last health event of one checked backend: the runtime overlay.
+#[derive(Debug, Clone)]
+struct Health {
+    up: bool,
+    /// When it flipped (slow start counts from here).
+    since: Instant,
+    /// Why, in words: the Event's reason.
+    reason: String,
+    transitions: u64,
+}
+
+/// The configuration the planner gets, and what health made of each service.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub cfg: Config,
+    /// Per service of `cfg`, in order.
+    pub serving: Vec<Serving>,
+    /// When the next slow-start step changes a weight.
+    pub next_step: Option<Instant>,
+}
+
+/// `desired` with health applied; `health` holds the backends whose checks reported
+/// (absent: up, the checker's initial state). Pure, so every rule is unit-tested.
+fn effective(desired: &Config, health: &HashMap<Key, Health>, now: Instant) -> Effective {
+    let mut cfg = desired.clone();
+    let mut serving = Vec::with_capacity(cfg.services.len());
+    let mut next_step: Option<Instant> = None;
+    for svc in &mut cfg.services {
+        let record = |addr: SocketAddr| health.get(&(svc.name.clone(), addr));
+        let healthy: Vec<bool> = svc
+            .backends
+            .iter()
+            .map(|b| record(b.socket_addr()).is_none_or(|h| h.up))
+            .collect();
+        // Only backends the operator left active compete for new flows.
+        let members: Vec<usize> = (0..svc.backends.len())
+            .filter(|&i| svc.backends[i].state == BackendState::Active)
+            .collect();
+        let picked = policy::eligible(
+            &members
+                .iter()
+                .map(|&i| Member {
+                    backup: svc.backends[i].backup,
+                    up: healthy[i],
+                })
+                .collect::<Vec<_>>(),
+            svc.on_all_down,
+        );
+        let chosen: HashSet<usize> = picked.backends.iter().map(|&k| members[k]).collect();
+        serving.push(if members.is_empty() {
+            Serving::NoActive
+        } else {
+            match picked.selection {
+                Selection::Primaries => Serving::Primaries,
+                Selection::Backups => Serving::Backups,
+                Selection::AllDownDrop => Serving::AllDownDrop,
+                Selection::AllDownFailOpen => Serving::AllDownFailOpen,
+            }
+        });
+        let fail_open = picked.selection == Selection::AllDownFailOpen;
+        let (name, slow_start) = (svc.name.clone(), svc.slow_start);
+        for (i, b) in svc.backends.iter_mut().enumerate() {
+            b.state = match b.state {
+                BackendState::Down => BackendState::Down,
+                // A draining backend that fails its checks loses its flows too.
+                BackendState::Draining if healthy[i] => BackendState::Draining,
+                BackendState::Draining => BackendState::Down,
+                BackendState::Active if chosen.contains(&i) => BackendState::Active,
+                // A healthy backup while a primary is up: its flows stay, new ones
+                // go to the primaries.
+                BackendState::Active if healthy[i] => BackendState::Draining,
+                BackendState::Active => BackendState::Down,
+            };
+            if b.state != BackendState::Active || fail_open {
+                continue;
+            }
+            let (Some(ramp), Some(h)) = (slow_start, health.get(&(name.clone(), b.socket_addr())))
+            else {
+                continue;
+            };
+            let since_up = now.saturating_duration_since(h.since);
+            b.weight = slow_start_weight(b.weight, since_up, ramp);
+            if let Some(step) = slow_start_next_step(since_up, ramp) {
+                let at = now + step;
+                next_step = Some(next_step.map_or(at, |n| n.min(at)));
+            }
+        }
+    }
+    Effective {
+        cfg,
+        serving,
+        next_step,
+    }
+}
+
+/// The health-check targets of `cfg`: every backend whose check is not "none".
+pub fn health_targets(cfg: &Config) -> Vec<Target> {
+    cfg.services
+        .iter()
+        .flat_map(|svc| {
+            svc.backends.iter().filter_map(move |b| {
+                // Validated when the configuration was loaded or changed.
+                let check = svc.health_check(b).ok().flatten()?;
+                Some(Target::new(svc.name.clone(), b.socket_addr(), check))
+            })
+        })
+        .collect()
+}
+
+/// What the planner is first given: `cfg` with every backend healthy (the checker's
+/// initial state), so backups start out draining.
+pub fn startup_config(cfg: &Config) -> Config {
+    effective(cfg, &HashMap::new(), Instant::now()).cfg
 }
 
 pub struct Controller<D> {
@@ -63,6 +213,14 @@ pub struct Controller<D> {
     /// The last flow-table walk for the monitor, and when it was taken.
     monitor_flows: Option<(Instant, FlowCounts)>,
     interfaces: Vec<String>,
+    /// Health of the checked backends that reported (see the module docs).
+    health: HashMap<Key, Health>,
+    checker: Option<Box<dyn HealthSource>>,
+    /// What each service served at the last publish, to log changes once.
+    serving: HashMap<String, (Serving, Instant)>,
+    /// When the next slow-start step is due.
+    ramp_deadline: Option<Instant>,
+    health_transitions: u64,
     pinned: Option<Pinned>,
 }
 
@@ -104,11 +262,190 @@ impl<D: Dataplane> Controller<D> {
             monitor_flows: None,
             interfaces,
             pinned: None,
+            health: HashMap::new(),
+            checker: None,
+            serving: HashMap::new(),
+            ramp_deadline: None,
+            health_transitions: 0,
         };
         for change in initial {
             c.record(Origin::File, None, change);
         }
+        // The caller may have programmed `cfg` as it is: publish the effective
+        // configuration (backups draining) before anything else happens.
+        let cfg = c.cfg.clone();
+        let health = c.health.clone();
+        match c.publish(&cfg, &health, Instant::now()) {
+            Ok(plan) => {
+                for change in plan.changes {
+                    c.record(Origin::File, None, change);
+                }
+            }
+            Err(e) => log::error!("publishing the effective configuration: {e}"),
+        }
         c
+    }
+
+    /// Hands the health checker to the controller, which gives it the current
+    /// targets now and after every committed change.
+    pub fn attach_health(&mut self, mut checker: Box<dyn HealthSource>) {
+        checker.update(health_targets(&self.cfg));
+        self.checker = Some(checker);
+    }
+
+    /// The configuration the data plane runs: the desired one with health applied.
+    pub fn effective(&self) -> Effective {
+        effective(&self.cfg, &self.health, Instant::now())
+    }
+
+    /// Applies one health event: the backend's table entries follow its health, the
+    /// changes are recorded with origin health and the check's verdict as reason.
+    pub fn health_event(&mut self, ev: HealthEvent, now: Instant) -> Vec<Event> {
+        let key = (ev.service.clone(), ev.backend);
+        if !self.checked().contains(&key) {
+            // Sent just before a reload removed it (or stopped checking it).
+            log::debug!(
+                "health: ignoring an event for {} of service {}, which is not checked any more",
+                ev.backend,
+                ev.service
+            );
+            return Vec::new();
+        }
+        let reason = match (&ev.reason, ev.latency) {
+            (Some(failure), _) => format!("health check failed: {failure}"),
+            (None, Some(latency)) => format!(
+                "health check passed in {:.1} ms",
+                latency.as_secs_f64() * 1000.0
+            ),
+            (None, None) => "health check passed".to_string(),
+        };
+        let transitions = self.health.get(&key).map_or(0, |h| h.transitions) + 1;
+        self.health.insert(
+            key,
+            Health {
+                up: ev.up,
+                since: ev.at,
+                reason: reason.clone(),
+                transitions,
+            },
+        );
+        self.health_transitions += 1;
+        let cfg = self.cfg.clone();
+        let health = self.health.clone();
+        let word = if ev.up { "up" } else { "down" };
+        match self.publish(&cfg, &health, now) {
+            Ok(plan) => {
+                let events: Vec<Event> = plan
+                    .changes
+                    .into_iter()
+                    .map(|c| self.record(Origin::Health, Some(reason.clone()), c))
+                    .collect();
+                if events.is_empty() {
+                    let admin = backend_state(&self.cfg, &ev.service, ev.backend)
+                        .map_or("unknown", BackendState::as_str);
+                    log::info!(
+                        "[health] service {}: {} is {word} ({reason}); no table change (admin state {admin})",
+                        ev.service,
+                        ev.backend
+                    );
+                }
+                events
+            }
+            Err(e) => {
+                log::error!(
+                    "[health] service {}: {} is {word} ({reason}) but the change could not be applied: {e}; the next change retries it",
+                    ev.service,
+                    ev.backend
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Backends that are health-checked now.
+    fn checked(&self) -> HashSet<Key> {
+        health_targets(&self.cfg)
+            .into_iter()
+            .map(|t| (t.service, t.backend))
+            .collect()
+    }
+
+    /// Plans and writes the effective form of `desired` under `health`; on success
+    /// the planner, generation, slow-start timer and serving log follow. On error
+    /// nothing changed.
+    fn publish(
+        &mut self,
+        desired: &Config,
+        health: &HashMap<Key, Health>,
+        now: Instant,
+    ) -> Result<Plan, ApiError> {
+        let eff = effective(desired, health, now);
+        let mut planner = self.planner.clone();
+        let plan = planner
+            .apply(&eff.cfg)
+            .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        self.dp.apply(&plan).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Dataplane,
+                format!("the kernel refused the change: {}", error_text(&e)),
+            )
+        })?;
+        self.planner = planner;
+        if !plan.is_empty() {
+            self.generation += 1;
+        }
+        self.ramp_deadline = eff.next_step;
+        self.log_serving(desired, &eff.serving, now);
+        Ok(plan)
+    }
+
+    /// Logs, once each, a service entering or leaving "every backend down" (loudly)
+    /// and the backups taking over or handing back.
+    fn log_serving(&mut self, desired: &Config, serving: &[Serving], now: Instant) {
+        let mut seen = HashSet::new();
+        for (svc, &now_serving) in desired.services.iter().zip(serving) {
+            seen.insert(svc.name.clone());
+            let (before, since) = self
+                .serving
+                .get(&svc.name)
+                .copied()
+                .unwrap_or((Serving::Primaries, now));
+            if before == now_serving {
+                continue;
+            }
+            let all_down =
+                |s: Serving| matches!(s, Serving::AllDownDrop | Serving::AllDownFailOpen);
+            let lasted = humantime::format_duration(Duration::from_millis(
+                now.saturating_duration_since(since).as_millis() as u64,
+            ));
+            if all_down(before) && !all_down(now_serving) {
+                log::warn!(
+                    "service {}: ALL BACKENDS DOWN ended after {lasted}: new connections go to the {now_serving} again",
+                    svc.name
+                );
+            }
+            match now_serving {
+                Serving::AllDownDrop => log::error!(
+                    "service {}: ALL BACKENDS DOWN: on_all_down = \"drop\": new connections are dropped (counted as drop_no_backend) until a backend passes its checks",
+                    svc.name
+                ),
+                Serving::AllDownFailOpen => log::error!(
+                    "service {}: ALL BACKENDS DOWN: on_all_down = \"fail-open\": new connections go to every configured backend as if all were up",
+                    svc.name
+                ),
+                Serving::Backups => log::warn!(
+                    "service {}: every primary backend is down: the backups take new connections",
+                    svc.name
+                ),
+                Serving::Primaries if before == Serving::Backups => log::info!(
+                    "service {}: a primary backend is up again: new connections go to the primaries",
+                    svc.name
+                ),
+                Serving::Primaries | Serving::NoActive => {}
+            }
+            self.serving.insert(svc.name.clone(), (now_serving, now));
+        }
+        self.serving.retain(|name, _| seen.contains(name));
     }
 
     pub fn config(&self) -> &Config {
@@ -305,21 +642,24 @@ impl<D: Dataplane> Controller<D> {
         reason: Option<String>,
         drain: Option<DrainTimer>,
     ) -> Result<Vec<Event>, ApiError> {
-        let mut planner = self.planner.clone();
-        let plan = planner
-            .apply(&new)
-            .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
-        self.dp.apply(&plan).map_err(|e| {
-            ApiError::new(
-                ErrorKind::Dataplane,
-                format!("the kernel refused the change: {}", error_text(&e)),
-            )
-        })?;
-        self.planner = planner;
+        // Health of backends that are no longer checked (removed, or their check
+        // turned off) is void: they count as up.
+        let targets = health_targets(&new);
+        let checked: HashSet<Key> = targets
+            .iter()
+            .map(|t| (t.service.clone(), t.backend))
+            .collect();
+        let mut health = self.health.clone();
+        health.retain(|k, _| checked.contains(k));
+        // The planner gets the effective configuration; the desired one is kept (and
+        // was saved by the caller).
+        let plan = self.publish(&new, &health, Instant::now())?;
+        let desired_changed = new != self.cfg;
+        self.health = health;
         self.cfg = new;
         self.file_text = text;
-        if !plan.is_empty() {
-            self.generation += 1;
+        if let Some(checker) = &mut self.checker {
+            checker.update(targets);
         }
         // Timers of backends that are no longer draining (undrained, removed, or
         // changed in the file) are void.
@@ -336,7 +676,13 @@ impl<D: Dataplane> Controller<D> {
             .into_iter()
             .map(|c| self.record(origin, reason.clone(), c))
             .collect();
-        if events.is_empty() {
+        if events.is_empty() && desired_changed {
+            // E.g. `up` for a backend its checks call down: saved, and it comes back
+            // when they pass.
+            log::info!(
+                "{origin}: saved; the tables are unchanged because health decides the backends' effective state (see `xdp-lb status`)"
+            );
+        } else if events.is_empty() {
             log::info!("{origin}: configuration unchanged");
         }
         Ok(events)
@@ -361,9 +707,13 @@ impl<D: Dataplane> Controller<D> {
         event
     }
 
-    /// When the next drain timeout expires.
+    /// When the next timer fires: a drain timeout or a slow-start step.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.drains.values().map(|(at, _)| *at).min()
+        self.drains
+            .values()
+            .map(|(at, _)| *at)
+            .chain(self.ramp_deadline)
+            .min()
     }
 
     /// Takes down every draining backend whose timeout has expired.
@@ -389,6 +739,22 @@ impl<D: Dataplane> Controller<D> {
                 log::error!(
                     "service {service}: drain timeout of {backend} expired but it cannot be taken down: {e}; it stays draining"
                 );
+            }
+        }
+        if self.ramp_deadline.is_some_and(|at| at <= now) {
+            let cfg = self.cfg.clone();
+            let health = self.health.clone();
+            match self.publish(&cfg, &health, now) {
+                Ok(plan) => {
+                    for change in plan.changes {
+                        self.record(Origin::Timer, Some("slow start".into()), change);
+                    }
+                }
+                Err(e) => {
+                    // Retried at the next change; do not spin on the same deadline.
+                    self.ramp_deadline = None;
+                    log::error!("slow start step could not be applied: {e}");
+                }
             }
         }
     }
@@ -454,6 +820,15 @@ impl<D: Dataplane> Controller<D> {
             .unwrap_or_default();
         let last = self.samples.back();
         let assignments = self.planner.assignments();
+        let checked = self.checked();
+        let checks: HashMap<Key, BackendHealth> = self
+            .checker
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.backend), h))
+            .collect();
         let services = self
             .cfg
             .services
@@ -474,6 +849,7 @@ impl<D: Dataplane> Controller<D> {
                         .iter()
                         .map(|b| {
                             let addr = b.socket_addr();
+                            let key = (svc.name.clone(), addr);
                             let c = last
                                 .and_then(|l| l.backends.get(&(svc.name.clone(), addr)))
                                 .copied()
@@ -482,7 +858,11 @@ impl<D: Dataplane> Controller<D> {
                             BackendSample {
                                 addr: addr.to_string(),
                                 state: b.state,
-                                health: None,
+                                health: checked.contains(&key).then(|| {
+                                    crate::monitor::sample::Health::from_up(
+                                        self.health.get(&key).is_none_or(|h| h.up),
+                                    )
+                                }),
                                 weight: b.weight,
                                 packets: c.packets,
                                 bytes: c.bytes,
@@ -491,8 +871,11 @@ impl<D: Dataplane> Controller<D> {
                                     .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
                                     .copied()
                                     .unwrap_or(0),
-                                last_check_latency: None,
-                                health_transitions: 0,
+                                last_check_latency: checks.get(&key).and_then(|h| h.last_latency),
+                                health_transitions: self
+                                    .health
+                                    .get(&key)
+                                    .map_or(0, |h| h.transitions),
                             }
                         })
                         .collect(),
@@ -529,12 +912,23 @@ impl<D: Dataplane> Controller<D> {
         };
         let assignments = self.planner.assignments();
         let now = Instant::now();
+        let eff = effective(&self.cfg, &self.health, now);
+        let checks: HashMap<Key, BackendHealth> = self
+            .checker
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.backend), h))
+            .collect();
+        let checked = self.checked();
         let services = self
             .cfg
             .services
             .iter()
             .enumerate()
             .map(|(i, svc)| {
+                let eff_svc = &eff.cfg.services[i];
                 let ids = assignments.iter().find(|a| a.name == svc.name);
                 let counters = last
                     .and_then(|l| l.services.get(&svc.name))
@@ -548,7 +942,8 @@ impl<D: Dataplane> Controller<D> {
                 let backends = svc
                     .backends
                     .iter()
-                    .map(|b| {
+                    .zip(&eff_svc.backends)
+                    .map(|(b, eb)| {
                         let addr = b.socket_addr();
                         let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
                         let key = (svc.name.clone(), addr);
@@ -582,6 +977,12 @@ impl<D: Dataplane> Controller<D> {
                                 .drains
                                 .get(&key)
                                 .map(|(at, _)| at.saturating_duration_since(now).as_secs_f64()),
+                            backup: b.backup,
+                            effective_state: eb.state,
+                            effective_weight: eb.weight,
+                            health: checked
+                                .contains(&key)
+                                .then(|| self.health_status(&key, checks.get(&key), svc, b, now)),
                         }
                     })
                     .collect();
@@ -598,6 +999,8 @@ impl<D: Dataplane> Controller<D> {
                     packets_per_sec: pps,
                     bits_per_sec: bps,
                     new_flows_per_sec: nfps,
+                    on_all_down: svc.on_all_down,
+                    serving: eff.serving[i],
                     backends,
                 }
             })
@@ -620,6 +1023,43 @@ impl<D: Dataplane> Controller<D> {
             pin_dir: self.pinned.as_ref().map(|p| p.dir.display().to_string()),
             adopted: self.pinned.as_ref().is_some_and(|p| p.adopted),
             adopted_flows: self.pinned.as_ref().map_or(0, |p| p.flows),
+            health_transitions: self.health_transitions,
+        }
+    }
+
+    /// The health part of a backend's status: the checker's record (last result,
+    /// latency) and the controller's (what it applied, and why).
+    fn health_status(
+        &self,
+        key: &Key,
+        check: Option<&BackendHealth>,
+        svc: &ServiceConfig,
+        b: &BackendConfig,
+        now: Instant,
+    ) -> HealthStatus {
+        let applied = self.health.get(key);
+        let resolved = svc.health_check(b).ok().flatten();
+        HealthStatus {
+            up: applied.is_none_or(|h| h.up),
+            check: resolved
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |c| c.kind().to_string()),
+            target: resolved.as_ref().map_or(key.1, |c| c.target),
+            last_result: check.and_then(|c| c.last.as_ref()).map(|r| match r {
+                Ok(_) => "ok".to_string(),
+                Err(failure) => failure.to_string(),
+            }),
+            last_latency_ms: check
+                .and_then(|c| c.last_latency)
+                .map(|l| l.as_secs_f64() * 1000.0),
+            last_check_secs_ago: check
+                .and_then(|c| c.last_check)
+                .map(|at| now.saturating_duration_since(at).as_secs_f64()),
+            checks: check.map_or(0, |c| c.checks),
+            streak: check.map_or(0, |c| c.streak),
+            transitions: applied.map_or(0, |h| h.transitions),
+            reason: applied.map(|h| h.reason.clone()),
+            since_secs: applied.map(|h| now.saturating_duration_since(h.since).as_secs_f64()),
         }
     }
 
@@ -801,12 +1241,12 @@ fn mutate(cfg: &Config, cmd: &Command) -> Result<(Config, Edit, Option<DrainTime
                     ))
                 }
             };
-            let b = BackendConfig {
-                addr: spec.addr,
+            let b = BackendConfig::new(
+                spec.addr,
                 port,
-                weight: spec.weight.unwrap_or(1),
-                state: state.unwrap_or(BackendState::Active),
-            };
+                spec.weight.unwrap_or(1),
+                state.unwrap_or(BackendState::Active),
+            );
             new.services[si].backends.push(b.clone());
             (
                 si,
@@ -944,12 +1384,12 @@ fn new_service(s: &NewService) -> Result<ServiceConfig, ApiError> {
                 ))
             }
         };
-        backends.push(BackendConfig {
-            addr: b.addr,
-            port: bport,
-            weight: b.weight.unwrap_or(1),
-            state: BackendState::Active,
-        });
+        backends.push(BackendConfig::new(
+            b.addr,
+            bport,
+            b.weight.unwrap_or(1),
+            BackendState::Active,
+        ));
     }
     Ok(ServiceConfig {
         name: s.name.clone(),
@@ -960,6 +1400,9 @@ fn new_service(s: &NewService) -> Result<ServiceConfig, ApiError> {
         forwarding: s.forwarding,
         table_size: s.table_size.unwrap_or(xdp_lb_common::DEFAULT_RING_SIZE),
         backends,
+        health_check: None,
+        slow_start: None,
+        on_all_down: OnAllDown::default(),
     })
 }
 

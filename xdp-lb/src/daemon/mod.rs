@@ -28,6 +28,7 @@ use crate::{
         self, pin::PinOptions, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM,
         PROGRAM,
     },
+    health::{HealthChecker, HealthEvent, DEFAULT_MAX_CONCURRENT},
     monitor::{server::Exposure, Monitor, ResourceSampler, Sample as MonitorSample},
     plan::{PlanError, Planner, RestoreError},
 };
@@ -39,6 +40,9 @@ const NEIGH_REFRESH: Duration = Duration::from_secs(5);
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// How long the cache tier gets to finish requests in flight at shutdown.
 const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Health events queued for the controller; a full queue makes the checks wait (no
+/// event is lost).
+const HEALTH_EVENTS: usize = 256;
 /// Most XDP interfaces one run attaches to: the TX_PORTS device map's size.
 pub const MAX_INTERFACES: usize = xdp_lb_common::MAX_INTERFACES as usize;
 
@@ -127,7 +131,12 @@ pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), Da
     let (cfg, text) = config::load_with_text(&sources).map_err(DaemonError::Config)?;
     check_interfaces(&cfg.interfaces)?;
     let mut planner = Planner::new(cfg.max_services, cfg.max_table_size);
-    let plan = planner.apply(&cfg).map_err(DaemonError::Plan)?;
+    // Every backend starts healthy (the checker's initial state; the first check
+    // decides), so the first tables are those of the configuration with its backups
+    // held back.
+    let plan = planner
+        .apply(&controller::startup_config(&cfg))
+        .map_err(DaemonError::Plan)?;
     require_root("xdp-lb run")?;
 
     // The cache tier serves HTTP on its own threads; the balancer's loop alone needs
@@ -320,6 +329,15 @@ async fn serve(
         log::info!("admin API also on tcp {addr} (token required)");
     }
     let admin_task = tokio::spawn(admin.run(tx));
+    // Health checks run on this runtime, from the balancer's own network namespace;
+    // their flips come back through `health_rx` so they are applied in the same
+    // order as every other change.
+    let (health_tx, mut health_rx) = mpsc::channel::<HealthEvent>(HEALTH_EVENTS);
+    ctl.attach_health(Box::new(HealthChecker::start(
+        Vec::new(),
+        DEFAULT_MAX_CONCURRENT,
+        health_tx,
+    )));
     // Only now, with the handlers installed, may anyone rely on signals: a SIGHUP
     // before this point would have killed the process.
     println!("{}", crate::summary::render(ctl.config()));
@@ -362,6 +380,13 @@ async fn serve(
                     prime_neighbours(ctl.config());
                 }
                 let _ = env.reply.send(answer);
+            }
+            Some(ev) = health_rx.recv() => {
+                let was = ctl.generation();
+                ctl.health_event(ev, Instant::now());
+                if ctl.generation() != was {
+                    prime_neighbours(ctl.config());
+                }
             }
             _ = hup.recv() => {
                 match ctl.reload() {

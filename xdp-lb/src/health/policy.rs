@@ -54,7 +54,7 @@ fn ramp_step(since_up: Duration, slow_start: Duration) -> u32 {
 }
 
 /// What a service does when no backend is eligible by health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnAllDown {
     /// Drop new flows (the caller counts them). The default: sending to backends known

@@ -141,8 +141,7 @@ impl CacheSample {
 }
 
 impl From<crate::cache::stats::Snapshot> for CacheSample {
-    /// Counters the cache tier keeps today; coalesced waits, Redis latency and reachability
-    /// are not in its statistics yet and stay unknown.
+    /// Redis latency is the mean over every call so far (the tier keeps a sum and a count).
     fn from(s: crate::cache::stats::Snapshot) -> Self {
         Self {
             hits: s.hits,
@@ -152,11 +151,14 @@ impl From<crate::cache::stats::Snapshot> for CacheSample {
             expired: s.expired,
             bypass: s.bypass,
             redis_errors: s.errors,
-            coalesced_waits: 0,
+            coalesced_waits: s.coalesced_waits,
             bytes_from_cache: s.bytes_from_cache,
             upstream_requests: s.upstream_requests,
-            redis_latency: None,
-            redis_reachable: None,
+            redis_latency: s
+                .redis_latency_us
+                .checked_div(s.redis_calls)
+                .map(std::time::Duration::from_micros),
+            redis_reachable: s.redis_reachable,
         }
     }
 }

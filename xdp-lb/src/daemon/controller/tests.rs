@@ -563,3 +563,351 @@ fn status_rates_come_from_counter_deltas_over_real_time() {
     let shares: f64 = s.services[0].backends.iter().map(|b| b.table_share).sum();
     assert!((shares - 100.0).abs() < 1e-9, "{shares}");
 }
+
+// ---- health: the runtime overlay ----
+
+use std::{cell::RefCell, rc::Rc};
+
+use crate::health::{ProbeFailure, Target};
+use xdp_lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, NO_BACKEND};
+
+const B2: &str = "198.18.1.2:8080";
+const B3: &str = "198.18.1.3:8080";
+const B4: &str = "198.18.1.4:8080";
+
+/// `FILE` with `extra` spliced into the service table (before its backends) and a
+/// third backend `198.18.1.4:8080` whose table lines are `b4`.
+fn health_file(extra: &str, b4: &str) -> String {
+    let svc_end = FILE.find("[[service.backend]]").unwrap();
+    format!(
+        "{}{extra}\n\n{}\n[[service.backend]]\naddr = \"198.18.1.4\"\nport = 8080\n{b4}\n",
+        &FILE[..svc_end],
+        &FILE[svc_end..]
+    )
+}
+
+fn event(backend: &str, up: bool, at: Instant) -> HealthEvent {
+    HealthEvent {
+        service: "web".into(),
+        backend: backend.parse().unwrap(),
+        up,
+        reason: (!up).then_some(ProbeFailure::Refused),
+        latency: up.then_some(Duration::from_micros(1500)),
+        at,
+    }
+}
+
+impl Bed {
+    fn health(&mut self, backend: &str, up: bool) -> Vec<Event> {
+        let now = Instant::now();
+        self.ctl.health_event(event(backend, up, now), now)
+    }
+
+    /// The configured backends present in the published table of "web".
+    fn in_table(&self) -> Vec<&'static str> {
+        let counts = self.table_counts();
+        [B2, B3, B4]
+            .into_iter()
+            .filter(|b| {
+                let a: SocketAddr = b.parse().unwrap();
+                self.ctl.planner().assignments()[0]
+                    .backends
+                    .iter()
+                    .any(|(x, id)| *x == a && counts.contains_key(id))
+            })
+            .collect()
+    }
+
+    /// The backend record's state as the kernel sees it.
+    fn kernel_state(&self, backend: &str) -> u8 {
+        self.ctl.dataplane().backends[&self.id_of(backend)].state
+    }
+
+    fn backend_status(&self, backend: &str) -> BackendStatus {
+        let a: SocketAddr = backend.parse().unwrap();
+        self.ctl.status().services[0]
+            .backends
+            .iter()
+            .find(|b| b.addr == a)
+            .unwrap()
+            .clone()
+    }
+
+    fn admin(&mut self, cmd: Command) {
+        changed(self.run(cmd));
+    }
+}
+
+fn down(backend: &str) -> Command {
+    Command::BackendDown {
+        service: "web".into(),
+        backend: backend.into(),
+        force: false,
+    }
+}
+
+fn up(backend: &str) -> Command {
+    Command::BackendUp {
+        service: "web".into(),
+        backend: backend.into(),
+    }
+}
+
+#[test]
+fn a_down_event_takes_the_backend_out_and_an_up_event_brings_it_back() {
+    let mut b = bed();
+    let file = b.file();
+    assert_eq!(b.in_table(), [B2, B3]);
+    let events = b.health(B2, false);
+    assert_eq!(b.in_table(), [B3]);
+    // Its flows are re-dispatched: the kernel's record says down.
+    assert_eq!(b.kernel_state(B2), BACKEND_DOWN);
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(e.origin, Origin::Health);
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("health check failed: connection refused")
+        );
+    }
+    assert!(events.iter().any(|e| matches!(
+        &e.change,
+        Change::BackendState { backend, to: BackendState::Down, .. } if backend.to_string() == B2
+    )));
+    // Health is an overlay: the desired state and the file are untouched.
+    assert_eq!(
+        b.ctl.config().services[0].backends[0].state,
+        BackendState::Active
+    );
+    assert_eq!(b.file(), file);
+    let st = b.backend_status(B2);
+    assert_eq!(
+        (st.state, st.effective_state),
+        (BackendState::Active, BackendState::Down)
+    );
+    let h = st.health.expect("checked by default (tcp service)");
+    assert!(!h.up);
+    assert_eq!(h.check, "tcp");
+    assert_eq!(h.transitions, 1);
+    assert_eq!(
+        h.reason.as_deref(),
+        Some("health check failed: connection refused")
+    );
+
+    let events = b.health(B2, true);
+    assert_eq!(b.in_table(), [B2, B3]);
+    assert_eq!(b.kernel_state(B2), BACKEND_ACTIVE);
+    assert!(events.iter().all(|e| e
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("health check passed in 1.5 ms")));
+    assert_eq!(b.ctl.status().health_transitions, 2);
+    assert_eq!(b.backend_status(B2).health.unwrap().transitions, 2);
+}
+
+#[test]
+fn a_draining_backend_that_fails_its_checks_loses_its_flows() {
+    let mut b = bed();
+    b.admin(Command::BackendDrain {
+        service: "web".into(),
+        backend: B3.into(),
+        timeout_ms: None,
+        force: false,
+    });
+    assert_eq!(b.kernel_state(B3), BACKEND_DRAINING);
+    b.health(B3, false);
+    assert_eq!(b.kernel_state(B3), BACKEND_DOWN);
+    // A pass gives it back its draining flows' state (no new flows).
+    b.health(B3, true);
+    assert_eq!(b.kernel_state(B3), BACKEND_DRAINING);
+    assert_eq!(b.in_table(), [B2]);
+}
+
+#[test]
+fn admin_down_beats_a_passing_check_and_up_hands_it_back_to_the_checks() {
+    let mut b = bed();
+    b.admin(down(B2));
+    // A passing check does not bring an operator's down backend back.
+    let events = b.health(B2, true);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(b.in_table(), [B3]);
+    let st = b.backend_status(B2);
+    assert_eq!(st.state, BackendState::Down);
+    assert!(
+        st.health.unwrap().up,
+        "status shows the health state beside the admin state"
+    );
+    // The checks call it down while the operator has it down: nothing changes ...
+    b.health(B2, false);
+    assert_eq!(b.in_table(), [B3]);
+    // ... and `up` hands it to the checks, which still say down.
+    b.admin(up(B2));
+    assert_eq!(
+        b.ctl.config().services[0].backends[0].state,
+        BackendState::Active
+    );
+    assert_eq!(b.in_table(), [B3]);
+    assert_eq!(b.kernel_state(B2), BACKEND_DOWN);
+    b.health(B2, true);
+    assert_eq!(b.in_table(), [B2, B3]);
+}
+
+#[test]
+fn the_backup_takes_over_when_every_primary_is_down_and_hands_back() {
+    let mut b = bed_with(&health_file("", "backup = true"));
+    // At start the backup is out of the table but keeps any flows (draining).
+    assert_eq!(b.in_table(), [B2, B3]);
+    assert_eq!(b.kernel_state(B4), BACKEND_DRAINING);
+    let st = b.backend_status(B4);
+    assert!(st.backup);
+    assert_eq!(
+        (st.state, st.effective_state),
+        (BackendState::Active, BackendState::Draining)
+    );
+    b.health(B2, false);
+    assert_eq!(b.in_table(), [B3]);
+    b.health(B3, false);
+    assert_eq!(b.in_table(), [B4]);
+    assert_eq!(b.ctl.status().services[0].serving, Serving::Backups);
+    // One primary back: new flows go to it, the backup keeps what it has.
+    b.health(B2, true);
+    assert_eq!(b.in_table(), [B2]);
+    assert_eq!(b.kernel_state(B4), BACKEND_DRAINING);
+    assert_eq!(b.ctl.status().services[0].serving, Serving::Primaries);
+}
+
+#[test]
+fn every_backend_down_drops_or_fails_open() {
+    let mut b = bed();
+    b.health(B2, false);
+    b.health(B3, false);
+    assert_eq!(
+        b.table_counts().keys().copied().collect::<Vec<_>>(),
+        [NO_BACKEND]
+    );
+    assert_eq!(b.ctl.status().services[0].serving, Serving::AllDownDrop);
+    b.health(B3, true);
+    assert_eq!(b.in_table(), [B3]);
+
+    let mut b = bed_with(&FILE.replace(
+        "table_size = 1009\n\n[[service.backend]]",
+        "table_size = 1009\non_all_down = \"fail-open\"\n\n[[service.backend]]",
+    ));
+    assert_eq!(b.ctl.config().services[0].on_all_down, OnAllDown::FailOpen);
+    b.health(B2, false);
+    assert_eq!(b.in_table(), [B3]);
+    b.health(B3, false);
+    // Every configured backend, as if all were up.
+    assert_eq!(b.in_table(), [B2, B3]);
+    assert_eq!(b.kernel_state(B2), BACKEND_ACTIVE);
+    assert_eq!(b.ctl.status().services[0].serving, Serving::AllDownFailOpen);
+    b.health(B2, true);
+    assert_eq!(b.in_table(), [B2]);
+    assert_eq!(b.kernel_state(B3), BACKEND_DOWN);
+}
+
+#[test]
+fn slow_start_ramps_the_weight_in_timer_steps() {
+    let mut b = bed_with(&health_file("slow_start = \"30s\"", "weight = 4"));
+    let t0 = Instant::now();
+    b.ctl.health_event(event(B4, false, t0), t0);
+    assert!(b.ctl.next_deadline().is_none());
+    b.ctl.health_event(event(B4, true, t0), t0);
+    let weights = |b: &Bed| -> Vec<(u32, u32, Origin)> {
+        b.ctl
+            .status()
+            .recent_events
+            .iter()
+            .filter_map(|e| match &e.change {
+                Change::BackendWeight {
+                    backend, from, to, ..
+                } if backend.to_string() == B4 => Some((*from, *to, e.origin)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(weights(&b), [(4, 1, Origin::Health)]);
+    let s = Duration::from_secs(1);
+    assert_eq!(b.ctl.next_deadline(), Some(t0 + s * 10));
+    // Not yet.
+    b.ctl.fire_timers(t0 + s * 9);
+    assert_eq!(weights(&b).len(), 1);
+    for (at, w) in [(10, 2), (20, 3), (30, 4)] {
+        b.ctl
+            .fire_timers(b.ctl.next_deadline().expect("a step is due"));
+        assert_eq!(
+            weights(&b).last().copied(),
+            Some((w - 1, w, Origin::Timer)),
+            "{at}s into the ramp"
+        );
+    }
+    assert!(b.ctl.next_deadline().is_none(), "the ramp is over");
+    // The table follows: 4:1:1 of 1009 for the ramped backend.
+    let share = b.table_counts()[&b.id_of(B4)];
+    assert!((640..=705).contains(&share), "{share}");
+}
+
+/// Records what the controller asks the checker to check.
+#[derive(Clone, Default)]
+struct Recorder(Rc<RefCell<Vec<Vec<Target>>>>);
+
+impl HealthSource for Recorder {
+    fn update(&mut self, targets: Vec<Target>) {
+        self.0.borrow_mut().push(targets);
+    }
+
+    fn snapshot(&self) -> Vec<BackendHealth> {
+        Vec::new()
+    }
+}
+
+impl Recorder {
+    fn last(&self) -> Vec<String> {
+        self.0
+            .borrow()
+            .last()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| format!("{}/{}", t.service, t.backend))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_checker_follows_every_committed_change_and_stale_events_are_ignored() {
+    let mut b = bed();
+    let rec = Recorder::default();
+    b.ctl.attach_health(Box::new(rec.clone()));
+    assert_eq!(rec.last(), [format!("web/{B2}"), format!("web/{B3}")]);
+    b.admin(Command::BackendAdd {
+        service: "web".into(),
+        backend: "198.18.1.4:8080".into(),
+        state: None,
+    });
+    assert_eq!(rec.last().len(), 3);
+    b.health(B4, false);
+    b.admin(Command::BackendRemove {
+        service: "web".into(),
+        backend: B4.into(),
+        force: false,
+    });
+    assert_eq!(rec.last().len(), 2);
+    // An event from before the removal changes nothing.
+    let before = b.observable();
+    assert!(b.health(B4, true).is_empty());
+    assert_eq!(b.observable(), before);
+    // A udp service without a health_check table is not checked; type "none" is not.
+    std::fs::write(
+        &b.path,
+        format!(
+            "{FILE}\n[service.health_check]\ntype = \"none\"\n\n[[service]]\nname = \"dns\"\nvip = \"198.18.100.2\"\nport = 53\nproto = \"udp\"\ntable_size = 1009\n[[service.backend]]\naddr = \"198.18.1.5\"\nport = 53\n"
+        ),
+    )
+    .unwrap();
+    changed(b.run(Command::Reload));
+    assert!(rec.last().is_empty(), "{:?}", rec.last());
+    assert!(b.backend_status(B2).health.is_none());
+}
