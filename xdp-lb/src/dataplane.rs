@@ -6,7 +6,9 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use xdp_lb_common::{reason, Backend, Counters, ReplyTarget, Service, ServiceKey, MAX_BACKENDS};
+use xdp_lb_common::{
+    embryo_table_size, reason, Backend, Counters, ReplyTarget, Service, ServiceKey, MAX_BACKENDS,
+};
 
 use crate::{cli, plan::Plan};
 
@@ -92,6 +94,8 @@ impl Dataplane {
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
             .map_max_entries("FLOWS", sizes.flow_table_size)
             .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
+            .map_max_entries("EMBRYOS", embryo_table_size(sizes.flow_table_size))
+            .map_max_entries("EMBRYO_REVERSE", embryo_table_size(sizes.flow_table_size))
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
         let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
