@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod neigh;
 pub mod plan;
 pub mod run;
 pub mod summary;

@@ -1,9 +1,6 @@
 //! `xdp-lb run`: validate everything, load and program the data plane, attach, then
 //! serve signals (SIGHUP reloads the configuration file, SIGINT/SIGTERM detach).
-use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
 use tokio::{
@@ -301,22 +298,21 @@ fn reload(
     Ok(new)
 }
 
-/// Sends an empty datagram to every backend so the kernel resolves (and keeps
-/// fresh) their neighbour entries: `bpf_fib_lookup` only succeeds for resolved
-/// next hops, and in DSR mode nothing else would ever make the balancer talk to a
-/// backend's own address.
+/// Keeps the neighbour entries of every backend's next hop resolved (managed entries
+/// the kernel probes itself; a UDP probe on kernels before 5.16): `bpf_fib_lookup`
+/// only succeeds for resolved next hops, and in DSR mode nothing else would ever
+/// make the balancer talk to a backend's own address.
 fn prime_neighbours(cfg: &Config) {
-    for s in &cfg.services {
-        for b in &s.backends {
-            let bind: SocketAddr = match b.addr {
-                IpAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
-                IpAddr::V6(_) => "[::]:0".parse().unwrap(),
-            };
-            if let Ok(sock) = UdpSocket::bind(bind) {
-                // Port 9 is "discard"; an ICMP unreachable back is harmless.
-                let _ = sock.send_to(&[], SocketAddr::new(b.addr, 9));
-            }
-        }
+    let addrs: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr))
+        .collect();
+    if let Err(e) = crate::neigh::keep_resolved(&addrs) {
+        log::warn!(
+            "keeping backend neighbour entries resolved: {}",
+            dataplane::error_chain(&e)
+        );
     }
 }
 
