@@ -12,6 +12,7 @@ pub mod lb;
 pub mod lbconfig;
 pub mod netns;
 pub mod pkt;
+pub mod raw;
 pub mod root;
 pub mod scenario;
 pub mod servers;
