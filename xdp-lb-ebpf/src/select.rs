@@ -36,12 +36,7 @@ fn usable(f: &FlowValue) -> Option<Backend> {
 #[inline(always)]
 pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choice, u32> {
     let key = &pkt.key;
-    if pkt.syn {
-        // A SYN opens a connection: it is dispatched by the current table (a reused
-        // port starts afresh), so any entry of an earlier connection on this 5-tuple
-        // goes; its next packet would find that one first.
-        let _ = FLOWS.remove(key);
-    } else {
+    if !pkt.syn {
         if let Some(f) = unsafe { FLOWS.get(key) } {
             if let Some(backend) = usable(f) {
                 return Ok(Choice {
@@ -78,6 +73,11 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         return Err(reason::DROP_L4_CSUM);
     }
     if pkt.syn {
+        // A SYN opens a connection: it is dispatched by the current table (a reused
+        // port starts afresh), so any entry of an earlier connection on this 5-tuple
+        // goes, or its next packet would find that one first. Only after the checksum:
+        // a forged SYN must not remove an established flow's entry.
+        let _ = FLOWS.remove(key);
         stats::reason(reason::SYN);
     }
     let (id, backend) = from_ring(key, svc)?;
