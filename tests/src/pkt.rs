@@ -670,3 +670,92 @@ pub fn assert_frame_eq(got: &[u8], want: &[u8], what: &str) {
         );
     }
 }
+
+/// Offset of the L4 header of an untagged IPv4 (IHL from the header) or IPv6 frame.
+fn l4_offset(f: &[u8]) -> usize {
+    if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+        14 + 4 * (f[14] & 0xf) as usize
+    } else {
+        14 + 40
+    }
+}
+
+/// Recomputes the IPv4 header checksum and the TCP/UDP checksum of an untagged
+/// frame over the lengths its headers state (clamped to the frame), so a test can
+/// change one field and have that field be the only thing wrong.
+pub fn refresh_checksums(f: &mut [u8]) {
+    let v4 = u16::from_be_bytes([f[12], f[13]]) == 0x0800;
+    let l4 = l4_offset(f);
+    let (proto, l4_len, pseudo) = if v4 {
+        f[24] = 0;
+        f[25] = 0;
+        let c = ones_complement(&f[14..l4]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let tot = u16::from_be_bytes([f[16], f[17]]) as usize;
+        (f[23], tot.saturating_sub(l4 - 14), f[26..34].to_vec())
+    } else {
+        let pl = u16::from_be_bytes([f[18], f[19]]) as usize;
+        (f[20], pl, f[22..54].to_vec())
+    };
+    let l4_len = l4_len.min(f.len() - l4);
+    let check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    if check + 2 > f.len() {
+        return;
+    }
+    f[check] = 0;
+    f[check + 1] = 0;
+    let mut buf = pseudo;
+    buf.extend_from_slice(&[0, proto]);
+    buf.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    buf.extend_from_slice(&f[l4..l4 + l4_len]);
+    let mut c = ones_complement(&buf);
+    if proto != PROTO_TCP && c == 0 {
+        c = 0xffff;
+    }
+    f[check..check + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Sets the TCP flags byte of an untagged frame (checksums refreshed).
+pub fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
+    let l4 = l4_offset(&f);
+    f[l4 + 13] = flags;
+    refresh_checksums(&mut f);
+    f
+}
+
+/// Sets the TCP data offset (in 32-bit words) of an untagged frame (checksums
+/// refreshed).
+pub fn with_tcp_doff(mut f: Vec<u8>, doff: u8) -> Vec<u8> {
+    let l4 = l4_offset(&f);
+    f[l4 + 12] = (doff << 4) | (f[l4 + 12] & 0xf);
+    refresh_checksums(&mut f);
+    f
+}
+
+/// Flips bits of the L4 checksum of an untagged frame.
+pub fn with_bad_l4_checksum(mut f: Vec<u8>) -> Vec<u8> {
+    let l4 = l4_offset(&f);
+    let proto = if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+        f[23]
+    } else {
+        f[20]
+    };
+    let check = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    f[check] ^= 0x5a;
+    f
+}
+
+/// A TCP SYN to the IPv4 VIP carrying `options` (a multiple of 4 bytes) after the
+/// fixed header, data offset and checksums set to match.
+pub fn v4_syn_with_options(sport: u16, options: &[u8]) -> Vec<u8> {
+    let plain = v4(
+        PROTO_TCP, CLIENT4, VIP4, sport, 80, 64, CLIENT_MAC, LB_MAC, b"",
+    );
+    let mut f = plain.clone();
+    f.extend_from_slice(options);
+    let tot = (u16::from_be_bytes([f[16], f[17]]) + options.len() as u16).to_be_bytes();
+    f[16..18].copy_from_slice(&tot);
+    f[14 + 20 + 12] = ((5 + options.len() / 4) as u8) << 4;
+    refresh_checksums(&mut f);
+    f
+}

@@ -354,74 +354,66 @@ fn truncated_and_malformed_packets_pass_unchanged() {
                 n += 1;
             }
         }
-        let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+        let mut cases: Vec<Row> = Vec::new();
         let mut p = full4.clone();
         p[14] = 0x44; // IHL 4
-        cases.push(("ihl 4", p, "pass_malformed"));
+        cases.push(("ihl 4", p, XDP_PASS, "pass_malformed"));
         let mut p = full4.clone();
         p[14] = 0x55; // version 5
-        cases.push(("version 5", p, "pass_malformed"));
+        cases.push(("version 5", p, XDP_PASS, "pass_malformed"));
         let mut p = full4.clone();
         p[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len beyond the frame
-        cases.push(("tot_len too long", p, "pass_malformed"));
+        cases.push(("tot_len too long", p, XDP_PASS, "pass_malformed"));
         let mut p = full4.clone();
         p[16..18].copy_from_slice(&30u16.to_be_bytes()); // tot_len shorter than IP+TCP
-        cases.push(("tot_len too short", p, "pass_malformed"));
-        cases.push(("ipv4 options", v4_with_options(), "pass_ip_options"));
+        refresh_checksums(&mut p); // the length is the only fault
+        cases.push(("tot_len too short", p, XDP_PASS, "pass_malformed"));
+        cases.push((
+            "ipv4 options",
+            v4_with_options(),
+            XDP_PASS,
+            "pass_ip_options",
+        ));
         let mut p = full4.clone();
         p[20] = 0x20; // more fragments
-        cases.push(("ipv4 first fragment", p, "pass_fragment"));
+        cases.push(("ipv4 first fragment", p, XDP_PASS, "pass_fragment"));
         let mut p = full4.clone();
         p[20..22].copy_from_slice(&(0x0010u16).to_be_bytes()); // offset 16*8
-        cases.push(("ipv4 later fragment", p, "pass_fragment"));
-        cases.push(("ipv6 fragment header", v6_fragment(), "pass_fragment"));
+        cases.push(("ipv4 later fragment", p, XDP_PASS, "pass_fragment"));
+        cases.push((
+            "ipv6 fragment header",
+            v6_fragment(),
+            XDP_PASS,
+            "pass_fragment",
+        ));
         let mut p = full6.clone();
         p[14] = 0x40; // version 4 in an IPv6 ethertype frame
-        cases.push(("ipv6 bad version", p, "pass_malformed"));
+        cases.push(("ipv6 bad version", p, XDP_PASS, "pass_malformed"));
         let mut p = full6.clone();
         p[18..20].copy_from_slice(&1000u16.to_be_bytes()); // payload length beyond the frame
-        cases.push(("ipv6 payload too long", p, "pass_malformed"));
-        for (what, input, why) in &cases {
-            let before = count(&dp.global_counters().unwrap(), why);
-            let (action, out) = run(&mut dp, input);
-            assert_eq!(action, XDP_PASS, "{what}");
-            assert_eq!(&out, input, "{what}: frame changed");
-            assert_eq!(
-                count(&dp.global_counters().unwrap(), why),
-                before + 1,
-                "{what}: counted as {why}"
-            );
-        }
+        cases.push(("ipv6 payload too long", p, XDP_PASS, "pass_malformed"));
+        run_rows(&mut dp, &cases);
         assert!(n > 50, "only {n} truncations tried");
-        let s = dp.service_counters(0).unwrap();
-        assert_eq!(s.packets, 0, "no malformed packet may reach a backend");
     });
 }
 
 #[test]
-fn vlan_tagged_packets_are_balanced_and_keep_their_tag() {
+fn vlan_tagged_packets_go_to_the_kernel_untouched() {
     with_bed(|bed| {
+        // The program sends only untagged, on the interfaces it is attached to, and
+        // cannot tell which VLAN an egress carries: tagged frames go to the kernel.
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let input = v4_vlan(CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, 7);
-        let plain = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40010, 80, 64, CLIENT_MAC, LB_MAC, b"v",
-        );
-        let b = dp_expect_backend(&plain, RING);
-        let expected = v4_vlan(
-            CLIENT4,
-            BACKENDS4[b],
-            40010,
-            8080,
-            63,
-            LB_MAC,
-            BACKEND_MACS[b],
-            7,
-        );
         let (action, out) = run(&mut dp, &input);
-        // The FIB answers for the interface the frame came in on; the tag is kept.
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "vlan");
-        assert_eq!(dp.service_counters(0).unwrap().packets, 1);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out, input, "tagged frame changed");
+        assert_eq!(count(&dp.global_counters().unwrap(), "pass_vlan"), 1);
+        assert_eq!(dp.service_counters(0).unwrap().packets, 0);
+        assert_eq!(
+            flow_counts(&mut dp),
+            (0, 0),
+            "a tagged frame created a flow"
+        );
     });
 }
 
@@ -490,10 +482,11 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
             PROTO_TCP, CLIENT4, VIP4, 43000, 80, 64, CLIENT_MAC, LB_MAC, b"",
         );
         assert_eq!(backend_of(&run(&mut dp, &fresh).1), 2);
-        // The flow table holds what we expect.
-        let flows_map: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(dp.ebpf_mut().map("FLOWS").unwrap()).unwrap();
-        assert_eq!(flows_map.keys().count(), 41);
+        // The tables hold what we expect: flows whose ACK found their backend were
+        // promoted to FLOWS; those re-dispatched from the down backend, and the
+        // fresh SYN, are embryonic (one packet on their current backend so far).
+        let on_down = first.iter().filter(|b| **b == 1).count();
+        assert_eq!(flow_counts(&mut dp), (40 - on_down, on_down + 1));
     });
 }
 
@@ -633,9 +626,432 @@ fn run(dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
     (res.return_value, out)
 }
 
+/// Entries in FLOWS and in EMBRYOS.
+fn flow_counts(dp: &mut AyaDataplane) -> (usize, usize) {
+    let mut n = |name: &str| {
+        let m: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(dp.ebpf_mut().map(name).unwrap()).unwrap();
+        m.keys().count()
+    };
+    (n("FLOWS"), n("EMBRYOS"))
+}
+
+fn has_flow(dp: &mut AyaDataplane, table: &str, frame: &[u8]) -> bool {
+    let m: HashMap<&MapData, FlowKey, FlowValue> =
+        HashMap::try_from(dp.ebpf_mut().map(table).unwrap()).unwrap();
+    m.get(&flow_key_of(frame), 0).is_ok()
+}
+
 fn count(g: &[(&'static str, u64)], name: &str) -> u64 {
     g.iter()
         .find(|(n, _)| *n == name)
         .map(|(_, v)| *v)
         .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Input frame, expected action, the reason counter that must rise by one.
+type Row = (&'static str, Vec<u8>, u32, &'static str);
+
+/// Runs fixture rows: each gets its action, leaves its frame unchanged, counts its
+/// reason once, and creates no flow and no service traffic.
+fn run_rows(dp: &mut AyaDataplane, rows: &[Row]) {
+    for (what, input, want, why) in rows {
+        let before = count(&dp.global_counters().unwrap(), why);
+        let (action, out) = run(dp, input);
+        assert_eq!(action, *want, "{what}: action");
+        assert_eq!(&out, input, "{what}: frame changed");
+        assert_eq!(
+            count(&dp.global_counters().unwrap(), why),
+            before + 1,
+            "{what}: not counted as {why}"
+        );
+        assert_eq!(flow_counts(dp), (0, 0), "{what}: created a flow");
+    }
+    for id in 0..3 {
+        assert_eq!(
+            dp.service_counters(id).unwrap().packets,
+            0,
+            "service {id} balanced an invalid packet"
+        );
+    }
+}
+
+#[test]
+fn invalid_packets_to_a_service_are_dropped_and_create_no_flow() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, 0),
+            svc_v6(PROTO_TCP),
+            svc_v4(PROTO_UDP, 0),
+        ]);
+        let syn4 = v4(
+            PROTO_TCP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
+        let syn6 = v6(
+            PROTO_TCP, CLIENT6, VIP6, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
+        let udp4 = v4(
+            PROTO_UDP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"query",
+        );
+        let mut rows: Vec<Row> = Vec::new();
+        let mut p = syn4.clone();
+        p[24] ^= 0x11;
+        rows.push(("bad ipv4 header checksum", p, XDP_PASS, "pass_bad_ip_csum"));
+        rows.push((
+            "bad tcp checksum on a syn",
+            with_bad_l4_checksum(syn4.clone()),
+            XDP_DROP,
+            "drop_l4_csum",
+        ));
+        rows.push((
+            "bad tcp checksum on an ipv6 syn",
+            with_bad_l4_checksum(syn6.clone()),
+            XDP_DROP,
+            "drop_l4_csum",
+        ));
+        rows.push((
+            "bad udp checksum on a first datagram",
+            with_bad_l4_checksum(udp4.clone()),
+            XDP_DROP,
+            "drop_l4_csum",
+        ));
+        let ack = tcp_ack(
+            CLIENT4.into(),
+            VIP4.into(),
+            46001,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"data",
+        );
+        rows.push((
+            "bad tcp checksum on an ack of an unknown flow",
+            with_bad_l4_checksum(ack),
+            XDP_DROP,
+            "drop_l4_csum",
+        ));
+        for (what, flags) in [
+            ("syn+fin", 0x03u8),
+            ("syn+rst", 0x06),
+            ("syn+ack+fin", 0x13),
+            ("no flags (null)", 0x00),
+            ("fin only", 0x01),
+            ("xmas (fin+psh+urg)", 0x29),
+            ("all flags", 0xff),
+        ] {
+            rows.push((
+                what,
+                with_tcp_flags(syn4.clone(), flags),
+                XDP_DROP,
+                "drop_tcp_flags",
+            ));
+        }
+        for doff in 0..5u8 {
+            let what = [
+                "data offset 0",
+                "data offset 1",
+                "data offset 2",
+                "data offset 3",
+                "data offset 4",
+            ];
+            rows.push((
+                what[doff as usize],
+                with_tcp_doff(syn4.clone(), doff),
+                XDP_DROP,
+                "drop_tcp_doff",
+            ));
+        }
+        rows.push((
+            "data offset 15 beyond the packet",
+            with_tcp_doff(syn4.clone(), 15),
+            XDP_DROP,
+            "drop_tcp_truncated",
+        ));
+        rows.push((
+            "ipv6 data offset 6 beyond the packet",
+            with_tcp_doff(syn6.clone(), 6),
+            XDP_DROP,
+            "drop_tcp_truncated",
+        ));
+        // 8 bytes of options present, the data offset claims 12.
+        let mut p = v4_syn_with_options(46002, &[2, 4, 5, 0xb4, 1, 1, 4, 2]);
+        p[14 + 20 + 12] = 8 << 4;
+        refresh_checksums(&mut p);
+        rows.push(("truncated options", p, XDP_DROP, "drop_tcp_truncated"));
+        for (what, delta) in [("udp length too long", 4i32), ("udp length too short", -4)] {
+            let mut p = udp4.clone();
+            let l = (u16::from_be_bytes([p[38], p[39]]) as i32 + delta) as u16;
+            p[38..40].copy_from_slice(&l.to_be_bytes());
+            refresh_checksums(&mut p);
+            rows.push((what, p, XDP_DROP, "drop_udp_len"));
+        }
+        let mut p = syn6.clone();
+        p[18..20].copy_from_slice(&21u16.to_be_bytes()); // one byte more than the frame has
+        rows.push((
+            "ipv6 payload length beyond the frame",
+            p,
+            XDP_PASS,
+            "pass_malformed",
+        ));
+        let mut p = syn6.clone();
+        p.extend_from_slice(&[0; 8]); // payload length 20, frame 8 bytes longer
+        rows.push((
+            "ipv6 payload length short of the frame",
+            p,
+            XDP_PASS,
+            "pass_malformed",
+        ));
+        rows.push((
+            "tagged frame (untagged egress)",
+            v4_vlan(CLIENT4, VIP4, 46003, 80, 64, CLIENT_MAC, LB_MAC, 7),
+            XDP_PASS,
+            "pass_vlan",
+        ));
+        run_rows(&mut dp, &rows);
+        assert_eq!(count(&dp.global_counters().unwrap(), "syn"), 0);
+    });
+}
+
+#[test]
+fn valid_unusual_packets_are_balanced() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "syn with mss, sack-permitted, timestamps, window scale",
+                v4_syn_with_options(
+                    47000,
+                    &[
+                        2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+                    ],
+                ),
+            ),
+            (
+                "syn with ece+cwr (ecn setup)",
+                with_tcp_flags(
+                    v4(
+                        PROTO_TCP, CLIENT4, VIP4, 47001, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                    ),
+                    0xc2,
+                ),
+            ),
+            (
+                "rst without ack",
+                with_tcp_flags(
+                    tcp_ack(
+                        CLIENT4.into(),
+                        VIP4.into(),
+                        47002,
+                        80,
+                        64,
+                        CLIENT_MAC,
+                        LB_MAC,
+                        b"",
+                    ),
+                    0x04,
+                ),
+            ),
+            (
+                "syn with an odd-length payload",
+                v4(
+                    PROTO_TCP, CLIENT4, VIP4, 47003, 80, 64, CLIENT_MAC, LB_MAC, b"odd",
+                ),
+            ),
+            (
+                "udp with a 1400-byte payload",
+                v4(
+                    PROTO_UDP,
+                    CLIENT4,
+                    VIP4,
+                    47004,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    &[0xa5; 1400],
+                ),
+            ),
+        ];
+        for (what, input) in &cases {
+            let (action, out) = run(&mut dp, input);
+            assert_eq!(action, XDP_TX, "{what}");
+            assert!(has_flow(&mut dp, "EMBRYOS", input), "{what}: no flow");
+            // Only the balancer's own rewrite: the port and address moved.
+            assert_eq!(out.len(), input.len(), "{what}");
+        }
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "tx"), cases.len() as u64);
+        assert_eq!(count(&g, "embryo_new"), cases.len() as u64);
+        assert_eq!(count(&g, "syn"), 3);
+    });
+}
+
+#[test]
+fn a_flow_is_promoted_by_its_second_packet_and_nat_replies_work_throughout() {
+    with_bed(|bed| {
+        // Port 81 shares the backends, so both services keep per-flow reverse entries.
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_TCP, 0).on_port(81)]);
+        let syn = v4(
+            PROTO_TCP, CLIENT4, VIP4, 48000, 81, 64, CLIENT_MAC, LB_MAC, b"",
+        );
+        let (action, out) = run(&mut dp, &syn);
+        assert_eq!(action, XDP_TX);
+        let b = backend_of(&out);
+        assert!(has_flow(&mut dp, "EMBRYOS", &syn) && !has_flow(&mut dp, "FLOWS", &syn));
+        let reply = |payload: &'static [u8]| {
+            tcp_ack(
+                BACKENDS4[b].into(),
+                CLIENT4.into(),
+                8080,
+                48000,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                payload,
+            )
+        };
+        let expected = |payload: &'static [u8]| {
+            tcp_ack(
+                VIP4.into(),
+                CLIENT4.into(),
+                81,
+                48000,
+                63,
+                LB_MAC,
+                CLIENT_MAC,
+                payload,
+            )
+        };
+        // The SYN-ACK stand-in: translated from the embryonic reverse entry.
+        let (action, out) = run(&mut dp, &reply(b"synack"));
+        assert_eq!(action, XDP_TX, "reply to an embryonic flow");
+        assert_frame_eq(&out, &expected(b"synack"), "reply to an embryonic flow");
+        let ack = tcp_ack(
+            CLIENT4.into(),
+            VIP4.into(),
+            48000,
+            81,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        );
+        let (action, out) = run(&mut dp, &ack);
+        assert_eq!((action, backend_of(&out)), (XDP_TX, b));
+        assert!(has_flow(&mut dp, "FLOWS", &syn) && !has_flow(&mut dp, "EMBRYOS", &syn));
+        let (action, out) = run(&mut dp, &reply(b"data"));
+        assert_eq!(action, XDP_TX, "reply to a promoted flow");
+        assert_frame_eq(&out, &expected(b"data"), "reply to a promoted flow");
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "syn"), 1);
+        assert_eq!(count(&g, "flow_promoted"), 1);
+        assert_eq!(count(&g, "nat_reply"), 2);
+        let s = dp.service_counters(1).unwrap();
+        assert_eq!((s.packets, s.new_flows), (2, 1));
+    });
+}
+
+#[test]
+fn spoofed_syns_do_not_evict_established_flows() {
+    with_bed(|bed| {
+        // A flow table of 256 (embryonic table 256): 20 established connections,
+        // then 16 times the table's size in spoofed SYNs, then a new Maglev table
+        // that sends every new flow elsewhere.
+        let mut dp = bed.load_sized(&[svc_v4(PROTO_TCP, 0)], 256);
+        let conns: Vec<(Vec<u8>, usize)> = (0..20u16)
+            .map(|i| {
+                let syn = v4(
+                    PROTO_TCP,
+                    CLIENT4,
+                    VIP4,
+                    49000 + i,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    b"",
+                );
+                let b = backend_of(&run(&mut dp, &syn).1);
+                let ack = tcp_ack(
+                    CLIENT4.into(),
+                    VIP4.into(),
+                    49000 + i,
+                    80,
+                    64,
+                    CLIENT_MAC,
+                    LB_MAC,
+                    b"",
+                );
+                assert_eq!(backend_of(&run(&mut dp, &ack).1), b);
+                (ack, b)
+            })
+            .collect();
+        assert_eq!(flow_counts(&mut dp).0, 20);
+        let flood = 16 * 256u32;
+        for n in 0..flood {
+            let src = Ipv4Addr::new(198, 18, 200 + (n >> 16) as u8, (n >> 8) as u8);
+            let syn = v4(
+                PROTO_TCP,
+                src,
+                VIP4,
+                1024 + (n & 0xff) as u16,
+                80,
+                64,
+                CLIENT_MAC,
+                LB_MAC,
+                b"",
+            );
+            assert_eq!(run(&mut dp, &syn).0, XDP_TX);
+        }
+        let (flows, embryos) = flow_counts(&mut dp);
+        assert_eq!(flows, 20, "spoofed SYNs evicted established flows");
+        assert!(embryos <= 256, "{embryos} embryonic entries");
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "syn"), 20 + flood as u64);
+        assert_eq!(count(&g, "flow_promoted"), 20);
+        for (i, (ack, b)) in conns.iter().enumerate() {
+            let other = (*b as u32 + 1) % 3;
+            bed.publish_ring(&mut dp, 0, &[other; RING as usize], (i % 2) as u32);
+            assert_eq!(
+                backend_of(&run(&mut dp, ack).1),
+                *b,
+                "connection {i} moved after the flood"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_forged_syn_on_an_established_tuple_changes_nothing() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let syn = v4(
+            PROTO_TCP, CLIENT4, VIP4, 49500, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        );
+        let ack = tcp_ack(
+            CLIENT4.into(),
+            VIP4.into(),
+            49500,
+            80,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            b"",
+        );
+        let b = backend_of(&run(&mut dp, &syn).1);
+        assert_eq!(backend_of(&run(&mut dp, &ack).1), b);
+        // A SYN with a wrong checksum on the same 5-tuple: dropped before it can
+        // replace the connection's entry.
+        let (action, _) = run(&mut dp, &with_bad_l4_checksum(syn.clone()));
+        assert_eq!(action, XDP_DROP);
+        assert!(
+            has_flow(&mut dp, "FLOWS", &ack),
+            "the forged SYN removed the flow"
+        );
+        let other = (b as u32 + 1) % 3;
+        bed.publish_ring(&mut dp, 0, &[other; RING as usize], 1);
+        assert_eq!(backend_of(&run(&mut dp, &ack).1), b, "the connection moved");
+        assert_eq!(count(&dp.global_counters().unwrap(), "drop_l4_csum"), 1);
+    });
 }

@@ -39,9 +39,45 @@ impl Update {
     }
 }
 
+/// Folds a 64-bit accumulation of 16-, 32- or 64-bit words into the 16-bit ones'
+/// complement sum (2^16, 2^32 and 2^48 are all 1 modulo 0xffff). A region whose
+/// checksum is right, checksum field included, sums to 0xffff in either byte order.
+#[inline(always)]
+pub fn fold(mut s: u64) -> u16 {
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fold_matches_word_sum() {
+        let bytes: [u8; 12] = [
+            0x45, 0, 0, 0x54, 0xff, 0xff, 0x40, 0, 0xfe, 0xdc, 0x12, 0x34,
+        ];
+        let words16: u64 = bytes
+            .chunks(2)
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]) as u64)
+            .sum();
+        let words32: u64 = bytes
+            .chunks(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64)
+            .sum();
+        let w64 = u64::from_ne_bytes(bytes[..8].try_into().unwrap());
+        let mixed = (w64 & 0xffff_ffff)
+            + (w64 >> 32)
+            + u32::from_ne_bytes(bytes[8..].try_into().unwrap()) as u64;
+        assert_eq!(fold(words16), fold(words32));
+        assert_eq!(fold(words16), fold(mixed));
+        // The complement of the sum makes the region check out.
+        let check = !fold(words16);
+        assert_eq!(fold(words16 + check as u64), 0xffff);
+    }
 
     /// Full checksum over 16-bit words, the slow way, for comparison.
     fn full(words: &[u16]) -> u16 {

@@ -36,6 +36,28 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const MAX_RING_SIZE: u32 = 1_000_003;
 /// Default flow-table capacity (each of the two LRU maps).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+
+/// Capacity of the embryonic tables (EMBRYOS, EMBRYO_REVERSE) for a flow table of
+/// `flows` entries: a quarter of it, at least 1024 (or `flows` if smaller). Flows that
+/// have sent one packet (a SYN, a first datagram, an ACK the tables do not know) live
+/// there until their next packet promotes them to FLOWS, so a flood of one-packet
+/// spoofed flows only evicts other one-packet flows. A handshake survives a flood of
+/// R spoofed SYNs per second if it completes within `embryo_table_size / R` seconds
+/// (65536 entries at 1M SYN/s: 65 ms).
+pub const fn embryo_table_size(flows: u32) -> u32 {
+    let quarter = flows / 4;
+    let floor = if flows < 1024 { flows } else { 1024 };
+    if quarter > floor {
+        quarter
+    } else {
+        floor
+    }
+}
+
+/// Longest L4 segment (header and payload) whose checksum the program verifies
+/// before it creates a flow: a full 1500-byte IPv4 packet's payload. Longer
+/// flow-creating packets (jumbo frames) are dropped (`drop_l4_csum`).
+pub const CSUM_MAX_BYTES: u32 = 1480;
 /// A ring slot that selects no backend (service with no active backend).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -224,7 +246,36 @@ pub mod reason {
     pub const FLOW_INSERT_FAILED: u32 = 12;
     /// Egress interface missing from TX_PORTS; handed to the kernel.
     pub const PASS_NO_TX_PORT: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// IPv4 header checksum wrong: the kernel drops it (and counts InCsumErrors).
+    pub const PASS_BAD_IP_CSUM: u32 = 14;
+    /// TCP to a service with a data offset below 5 (0..=4 words).
+    pub const DROP_TCP_DOFF: u32 = 15;
+    /// TCP to a service whose header (options) reaches past the IP payload.
+    pub const DROP_TCP_TRUNCATED: u32 = 16;
+    /// TCP to a service with flags no stack sends: SYN+FIN, SYN+RST, none of
+    /// SYN/ACK/RST (null, FIN-only, xmas).
+    pub const DROP_TCP_FLAGS: u32 = 17;
+    /// Flow-creating packet (SYN, first datagram, unknown flow) whose L4 checksum is
+    /// wrong, or too long to verify (`CSUM_MAX_BYTES`).
+    pub const DROP_L4_CSUM: u32 = 18;
+    /// UDP to a service whose length field disagrees with the IP payload length.
+    pub const DROP_UDP_LEN: u32 = 19;
+    /// 802.1Q/802.1ad-tagged frame: xdp-lb cannot tell which VLAN an egress
+    /// carries, so the kernel (its VLAN devices) handles it.
+    pub const PASS_VLAN: u32 = 20;
+    /// Event, not a verdict: a valid SYN to a service (also counted under its verdict).
+    pub const SYN: u32 = 21;
+    /// Event: a flow entered the embryonic table (its first packet was balanced).
+    pub const EMBRYO_NEW: u32 = 22;
+    /// Event: an embryonic flow sent its second packet and moved to FLOWS.
+    pub const FLOW_PROMOTED: u32 = 23;
+    pub const COUNT: u32 = 24;
+
+    /// The data plane drops packets counted under these reasons (a service owns them
+    /// and they are invalid); every other verdict reason passes or forwards.
+    pub const fn is_drop(r: u32) -> bool {
+        r == DROP_NO_BACKEND || (r >= DROP_TCP_DOFF && r <= DROP_UDP_LEN)
+    }
 
     /// Names for logs and metrics, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -242,6 +293,16 @@ pub mod reason {
         "nat_reply",
         "flow_insert_failed",
         "pass_no_tx_port",
+        "pass_bad_ip_csum",
+        "drop_tcp_doff",
+        "drop_tcp_truncated",
+        "drop_tcp_flags",
+        "drop_l4_csum",
+        "drop_udp_len",
+        "pass_vlan",
+        "syn",
+        "embryo_new",
+        "flow_promoted",
     ];
 }
 
@@ -268,7 +329,8 @@ pub struct Layout {
 }
 
 /// Largest frame the benchmark wrapper can restore.
-pub const BENCH_FRAME_MAX: usize = 256;
+/// (A full 1500-byte packet and its Ethernet header: the checksum cases.)
+pub const BENCH_FRAME_MAX: usize = 1536;
 
 /// The frame the benchmark wrapper restores before every tail call, and how it
 /// varies the flow from one iteration to the next.
@@ -283,6 +345,11 @@ pub struct BenchFrame {
     pub base: u32,
     pub port_off: u16,
     pub addr_off: u16,
+    /// Offsets of the IPv4 header checksum and of the L4 checksum (0: none), patched
+    /// incrementally after the port and address change so the varied frames stay
+    /// valid (the program verifies both).
+    pub ip_check_off: u16,
+    pub l4_check_off: u16,
     pub data: [u8; BENCH_FRAME_MAX],
 }
 
@@ -300,7 +367,7 @@ assert_size!(ReplyTarget, 20);
 assert_size!(NatReverse, 36);
 assert_size!(NextHop, 32);
 assert_size!(Counters, 24);
-assert_size!(BenchFrame, 272);
+assert_size!(BenchFrame, 1556);
 assert_size!(Layout, 24);
 
 #[cfg(feature = "user")]

@@ -13,11 +13,11 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use xdp_lb_common::{BenchFrame, FlowKey, BENCH_FRAME_MAX};
+use xdp_lb_common::{csum::Update, BenchFrame, FlowKey, BENCH_FRAME_MAX};
 
 use crate::{
     maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, FLOWS},
-    parse,
+    parse, validate,
 };
 
 #[xdp]
@@ -72,7 +72,45 @@ fn vary(ctx: &XdpContext, frame: &BenchFrame) -> Option<()> {
             return None;
         }
     }
+    // The program verifies the IPv4 header checksum of every packet and the L4
+    // checksum of flow-creating ones: patch both for the two changed words, as
+    // loaded from memory (see `xdp_lb_common::csum`).
+    let old_port = saved_word(frame, frame.port_off)?;
+    let old_addr = saved_word(frame, frame.addr_off)?;
+    let (new_port, new_addr) = (u16::from_ne_bytes(port), u16::from_ne_bytes(addr));
+    if frame.ip_check_off != 0 {
+        let c = Update::new(saved_word(frame, frame.ip_check_off)?)
+            .u16(old_addr, new_addr)
+            .finish();
+        store_word(ctx, frame.ip_check_off, c)?;
+    }
+    if frame.l4_check_off != 0 {
+        let c = Update::new(saved_word(frame, frame.l4_check_off)?)
+            .u16(old_port, new_port)
+            .u16(old_addr, new_addr)
+            .finish();
+        store_word(ctx, frame.l4_check_off, c)?;
+    }
     Some(())
+}
+
+/// The 16-bit word at `off` of the saved frame, as loaded from memory.
+#[inline(always)]
+fn saved_word(frame: &BenchFrame, off: u16) -> Option<u16> {
+    // Bounded so the verifier accepts the variable offset into the map value.
+    let off = off as usize;
+    if off + 2 > BENCH_FRAME_MAX {
+        return None;
+    }
+    Some(u16::from_ne_bytes([frame.data[off], frame.data[off + 1]]))
+}
+
+#[inline(always)]
+fn store_word(ctx: &XdpContext, off: u16, w: u16) -> Option<()> {
+    let b = w.to_ne_bytes();
+    let rc =
+        unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as *mut _, off as u32, b.as_ptr() as *mut _, 2) };
+    (rc == 0).then_some(())
 }
 
 /// The empty target: what the wrapper alone costs.
@@ -93,6 +131,34 @@ pub fn xdp_floor(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     xdp_action::XDP_TX
+}
+
+/// The L4 checksum verification alone, on top of the floor's parse: what a
+/// flow-creating packet pays for it (this minus the floor).
+#[xdp]
+pub fn xdp_bench_l4_csum(ctx: XdpContext) -> u32 {
+    let Ok(pkt) = parse::parse(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    if validate::l4_csum_ok(&ctx, &pkt) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// The IPv4 header checksum test alone (every IPv4 packet pays it): bounds check,
+/// five loads, fold, XDP_TX.
+#[xdp]
+pub fn xdp_bench_ip_csum(ctx: XdpContext) -> u32 {
+    let Some(ip) = parse::ptr_at::<parse::Ipv4Hdr>(&ctx, 14) else {
+        return xdp_action::XDP_PASS;
+    };
+    if parse::ipv4_csum_ok(unsafe { &*ip }) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 /// Passes everything. A veth only takes XDP_TX/XDP_REDIRECT frames when its peer

@@ -1,5 +1,6 @@
-//! The balancer's decision for one packet: service lookup, backend choice, rewrite,
-//! send; or, for a packet that is not to a service, the NAT reply path.
+//! The balancer's decision for one packet: service lookup, validation, backend
+//! choice, rewrite, send; or, for a packet that is not to a service, the NAT reply
+//! path.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY},
     programs::XdpContext,
@@ -11,9 +12,9 @@ use xdp_lb_common::{
 
 use crate::{
     forward::{self, Side},
-    maps::{BACKEND_REPLIES, FLOWS, NAT_REVERSE, SERVICES},
+    maps::{BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
     parse::{self, Packet},
-    select, stats,
+    select, stats, validate,
 };
 
 #[inline(always)]
@@ -30,17 +31,18 @@ pub fn process(ctx: &XdpContext) -> u32 {
     };
     if let Some(svc) = unsafe { SERVICES.get(&skey) } {
         let svc = *svc;
-        let choice = match select::backend_for(ctx, &pkt, &svc) {
-            Ok(c) => c,
-            Err(r) => {
-                stats::reason(r);
-                return if r == reason::DROP_NO_BACKEND {
-                    xdp_action::XDP_DROP
-                } else {
-                    xdp_action::XDP_PASS
-                };
-            }
-        };
+        let choice =
+            match validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc)) {
+                Ok(c) => c,
+                Err(r) => {
+                    stats::reason(r);
+                    return if reason::is_drop(r) {
+                        xdp_action::XDP_DROP
+                    } else {
+                        xdp_action::XDP_PASS
+                    };
+                }
+            };
         stats::service(svc.id, pkt.len, choice.new_flow);
         stats::backend(choice.id, pkt.len, choice.new_flow);
         let b = &choice.backend;
@@ -48,8 +50,8 @@ pub fn process(ctx: &XdpContext) -> u32 {
             // Only the MACs change; the backend holds the VIP itself.
             return forward::to_backend(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
         }
-        if choice.new_flow && svc.flags & SVC_REVERSE_PER_FLOW != 0 {
-            remember_reply(ctx, &pkt, b.addr, b.port);
+        if svc.flags & SVC_REVERSE_PER_FLOW != 0 && (choice.new_flow || choice.promoted) {
+            remember_reply(ctx, &pkt, b.addr, b.port, choice.promoted);
         }
         if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
             return pass(r);
@@ -77,10 +79,14 @@ pub fn process(ctx: &XdpContext) -> u32 {
 fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
     let k = &pkt.key;
     if t.flags & REPLY_PER_FLOW != 0 {
-        let Some(rev) = (unsafe { NAT_REVERSE.get(k) }) else {
-            return pass(reason::PASS_NOT_SERVICE);
+        // Established flows first; a SYN-ACK finds its flow in the embryonic table.
+        let rev = match unsafe { NAT_REVERSE.get(k) } {
+            Some(r) => *r,
+            None => match unsafe { EMBRYO_REVERSE.get(k) } {
+                Some(r) => *r,
+                None => return pass(reason::PASS_NOT_SERVICE),
+            },
         };
-        let rev = *rev;
         if let Err(r) = forward::nat(ctx, pkt, Side::Src, &rev.vip, rev.vport) {
             return pass(r);
         }
@@ -96,8 +102,12 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
         family: k.family,
         _pad: [0; 2],
     };
-    let Some(flow) = (unsafe { FLOWS.get(&client_flow) }) else {
-        return pass(reason::PASS_NOT_SERVICE);
+    let flow = match unsafe { FLOWS.get(&client_flow) } {
+        Some(f) => *f,
+        None => match unsafe { EMBRYOS.get(&client_flow) } {
+            Some(f) => *f,
+            None => return pass(reason::PASS_NOT_SERVICE),
+        },
     };
     let (ifindex, smac, dmac) = (flow.ifindex, flow.smac, flow.dmac);
     if let Err(r) = forward::nat(ctx, pkt, Side::Src, &t.vip, t.vport) {
@@ -108,9 +118,17 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
 }
 
 /// Records how to translate the backend's replies back to the VIP, and the way back
-/// to the client: the interface and MACs of this request, reversed.
+/// to the client: the interface and MACs of this request, reversed. A new flow's
+/// entry goes to EMBRYO_REVERSE, a promoted flow's to NAT_REVERSE (and leaves the
+/// embryonic table), so that spoofed SYNs cannot evict established reverse entries.
 #[inline(always)]
-fn remember_reply(ctx: &XdpContext, pkt: &Packet, backend_addr: [u32; 4], backend_port: u16) {
+fn remember_reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend_addr: [u32; 4],
+    backend_port: u16,
+    promoted: bool,
+) {
     let Some(eth) = parse::ptr_at::<parse::EthHdr>(ctx, 0) else {
         return;
     };
@@ -133,9 +151,16 @@ fn remember_reply(ctx: &XdpContext, pkt: &Packet, backend_addr: [u32; 4], backen
         smac,
         dmac,
     };
-    if let Err(e) = NAT_REVERSE.insert(&reply, &v, BPF_ANY as u64) {
+    let table = if promoted {
+        &NAT_REVERSE
+    } else {
+        &EMBRYO_REVERSE
+    };
+    if let Err(e) = table.insert(&reply, &v, BPF_ANY as u64) {
         stats::reason(reason::FLOW_INSERT_FAILED);
         crate::events::insert_failed(ctx, "NAT reverse table", e);
+    } else if promoted {
+        let _ = EMBRYO_REVERSE.remove(&reply);
     }
 }
 

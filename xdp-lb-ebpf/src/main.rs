@@ -25,6 +25,8 @@ mod parse;
 mod select;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod validate;
 
 #[cfg(target_arch = "bpf")]
 #[aya_ebpf::macros::xdp]

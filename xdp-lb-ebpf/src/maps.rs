@@ -9,6 +9,9 @@ use xdp_lb_common::{
     Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
 };
 
+/// `embryo_table_size(DEFAULT_FLOW_TABLE_SIZE)`; the control plane sets the real size.
+const DEFAULT_EMBRYO_TABLE_SIZE: u32 = xdp_lb_common::embryo_table_size(DEFAULT_FLOW_TABLE_SIZE);
+
 /// VIP, port and protocol -> service record (active Maglev table, flags).
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
@@ -30,13 +33,29 @@ pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
+/// Client 5-tuple -> backend, for flows that have sent one packet so far (a SYN, a
+/// first datagram, or a packet of a flow neither table knew). Their next packet
+/// promotes them to FLOWS. Kept apart so that spoofed one-packet flows (a SYN flood)
+/// evict only each other, never an established flow. Size set at load
+/// (`embryo_table_size`).
+#[map]
+pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
+
+/// NAT_REVERSE's counterpart for embryonic flows (the backend's SYN-ACK comes before
+/// the client's ACK promotes the flow). Size set at load, as EMBRYOS.
+#[map]
+pub static EMBRYO_REVERSE: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
+
 /// NAT backend endpoint -> VIP and port its replies are translated back to.
 #[map]
 pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Reply 5-tuple (backend -> client) -> VIP, port and way back, only for backends
-/// shared by several NAT services (`SVC_REVERSE_PER_FLOW`). Size set at load.
+/// shared by several NAT services (`SVC_REVERSE_PER_FLOW`), written when the flow
+/// is promoted to FLOWS. Size set at load.
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);

@@ -1,10 +1,14 @@
-//! Header layouts and the parser: Ethernet (one optional 802.1Q tag), IPv4 without
-//! options, IPv6 without extension headers, TCP and UDP. Anything else is reported
-//! with the reason it is not ours, and the caller passes it to the kernel untouched.
+//! Header layouts and the parser: untagged Ethernet, IPv4 without options (version,
+//! IHL, total length against the frame, header checksum), IPv6 without extension
+//! headers (payload length against the frame), TCP and UDP. Anything else is
+//! reported with the reason it is not ours, and the caller passes it to the kernel
+//! untouched. The L4 fields the validation of service packets needs (TCP data
+//! offset and flags, UDP length) are read here; `validate` judges them once the
+//! packet is known to be for a service.
 //!
 //! Every header is read only after an explicit `data + off + size <= data_end`
-//! check; offsets are small constants or one of two constants (VLAN or not), which
-//! keeps the verifier's range tracking exact.
+//! check; offsets are constants (VLAN-tagged frames are not parsed), which keeps the
+//! verifier's range tracking exact.
 use aya_ebpf::programs::XdpContext;
 use xdp_lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
@@ -21,13 +25,6 @@ const IPV6_NH_DSTOPTS: u8 = 60;
 pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
-    /// Network byte order.
-    pub proto: u16,
-}
-
-#[repr(C)]
-pub struct VlanHdr {
-    pub tci: u16,
     /// Network byte order.
     pub proto: u16,
 }
@@ -69,10 +66,16 @@ pub struct Ports {
 pub const TCP_CHECK_OFF: usize = 16;
 pub const UDP_CHECK_OFF: usize = 6;
 const TCP_HDR_LEN: usize = 20;
+const TCP_DOFF_OFF: usize = 12;
 const TCP_FLAGS_OFF: usize = 13;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 const UDP_HDR_LEN: usize = 8;
+const UDP_LEN_OFF: usize = 4;
+/// Shortest Ethernet frame without its FCS; shorter packets arrive padded to it.
+const ETH_MIN_FRAME: u64 = 60;
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the packet.
 #[inline(always)]
@@ -99,19 +102,38 @@ pub struct Packet {
     pub ip_len: u16,
     /// A TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// Length of the L4 segment (header and payload) as the IP header states it,
+    /// host order; the frame may carry Ethernet padding beyond it.
+    pub l4_len: u16,
+    /// TCP: the flags byte (CWR..FIN). UDP: 0.
+    pub tcp_flags: u8,
+    /// TCP: the data offset in 32-bit words (0..=15, unchecked). UDP: 0.
+    pub tcp_doff: u8,
+    /// UDP: the length field, host order. TCP: 0.
+    pub udp_len: u16,
+}
+
+/// The L4 fields `Packet` carries, read from the fixed header.
+struct L4 {
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    doff: u8,
+    udp_len: u16,
 }
 
 /// Parses the frame or returns the `reason` it is not a TCP/UDP packet we handle.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
-    let mut proto = unsafe { (*eth).proto };
-    let mut l3 = core::mem::size_of::<EthHdr>();
+    let proto = unsafe { (*eth).proto };
+    // The program sends only on the interfaces it is attached to, untagged, and
+    // cannot tell which VLAN an egress carries: forwarding a tagged frame would put
+    // a tag on a link that does not expect it. The kernel's VLAN devices handle it.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        let vlan: *const VlanHdr = ptr_at(ctx, l3).ok_or(reason::PASS_MALFORMED)?;
-        proto = unsafe { (*vlan).proto };
-        l3 += core::mem::size_of::<VlanHdr>();
+        return Err(reason::PASS_VLAN);
     }
+    let l3 = core::mem::size_of::<EthHdr>();
     let len = (ctx.data_end() - ctx.data()) as u64;
     if proto == ETH_P_IP {
         parse_v4(ctx, l3, len)
@@ -123,7 +145,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
 }
 
 #[inline(always)]
-fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16, u16, bool), u32> {
+fn l4_fields(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<L4, u32> {
     // Require the whole fixed header, not just the ports: the checksum we patch
     // lies at its end. `l4_len` is what the IP header says follows it.
     let need = if proto == PROTO_TCP {
@@ -135,12 +157,38 @@ fn l4_ports(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<(u16,
         return Err(reason::PASS_MALFORMED);
     }
     let p: *const Ports = ptr_at(ctx, l4).ok_or(reason::PASS_MALFORMED)?;
-    let mut syn = false;
+    let (mut flags, mut doff, mut udp_len) = (0, 0, 0);
     if proto == PROTO_TCP {
-        let flags: *const u8 = ptr_at(ctx, l4 + TCP_FLAGS_OFF).ok_or(reason::PASS_MALFORMED)?;
-        syn = unsafe { *flags } & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let f: *const u8 = ptr_at(ctx, l4 + TCP_FLAGS_OFF).ok_or(reason::PASS_MALFORMED)?;
+        let d: *const u8 = ptr_at(ctx, l4 + TCP_DOFF_OFF).ok_or(reason::PASS_MALFORMED)?;
+        flags = unsafe { *f };
+        doff = unsafe { *d } >> 4;
+    } else {
+        let u: *const u16 = ptr_at(ctx, l4 + UDP_LEN_OFF).ok_or(reason::PASS_MALFORMED)?;
+        udp_len = u16::from_be(unsafe { *u });
     }
-    Ok(unsafe { ((*p).sport, (*p).dport, syn) })
+    Ok(unsafe {
+        L4 {
+            sport: (*p).sport,
+            dport: (*p).dport,
+            flags,
+            doff,
+            udp_len,
+        }
+    })
+}
+
+/// True if the 20-byte IPv4 header at `l3` sums to 0xffff (its checksum is right).
+/// Five 32-bit loads: a ones' complement sum is the same over 16- or 32-bit words
+/// once folded, and byte-order independent for this all-ones test.
+#[inline(always)]
+pub fn ipv4_csum_ok(ip: &Ipv4Hdr) -> bool {
+    let w = ip as *const Ipv4Hdr as *const u32;
+    let mut s: u64 = 0;
+    for i in 0..5 {
+        s += unsafe { *w.add(i) } as u64;
+    }
+    xdp_lb_common::csum::fold(s) == 0xffff
 }
 
 #[inline(always)]
@@ -167,27 +215,38 @@ fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
     }
     let ip_len = u16::from_be(ip.tot_len);
     let l4 = l3 + 20;
-    // The IP length must cover the L4 header and fit in the frame; frames may carry
-    // Ethernet padding beyond it.
-    if (ip_len as u64) < 20 + 8 || l3 as u64 + ip_len as u64 > len {
+    // The IP length must cover the L4 header and fit in the frame. Only a frame
+    // padded to the Ethernet minimum may be longer.
+    let end = l3 as u64 + ip_len as u64;
+    if (ip_len as u64) < 20 + 8 || end > len || (end < len && len > ETH_MIN_FRAME) {
         return Err(reason::PASS_MALFORMED);
     }
-    let (sport, dport, syn) = l4_ports(ctx, l4, proto, ip_len as u64 - 20)?;
+    // Last of the header checks, so a header broken in two ways is counted under
+    // its structural fault.
+    if !ipv4_csum_ok(ip) {
+        return Err(reason::PASS_BAD_IP_CSUM);
+    }
+    let l4_len = ip_len - 20;
+    let f = l4_fields(ctx, l4, proto, l4_len as u64)?;
     Ok(Packet {
         l3,
         l4,
         key: FlowKey {
             src: [ip.src, 0, 0, 0],
             dst: [ip.dst, 0, 0, 0],
-            sport,
-            dport,
+            sport: f.sport,
+            dport: f.dport,
             proto,
             family: FAMILY_V4,
             _pad: [0; 2],
         },
         len,
         ip_len,
-        syn,
+        syn: f.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        l4_len,
+        tcp_flags: f.flags,
+        tcp_doff: f.doff,
+        udp_len: f.udp_len,
     })
 }
 
@@ -210,24 +269,30 @@ fn parse_v6(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
     }
     let payload = u16::from_be(ip.payload_len);
     let l4 = l3 + 40;
-    if (payload as u64) < 8 || l4 as u64 + payload as u64 > len {
+    // The payload length must match the frame: an IPv6 packet with a TCP or UDP
+    // header is never short enough to need Ethernet padding.
+    if (payload as u64) < 8 || l4 as u64 + payload as u64 != len {
         return Err(reason::PASS_MALFORMED);
     }
-    let (sport, dport, syn) = l4_ports(ctx, l4, proto, payload as u64)?;
+    let f = l4_fields(ctx, l4, proto, payload as u64)?;
     Ok(Packet {
         l3,
         l4,
         key: FlowKey {
             src: ip.src,
             dst: ip.dst,
-            sport,
-            dport,
+            sport: f.sport,
+            dport: f.dport,
             proto,
             family: FAMILY_V6,
             _pad: [0; 2],
         },
         len,
         ip_len: payload.wrapping_add(40),
-        syn,
+        syn: f.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        l4_len: payload,
+        tcp_flags: f.flags,
+        tcp_doff: f.doff,
+        udp_len: f.udp_len,
     })
 }

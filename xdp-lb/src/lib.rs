@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod monitor;
+pub mod neigh;
 pub mod plan;
 pub mod summary;
 pub mod tui;

@@ -18,6 +18,7 @@ use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_D
 
 use crate::pkt::*;
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const ROUNDS: usize = 5;
@@ -41,6 +42,10 @@ enum Target {
     Lb,
     Floor,
     Empty,
+    /// Parse + L4 checksum verification (xdp_bench_l4_csum).
+    L4Csum,
+    /// IPv4 header checksum test alone (xdp_bench_ip_csum).
+    IpCsum,
 }
 
 /// What a case's frames look like and how they vary.
@@ -50,7 +55,18 @@ struct FrameSpec {
     flows: u32,
     port_off: u16,
     addr_off: u16,
+    /// IPv4 header checksum offset (0: IPv6), patched by the wrapper when it varies
+    /// the address.
+    ip_check_off: u16,
+    /// L4 checksum offset, patched when it varies the port and address.
+    l4_check_off: u16,
 }
+
+/// Checksum offsets of an untagged IPv4 (TCP or UDP) frame.
+const V4_IP_CHECK: u16 = 14 + 10;
+const V4_TCP_CHECK: u16 = 14 + 20 + 16;
+const V4_UDP_CHECK: u16 = 14 + 20 + 6;
+const V6_TCP_CHECK: u16 = 14 + 40 + 16;
 
 struct Case {
     name: &'static str,
@@ -111,19 +127,35 @@ fn v4_frame(flows: u32) -> FrameSpec {
         flows,
         port_off: 14 + 20,     // TCP source port
         addr_off: 14 + 12 + 2, // low half of the IPv4 source address
+        ip_check_off: V4_IP_CHECK,
+        l4_check_off: V4_TCP_CHECK,
     }
 }
 
 /// UDP to the DSR service: new flows write the flow table only (no reverse entry).
 fn dsr_frame(flows: u32) -> FrameSpec {
+    dsr_frame_with(flows, b"")
+}
+
+/// `dsr_frame` with a payload: the checksum verification scales with it.
+fn dsr_frame_with(flows: u32, payload: &[u8]) -> FrameSpec {
     FrameSpec {
         frame: v4(
-            PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, payload,
         ),
         flows,
         port_off: 14 + 20,
         addr_off: 14 + 12 + 2,
+        ip_check_off: V4_IP_CHECK,
+        l4_check_off: V4_UDP_CHECK,
     }
+}
+
+/// A SYN whose TCP checksum is wrong: dropped before the flow table.
+fn bad_syn_frame() -> FrameSpec {
+    let mut spec = v4_syn_frame(0);
+    spec.frame = with_bad_l4_checksum(spec.frame);
+    spec
 }
 
 fn v6_frame(flows: u32) -> FrameSpec {
@@ -141,6 +173,8 @@ fn v6_frame(flows: u32) -> FrameSpec {
         flows,
         port_off: 14 + 40,
         addr_off: 14 + 8 + 14, // last 16 bits of the IPv6 source address
+        ip_check_off: 0,
+        l4_check_off: V6_TCP_CHECK,
     }
 }
 
@@ -159,6 +193,8 @@ fn reply_frame(flows: u32) -> FrameSpec {
         flows,
         port_off: 14 + 20 + 2, // TCP destination port (the client's)
         addr_off: 14 + 16 + 2, // low half of the IPv4 destination (the client)
+        ip_check_off: V4_IP_CHECK,
+        l4_check_off: V4_TCP_CHECK,
     }
 }
 
@@ -178,6 +214,8 @@ fn non_vip_frame() -> FrameSpec {
         flows: 0,
         port_off: 0,
         addr_off: 0,
+        ip_check_off: 0,
+        l4_check_off: 0,
     }
 }
 
@@ -232,6 +270,25 @@ fn expect_pass(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
 
 fn expect_floor(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     ensure!(o.action == XDP_TX, "floor returned {}", o.action);
+    Ok(())
+}
+
+/// The checksum programs answer XDP_TX only for a frame whose checksum is right.
+fn expect_csum_ok(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(o.action == XDP_TX, "checksum rejected ({})", o.action);
+    Ok(())
+}
+
+fn expect_dropped(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(
+        o.action == XDP_DROP,
+        "action {} instead of XDP_DROP",
+        o.action
+    );
+    ensure!(
+        o.after.new_flows == o.before.new_flows,
+        "a dropped packet created a flow"
+    );
     Ok(())
 }
 
@@ -300,6 +357,43 @@ fn cases() -> Vec<Case> {
             base: 0,
             check: expect_new_flows,
         },
+        Case {
+            name: "DSR new flow, 1400-byte datagram",
+            target: Target::Lb,
+            spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        c(
+            "SYN with a bad checksum (dropped)",
+            Target::Lb,
+            bad_syn_frame(),
+            ONE_FLOW_REPEAT,
+            expect_dropped,
+        ),
+        c(
+            "check: IPv4 header checksum",
+            Target::IpCsum,
+            v4_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_csum_ok,
+        ),
+        c(
+            "check: parse + L4 csum, SYN (20 B)",
+            Target::L4Csum,
+            v4_syn_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_csum_ok,
+        ),
+        c(
+            "check: parse + L4 csum, UDP 1408 B",
+            Target::L4Csum,
+            dsr_frame_with(0, &[0xa5; 1400]),
+            ONE_FLOW_REPEAT,
+            expect_csum_ok,
+        ),
         c(
             "floor, 1M flows",
             Target::Floor,
@@ -340,7 +434,7 @@ struct Row {
 struct Harness {
     dp: AyaDataplane,
     ifindex: u32,
-    fds: [ProgramFd; 3],
+    fds: [ProgramFd; 5],
 }
 
 fn pin_to_last_cpu() -> usize {
@@ -374,21 +468,30 @@ fn measure(bed: &Bed) -> anyhow::Result<Vec<Row>> {
     let mut fd = |name: &'static str| -> anyhow::Result<ProgramFd> {
         Ok(dp.load_program(name)?.fd()?.try_clone()?)
     };
-    let fds = [fd(PROGRAM)?, fd("xdp_floor")?, fd("xdp_bench_empty")?];
+    let fds = [
+        fd(PROGRAM)?,
+        fd("xdp_floor")?,
+        fd("xdp_bench_empty")?,
+        fd("xdp_bench_l4_csum")?,
+        fd("xdp_bench_ip_csum")?,
+    ];
     dp.load_program("xdp_bench_wrapper")?;
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).context("bed interface")?;
     let mut h = Harness { dp, ifindex, fds };
 
-    // Establish the flows the "established" and "reply" cases hit.
-    // ACKs of unknown flows create them too (a flow-table miss re-dispatches).
+    // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
+    // flows create them too (a flow-table miss re-dispatches): the first pass puts
+    // them in the embryonic table, the second promotes them to FLOWS.
     for spec in [
         v4_frame(0),
         v6_frame(0),
         v4_frame(MANY_FLOWS),
         v6_frame(MANY_FLOWS),
     ] {
-        let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
-        ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+        for _ in 0..2 {
+            let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
+            ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+        }
     }
 
     let cases = cases();
@@ -477,6 +580,8 @@ impl Harness {
             base,
             port_off: spec.port_off,
             addr_off: spec.addr_off,
+            ip_check_off: spec.ip_check_off,
+            l4_check_off: spec.l4_check_off,
             data,
         };
         let mut frames: Array<&mut MapData, BenchFrame> =
@@ -528,7 +633,7 @@ fn print_report(rows: &[Row]) {
     println!("(net = case - same wrapper around an empty XDP_TX target; median of {ROUNDS} interleaved rounds)");
     println!();
     println!(
-        "{:<34} {:>9} {:>8} {:>8}  Katran anchor (net ns)",
+        "{:<40} {:>9} {:>8} {:>8}  Katran anchor (net ns)",
         "case", "gross ns", "net ns", "x floor"
     );
     for r in rows {
@@ -538,7 +643,7 @@ fn print_report(rows: &[Row]) {
             .map(|(_, a)| *a)
             .unwrap_or("");
         println!(
-            "{:<34} {:>9.1} {:>8.1} {:>8.2}  {}",
+            "{:<40} {:>9.1} {:>8.1} {:>8.2}  {}",
             r.name,
             r.gross,
             r.net,

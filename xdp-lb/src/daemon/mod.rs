@@ -5,7 +5,7 @@
 pub mod controller;
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -559,22 +559,21 @@ fn format_counters(c: &[(&'static str, u64)]) -> String {
         .join(" ")
 }
 
-/// Sends an empty datagram to every backend so the kernel resolves (and keeps
-/// fresh) their neighbour entries: `bpf_fib_lookup` only succeeds for resolved
-/// next hops, and in DSR mode nothing else would ever make the balancer talk to a
-/// backend's own address.
+/// Keeps the neighbour entries of every backend's next hop resolved (managed entries
+/// the kernel probes itself; a UDP probe on kernels before 5.16): `bpf_fib_lookup`
+/// only succeeds for resolved next hops, and in DSR mode nothing else would ever
+/// make the balancer talk to a backend's own address.
 fn prime_neighbours(cfg: &Config) {
-    for s in &cfg.services {
-        for b in &s.backends {
-            let bind: SocketAddr = match b.addr {
-                IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-                IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-            };
-            if let Ok(sock) = UdpSocket::bind(bind) {
-                // Port 9 is "discard"; an ICMP unreachable back is harmless.
-                let _ = sock.send_to(&[], SocketAddr::new(b.addr, 9));
-            }
-        }
+    let addrs: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr))
+        .collect();
+    if let Err(e) = crate::neigh::keep_resolved(&addrs) {
+        log::warn!(
+            "keeping backend neighbour entries resolved: {}",
+            crate::dataplane::error_chain(&e)
+        );
     }
 }
 

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use xdp_lb_common::{
-    reason, Backend, Counters, FlowKey, FlowValue, Layout, ReplyTarget, Service, ServiceKey,
-    MAX_BACKENDS,
+    embryo_table_size, reason, Backend, Counters, FlowKey, FlowValue, Layout, ReplyTarget, Service,
+    ServiceKey, MAX_BACKENDS,
 };
 
 use super::{
@@ -76,6 +76,8 @@ impl AyaDataplane {
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
             .map_max_entries("FLOWS", sizes.flow_table_size)
             .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
+            .map_max_entries("EMBRYOS", embryo_table_size(sizes.flow_table_size))
+            .map_max_entries("EMBRYO_REVERSE", embryo_table_size(sizes.flow_table_size))
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
         let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -111,7 +113,9 @@ impl AyaDataplane {
         loader
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
             .map_max_entries("FLOWS", sizes.flow_table_size)
-            .map_max_entries("NAT_REVERSE", sizes.flow_table_size);
+            .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
+            .map_max_entries("EMBRYOS", embryo_table_size(sizes.flow_table_size))
+            .map_max_entries("EMBRYO_REVERSE", embryo_table_size(sizes.flow_table_size));
         for name in pin::PINNED_MAPS {
             loader.map_pin_path(name, map_dir.join(name));
         }

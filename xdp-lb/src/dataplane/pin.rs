@@ -27,13 +27,17 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Maps pinned and adopted across restarts. NEXTHOPS (a cache with a TTL) and
 /// TX_PORTS (filled by every attach) are rebuilt by each run, and the benchmark maps
 /// are not used by `run`.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "SERVICES",
     "BACKENDS",
     "MAGLEV_RING",
     "FLOWS",
     "BACKEND_REPLIES",
     "NAT_REVERSE",
+    // Flows that have sent one packet (the SYN-flood table): a handshake in progress
+    // at a restart completes.
+    "EMBRYOS",
+    "EMBRYO_REVERSE",
     "SERVICE_STATS",
     "BACKEND_STATS",
     "GLOBAL_STATS",
@@ -271,6 +275,9 @@ fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, Data
             let max_entries = match name {
                 "MAGLEV_RING" => sizes.ring_entries.max(1),
                 "FLOWS" | "NAT_REVERSE" => sizes.flow_table_size,
+                "EMBRYOS" | "EMBRYO_REVERSE" => {
+                    xdp_lb_common::embryo_table_size(sizes.flow_table_size)
+                }
                 _ => m.max_entries(),
             };
             Ok((
