@@ -148,3 +148,38 @@ pub fn test_data(len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// `xdp-lb run --config FILE` in the lb namespace, ready; panics with the reason.
+pub fn start_with_file(
+    topo: &Topology,
+    file: &crate::lbconfig::ConfigFile,
+) -> crate::lb::XdpLbProcess {
+    let args = [
+        "run".to_string(),
+        "--config".into(),
+        file.path().display().to_string(),
+    ];
+    topo.start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
+/// `n` new TCP connections from the client to the IPv4 VIP's TCP port, counted by the
+/// backend that answered; stops after `MAX_ERRORS` failures.
+pub fn connections(topo: &Topology, n: usize) -> Tally {
+    let vip = topo.vip(false, crate::topology::TCP_PORT);
+    topo.client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..n {
+                if tally.gave_up() {
+                    break;
+                }
+                match crate::client::tcp_name(vip) {
+                    Ok((name, _)) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        })
+        .expect("entering the client namespace")
+}

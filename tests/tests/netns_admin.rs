@@ -11,10 +11,8 @@ use std::{
 use xdp_lb_tests::{
     admin::AdminCli,
     client::{self, LineClient},
-    lb::XdpLbProcess,
     lbconfig::{self, ConfigFile},
-    require_root,
-    scenario::{self, Tally},
+    require_root, scenario,
     topology::{IFACE, TCP_PORT},
     Forwarding, Topology,
 };
@@ -29,38 +27,8 @@ fn web_config(topo: &Topology, weights: &[(usize, u32)]) -> String {
     lbconfig::render(&[IFACE], &[svc]).replacen("[[service]]\n", "[[service]]\nname = \"web\"\n", 1)
 }
 
-fn start(topo: &Topology, file: &ConfigFile) -> XdpLbProcess {
-    let args = [
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    topo.start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
-}
-
 fn addr(topo: &Topology, i: usize) -> String {
     SocketAddr::new(topo.backend(i).v4().into(), TCP_PORT).to_string()
-}
-
-/// `n` new connections to the VIP, counted by the backend that answered.
-fn connections(topo: &Topology, n: usize) -> Tally {
-    let vip = topo.vip(false, TCP_PORT);
-    topo.client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..n {
-                if tally.gave_up() {
-                    break;
-                }
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
-        .expect("entering the client namespace")
 }
 
 /// Connections held open until each of `want` backends has one.
@@ -92,7 +60,7 @@ fn every_verb_works_against_a_running_daemon() {
     require_root();
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     let (b1, b2, b3) = (addr(&topo, 1), addr(&topo, 2), addr(&topo, 3));
 
@@ -118,7 +86,7 @@ fn every_verb_works_against_a_running_daemon() {
     let out = cli.ok(&["backend", "add", "web", &b3]);
     assert!(out.contains(&format!("+{b3}")), "{out}");
     assert!(out.contains("saved to"), "{out}");
-    let t = connections(&topo, 60);
+    let t = scenario::connections(&topo, 60);
     assert!(t.errors.is_empty(), "{}", t.report());
     assert!(
         t.get("backend-3") > 0,
@@ -146,7 +114,7 @@ fn every_verb_works_against_a_running_daemon() {
     assert_eq!(state_of(&b1), ("active".into(), 4));
     cli.ok(&["backend", "drain", "web", &b2]);
     assert_eq!(state_of(&b2).0, "draining");
-    let t = connections(&topo, 40);
+    let t = scenario::connections(&topo, 40);
     assert_eq!(
         t.get("backend-2"),
         0,
@@ -158,7 +126,7 @@ fn every_verb_works_against_a_running_daemon() {
     // ADDR alone names a backend when it is unambiguous.
     cli.ok(&["backend", "down", "web", &topo.backend(3).v4().to_string()]);
     assert_eq!(state_of(&b3).0, "down");
-    let t = connections(&topo, 40);
+    let t = scenario::connections(&topo, 40);
     assert_eq!(
         t.get("backend-3"),
         0,
@@ -227,7 +195,7 @@ fn drain_with_timeout_then_flows_move() {
     require_root();
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1), (3, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     let vip = topo.vip(false, TCP_PORT);
     let mut conn = topo
@@ -241,7 +209,7 @@ fn drain_with_timeout_then_flows_move() {
     cli.ok(&["backend", "drain", "web", &home_addr, "--timeout", "6s"]);
 
     // While draining: the connection keeps transferring, new ones avoid it.
-    let t = connections(&topo, 300);
+    let t = scenario::connections(&topo, 300);
     assert!(t.errors.is_empty(), "{}\n{}", t.report(), lb.output());
     assert_eq!(
         t.get(&home),
@@ -308,10 +276,10 @@ fn weight_change_moves_the_shares() {
     require_root();
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1), (3, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     cli.ok(&["backend", "weight", "web", &addr(&topo, 1), "3"]);
-    let t = connections(&topo, 1200);
+    let t = scenario::connections(&topo, 1200);
     let report = format!("{}\n{}", t.report(), lb.output());
     assert!(t.errors.is_empty(), "{report}");
     for (name, want) in [
@@ -334,7 +302,7 @@ fn add_and_remove_under_traffic_keep_established_connections() {
     require_root();
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     let mut held = hold_connections(&topo, &["backend-1", "backend-2"]);
     let check = |held: &mut Vec<LineClient>, when: &str| {
@@ -350,7 +318,7 @@ fn add_and_remove_under_traffic_keep_established_connections() {
     };
     cli.ok(&["backend", "add", "web", &addr(&topo, 3)]);
     check(&mut held, "after adding backend-3");
-    let t = connections(&topo, 60);
+    let t = scenario::connections(&topo, 60);
     assert!(t.get("backend-3") > 0, "{}", t.report());
     // Remove backend-2: backend-1's connection is unaffected.
     cli.ok(&["backend", "remove", "web", &addr(&topo, 2)]);
@@ -359,7 +327,7 @@ fn add_and_remove_under_traffic_keep_established_connections() {
         .filter(|c| c.greeting() == "backend-1")
         .collect();
     check(&mut one, "after removing backend-2");
-    let t = connections(&topo, 60);
+    let t = scenario::connections(&topo, 60);
     assert_eq!(t.get("backend-2"), 0, "{}", t.report());
 }
 
@@ -369,18 +337,18 @@ fn api_change_survives_a_restart() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1)])).expect("config file");
-    let mut lb = start(&topo, &file);
+    let mut lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     cli.ok(&["backend", "drain", "web", &addr(&topo, 2)]);
     cli.ok(&["backend", "weight", "web", &addr(&topo, 1), "7"]);
     lb.stop();
     drop(lb);
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     let b = cli.backends("web");
     assert!(b.contains(&(addr(&topo, 1), "active".into(), 7)), "{b:?}");
     assert!(b.contains(&(addr(&topo, 2), "draining".into(), 1)), "{b:?}");
-    let t = connections(&topo, 40);
+    let t = scenario::connections(&topo, 40);
     assert_eq!(t.get("backend-2"), 0, "{}", t.report());
 }
 
@@ -390,7 +358,7 @@ fn non_root_user_is_refused() {
     require_root();
     let topo = scenario::xdp_topology(1, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     let mut cmd = std::process::Command::new("setpriv");
     let inner = cli.command(&["status"]);
@@ -417,7 +385,7 @@ fn bad_input_changes_nothing() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&web_config(&topo, &[(1, 1), (2, 1)])).expect("config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let cli = AdminCli::new(&lb);
     cli.ok(&["backend", "down", "web", &addr(&topo, 2)]);
     let snapshot = |cli: &AdminCli| {

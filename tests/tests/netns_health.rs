@@ -79,16 +79,6 @@ fn config(topo: &Topology, service: &str, backends: &[(usize, &str)]) -> String 
     s
 }
 
-fn start(topo: &Topology, file: &ConfigFile) -> XdpLbProcess {
-    let args = [
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    topo.start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
-}
-
 fn call(lb: &XdpLbProcess, cmd: Command) -> Reply {
     admin::call(&Endpoint::Unix(lb.admin_socket().to_path_buf()), cmd)
         .unwrap_or_else(|e| panic!("admin call: {e}\n{}", lb.output()))
@@ -149,25 +139,6 @@ fn all_checked_and_up(lb: &XdpLbProcess, topo: &Topology, n: usize) {
     });
 }
 
-fn new_connections(topo: &Topology, n: usize) -> Tally {
-    let vip = topo.vip(false, TCP_PORT);
-    topo.client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..n {
-                if tally.gave_up() {
-                    break;
-                }
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
-        .expect("entering the client namespace")
-}
-
 /// Sleeps until `fall x interval + 1 interval` after `since`: from then on no new
 /// connection may reach a backend that died at `since`.
 fn after_detection_bound(since: Instant) {
@@ -197,9 +168,9 @@ fn dead_backend_out_and_back(mode: Forwarding) {
     let mut topo = scenario::xdp_topology(3, mode);
     let file = ConfigFile::new(&config(&topo, &tcp_check(), &[(1, ""), (2, ""), (3, "")]))
         .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 3);
-    let before = new_connections(&topo, BATCH);
+    let before = scenario::connections(&topo, BATCH);
     assert!(
         before.errors.is_empty() && (1..=3).all(|i| before.get(&format!("backend-{i}")) > 0),
         "before the kill: {}\n{}",
@@ -242,7 +213,7 @@ fn dead_backend_out_and_back(mode: Forwarding) {
         INTERVAL.as_millis(),
     );
     after_detection_bound(killed);
-    let after = new_connections(&topo, BATCH);
+    let after = scenario::connections(&topo, BATCH);
     let report = format!("after the kill: {}\n{}", after.report(), lb.output());
     assert!(after.errors.is_empty(), "{report}");
     assert_eq!(after.get("backend-2"), 0, "{report}");
@@ -296,7 +267,7 @@ fn dead_backend_out_and_back(mode: Forwarding) {
     assert_eq!(h.last_result.as_deref(), Some("ok"));
     assert!(h.last_latency_ms.is_some_and(|l| l > 0.0), "{h:?}");
     assert_eq!(h.transitions, 2, "{h:?}");
-    let again = new_connections(&topo, BATCH);
+    let again = scenario::connections(&topo, BATCH);
     let report = format!("after the restart: {}\n{}", again.report(), lb.output());
     assert!(again.errors.is_empty(), "{report}");
     assert!(again.get("backend-2") > 0, "{report}");
@@ -395,7 +366,7 @@ fn nat_http_check_503_or_a_wrong_body_takes_the_backend_down() {
     let health = endpoints(&topo);
     let file = ConfigFile::new(&config(&topo, &http_check(), &[(1, ""), (2, ""), (3, "")]))
         .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 3);
 
     let t = Instant::now();
@@ -414,7 +385,7 @@ fn nat_http_check_503_or_a_wrong_body_takes_the_backend_down() {
         ("http", Some("status 503"))
     );
     assert_eq!(h.reason.as_deref(), Some("health check failed: status 503"));
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!("with backend-1 at 503: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert_eq!(tally.get("backend-1"), 0, "{report}");
@@ -445,7 +416,7 @@ fn nat_http_check_503_or_a_wrong_body_takes_the_backend_down() {
         Some("body mismatch")
     );
     assert_eq!(health_up(&s, &topo, 1), Some(true));
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!(
         "with backend-2 mismatching: {}\n{}",
         tally.report(),
@@ -466,9 +437,9 @@ fn nat_backup_serves_only_while_every_primary_is_down() {
         &[(1, ""), (2, ""), (3, "backup = true")],
     ))
     .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 3);
-    let before = new_connections(&topo, BATCH);
+    let before = scenario::connections(&topo, BATCH);
     let report = format!("primaries up: {}\n{}", before.report(), lb.output());
     assert!(before.errors.is_empty(), "{report}");
     assert_eq!(
@@ -488,7 +459,7 @@ fn nat_backup_serves_only_while_every_primary_is_down() {
         ms(took)
     );
     after_detection_bound(killed);
-    let during = new_connections(&topo, BATCH);
+    let during = scenario::connections(&topo, BATCH);
     let report = format!("primaries down: {}\n{}", during.report(), lb.output());
     assert!(during.errors.is_empty(), "{report}");
     assert_eq!(during.get("backend-3"), BATCH, "{report}");
@@ -502,7 +473,7 @@ fn nat_backup_serves_only_while_every_primary_is_down() {
         "backup: handed back {:.0} ms after backend-1 restarted",
         ms(took)
     );
-    let after = new_connections(&topo, BATCH);
+    let after = scenario::connections(&topo, BATCH);
     let report = format!("backend-1 back: {}\n{}", after.report(), lb.output());
     assert!(after.errors.is_empty(), "{report}");
     assert_eq!(after.get("backend-1"), BATCH, "{report}");
@@ -552,7 +523,7 @@ fn nat_every_backend_down_drops_new_connections_and_counts_them() {
     let health = endpoints(&topo);
     let file = ConfigFile::new(&config(&topo, &http_check(), &[(1, ""), (2, "")]))
         .expect("writing the config file");
-    let mut lb = start(&topo, &file);
+    let mut lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 2);
     let t = Instant::now();
     for h in &health {
@@ -573,7 +544,7 @@ fn nat_every_backend_down_drops_new_connections_and_counts_them() {
     wait_for(&lb, "backend-2 back", t, |s| {
         s.services[0].serving == Serving::Primaries
     });
-    let tally = new_connections(&topo, 10);
+    let tally = scenario::connections(&topo, 10);
     assert!(
         tally.errors.is_empty() && tally.get("backend-2") == 10,
         "{}\n{}",
@@ -606,7 +577,7 @@ fn nat_every_backend_down_fails_open_when_configured() {
     let service = format!("on_all_down = \"fail-open\"\n{}", http_check());
     let file = ConfigFile::new(&config(&topo, &service, &[(1, ""), (2, "")]))
         .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 2);
     let t = Instant::now();
     for h in &health {
@@ -616,7 +587,7 @@ fn nat_every_backend_down_fails_open_when_configured() {
         s.services[0].serving == Serving::AllDownFailOpen
     });
     // The checks are what is broken here: the servers still answer.
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!("fail-open: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert!(
@@ -638,7 +609,7 @@ fn nat_admin_down_beats_a_passing_check_and_up_hands_back_to_the_checks() {
     let mut topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&config(&topo, &tcp_check(), &[(1, ""), (2, "")]))
         .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 2);
     let b1 = SocketAddr::new(IpAddr::V4(topo.backend(1).v4()), TCP_PORT).to_string();
     call(
@@ -664,7 +635,7 @@ fn nat_admin_down_beats_a_passing_check_and_up_hands_back_to_the_checks() {
     assert_eq!(st.state, BackendState::Down);
     assert_eq!(st.effective_state, BackendState::Down);
     assert_eq!(st.health.as_ref().map(|h| h.up), Some(true));
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!("admin down: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert_eq!(tally.get("backend-1"), 0, "{report}");
@@ -688,7 +659,7 @@ fn nat_admin_down_beats_a_passing_check_and_up_hands_back_to_the_checks() {
         (st.state, st.effective_state),
         (BackendState::Active, BackendState::Down)
     );
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!("admin up, checks down: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert_eq!(tally.get("backend-1"), 0, "{report}");
@@ -697,7 +668,7 @@ fn nat_admin_down_beats_a_passing_check_and_up_hands_back_to_the_checks() {
     wait_for(&lb, "backend-1 back by its checks", t, |s| {
         backend(s, &topo, 1).effective_state == BackendState::Active
     });
-    let tally = new_connections(&topo, BATCH);
+    let tally = scenario::connections(&topo, BATCH);
     let report = format!("checks up again: {}\n{}", tally.report(), lb.output());
     assert!(tally.errors.is_empty(), "{report}");
     assert!(tally.get("backend-1") > 0, "{report}");
@@ -722,7 +693,7 @@ fn nat_udp_check_takes_a_dead_udp_backend_out() {
         );
     }
     let file = ConfigFile::new(&text).expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     let addrs: Vec<SocketAddr> = (1..=2)
         .map(|i| SocketAddr::new(IpAddr::V4(topo.backend(i).v4()), UDP_PORT))
         .collect();
@@ -782,7 +753,7 @@ fn nat_slow_start_ramps_a_returning_backend_in_steps() {
     let service = format!("slow_start = \"1200ms\"\n{}", tcp_check());
     let file = ConfigFile::new(&config(&topo, &service, &[(1, ""), (2, "weight = 4")]))
         .expect("writing the config file");
-    let lb = start(&topo, &file);
+    let lb = scenario::start_with_file(&topo, &file);
     all_checked_and_up(&lb, &topo, 2);
     assert_eq!(backend(&status(&lb), &topo, 2).effective_weight, 4);
     topo.stop_servers(2);

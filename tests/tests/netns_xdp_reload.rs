@@ -5,10 +5,8 @@ use std::{thread, time::Duration};
 
 use xdp_lb_tests::{
     client::{self, LineClient},
-    lb::XdpLbProcess,
     lbconfig::{self, ConfigFile, ServiceSpec},
-    require_root,
-    scenario::{self, Tally},
+    require_root, scenario,
     topology::{IFACE, TCP_PORT},
     Forwarding, Topology,
 };
@@ -26,41 +24,11 @@ fn config(topo: &Topology, backends: &[usize]) -> String {
     lbconfig::render(&[IFACE], &[svc])
 }
 
-/// `xdp-lb run --config FILE` in the lb namespace, ready.
-fn start_with_file(topo: &Topology, file: &ConfigFile) -> XdpLbProcess {
-    let args = [
-        "run".to_string(),
-        "--config".into(),
-        file.path().display().to_string(),
-    ];
-    topo.start_lb(&args)
-        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
-}
-
-fn new_connections(topo: &Topology) -> Tally {
-    let vip = topo.vip(false, TCP_PORT);
-    topo.client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..NEW_CONNECTIONS {
-                if tally.gave_up() {
-                    break;
-                }
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
-        .expect("entering the client namespace")
-}
-
 fn long_connection_survives_reload(mode: Forwarding) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let file = ConfigFile::new(&config(&topo, &[1, 2])).expect("writing the config file");
-    let mut lb = start_with_file(&topo, &file);
+    let mut lb = scenario::start_with_file(&topo, &file);
     let vip = topo.vip(false, TCP_PORT);
 
     let mut conn = topo
@@ -100,7 +68,7 @@ fn long_connection_survives_reload(mode: Forwarding) {
         lb.output()
     );
 
-    let after = new_connections(&topo);
+    let after = scenario::connections(&topo, NEW_CONNECTIONS);
     let report = format!("{mode:?} after reload: {}\n{}", after.report(), lb.output());
     assert!(after.errors.is_empty(), "{report}");
     assert_eq!(
@@ -134,7 +102,7 @@ fn nat_broken_config_is_refused_and_old_one_kept() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&config(&topo, &[1])).expect("writing the config file");
-    let mut lb = start_with_file(&topo, &file);
+    let mut lb = scenario::start_with_file(&topo, &file);
     file.write("this is [not a valid = config\n")
         .expect("rewriting the config file");
     let err = lb.reload().expect_err("a broken config must not reload");
@@ -142,7 +110,7 @@ fn nat_broken_config_is_refused_and_old_one_kept() {
         err.to_string().contains("xdp-lb reload failed"),
         "expected `xdp-lb reload failed`, got: {err}"
     );
-    let t = new_connections(&topo);
+    let t = scenario::connections(&topo, NEW_CONNECTIONS);
     assert!(
         t.errors.is_empty(),
         "old config no longer served: {}\n{}",
@@ -197,7 +165,7 @@ fn nat_draining_backend_keeps_flows_gets_no_new_ones() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let file = ConfigFile::new(&config(&topo, &[1, 2])).expect("writing the config file");
-    let mut lb = start_with_file(&topo, &file);
+    let mut lb = scenario::start_with_file(&topo, &file);
     let vip = topo.vip(false, TCP_PORT);
     let mut conn = topo
         .client
@@ -223,7 +191,7 @@ fn nat_draining_backend_keeps_flows_gets_no_new_ones() {
             ),
         }
     }
-    let after = new_connections(&topo);
+    let after = scenario::connections(&topo, NEW_CONNECTIONS);
     let report = format!("after draining {home}: {}\n{}", after.report(), lb.output());
     assert!(after.errors.is_empty(), "{report}");
     assert_eq!(
