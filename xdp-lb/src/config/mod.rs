@@ -402,6 +402,8 @@ pub enum ConfigError {
     },
     #[error("service {service:?}: backend {backend} listed twice")]
     DuplicateBackend { service: String, backend: String },
+    #[error("service {service:?}: backend {backend} has the VIP's own address: the balancer would send the service's traffic back to itself; give the backend's real address (DSR backends hold the VIP on loopback, but are addressed by their own)")]
+    BackendIsVip { service: String, backend: String },
     #[error("services {first:?} and {second:?} both use {endpoint}; each vip+port+proto may appear once")]
     DuplicateService {
         first: String,
@@ -1240,6 +1242,12 @@ fn validate_service(svc: &ServiceConfig, max_table_size: u32) -> Result<(), Conf
     for b in &svc.backends {
         // Both NAT (rewrites the destination address) and DSR (the backend answers
         // from the VIP it holds) need one address family end to end.
+        if b.addr == svc.vip {
+            return Err(ConfigError::BackendIsVip {
+                service: svc.name.clone(),
+                backend: b.socket_addr().to_string(),
+            });
+        }
         if b.addr.is_ipv4() != svc.vip.is_ipv4() {
             return Err(ConfigError::FamilyMismatch {
                 service: svc.name.clone(),
@@ -1981,5 +1989,20 @@ state = "down"
             let chain = crate::dataplane::error_chain(&e);
             assert!(chain.contains(needle), "{needle:?} not in {chain:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod vip_tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_at_the_vip_is_refused() {
+        let e = parse_str(
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"198.18.100.1\"\nport = 80\n[[service.backend]]\naddr = \"198.18.100.1\"\nport = 8080\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::BackendIsVip { .. }), "{e}");
+        assert!(e.to_string().contains("VIP's own address"), "{e}");
     }
 }
