@@ -826,14 +826,7 @@ impl<D: Dataplane> Controller<D> {
         let last = self.samples.back();
         let assignments = self.planner.assignments();
         let checked = self.checked();
-        let checks: HashMap<Key, BackendHealth> = self
-            .checker
-            .as_ref()
-            .map(|c| c.snapshot())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|h| ((h.service.clone(), h.backend), h))
-            .collect();
+        let checks = self.check_snapshots();
         let services = self
             .cfg
             .services
@@ -904,6 +897,17 @@ impl<D: Dataplane> Controller<D> {
         }
     }
 
+    /// The checker's latest result per backend (empty without a checker).
+    fn check_snapshots(&self) -> HashMap<Key, BackendHealth> {
+        self.checker
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.backend), h))
+            .collect()
+    }
+
     pub fn status(&self) -> Status {
         let flows = self
             .dp
@@ -918,14 +922,7 @@ impl<D: Dataplane> Controller<D> {
         let assignments = self.planner.assignments();
         let now = Instant::now();
         let eff = effective(&self.cfg, &self.health, now);
-        let checks: HashMap<Key, BackendHealth> = self
-            .checker
-            .as_ref()
-            .map(|c| c.snapshot())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|h| ((h.service.clone(), h.backend), h))
-            .collect();
+        let checks = self.check_snapshots();
         let checked = self.checked();
         let services = self
             .cfg

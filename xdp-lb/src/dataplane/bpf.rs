@@ -62,6 +62,14 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
+/// A removal whose key is already gone has done its job.
+fn absent(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
@@ -416,15 +424,7 @@ impl Dataplane for AyaDataplane {
                 services.insert(*k, *v, 0).map_err(map_err("SERVICES"))?;
             }
             for k in &plan.service_deletes {
-                match services.remove(k) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(source) => {
-                        return Err(DataplaneError::Map {
-                            map: "SERVICES",
-                            source,
-                        })
-                    }
-                }
+                absent(services.remove(k)).map_err(map_err("SERVICES"))?;
             }
         }
         {
@@ -437,15 +437,7 @@ impl Dataplane for AyaDataplane {
             let mut replies: HashMap<&mut MapData, ServiceKey, ReplyTarget> =
                 self.map("BACKEND_REPLIES")?;
             for k in &plan.reply_deletes {
-                match replies.remove(k) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(source) => {
-                        return Err(DataplaneError::Map {
-                            map: "BACKEND_REPLIES",
-                            source,
-                        })
-                    }
-                }
+                absent(replies.remove(k)).map_err(map_err("BACKEND_REPLIES"))?;
             }
         }
         let mut owners: Array<&mut MapData, u32> = self.map("BACKEND_OWNERS")?;
