@@ -1,5 +1,9 @@
 //! Cache tier verbs as an operator runs them (the real `xdp-lb` binary, stdout and stderr not
-//! terminals, as under cron or CI): what they print, and their exit codes.
+//! terminals, as under cron or CI): what they print, their exit codes, and the `/metrics`
+//! of `cache serve` run alone.
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
 use xdp_lb_tests::cache_support::{
     free_port, run_xdp_lb, test_config, CacheProcess, HttpClient, ProxyInstance, RedisServer,
     Reply, TempDir, Upstream,
@@ -127,6 +131,8 @@ async fn serve_warns_once_when_redis_is_down_and_logs_its_return() {
         &up.addr.to_string(),
         "--redis",
         &format!("redis://127.0.0.1:{redis_port}"),
+        "--metrics-listen",
+        "off",
     ]);
     let warning = serve.wait_for_line("serving uncached until it answers");
     assert!(warning.contains("WARN"), "{warning}");
@@ -154,4 +160,153 @@ async fn serve_warns_once_when_redis_is_down_and_logs_its_return() {
         }
     }
     assert!(hit, "hits once redis is back");
+}
+
+/// Every sample line of a Prometheus exposition, by name and labels as written.
+fn exposition(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_alone_exports_metrics_that_count_its_requests() {
+    let up =
+        Upstream::start(|_, n| Reply::ok(&format!("v{n}")).header("cache-control", "max-age=600"))
+            .await;
+    let redis = RedisServer::start();
+    let dir = TempDir::new("serve-metrics");
+    let cfg = dir.0.join("cache.toml");
+    // A loaded test machine must not turn slow Redis answers into extra misses.
+    std::fs::write(&cfg, "[cache]\n[cache.redis]\ntimeout_ms = 2000\n").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut serve = CacheProcess::spawn(&[
+        "cache",
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--upstream",
+        &up.addr.to_string(),
+        "--redis",
+        &redis.url(),
+        "--metrics-listen",
+        &metrics,
+    ]);
+    serve.wait_for_line(&format!("serving http://{metrics}/metrics"));
+    serve.wait_for_line("listening on");
+    let addr = listen.parse().unwrap();
+    let metrics = metrics.parse().unwrap();
+    let c = HttpClient::default();
+
+    // Misses, then hits of the same paths; the counters must equal what the client saw.
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let paths = ["/a", "/b", "/c"];
+    for p in paths {
+        let r = c.get(addr, p).await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.x_cache(), "MISS", "{p}: first request");
+        *seen.entry("miss".into()).or_default() += 1;
+    }
+    for p in paths {
+        // The store completes after the first answer; bounded, nothing is timed.
+        let mut hit = false;
+        for _ in 0..20 {
+            let r = c.get(addr, p).await;
+            *seen.entry(r.x_cache().to_ascii_lowercase()).or_default() += 1;
+            if r.x_cache() == "HIT" {
+                hit = true;
+                break;
+            }
+        }
+        assert!(hit, "{p} never became a hit: {seen:?}");
+    }
+    let hits = seen.get("hit").copied().unwrap_or(0);
+    assert_eq!(hits, 3, "{seen:?}");
+
+    let scrape = c.get(metrics, "/metrics").await;
+    assert_eq!(scrape.status.as_u16(), 200, "{}", scrape.text());
+    assert!(
+        scrape
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        scrape.headers
+    );
+    let text = scrape.text();
+    let values = exposition(&text);
+    for (result, n) in &seen {
+        let series = format!("xdp_lb_cache_requests_total{{result=\"{result}\"}}");
+        assert_eq!(values.get(&series), Some(&(*n as f64)), "{series}\n{text}");
+    }
+    let requests: f64 = values
+        .iter()
+        .filter(|(k, _)| k.starts_with("xdp_lb_cache_requests_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    let sent: u64 = seen.values().sum();
+    assert_eq!(requests, sent as f64, "every request counted once\n{text}");
+    assert_eq!(
+        values.get("xdp_lb_cache_upstream_requests_total"),
+        Some(&(up.total() as f64)),
+        "{text}"
+    );
+    assert_eq!(values.get("xdp_lb_cache_redis_up"), Some(&1.0), "{text}");
+    assert!(
+        !text.contains("xdp_lb_backend") && !text.contains("xdp_lb_alert"),
+        "the tier alone exports only cache figures\n{text}"
+    );
+
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_metrics_port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (ok, _, err) = xdp_lb(strings(&[
+        "cache",
+        "serve",
+        "--listen",
+        &listen,
+        "--upstream",
+        "127.0.0.1:9",
+        "--metrics-listen",
+        &metrics,
+    ]))
+    .await;
+    assert!(!ok, "started with its /metrics port taken");
+    assert!(
+        err.contains(&format!("cannot listen for /metrics on {metrics}"))
+            && err.contains("--metrics-listen"),
+        "{err}"
+    );
 }

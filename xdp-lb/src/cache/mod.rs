@@ -107,6 +107,10 @@ Examples:
 Keys use the normalised host (lowercase, no :80), as rendered by the key template
 (default {scheme}://{host}{path}{query}). Exits 1 when KEY was not cached.";
 
+/// Where `cache serve` serves `/metrics` unless told otherwise: loopback, one port above
+/// the daemon's (127.0.0.1:9717).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9718";
+
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
     /// Run the caching reverse proxy.
@@ -120,6 +124,10 @@ pub enum CacheCommand {
         /// Upstream as ADDR:PORT[@WEIGHT], weight 1 by default (repeatable). Overrides the file.
         #[arg(short, long = "upstream")]
         upstreams: Vec<String>,
+        /// Prometheus endpoint with the tier's counters, ADDR:PORT or `off`. The default
+        /// port is not the daemon's 9717, so both can run on one machine.
+        #[arg(long, default_value = DEFAULT_METRICS_LISTEN)]
+        metrics_listen: String,
     },
     /// Fetch the URLs listed in FILE (one per line) from the upstreams and store them.
     #[command(after_help = WARM_EXAMPLES)]
@@ -201,88 +209,74 @@ fn with_upstreams(cfg: &mut CacheConfig, upstreams: &[String]) -> anyhow::Result
     Ok(())
 }
 
-pub fn run(args: CacheArgs) -> anyhow::Result<()> {
+/// The settings `cache serve` runs with: the file, then the flags over it, validated.
+pub fn serve_config(
+    source: &SourceArgs,
+    listen: Option<SocketAddr>,
+    upstreams: &[String],
+) -> anyhow::Result<CacheConfig> {
+    let mut cfg = load(source)?;
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    with_upstreams(&mut cfg, upstreams)?;
+    cfg.validate().context("invalid cache configuration")?;
+    Ok(cfg)
+}
+
+/// `xdp-lb cache warm`.
+pub fn warm_command(source: &SourceArgs, upstreams: &[String], file: &Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
-    match args.command {
-        CacheCommand::Serve {
-            source,
-            listen,
-            upstreams,
-        } => {
-            let mut cfg = load(&source)?;
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            with_upstreams(&mut cfg, &upstreams)?;
-            cfg.validate().context("invalid cache configuration")?;
-            rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .context("installing the SIGTERM handler")?;
-                serve(cfg, async move {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                })
-                .await?;
-                anyhow::Ok(())
-            })?;
-        }
-        CacheCommand::Warm {
-            source,
-            upstreams,
-            file,
-        } => {
-            let mut cfg = load(&source)?;
-            with_upstreams(&mut cfg, &upstreams)?;
-            cfg.validate().context("invalid cache configuration")?;
-            let urls = warm::read_urls(&file)?;
-            let report = rt
-                .block_on(warm::warm(cfg, urls, true))
-                .map_err(|e| anyhow::anyhow!("{}", Causes(&e)))?;
-            println!(
-                "warmed: stored {}, not cacheable {}, failed {}",
-                report.stored, report.not_storable, report.failed
-            );
-            if report.failed > 0 {
-                anyhow::bail!("{} URLs could not be stored", report.failed);
-            }
-        }
-        CacheCommand::Purge {
-            source,
-            key,
-            prefix,
-        } => {
-            let cfg = load(&source)?;
-            // Purging needs Redis only: no upstreams required, but the Redis part must hold.
-            cfg.redis
-                .validate()
-                .context("invalid cache configuration")?;
-            // The redis crate's errors repeat their cause in their text; print it once.
-            let once = |e: store::StoreError| anyhow::anyhow!("{}", Causes(&e));
-            rt.block_on(async {
-                // The lazy connection manager needs the runtime at construction.
-                let store = store::Store::new(&cfg.redis, Arc::new(stats::Stats::default()))
-                    .map_err(once)?;
-                match (key, prefix) {
-                    (_, Some(p)) => {
-                        let n = store.purge_prefix(&p).await.map_err(once)?;
-                        println!("purged {n} entries");
-                    }
-                    (Some(k), None) => {
-                        if !store.del(&store.entry_key(&k)).await.map_err(once)? {
-                            // Non-zero, so a script notices a key that was mistyped or never
-                            // cached (hosts are lowercase and without :80 in keys).
-                            anyhow::bail!("{k:?} was not cached; nothing purged");
-                        }
-                        println!("purged");
-                    }
-                    (None, None) => unreachable!("clap requires a key or --prefix"),
-                }
-                anyhow::Ok(())
-            })?;
-        }
+    let mut cfg = load(source)?;
+    with_upstreams(&mut cfg, upstreams)?;
+    cfg.validate().context("invalid cache configuration")?;
+    let urls = warm::read_urls(file)?;
+    let report = rt
+        .block_on(warm::warm(cfg, urls, true))
+        .map_err(|e| anyhow::anyhow!("{}", Causes(&e)))?;
+    println!(
+        "warmed: stored {}, not cacheable {}, failed {}",
+        report.stored, report.not_storable, report.failed
+    );
+    if report.failed > 0 {
+        anyhow::bail!("{} URLs could not be stored", report.failed);
     }
     Ok(())
+}
+
+/// `xdp-lb cache purge`: one key, or every key under `prefix`.
+pub fn purge_command(
+    source: &SourceArgs,
+    key: Option<String>,
+    prefix: Option<String>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let cfg = load(source)?;
+    // Purging needs Redis only: no upstreams required, but the Redis part must hold.
+    cfg.redis
+        .validate()
+        .context("invalid cache configuration")?;
+    // The redis crate's errors repeat their cause in their text; print it once.
+    let once = |e: store::StoreError| anyhow::anyhow!("{}", Causes(&e));
+    rt.block_on(async {
+        // The lazy connection manager needs the runtime at construction.
+        let store =
+            store::Store::new(&cfg.redis, Arc::new(stats::Stats::default())).map_err(once)?;
+        match (key, prefix) {
+            (_, Some(p)) => {
+                let n = store.purge_prefix(&p).await.map_err(once)?;
+                println!("purged {n} entries");
+            }
+            (Some(k), None) => {
+                if !store.del(&store.entry_key(&k)).await.map_err(once)? {
+                    // Non-zero, so a script notices a key that was mistyped or never
+                    // cached (hosts are lowercase and without :80 in keys).
+                    anyhow::bail!("{k:?} was not cached; nothing purged");
+                }
+                println!("purged");
+            }
+            (None, None) => unreachable!("clap requires a key or --prefix"),
+        }
+        anyhow::Ok(())
+    })
 }

@@ -2,6 +2,7 @@
 //! dispatch from a parsed command line to library calls. The only module that knows
 //! clap or anyhow.
 mod admin;
+mod cache;
 
 use std::path::PathBuf;
 
@@ -255,7 +256,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Top { refresh, admin } => admin::top(&admin, refresh),
         Command::Alerts(args) => admin::alerts(&args),
         Command::Report { window, admin } => admin::report(&admin, window),
-        Command::Cache(args) => crate::cache::run(args),
+        Command::Cache(args) => cache::run(args),
     }
 }
 

@@ -55,9 +55,20 @@ pub fn series_bound(
 
 /// Renders `/metrics`. Takes an `Arc` because the collector must own what it encodes.
 pub fn render(input: Arc<MetricsInput>) -> String {
+    encode(Box::new(Snapshot(input)), 64 * 1024)
+}
+
+/// Renders `/metrics` of the cache tier run alone (`xdp-lb cache serve`): the cache
+/// families of the daemon's `/metrics`, under the same names, and nothing else (no
+/// alert families: the tier alone judges no thresholds).
+pub fn render_cache(sample: CacheSample) -> String {
+    encode(Box::new(CacheOnly(sample)), 4 * 1024)
+}
+
+fn encode(collector: Box<dyn Collector>, capacity: usize) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot(input)));
-    let mut out = String::with_capacity(64 * 1024);
+    registry.register_collector(collector);
+    let mut out = String::with_capacity(capacity);
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
         .expect("formatting into a String does not fail");
     out
@@ -65,6 +76,15 @@ pub fn render(input: Arc<MetricsInput>) -> String {
 
 #[derive(Debug)]
 struct Snapshot(Arc<MetricsInput>);
+
+#[derive(Debug)]
+struct CacheOnly(CacheSample);
+
+impl Collector for CacheOnly {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_cache(&mut enc, &self.0)
+    }
+}
 
 enum Kind {
     Counter,

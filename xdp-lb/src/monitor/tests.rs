@@ -358,21 +358,30 @@ fn metrics_pass_promtool_check() {
     );
     let (ok, report) = promtool_check(&text);
     assert!(ok, "promtool check metrics: {report}");
-    // `xdp-lb cache serve` alone: cache families and alerts only.
-    let cache_only = render(Arc::new(MetricsInput {
+    // `xdp-lb cache serve` alone: the cache families only, under the daemon's names.
+    let cache = CacheSample {
+        hits: 3,
+        redis_reachable: Some(false),
+        ..Default::default()
+    };
+    let cache_only = metrics::render_cache(cache.clone());
+    assert!(cache_only.contains("xdp_lb_cache_requests_total{result=\"hit\"} 3"));
+    assert!(cache_only.contains("xdp_lb_cache_redis_up 0"));
+    assert!(!cache_only.contains("xdp_lb_backend"));
+    assert!(!cache_only.contains("xdp_lb_alert"), "{cache_only}");
+    let in_daemon = render(Arc::new(MetricsInput {
         sample: Sample {
-            cache: Some(CacheSample {
-                hits: 3,
-                redis_reachable: Some(false),
-                ..Default::default()
-            }),
+            cache: Some(cache),
             ..Default::default()
         },
         firing: Vec::new(),
     }));
-    assert!(cache_only.contains("xdp_lb_cache_requests_total{result=\"hit\"} 3"));
-    assert!(cache_only.contains("xdp_lb_cache_redis_up 0"));
-    assert!(!cache_only.contains("xdp_lb_backend"));
+    for line in cache_only.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            in_daemon.lines().any(|l| l == line),
+            "{line:?} is not in the daemon's /metrics:\n{in_daemon}"
+        );
+    }
     let (ok, report) = promtool_check(&cache_only);
     assert!(ok, "promtool check metrics (cache only): {report}");
     // The checker does reject what breaks the conventions (a counter without `_total`, no
