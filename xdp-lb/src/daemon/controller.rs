@@ -533,13 +533,17 @@ impl<D: Dataplane> Controller<D> {
                 c.flow_table_size,
                 c.max_services,
                 c.max_table_size,
-                c.monitor.clone(),
+                // Alert thresholds apply on reload (the daemon's loop hands them to the
+                // monitor); the sampling, the endpoint and the history size do not.
+                c.monitor.interval,
+                c.monitor.metrics_listen,
+                c.monitor.monitor.history,
             )
         };
         if fixed(&new) != fixed(&self.cfg) {
             return Err(ApiError::new(
                 ErrorKind::Invalid,
-                "interfaces, xdp_mode, flow_table_size, max_services, max_table_size and [monitor] only change on restart",
+                "interfaces, xdp_mode, flow_table_size, max_services, max_table_size and [monitor] (except [monitor.alerts]) only change on restart",
             ));
         }
         if new.cache != self.cfg.cache {

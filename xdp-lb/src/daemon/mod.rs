@@ -269,6 +269,20 @@ struct Watch {
 /// costs about a second at a million flows; see `cargo xtask bench status`).
 const MONITOR_FLOWS_EVERY: Duration = Duration::from_secs(10);
 
+/// Hands `[monitor.alerts]` to the monitor when a reload changed it.
+fn apply_alert_config(monitor: &Mutex<Monitor>, cfg: &crate::config::Config) {
+    let want = &cfg.monitor.monitor.alerts;
+    let mut m = monitor.lock().unwrap_or_else(|e| e.into_inner());
+    if m.alert_config() == want {
+        return;
+    }
+    match m.set_alert_config(want.clone()) {
+        Ok(()) => log::info!("monitor: alert thresholds reloaded"),
+        // The configuration was validated on load, so this is a bug, not an input error.
+        Err(e) => log::error!("monitor: keeping the previous alert thresholds: {e}"),
+    }
+}
+
 /// Answers the monitor's admin commands; `None` for the controller's.
 fn monitor_answer(monitor: &Mutex<Monitor>, cmd: &Command) -> Option<Result<Reply, ApiError>> {
     let m = monitor.lock().unwrap_or_else(|e| e.into_inner());
@@ -379,6 +393,7 @@ async fn serve(
                 if ctl.generation() != was {
                     prime_neighbours(ctl.config());
                 }
+                apply_alert_config(&watch.monitor, ctl.config());
                 let _ = env.reply.send(answer);
             }
             Some(ev) = health_rx.recv() => {
@@ -392,6 +407,7 @@ async fn serve(
                 match ctl.reload() {
                     Ok(_) => {
                         prime_neighbours(ctl.config());
+                        apply_alert_config(&watch.monitor, ctl.config());
                         println!(
                             "xdp-lb reloaded: generation {}, {} service(s)",
                             ctl.generation(),

@@ -217,6 +217,15 @@ impl AlertEngine {
         &self.config
     }
 
+    /// New thresholds from a reload. What is firing stays firing until the next tick
+    /// judges it by the new thresholds; an alert that no longer holds then clears (and is
+    /// logged) as it would after a change of the figures.
+    pub fn set_config(&mut self, config: AlertConfig) -> Result<(), AlertConfigError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Judges one tick. Returns the alerts that fired or cleared at it, sorted by kind and
     /// target.
     pub fn evaluate(&mut self, figures: &Figures) -> Vec<AlertEvent> {
@@ -502,6 +511,48 @@ mod tests {
         );
         assert!(e.evaluate(&cpu_at(21.0, 10.0)).is_empty());
         assert!(e.firing().is_empty());
+    }
+
+    #[test]
+    fn new_thresholds_judge_the_next_tick_without_refiring() {
+        let mut e = AlertEngine::new(AlertConfig {
+            hold_s: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(e.evaluate(&cpu_at(0.0, 95.0)).len(), 1);
+        // A threshold still under the figure: the alert stays, with no second event.
+        let lower = AlertConfig {
+            hold_s: 0.0,
+            cpu_percent: 90.0,
+            ..Default::default()
+        };
+        e.set_config(lower.clone()).unwrap();
+        assert!(e.evaluate(&cpu_at(1.0, 95.0)).is_empty());
+        assert_eq!(e.firing()[0].threshold, 90.0);
+        // Above the figure: it clears once, as if the figure had dropped.
+        e.set_config(AlertConfig {
+            cpu_percent: 100.0,
+            ..lower
+        })
+        .unwrap();
+        assert_eq!(e.firing().len(), 1, "judged at the next tick, not at once");
+        let cleared = e.evaluate(&cpu_at(2.0, 95.0));
+        assert_eq!(
+            transitions(&cleared),
+            [(Transition::Cleared, AlertKind::Cpu, String::new())]
+        );
+        assert!(e.firing().is_empty());
+        let bad = AlertConfig {
+            cpu_percent: 101.0,
+            ..Default::default()
+        };
+        assert!(e.set_config(bad).is_err());
+        assert_eq!(
+            e.config().cpu_percent,
+            100.0,
+            "a refused config changes nothing"
+        );
     }
 
     #[test]

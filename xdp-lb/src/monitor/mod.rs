@@ -224,6 +224,15 @@ impl Monitor {
         self.alerts.firing()
     }
 
+    pub fn alert_config(&self) -> &AlertConfig {
+        self.alerts.config()
+    }
+
+    /// `[monitor.alerts]` changed by a reload; see [`AlertEngine::set_config`].
+    pub fn set_alert_config(&mut self, config: AlertConfig) -> Result<(), MonitorError> {
+        Ok(self.alerts.set_config(config)?)
+    }
+
     pub fn view(&self) -> View {
         let mut series = Series::default();
         for f in self.history.iter() {
