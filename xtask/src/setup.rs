@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     // `promtool check metrics` checks the `/metrics` text in the monitor's tests.
     "prometheus",
+    // A real pseudo-terminal for the `xdp-lb top` test (new-session, capture-pane).
+    "tmux",
 ];
 
 /// Services the packages above ship: installing them must not leave them enabled or
