@@ -4,8 +4,8 @@
 //! API while a long-lived connection on it keeps working and new connections avoid it;
 //! a backend's server stopped: when the balancer marked it down and why, the spread
 //! without it (no failed request), its return once the server is back; the balancer's
-//! own `status` at the end. Ctrl-C stops it; the same Drop guards tear
-//! everything down.
+//! own `status`, and an excerpt of its monitor's figures (`report`, `/metrics`) at the
+//! end. Ctrl-C stops it; the same Drop guards tear everything down.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -304,11 +304,52 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for line in cli.ok(&["status"]).lines() {
         println!("  | {line}");
     }
+    step(
+        6,
+        "the monitor's figures over the demo: xdp-lb report, and /metrics",
+    );
+    print_monitor(&topo, &cli)?;
     drop(conn);
     drop(lb);
     println!("\ncleaning up namespaces");
     drop(topo);
     println!("demo complete");
+    Ok(())
+}
+
+/// A short view of the monitor: `report` rows for new flows per second and the
+/// machine's CPU and memory, then the per-backend new-flow counters from `/metrics`
+/// (served on the balancer's loopback, so fetched inside its namespace). One call
+/// each: bounded by the client timeouts, whatever the history holds.
+fn print_monitor(topo: &Topology, cli: &AdminCli) -> anyhow::Result<()> {
+    let report = cli.ok(&["report", "--window", "5m"]);
+    let mut lines = report.lines();
+    for line in lines.by_ref().take(2) {
+        println!("  | {line}");
+    }
+    for line in lines.filter(|l| {
+        let figure = l.split_whitespace().next().unwrap_or("");
+        figure.ends_with("/new_flows_per_s")
+            || figure == "cpu_percent"
+            || figure == "memory_percent"
+    }) {
+        println!("  | {line}");
+    }
+    let at: SocketAddr = xdp_lb::config::DEFAULT_METRICS_LISTEN
+        .parse()
+        .context("the daemon's default /metrics address")?;
+    let metrics = topo
+        .lb
+        .run(|| client::http_get_path(at, "/metrics"))
+        .context("entering the balancer's namespace")?
+        .context("scraping /metrics")?;
+    println!("curl http://{at}/metrics (in the balancer's namespace), new flows per backend:");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("xdp_lb_backend_new_flows_total{"))
+    {
+        println!("  | {line}");
+    }
     Ok(())
 }
 

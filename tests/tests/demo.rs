@@ -32,6 +32,11 @@ fn demo_runs_to_the_end_and_cleans_up() {
         "xdp-lb marked backend-2 up",
         "== step 5",
         "service chat",
+        "== step 6",
+        "report over",
+        "new_flows_per_s",
+        "cpu_percent",
+        "xdp_lb_backend_new_flows_total{service=\"web\"",
         "demo complete",
     ] {
         assert!(
