@@ -42,7 +42,7 @@ use crate::{
         BackendHealth, HealthChecker, HealthEvent, Member, OnAllDown, Selection, Target,
     },
     monitor::{BackendSample, DataplaneSample, ReasonCount, ServiceSample},
-    plan::{Change, Plan, Planner},
+    plan::{Change, Plan, Planner, ServiceIds},
 };
 
 /// The monitor walks the flow table at most once per this many walk durations.
@@ -58,6 +58,16 @@ struct Sample {
     at: Instant,
     services: HashMap<String, Counters>,
     backends: HashMap<(String, SocketAddr), Counters>,
+}
+
+/// One backend as `status` and the monitor both read it (`Controller::backend_views`).
+struct BackendView<'a> {
+    key: Key,
+    counters: Counters,
+    /// The sample before the latest, when there are two: the base of the rates.
+    previous: Option<&'a Counters>,
+    table_share: f64,
+    flows: u64,
 }
 
 /// A backend of a service, by name and address: how health is keyed.
@@ -849,16 +859,11 @@ impl<D: Dataplane> Controller<D> {
                     backends: svc
                         .backends
                         .iter()
-                        .map(|b| {
-                            let addr = b.socket_addr();
-                            let key = (svc.name.clone(), addr);
-                            let c = last
-                                .and_then(|l| l.backends.get(&(svc.name.clone(), addr)))
-                                .copied()
-                                .unwrap_or_default();
-                            let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
+                        .zip(self.backend_views(svc, ids, &flows))
+                        .map(|(b, v)| {
+                            let key = v.key;
                             BackendSample {
-                                addr: addr.to_string(),
+                                addr: key.1.to_string(),
                                 state: b.state,
                                 health: checked.contains(&key).then(|| {
                                     crate::monitor::sample::Health::from_up(
@@ -866,13 +871,10 @@ impl<D: Dataplane> Controller<D> {
                                     )
                                 }),
                                 weight: b.weight,
-                                packets: c.packets,
-                                bytes: c.bytes,
-                                new_flows: c.new_flows,
-                                flows: slot
-                                    .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
-                                    .copied()
-                                    .unwrap_or(0),
+                                packets: v.counters.packets,
+                                bytes: v.counters.bytes,
+                                new_flows: v.counters.new_flows,
+                                flows: v.flows,
                                 last_check_latency: checks.get(&key).and_then(|h| h.last_latency),
                                 health_transitions: self
                                     .health
@@ -899,6 +901,45 @@ impl<D: Dataplane> Controller<D> {
             flows_total: flows.scanned,
             flow_table_capacity: u64::from(self.cfg.flow_table_size),
         }
+    }
+
+    /// What `status` and the monitor both show of each backend of `svc`, in its order:
+    /// counters as of the latest sample (and the one before, for rates), share of the
+    /// published table, and flow entries of its current slot in `flows`.
+    fn backend_views(
+        &self,
+        svc: &ServiceConfig,
+        ids: Option<&ServiceIds>,
+        flows: &FlowCounts,
+    ) -> Vec<BackendView<'_>> {
+        let last = self.samples.back();
+        let prev = self.samples.front().filter(|_| self.samples.len() == 2);
+        svc.backends
+            .iter()
+            .map(|b| {
+                let addr = b.socket_addr();
+                let key = (svc.name.clone(), addr);
+                let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
+                BackendView {
+                    counters: last
+                        .and_then(|l| l.backends.get(&key))
+                        .copied()
+                        .unwrap_or_default(),
+                    previous: prev.and_then(|p| p.backends.get(&key)),
+                    table_share: match (slot, ids) {
+                        (Some(s), Some(a)) if a.table_size > 0 => {
+                            100.0 * f64::from(s.table_entries) / f64::from(a.table_size)
+                        }
+                        _ => 0.0,
+                    },
+                    flows: slot
+                        .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
+                        .copied()
+                        .unwrap_or(0),
+                    key,
+                }
+            })
+            .collect()
     }
 
     /// The checker's latest result per backend (empty without a checker).
@@ -928,89 +969,75 @@ impl<D: Dataplane> Controller<D> {
         let eff = effective(&self.cfg, &self.health, now);
         let checks = self.check_snapshots();
         let checked = self.checked();
-        let services = self
-            .cfg
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, svc)| {
-                let eff_svc = &eff.cfg.services[i];
-                let ids = assignments.iter().find(|a| a.name == svc.name);
-                let counters = last
-                    .and_then(|l| l.services.get(&svc.name))
-                    .copied()
-                    .unwrap_or_default();
-                let (pps, bps, nfps) = self.rates(
-                    &counters,
-                    prev.and_then(|p| p.services.get(&svc.name)),
-                    window,
-                );
-                let backends = svc
-                    .backends
-                    .iter()
-                    .zip(&eff_svc.backends)
-                    .map(|(b, eb)| {
-                        let addr = b.socket_addr();
-                        let slot = ids.and_then(|a| a.slots.iter().find(|s| s.addr == addr));
-                        let key = (svc.name.clone(), addr);
-                        let c = last
-                            .and_then(|l| l.backends.get(&key))
-                            .copied()
-                            .unwrap_or_default();
-                        let (pps, bps, nfps) =
-                            self.rates(&c, prev.and_then(|p| p.backends.get(&key)), window);
-                        BackendStatus {
-                            addr,
-                            weight: b.weight,
-                            state: b.state,
-                            table_share: match (slot, ids) {
-                                (Some(s), Some(a)) if a.table_size > 0 => {
-                                    100.0 * f64::from(s.table_entries) / f64::from(a.table_size)
+        let services =
+            self.cfg
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, svc)| {
+                    let eff_svc = &eff.cfg.services[i];
+                    let ids = assignments.iter().find(|a| a.name == svc.name);
+                    let counters = last
+                        .and_then(|l| l.services.get(&svc.name))
+                        .copied()
+                        .unwrap_or_default();
+                    let (pps, bps, nfps) = self.rates(
+                        &counters,
+                        prev.and_then(|p| p.services.get(&svc.name)),
+                        window,
+                    );
+                    let backends =
+                        svc.backends
+                            .iter()
+                            .zip(&eff_svc.backends)
+                            .zip(self.backend_views(svc, ids, &flows))
+                            .map(|((b, eb), v)| {
+                                let key = v.key;
+                                let c = v.counters;
+                                let (pps, bps, nfps) = self.rates(&c, v.previous, window);
+                                BackendStatus {
+                                    addr: key.1,
+                                    weight: b.weight,
+                                    state: b.state,
+                                    table_share: v.table_share,
+                                    flows: v.flows,
+                                    packets: c.packets,
+                                    bytes: c.bytes,
+                                    new_flows: c.new_flows,
+                                    packets_per_sec: pps,
+                                    bits_per_sec: bps,
+                                    new_flows_per_sec: nfps,
+                                    drain_remaining_secs: self.drains.get(&key).map(|(at, _)| {
+                                        at.saturating_duration_since(now).as_secs_f64()
+                                    }),
+                                    backup: b.backup,
+                                    effective_state: eb.state,
+                                    effective_weight: eb.weight,
+                                    health: checked.contains(&key).then(|| {
+                                        self.health_status(&key, checks.get(&key), svc, b, now)
+                                    }),
                                 }
-                                _ => 0.0,
-                            },
-                            flows: slot
-                                .and_then(|s| flows.by_backend.get(&(s.id, s.generation)))
-                                .copied()
-                                .unwrap_or(0),
-                            packets: c.packets,
-                            bytes: c.bytes,
-                            new_flows: c.new_flows,
-                            packets_per_sec: pps,
-                            bits_per_sec: bps,
-                            new_flows_per_sec: nfps,
-                            drain_remaining_secs: self
-                                .drains
-                                .get(&key)
-                                .map(|(at, _)| at.saturating_duration_since(now).as_secs_f64()),
-                            backup: b.backup,
-                            effective_state: eb.state,
-                            effective_weight: eb.weight,
-                            health: checked
-                                .contains(&key)
-                                .then(|| self.health_status(&key, checks.get(&key), svc, b, now)),
-                        }
-                    })
-                    .collect();
-                ServiceStatus {
-                    name: svc.name.clone(),
-                    endpoint: svc.endpoint(),
-                    algorithm: svc.algorithm,
-                    forwarding: svc.forwarding,
-                    table_size: svc.table_size,
-                    from_flags: i >= self.cfg.file_services,
-                    packets: counters.packets,
-                    bytes: counters.bytes,
-                    new_flows: counters.new_flows,
-                    packets_per_sec: pps,
-                    bits_per_sec: bps,
-                    new_flows_per_sec: nfps,
-                    on_all_down: svc.on_all_down,
-                    serving: eff.serving[i],
-                    backends,
-                }
-            })
-            .collect();
+                            })
+                            .collect();
+                    ServiceStatus {
+                        name: svc.name.clone(),
+                        endpoint: svc.endpoint(),
+                        algorithm: svc.algorithm,
+                        forwarding: svc.forwarding,
+                        table_size: svc.table_size,
+                        from_flags: i >= self.cfg.file_services,
+                        packets: counters.packets,
+                        bytes: counters.bytes,
+                        new_flows: counters.new_flows,
+                        packets_per_sec: pps,
+                        bits_per_sec: bps,
+                        new_flows_per_sec: nfps,
+                        on_all_down: svc.on_all_down,
+                        serving: eff.serving[i],
+                        backends,
+                    }
+                })
+                .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
