@@ -25,17 +25,25 @@ use xdp_lb_tests::{
     Forwarding, Topology,
 };
 
-/// A private tmux server (its own socket name) running one session; killed on drop, so a
-/// failing test leaves no terminal behind.
+/// A private tmux server (its socket in a directory of its own) running one session;
+/// on drop the server is killed and the directory removed, so a failing test leaves no
+/// terminal behind (tmux itself leaves its socket file when the last session ends).
 struct Tmux {
-    socket: String,
+    dir: PathBuf,
+    socket: PathBuf,
 }
 
 impl Tmux {
-    /// Starts `command` in a detached session with a fixed 140x40 screen.
-    fn start(command: &str) -> Self {
-        let socket = format!("xlbtop{}", std::process::id());
-        let t = Tmux { socket };
+    /// Starts `command` (built from this tmux's directory) in a detached session with a
+    /// fixed 140x40 screen.
+    fn start(command: impl FnOnce(&Path) -> String) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-lb-top-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let t = Tmux {
+            socket: dir.join("tmux.sock"),
+            dir,
+        };
+        let command = command(&t.dir);
         t.run(&[
             "new-session",
             "-d",
@@ -45,14 +53,14 @@ impl Tmux {
             "40",
             "-s",
             "top",
-            command,
+            &command,
         ]);
         t
     }
 
     fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
-            .arg("-L")
+            .arg("-S")
             .arg(&self.socket)
             .args(args)
             .output()
@@ -74,10 +82,11 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .arg("-L")
+            .arg("-S")
             .arg(&self.socket)
             .arg("kill-server")
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -146,17 +155,17 @@ fn top_in_a_terminal_follows_the_traffic_and_quits_on_q() {
         ])
         .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
 
-    let dir = tempfile_dir();
-    let status_file = dir.join("status");
     let bin = binary::xdp_lb_bin().unwrap_or_else(|e| panic!("{e}"));
     // The shell records top's exit status once it returns; tmux then closes the session.
-    let command = format!(
-        "{} top --refresh 200ms --admin-socket {}; echo $? > {}",
-        bin.display(),
-        lb.admin_socket().display(),
-        status_file.display()
-    );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::start(|dir| {
+        format!(
+            "{} top --refresh 200ms --admin-socket {}; echo $? > {}",
+            bin.display(),
+            lb.admin_socket().display(),
+            dir.join("status").display()
+        )
+    });
+    let status_file = tmux.dir.join("status");
     let addrs: Vec<String> = (1..=3).map(|i| backend_addr(&topo, i)).collect();
     let screen = wait_screen(&tmux, &lb, "the service and backend rows", |s| {
         row(s, "web").is_some() && addrs.iter().all(|a| row(s, a).is_some())
@@ -233,12 +242,4 @@ fn top_in_a_terminal_follows_the_traffic_and_quits_on_q() {
         thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.trim(), "0", "top's exit status");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A directory for the exit-status file, unique to this test process.
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xdp-lb-top-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
