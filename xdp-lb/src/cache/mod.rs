@@ -87,6 +87,9 @@ Examples:
   xdp-lb cache serve --upstream 10.0.0.2:8080 --redis-cluster \\
       --redis redis://10.0.1.1:6379 --redis redis://10.0.1.2:6379
 
+  # Its counters for Prometheus (default address; `--metrics-listen off` disables)
+  curl -s http://127.0.0.1:9718/metrics
+
 When Redis cannot be reached the proxy still serves, uncached, and says so in its log.";
 
 const WARM_EXAMPLES: &str = "\
