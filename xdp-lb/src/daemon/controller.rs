@@ -671,7 +671,10 @@ impl<D: Dataplane> Controller<D> {
         // The planner gets the effective configuration; the desired one is kept (and
         // was saved by the caller).
         let plan = self.publish(&new, &health, Instant::now())?;
-        let desired_changed = new != self.cfg;
+        // Only the services make tables; a reload that changed nothing else but
+        // [monitor.alerts] is announced by the monitor, not explained by health here.
+        let desired_changed = new.services != self.cfg.services;
+        let alerts_changed = new.monitor != self.cfg.monitor;
         self.health = health;
         self.cfg = new;
         self.file_text = text;
@@ -699,7 +702,7 @@ impl<D: Dataplane> Controller<D> {
             log::info!(
                 "{origin}: saved; the tables are unchanged because health decides the backends' effective state (see `xdp-lb status`)"
             );
-        } else if events.is_empty() {
+        } else if events.is_empty() && !alerts_changed {
             log::info!("{origin}: configuration unchanged");
         }
         Ok(events)
