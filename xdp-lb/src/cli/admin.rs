@@ -58,7 +58,7 @@ pub enum BackendCmd {
     Add {
         service: String,
         backend: String,
-        /// Start it as draining or down instead of active.
+        /// Start it as draining or down instead of active. [default: active]
         #[arg(long, value_parser = ["active", "draining", "down"])]
         state: Option<String>,
         #[command(flatten)]
@@ -87,7 +87,7 @@ pub enum BackendCmd {
     Drain {
         service: String,
         backend: String,
-        /// e.g. 30s, 5m, 1h30m.
+        /// e.g. 30s, 5m, 1h30m. Without it the backend drains until `undrain` or `down`.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
         /// Allow leaving the service with no active backend.
@@ -148,7 +148,7 @@ pub enum ServiceCmd {
         algorithm: String,
         #[arg(long, default_value = "nat", value_parser = ["nat", "dsr"], ignore_case = true)]
         forwarding: String,
-        /// Maglev table size (a prime). Default: 65537.
+        /// Maglev table size (a prime). [default: 65537]
         #[arg(long)]
         table_size: Option<u32>,
         /// ADDR:PORT[@WEIGHT] (repeatable, at least one).

@@ -3,6 +3,8 @@
 //! clap or anyhow.
 mod admin;
 mod cache;
+#[cfg(test)]
+mod help_tests;
 
 use std::path::PathBuf;
 
@@ -164,12 +166,12 @@ pub struct RunArgs {
     #[arg(short, long = "iface")]
     pub ifaces: Vec<String>,
     /// How to attach the XDP program: auto (native, falling back to generic with a
-    /// warning), native, or generic. Default: auto, or `xdp_mode` in the file.
+    /// warning), native, or generic. [default: auto, or `xdp_mode` in the file]
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(XdpMode::NAMES)
         .map(|s| s.parse::<XdpMode>().expect("listed value")))]
     pub xdp_mode: Option<XdpMode>,
-    /// Flow-table capacity (connections remembered per table). Default: 262144, or
-    /// `flow_table_size` in the file.
+    /// Flow-table capacity (connections remembered per table).
+    /// [default: 262144, or `flow_table_size` in the file]
     #[arg(long)]
     pub flow_table_size: Option<u32>,
     /// Quick single service: the virtual IP and port, e.g. 203.0.113.10:80 or [2001:db8::10]:80.
@@ -187,11 +189,11 @@ pub struct RunArgs {
     /// Forwarding of the --vip service.
     #[arg(long, default_value = "nat", value_parser = ["nat", "dsr"], ignore_case = true)]
     pub forwarding: String,
-    /// Prometheus endpoint, ADDR:PORT or `off`. Overrides `[monitor] metrics_listen`;
-    /// default 127.0.0.1:9717.
+    /// Prometheus endpoint, ADDR:PORT or `off`. Overrides `[monitor] metrics_listen`.
+    /// [default: 127.0.0.1:9717, or `[monitor] metrics_listen` in the file]
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Maglev table size of the --vip service (a prime). Default: 65537.
+    /// Maglev table size of the --vip service (a prime). [default: 65537]
     #[arg(long)]
     pub table_size: Option<u32>,
 }
@@ -263,11 +265,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 /// `xdp-lb check`: everything `run` does before touching the kernel.
 fn check(args: &RunArgs) -> anyhow::Result<()> {
     let cfg = crate::config::load(&args.sources()).context("invalid configuration")?;
-    crate::daemon::check_interfaces(&cfg.interfaces)?;
+    let host = crate::daemon::check_host(&cfg)?;
     crate::plan::Planner::new(cfg.max_services, cfg.max_table_size)
         .apply(&cfg)
         .context("configuration cannot be programmed")?;
     print!("{}", crate::summary::render(&cfg));
-    println!("\nconfiguration OK");
+    // What was verified beyond the file, so "OK" is not read as more than it is.
+    println!(
+        "\nhost: {} interface(s) exist in this network namespace; none of the {} backend(s) \
+         is one of its {} local addresses",
+        host.interfaces, host.backends, host.local_addrs
+    );
+    println!("configuration OK");
     Ok(())
 }

@@ -45,6 +45,9 @@
 //! near 1%), and at most `max_table_size`. `max_services` and `max_table_size` size
 //! kernel maps, so they are fixed for the life of a `run`.
 //!
+//! Every mistake past the TOML syntax is reported, not only the first: each check
+//! records its mistake with its place and goes on (see `mistakes`).
+//!
 //! Command-line flags: `--vip ADDR:PORT` (IPv6 as `[2001:db8::10]:80`) with repeatable
 //! `--backend ADDR:PORT[@WEIGHT]` and `--proto/--algorithm/--forwarding/--table-size`
 //! adds one service to those of the file; `--iface`, `--xdp-mode` and
@@ -68,6 +71,10 @@ use crate::{
 };
 
 pub mod edit;
+mod mistakes;
+
+pub use mistakes::Mistake;
+use mistakes::Mistakes;
 
 /// How the XDP program is attached to each interface.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
@@ -349,6 +356,12 @@ impl BackendConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Several mistakes at once; a single one is returned as its own variant.
+    #[error("{origin}: {} mistakes; fix each of them:{}", .mistakes.len(), mistakes::render(.mistakes))]
+    Invalid {
+        origin: String,
+        mistakes: Vec<Mistake>,
+    },
     #[error("[cache] section: {0}")]
     Cache(crate::cache::config::ConfigError),
     #[error("no services configured: give --config FILE with [[service]] tables or --vip ADDR:PORT with --backend ADDR:PORT")]
@@ -711,23 +724,36 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Where the configuration's mistakes are reported from: the file, or the command line.
+fn origin(args: &Sources) -> String {
+    args.config.as_deref().map_or_else(
+        || "the configuration".to_string(),
+        |p| p.display().to_string(),
+    )
+}
+
 fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
     // Nothing to balance is the most basic mistake: report it before anything else.
     if raw.services.is_empty() && args.vip.is_none() {
         service_from_flags(args)?;
         return Err(ConfigError::NoServices);
     }
-    let interfaces = if args.ifaces.is_empty() {
-        raw.interfaces
+    // Every check below records its mistake and goes on (with the default in place of
+    // a bad value), so one run reports all of them.
+    let mut m = Mistakes::default();
+    let (interfaces, at) = if args.ifaces.is_empty() {
+        (raw.interfaces, "interfaces")
     } else {
-        args.ifaces.clone()
+        (args.ifaces.clone(), "--iface")
     };
-    validate_interfaces(&interfaces)?;
+    for e in interface_mistakes(&interfaces) {
+        m.add(at, e);
+    }
 
     let xdp_mode = match (args.xdp_mode, raw.xdp_mode.as_deref()) {
         (Some(mode), _) => mode,
         (None, None) => XdpMode::default(),
-        (None, Some(s)) => parse_xdp_mode(s)?,
+        (None, Some(s)) => m.check("xdp_mode", parse_xdp_mode(s)).unwrap_or_default(),
     };
 
     let flow_table_size = args
@@ -735,54 +761,87 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         .or(raw.flow_table_size)
         .unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
     if flow_table_size == 0 {
-        return Err(ConfigError::BadLimit {
-            key: "flow_table_size",
-            value: 0,
-            reason: "must be at least 1".into(),
-        });
+        let at = match args.flow_table_size {
+            Some(_) => "--flow-table-size",
+            None => "flow_table_size",
+        };
+        m.add(
+            at,
+            ConfigError::BadLimit {
+                key: "flow_table_size",
+                value: 0,
+                reason: "must be at least 1".into(),
+            },
+        );
     }
 
-    let max_services = raw.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
+    let limits_before = m.len();
+    let mut max_services = raw.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
     if !(1..=MAX_SERVICES).contains(&max_services) {
-        return Err(ConfigError::BadLimit {
-            key: "max_services",
-            value: max_services.into(),
-            reason: format!("must be in 1..={MAX_SERVICES}"),
-        });
+        m.add(
+            "max_services",
+            ConfigError::BadLimit {
+                key: "max_services",
+                value: max_services.into(),
+                reason: format!("must be in 1..={MAX_SERVICES}"),
+            },
+        );
+        max_services = DEFAULT_MAX_SERVICES;
     }
-    let max_table_size = raw.max_table_size.unwrap_or(DEFAULT_MAX_TABLE_SIZE);
+    let mut max_table_size = raw.max_table_size.unwrap_or(DEFAULT_MAX_TABLE_SIZE);
     if !(SLOTS_PER_BACKEND..=MAX_RING_SIZE).contains(&max_table_size) {
-        return Err(ConfigError::BadLimit {
-            key: "max_table_size",
-            value: max_table_size.into(),
-            reason: format!("must be in {SLOTS_PER_BACKEND}..={MAX_RING_SIZE}"),
-        });
+        m.add(
+            "max_table_size",
+            ConfigError::BadLimit {
+                key: "max_table_size",
+                value: max_table_size.into(),
+                reason: format!("must be in {SLOTS_PER_BACKEND}..={MAX_RING_SIZE}"),
+            },
+        );
+        max_table_size = DEFAULT_MAX_TABLE_SIZE;
     }
+    // Only from values as written: after a bad one was replaced by its default, the
+    // product is not the operator's.
     let ring_entries = 2 * u64::from(max_services) * u64::from(max_table_size);
-    if ring_entries > MAX_RING_ENTRIES {
-        return Err(ConfigError::BadLimit {
-            key: "max_table_size",
-            value: max_table_size.into(),
-            reason: format!(
-                "with max_services = {max_services} the ring map needs {ring_entries} entries, \
-                 more than {MAX_RING_ENTRIES}; lower one of them"
-            ),
-        });
+    if m.len() == limits_before && ring_entries > MAX_RING_ENTRIES {
+        m.add(
+            "max_table_size",
+            ConfigError::BadLimit {
+                key: "max_table_size",
+                value: max_table_size.into(),
+                reason: format!(
+                    "with max_services = {max_services} the ring map needs {ring_entries} entries, \
+                     more than {MAX_RING_ENTRIES}; lower one of them"
+                ),
+            },
+        );
     }
 
-    let mut services = raw
-        .services
-        .into_iter()
-        .map(service_from_raw)
-        .collect::<Result<Vec<_>, _>>()?;
+    // Where each parsed service came from, for the semantic checks' messages.
+    let mut places = Vec::with_capacity(raw.services.len() + 1);
+    let mut services = Vec::with_capacity(raw.services.len() + 1);
+    for (i, rs) in raw.services.into_iter().enumerate() {
+        let at = format!("service[{i}]");
+        if let Some(svc) = service_from_raw(rs, &at, &mut m) {
+            services.push(svc);
+            places.push(at);
+        }
+    }
     let file_services = services.len();
-    if let Some(svc) = service_from_flags(args)? {
+    if let Some(svc) = m.check("command line", service_from_flags(args)).flatten() {
         services.push(svc);
+        places.push("command line".to_string());
     }
 
     if let Some(cache) = &raw.cache {
-        cache.validate().map_err(ConfigError::Cache)?;
+        m.check("[cache]", cache.validate().map_err(ConfigError::Cache));
     }
+    let monitor = m
+        .check(
+            "[monitor]",
+            monitor_settings(raw.monitor, args.metrics_listen.as_deref()),
+        )
+        .unwrap_or_default();
 
     let cfg = Config {
         interfaces,
@@ -792,52 +851,77 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         max_table_size,
         services,
         cache: raw.cache,
-        monitor: monitor_settings(raw.monitor, args.metrics_listen.as_deref())?,
+        monitor,
         file_services,
     };
-    validate_services(&cfg)?;
+    service_mistakes(&cfg, &places, &mut m);
+    m.into_result(&origin(args))?;
     Ok(cfg)
 }
 
 /// The rules between services and within each: run on every configuration, whether
 /// it came from the file or from a runtime change.
 pub fn validate_services(cfg: &Config) -> Result<(), ConfigError> {
+    let places: Vec<String> = (0..cfg.services.len())
+        .map(|i| format!("service[{i}]"))
+        .collect();
+    let mut m = Mistakes::default();
+    service_mistakes(cfg, &places, &mut m);
+    m.into_result("the configuration")
+}
+
+/// Records the mistakes of `cfg.services`; `places[i]` says where service `i` is.
+fn service_mistakes(cfg: &Config, places: &[String], m: &mut Mistakes) {
     let services = &cfg.services;
     if services.is_empty() {
-        return Err(ConfigError::NoServices);
+        // Only when every service failed to parse; those mistakes are already listed.
+        if m.len() == 0 {
+            m.add("", ConfigError::NoServices);
+        }
+        return;
     }
     if services.len() > cfg.max_services as usize {
-        return Err(ConfigError::TooManyServices {
-            count: services.len(),
-            max: cfg.max_services,
-        });
+        m.add(
+            "max_services",
+            ConfigError::TooManyServices {
+                count: services.len(),
+                max: cfg.max_services,
+            },
+        );
     }
     let mut names = HashSet::new();
     let mut endpoints: Vec<((IpAddr, u16, Proto), &str)> = Vec::new();
-    for svc in services {
-        validate_service(svc, cfg.max_table_size)?;
+    for (svc, at) in services.iter().zip(places) {
+        validate_service(svc, cfg.max_table_size, at, m);
         if !names.insert(svc.name.as_str()) {
-            return Err(ConfigError::DuplicateServiceName {
-                name: svc.name.clone(),
-            });
+            m.add(
+                at.as_str(),
+                ConfigError::DuplicateServiceName {
+                    name: svc.name.clone(),
+                },
+            );
         }
         let key = (svc.vip, svc.port, svc.proto);
         if let Some((_, first)) = endpoints.iter().find(|(k, _)| *k == key) {
-            return Err(ConfigError::DuplicateService {
-                first: first.to_string(),
-                second: svc.name.clone(),
-                endpoint: svc.endpoint(),
-            });
+            m.add(
+                at.as_str(),
+                ConfigError::DuplicateService {
+                    first: first.to_string(),
+                    second: svc.name.clone(),
+                    endpoint: svc.endpoint(),
+                },
+            );
         }
         endpoints.push((key, &svc.name));
     }
-    Ok(())
 }
 
-fn validate_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
+/// Every mistake in the interface list.
+fn interface_mistakes(interfaces: &[String]) -> Vec<ConfigError> {
     if interfaces.is_empty() {
-        return Err(ConfigError::NoInterfaces);
+        return vec![ConfigError::NoInterfaces];
     }
+    let mut out = Vec::new();
     let mut seen = HashSet::new();
     for name in interfaces {
         let reason = if name.is_empty() {
@@ -854,16 +938,15 @@ fn validate_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
             None
         };
         if let Some(reason) = reason {
-            return Err(ConfigError::BadInterface {
+            out.push(ConfigError::BadInterface {
                 name: name.clone(),
                 reason,
             });
-        }
-        if !seen.insert(name.as_str()) {
-            return Err(ConfigError::DuplicateInterface { name: name.clone() });
+        } else if !seen.insert(name.as_str()) {
+            out.push(ConfigError::DuplicateInterface { name: name.clone() });
         }
     }
-    Ok(())
+    out
 }
 
 fn parse_xdp_mode(s: &str) -> Result<XdpMode, ConfigError> {
@@ -965,60 +1048,77 @@ fn provisional_name(name: &Option<String>, vip: &str, port: i64) -> String {
     }
 }
 
-fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
+/// The service of one `[[service]]` table, or `None` with its mistakes recorded in
+/// `m` (all of them: each key is checked even after another failed).
+fn service_from_raw(raw: RawService, at: &str, m: &mut Mistakes) -> Option<ServiceConfig> {
+    let before = m.len();
     let label = provisional_name(&raw.name, &raw.vip, raw.port);
-    let vip = parse_ip(&format!("service {label:?}: vip"), &raw.vip)?;
-    let port = check_port(&format!("service {label:?}: port"), raw.port)?;
-    let proto = parse_proto(&label, raw.proto.as_deref().unwrap_or("tcp"))?;
-    let name = match raw.name {
-        Some(n) if n.trim().is_empty() => return Err(ConfigError::EmptyServiceName),
-        Some(n) => n,
-        None => default_name(vip, port, proto),
+    let vip = m.check(at, parse_ip(&format!("service {label:?}: vip"), &raw.vip));
+    let port = m.check(
+        at,
+        check_port(&format!("service {label:?}: port"), raw.port),
+    );
+    let proto = m.check(
+        at,
+        parse_proto(&label, raw.proto.as_deref().unwrap_or("tcp")),
+    );
+    let name = match (raw.name, vip, port, proto) {
+        (Some(n), ..) if n.trim().is_empty() => {
+            m.add(at, ConfigError::EmptyServiceName);
+            label
+        }
+        (Some(n), ..) => n,
+        (None, Some(vip), Some(port), Some(proto)) => default_name(vip, port, proto),
+        (None, ..) => label,
     };
-    let algorithm = parse_algorithm(&name, raw.algorithm.as_deref().unwrap_or("maglev"))?;
-    let forwarding = parse_forwarding(&name, raw.forwarding.as_deref().unwrap_or("nat"))?;
+    let algorithm = m.check(
+        at,
+        parse_algorithm(&name, raw.algorithm.as_deref().unwrap_or("maglev")),
+    );
+    let forwarding = m.check(
+        at,
+        parse_forwarding(&name, raw.forwarding.as_deref().unwrap_or("nat")),
+    );
     let mut backends = Vec::with_capacity(raw.backends.len());
-    for b in raw.backends {
-        let context = format!("service {name:?}: backend");
-        let addr = parse_ip(&context, &b.addr)?;
-        let bport = match b.port {
-            Some(p) => Some(check_port(&format!("service {name:?}: backend {addr}"), p)?),
-            None => None,
-        };
-        let port = resolve_backend_port(&name, forwarding, port, addr, bport)?;
-        let label = SocketAddr::new(addr, port).to_string();
-        let weight = check_weight(&name, &label, b.weight.unwrap_or(1))?;
-        let state = parse_state(&name, &label, b.state.as_deref().unwrap_or("active"))?;
-        backends.push(BackendConfig {
-            addr,
-            port,
-            weight,
-            state,
-            backup: b.backup.unwrap_or(false),
-            health_check: b.health_check,
-        });
+    for (j, b) in raw.backends.into_iter().enumerate() {
+        let at = format!("{at}.backend[{j}]");
+        if let Some(backend) = backend_from_raw(b, &name, forwarding, port, &at, m) {
+            backends.push(backend);
+        }
     }
     let slow_start = match raw.slow_start {
         None => None,
         Some(value) => {
-            let d =
-                humantime::parse_duration(&value).map_err(|source| ConfigError::BadSlowStart {
-                    service: name.clone(),
-                    value: value.clone(),
-                    source,
-                })?;
+            let d = humantime::parse_duration(&value).map_err(|source| ConfigError::BadSlowStart {
+                service: name.clone(),
+                value: value.clone(),
+                source,
+            });
             // "0s" says "no slow start" as plainly as leaving the key out.
-            (!d.is_zero()).then_some(d)
+            m.check(at, d).filter(|d| !d.is_zero())
         }
     };
     let on_all_down = match raw.on_all_down.as_deref() {
         None => OnAllDown::default(),
-        Some(value) => value.parse().map_err(|source| ConfigError::OnAllDown {
-            service: name.clone(),
-            source,
-        })?,
+        Some(value) => m
+            .check(
+                at,
+                value.parse().map_err(|source| ConfigError::OnAllDown {
+                    service: name.clone(),
+                    source,
+                }),
+            )
+            .unwrap_or_default(),
     };
-    Ok(ServiceConfig {
+    let (Some(vip), Some(port), Some(proto), Some(algorithm), Some(forwarding)) =
+        (vip, port, proto, algorithm, forwarding)
+    else {
+        return None;
+    };
+    if m.len() > before {
+        return None;
+    }
+    Some(ServiceConfig {
         name,
         vip,
         port,
@@ -1030,6 +1130,55 @@ fn service_from_raw(raw: RawService) -> Result<ServiceConfig, ConfigError> {
         health_check: raw.health_check,
         slow_start,
         on_all_down,
+    })
+}
+
+/// One `[[service.backend]]` table of service `name`; `forwarding` and
+/// `service_port` are `None` when the service's own value was a mistake (the port
+/// rules that need them are then skipped).
+fn backend_from_raw(
+    b: RawBackend,
+    name: &str,
+    forwarding: Option<Forwarding>,
+    service_port: Option<u16>,
+    at: &str,
+    m: &mut Mistakes,
+) -> Option<BackendConfig> {
+    let before = m.len();
+    let addr = m.check(at, parse_ip(&format!("service {name:?}: backend"), &b.addr));
+    let shown = addr.map_or_else(|| b.addr.clone(), |a| a.to_string());
+    // `Some(None)`: a port was written but is a mistake.
+    let bport = b.port.map(|p| {
+        m.check(
+            at,
+            check_port(&format!("service {name:?}: backend {shown}"), p),
+        )
+    });
+    let port = match (addr, forwarding, service_port, bport) {
+        (Some(addr), Some(f), Some(sp), None | Some(Some(_))) => {
+            m.check(at, resolve_backend_port(name, f, sp, addr, bport.flatten()))
+        }
+        _ => None,
+    };
+    let label = match (addr, port) {
+        (Some(a), Some(p)) => SocketAddr::new(a, p).to_string(),
+        _ => shown,
+    };
+    let weight = m.check(at, check_weight(name, &label, b.weight.unwrap_or(1)));
+    let state = m.check(
+        at,
+        parse_state(name, &label, b.state.as_deref().unwrap_or("active")),
+    );
+    if m.len() > before {
+        return None;
+    }
+    Some(BackendConfig {
+        addr: addr?,
+        port: port?,
+        weight: weight?,
+        state: state?,
+        backup: b.backup.unwrap_or(false),
+        health_check: b.health_check,
     })
 }
 
@@ -1225,73 +1374,94 @@ fn family(addr: IpAddr) -> &'static str {
     }
 }
 
-fn validate_service(svc: &ServiceConfig, max_table_size: u32) -> Result<(), ConfigError> {
+/// Records the rules one service breaks; backends' mistakes at `at.backend[i]`.
+fn validate_service(svc: &ServiceConfig, max_table_size: u32, at: &str, m: &mut Mistakes) {
+    let service = || svc.name.clone();
     if svc.backends.is_empty() {
-        return Err(ConfigError::NoBackends {
-            service: svc.name.clone(),
-        });
+        m.add(at, ConfigError::NoBackends { service: service() });
     }
     if svc.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
-        return Err(ConfigError::TooManyBackends {
-            service: svc.name.clone(),
-            count: svc.backends.len(),
-            max: MAX_BACKENDS_PER_SERVICE,
-        });
+        m.add(
+            at,
+            ConfigError::TooManyBackends {
+                service: service(),
+                count: svc.backends.len(),
+                max: MAX_BACKENDS_PER_SERVICE,
+            },
+        );
     }
     let mut seen = HashSet::new();
-    for b in &svc.backends {
+    for (i, b) in svc.backends.iter().enumerate() {
+        let at = format!("{at}.backend[{i}]");
+        let backend = b.socket_addr().to_string();
         // Both NAT (rewrites the destination address) and DSR (the backend answers
         // from the VIP it holds) need one address family end to end.
         if b.addr == svc.vip {
-            return Err(ConfigError::BackendIsVip {
-                service: svc.name.clone(),
-                backend: b.socket_addr().to_string(),
-            });
-        }
-        if b.addr.is_ipv4() != svc.vip.is_ipv4() {
-            return Err(ConfigError::FamilyMismatch {
-                service: svc.name.clone(),
-                vip: svc.vip,
-                backend: b.socket_addr().to_string(),
-                vip_family: family(svc.vip),
-                backend_family: family(b.addr),
-            });
+            m.add(
+                at.as_str(),
+                ConfigError::BackendIsVip {
+                    service: service(),
+                    backend: backend.clone(),
+                },
+            );
+        } else if b.addr.is_ipv4() != svc.vip.is_ipv4() {
+            m.add(
+                at.as_str(),
+                ConfigError::FamilyMismatch {
+                    service: service(),
+                    vip: svc.vip,
+                    backend: backend.clone(),
+                    vip_family: family(svc.vip),
+                    backend_family: family(b.addr),
+                },
+            );
         }
         if !seen.insert(b.socket_addr()) {
-            return Err(ConfigError::DuplicateBackend {
-                service: svc.name.clone(),
-                backend: b.socket_addr().to_string(),
-            });
+            m.add(
+                at.as_str(),
+                ConfigError::DuplicateBackend {
+                    service: service(),
+                    backend,
+                },
+            );
         }
         // Resolved here so a bad check fails `check`, `run` and runtime changes
         // before anything is programmed.
-        svc.health_check(b).map_err(ConfigError::HealthCheck)?;
+        m.check(&at, svc.health_check(b).map_err(ConfigError::HealthCheck));
     }
-    let m = svc.table_size;
-    if !is_prime(m) {
-        return Err(ConfigError::TableSizeNotPrime {
-            service: svc.name.clone(),
-            size: m,
-            suggestion: next_prime(m),
-        });
+    let size = svc.table_size;
+    if !is_prime(size) {
+        m.add(
+            at,
+            ConfigError::TableSizeNotPrime {
+                service: service(),
+                size,
+                suggestion: next_prime(size),
+            },
+        );
     }
     let min = svc.backends.len() as u64 * u64::from(SLOTS_PER_BACKEND);
-    if u64::from(m) < min {
-        return Err(ConfigError::TableSizeTooSmall {
-            service: svc.name.clone(),
-            size: m,
-            backends: svc.backends.len(),
-            suggestion: next_prime(min as u32),
-        });
+    if u64::from(size) < min {
+        m.add(
+            at,
+            ConfigError::TableSizeTooSmall {
+                service: service(),
+                size,
+                backends: svc.backends.len(),
+                suggestion: next_prime(min as u32),
+            },
+        );
     }
-    if m > max_table_size {
-        return Err(ConfigError::TableSizeTooLarge {
-            service: svc.name.clone(),
-            size: m,
-            max: max_table_size,
-        });
+    if size > max_table_size {
+        m.add(
+            at,
+            ConfigError::TableSizeTooLarge {
+                service: service(),
+                size,
+                max: max_table_size,
+            },
+        );
     }
-    Ok(())
 }
 
 /// Trial division: table sizes are at most ~1e6, so this is a few hundred steps.

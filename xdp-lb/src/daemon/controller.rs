@@ -536,6 +536,7 @@ impl<D: Dataplane> Controller<D> {
     pub fn reload(&mut self) -> Result<Changed, ApiError> {
         let (new, text) = config::load_with_text(&self.sources)
             .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        refuse_local_backends(&new)?;
         let fixed = |c: &Config| {
             (
                 c.interfaces.clone(),
@@ -606,6 +607,7 @@ impl<D: Dataplane> Controller<D> {
         let (new, edit, drain) = mutate(&self.cfg, cmd)?;
         config::validate_services(&new)
             .map_err(|e| ApiError::new(ErrorKind::Invalid, error_text(&e)))?;
+        refuse_local_backends(&new)?;
         let new_text = edit::apply(&old_text, &edit)
             .map_err(|e| ApiError::new(ErrorKind::NotPersistable, error_text(&e)))?;
         // The file must say exactly what will be applied, or a restart would differ.
@@ -1122,6 +1124,21 @@ fn backend_state(cfg: &Config, service: &str, addr: SocketAddr) -> Option<Backen
 }
 
 /// "outer: inner: innermost", each cause once.
+/// A reload or runtime change may not make one of this host's addresses a backend,
+/// as `run` refuses at start.
+fn refuse_local_backends(cfg: &Config) -> Result<(), ApiError> {
+    let local = super::local_addresses().map_err(|e| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            format!("cannot list this host's addresses to check the backends: {e}"),
+        )
+    })?;
+    match super::host::local_backend(cfg, &local) {
+        Some(e) => Err(ApiError::new(ErrorKind::Invalid, error_text(&e))),
+        None => Ok(()),
+    }
+}
+
 fn error_text(e: &dyn std::error::Error) -> String {
     crate::dataplane::error_chain(e)
 }

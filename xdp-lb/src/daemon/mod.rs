@@ -3,6 +3,7 @@
 //! reach the controller through the one loop in `serve`, so changes are applied in
 //! one order.
 pub mod controller;
+mod host;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -33,6 +34,7 @@ use crate::{
     plan::{PlanError, Planner, RestoreError},
 };
 use controller::{Controller, Pinned};
+pub use host::{check_host, check_interfaces, local_addresses, HostReport, LocalAddr};
 
 /// How often backends' neighbour entries are refreshed (see `prime_neighbours`).
 const NEIGH_REFRESH: Duration = Duration::from_secs(5);
@@ -70,6 +72,14 @@ pub enum DaemonError {
     Config(#[source] ConfigError),
     #[error("interface {0:?} does not exist in this network namespace (see `ip link`); fix `interfaces` or --iface")]
     NoInterface(String),
+    #[error("service {service:?}: backend {backend} is an address of this balancer (on {iface}): it would send the service's traffic to itself; give the backend's own address")]
+    BackendIsLocal {
+        service: String,
+        backend: String,
+        iface: String,
+    },
+    #[error("listing this host's addresses (getifaddrs)")]
+    LocalAddresses(#[source] std::io::Error),
     #[error("{count} interfaces configured; one run attaches to at most {MAX_INTERFACES}")]
     TooManyInterfaces { count: usize },
     #[error("the configuration cannot be programmed")]
@@ -110,26 +120,10 @@ fn require_root(what: &'static str) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Every interface named exists here, and there are no more than the program can
-/// redirect between.
-pub fn check_interfaces(ifaces: &[String]) -> Result<(), DaemonError> {
-    if ifaces.len() > MAX_INTERFACES {
-        return Err(DaemonError::TooManyInterfaces {
-            count: ifaces.len(),
-        });
-    }
-    for i in ifaces {
-        if dataplane::ifindex(i).is_none() {
-            return Err(DaemonError::NoInterface(i.clone()));
-        }
-    }
-    Ok(())
-}
-
 pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), DaemonError> {
     // Everything that can be wrong with the input is found before the kernel is touched.
     let (cfg, text) = config::load_with_text(&sources).map_err(DaemonError::Config)?;
-    check_interfaces(&cfg.interfaces)?;
+    check_host(&cfg)?;
     let mut planner = Planner::new(cfg.max_services, cfg.max_table_size);
     // Every backend starts healthy (the checker's initial state; the first check
     // decides), so the first tables are those of the configuration with its backups
