@@ -549,3 +549,118 @@ fn a_backend_removed_at_restart_has_its_flows_re_dispatched() {
         }
     }
 }
+
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Replaces the pinned map `name` with a new, empty one of another shape, as a
+/// binary of another version would have left it.
+fn repin(dir: &std::path::Path, name: &str, shape: &[&str]) -> String {
+    let path = dir.join(name);
+    std::fs::remove_file(&path).expect("removing the pinned map");
+    let path = path.display().to_string();
+    let mut args = vec!["map", "create", path.as_str()];
+    args.extend_from_slice(shape);
+    args.extend_from_slice(&["name", name]);
+    bpftool(&args);
+    path
+}
+
+/// A layout change between versions. GLOBAL_STATS pinned with 24 entries is what
+/// the version before the ICMP verdict reasons leaves: that counter array is
+/// migrated (entries copied into one of this binary's size). FLOWS with another
+/// value size cannot be read: refused, with a message that says what to do.
+#[test]
+fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    lb.stop();
+    let dir = pins::dir_for(topo.lb.name()).join("v1");
+    let stats = repin(
+        &dir,
+        "GLOBAL_STATS",
+        &[
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "24",
+        ],
+    );
+    // pass_malformed (reason 2) = 1000 on every CPU.
+    bpftool(&[
+        "map", "update", "pinned", &stats, "key", "2", "0", "0", "0", "value", "0xe8", "0x03", "0",
+        "0", "0", "0", "0", "0",
+    ]);
+    let mut lb2 = start(&topo, &file, &[]);
+    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
+    let want = format!(
+        "migrated pinned map GLOBAL_STATS from 24 to {} entries",
+        xdp_lb_common::reason::COUNT
+    );
+    assert!(lb2.output().contains(&want), "{}", lb2.output());
+    let shown = bpftool(&["map", "show", "pinned", &stats]);
+    assert_eq!(
+        shown["max_entries"].as_u64(),
+        Some(xdp_lb_common::reason::COUNT as u64),
+        "{shown}"
+    );
+    let entry = bpftool(&["map", "lookup", "pinned", &stats, "key", "2", "0", "0", "0"]);
+    let per_cpu = entry["values"].as_array().expect("per-CPU values");
+    assert!(!per_cpu.is_empty(), "{entry}");
+    for v in per_cpu {
+        let bytes: Vec<u8> = v["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let n = u64::from_ne_bytes(bytes[..8].try_into().unwrap());
+        assert!(n >= 1000, "pass_malformed lost in the migration: {entry}");
+    }
+    // And it balances.
+    let vip = topo.vip(false, TCP_PORT);
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after the migration"))
+        .expect("client namespace");
+    lb2.stop();
+
+    repin(
+        &dir,
+        "FLOWS",
+        &[
+            "type", "lru_hash", "key", "40", "value", "32", "entries", "4096",
+        ],
+    );
+    let refused = topo
+        .start_lb(&run_args(&file, &[]))
+        .err()
+        .expect("a flow table of another value size must be refused")
+        .to_string();
+    assert!(
+        refused.contains("map FLOWS: value size is 32 pinned but 24 in this binary")
+            && refused.contains("--fresh"),
+        "{refused}"
+    );
+    let lb3 = start(&topo, &file, &["--fresh"]);
+    assert_eq!(adopted_flows(&lb3), None, "{}", lb3.output());
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after --fresh"))
+        .expect("client namespace");
+}
