@@ -16,10 +16,12 @@ fn main() -> anyhow::Result<()> {
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest_dir.parent().unwrap().join("xdp-lb-ebpf");
+    let variant = env::var_os("CARGO_FEATURE_UPGRADE_TEST_VARIANT").is_some();
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "xdp-lb-ebpf",
             root_dir: ebpf_dir.to_str().unwrap(),
+            features: if variant { &["upgrade-variant"] } else { &[] },
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,
