@@ -47,7 +47,7 @@ const ICMP_CHECK_OFF: usize = 2;
 
 /// The outer header of an ICMP error and the 5-tuple of the packet it quotes,
 /// all in network byte order.
-struct Error {
+struct IcmpError {
     family: u8,
     src: [u32; 4],
     dst: [u32; 4],
@@ -96,7 +96,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 
 /// Reads and checks an ICMP error of a kind we translate, or says why not.
 #[inline(always)]
-fn read(ctx: &XdpContext) -> Result<Error, u32> {
+fn read(ctx: &XdpContext) -> Result<IcmpError, u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
     let proto = unsafe { (*eth).proto };
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -110,7 +110,7 @@ fn read(ctx: &XdpContext) -> Result<Error, u32> {
 }
 
 #[inline(always)]
-fn read_v4(ctx: &XdpContext, len: u64) -> Result<Error, u32> {
+fn read_v4(ctx: &XdpContext, len: u64) -> Result<IcmpError, u32> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, L3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     // The parser has already passed options and fragments on; this is not ICMP or
@@ -142,7 +142,7 @@ fn read_v4(ctx: &XdpContext, len: u64) -> Result<Error, u32> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(reason::PASS_ICMP_UNHANDLED);
     }
-    Ok(Error {
+    Ok(IcmpError {
         family: FAMILY_V4,
         src: [ip.src, 0, 0, 0],
         dst: [ip.dst, 0, 0, 0],
@@ -161,7 +161,7 @@ fn read_v4(ctx: &XdpContext, len: u64) -> Result<Error, u32> {
 }
 
 #[inline(always)]
-fn read_v6(ctx: &XdpContext, len: u64) -> Result<Error, u32> {
+fn read_v6(ctx: &XdpContext, len: u64) -> Result<IcmpError, u32> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, L3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     if ip.nexthdr != PROTO_ICMPV6 {
@@ -184,7 +184,7 @@ fn read_v6(ctx: &XdpContext, len: u64) -> Result<Error, u32> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(reason::PASS_ICMP_UNHANDLED);
     }
-    Ok(Error {
+    Ok(IcmpError {
         family: FAMILY_V6,
         src: ip.src,
         dst: ip.dst,
@@ -212,7 +212,7 @@ fn flow_backend(f: &FlowValue) -> Option<Backend> {
 
 /// A client-side error about a VIP -> client packet: to the flow's backend.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, err: &Error, svc_flags: u32) -> u32 {
+fn to_backend(ctx: &XdpContext, err: &IcmpError, svc_flags: u32) -> u32 {
     let q = &err.quoted;
     // The client's flow, as its requests carry it.
     let key = FlowKey {
@@ -274,7 +274,7 @@ fn to_backend(ctx: &XdpContext, err: &Error, svc_flags: u32) -> u32 {
 /// A backend-side error about a client -> backend packet of a NAT flow: to the
 /// client, from the VIP, the way the flow's requests came in.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, err: &Error, vip: [u32; 4], vport: u16, flags: u16) -> u32 {
+fn to_client(ctx: &XdpContext, err: &IcmpError, vip: [u32; 4], vport: u16, flags: u16) -> u32 {
     let q = &err.quoted;
     let (vip, vport, ifindex, smac, dmac) = if flags & REPLY_PER_FLOW != 0 {
         // The backend serves several VIPs: the reply 5-tuple says which.
@@ -330,7 +330,7 @@ fn to_client(ctx: &XdpContext, err: &Error, vip: [u32; 4], vport: u16, flags: u1
 #[inline(always)]
 fn translate(
     ctx: &XdpContext,
-    err: &Error,
+    err: &IcmpError,
     outer: Side,
     addr: &[u32; 4],
     port: u16,
