@@ -119,8 +119,12 @@ fn nested_build(workspace: &Path, target_dir: &Path) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", TOOLCHAIN, "cargo", "build", "--package", PACKAGE])
         .args(["--bins", "--release", "--target", TARGET])
-        .args(["-Z", "build-std=core"])
-        .arg("--target-dir")
+        .args(["-Z", "build-std=core"]);
+    // The upgrade test's second binary: same behaviour, different instructions.
+    if env::var_os("CARGO_FEATURE_UPGRADE_TEST_VARIANT").is_some() {
+        cmd.args(["--features", "upgrade-variant"]);
+    }
+    cmd.arg("--target-dir")
         // Its own target directory: the outer cargo holds the lock on ours.
         .arg(target_dir)
         .current_dir(workspace);

@@ -29,3 +29,17 @@ pub fn xdp_lb_bin() -> Result<PathBuf> {
         Err(BedError::BinaryMissing(candidate.display().to_string()))
     }
 }
+
+/// The upgrade test's second `xdp-lb` build, whose XDP program has other
+/// instructions (another tag): `XDP_LB_UPGRADE_BIN`, set by `cargo xtask test`.
+pub fn upgrade_bin() -> Result<PathBuf> {
+    match env::var_os("XDP_LB_UPGRADE_BIN") {
+        Some(p) if PathBuf::from(&p).is_file() => Ok(PathBuf::from(p)),
+        Some(p) => Err(BedError::BinaryMissing(
+            PathBuf::from(p).display().to_string(),
+        )),
+        None => Err(BedError::BinaryMissing(
+            "XDP_LB_UPGRADE_BIN (run the tests through `cargo xtask test`, which builds it)".into(),
+        )),
+    }
+}

@@ -98,6 +98,18 @@ impl LineClient {
         self.read_line("digest")
     }
 
+    /// `DATA <len>`: downloads `len` bytes and returns them.
+    pub fn download(&mut self, len: usize) -> Result<Vec<u8>> {
+        self.out
+            .write_all(format!("DATA {len}\n").as_bytes())
+            .ctx(|| "sending DATA".into())?;
+        let mut data = vec![0u8; len];
+        self.rd
+            .read_exact(&mut data)
+            .ctx(|| format!("downloading {len} bytes"))?;
+        Ok(data)
+    }
+
     fn read_line(&mut self, what: &str) -> Result<String> {
         let mut line = String::new();
         let n = self

@@ -97,3 +97,41 @@ pub fn remove(ns: &str) {
 pub fn exists(ns: &str) -> bool {
     dir_for(ns).exists()
 }
+
+/// Verdict counter `reason` (an index of `xdp_lb_common::reason`) of the balancer
+/// whose maps are pinned for namespace `ns`, summed over CPUs (read with bpftool).
+pub fn reason_count(ns: &str, reason: u32) -> u64 {
+    let map = dir_for(ns).join(format!("v{}/GLOBAL_STATS", xdp_lb_common::LAYOUT_VERSION));
+    let key: Vec<String> = reason.to_ne_bytes().iter().map(|b| b.to_string()).collect();
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&map)
+        .arg("key")
+        .args(&key)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map lookup {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v["values"]
+        .as_array()
+        .expect("per-CPU values")
+        .iter()
+        .map(|c| {
+            let bytes: Vec<u8> = c["value"]
+                .as_array()
+                .expect("value bytes")
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().expect("hex byte").trim_start_matches("0x"), 16)
+                        .expect("hex byte")
+                })
+                .collect();
+            u64::from_ne_bytes(bytes[..8].try_into().expect("a u64 value"))
+        })
+        .sum()
+}

@@ -759,3 +759,45 @@ pub fn v4_syn_with_options(sport: u16, options: &[u8]) -> Vec<u8> {
     refresh_checksums(&mut f);
     f
 }
+
+/// An ICMP error from `src` to `dst` that quotes `quoted` (an IP packet: a frame
+/// without its Ethernet header), checksums computed in full by etherparse. With
+/// `mtu` set: IPv4 fragmentation needed, IPv6 packet too big; without: port
+/// unreachable.
+pub fn icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    mtu: Option<u16>,
+    quoted: &[u8],
+) -> Vec<u8> {
+    use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type};
+    let b = PacketBuilder::ethernet2(smac, dmac);
+    let mut out = Vec::new();
+    let written = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let code = match mtu {
+                Some(next_hop_mtu) => {
+                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }
+                }
+                None => icmpv4::DestUnreachableHeader::Port,
+            };
+            b.ipv4(s.octets(), d.octets(), ttl)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(code))
+                .write(&mut out, quoted)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ty = match mtu {
+                Some(mtu) => Icmpv6Type::PacketTooBig { mtu: mtu.into() },
+                None => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
+            };
+            b.ipv6(s.octets(), d.octets(), ttl)
+                .icmpv6(ty)
+                .write(&mut out, quoted)
+        }
+        _ => panic!("mixed address families"),
+    };
+    written.expect("building an ICMP error");
+    out
+}

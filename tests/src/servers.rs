@@ -156,7 +156,8 @@ fn udp_loop(sock: &UdpSocket, stop: &AtomicBool, reply: &[u8]) {
 }
 
 /// Line protocol: greeting `NAME\n`; `PING` -> `PONG NAME`; `SHA <len>` + len bytes ->
-/// hex SHA-256 of those bytes; `QUIT` or end of stream closes.
+/// hex SHA-256 of those bytes; `DATA <len>` -> `scenario::test_data(len)`; `QUIT` or
+/// end of stream closes.
 fn handle_line_client(stream: TcpStream, name: &str) {
     let Ok(mut out) = stream.try_clone() else {
         return;
@@ -175,6 +176,18 @@ fn handle_line_client(stream: TcpStream, name: &str) {
         let cmd = line.trim_end();
         let reply = if cmd == "PING" {
             format!("PONG {name}\n")
+        } else if let Some(len) = cmd.strip_prefix("DATA ") {
+            let Ok(len) = len.parse::<u64>() else { return };
+            if len > MAX_UPLOAD {
+                return;
+            }
+            if out
+                .write_all(&crate::scenario::test_data(len as usize))
+                .is_err()
+            {
+                return;
+            }
+            continue;
         } else if let Some(len) = cmd.strip_prefix("SHA ") {
             let Ok(len) = len.parse::<u64>() else { return };
             if len > MAX_UPLOAD {

@@ -13,6 +13,12 @@
 //! subnet through the lb; backends' default route is the lb, so NAT replies come back
 //! through it. In DSR mode the VIP sits on each backend's `lo` and backends reach the
 //! client subnet on-link, so replies bypass the lb.
+//!
+//! With `client_behind_router(mtu)`, the client sits instead behind a router
+//! namespace on the bridge (198.18.0.254, 2001:db8::fe), in 198.18.2.0/24 and
+//! 2001:db8:2::/64, and the router's interface towards it has MTU `mtu` while the
+//! client's has 1500: the client announces a full-size MSS, so packets from the
+//! VIP to the client need path-MTU discovery through the router.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::{
@@ -32,6 +38,11 @@ pub const LB_FRONT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const LB_BACK4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const LB_FRONT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const LB_BACK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// `client_behind_router`: the router on the bridge and the client behind it.
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+pub const ROUTED_CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 10);
+pub const ROUTED_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
 
 /// Interface name of every host's link to the bridge (names are per namespace).
 pub const IFACE: &str = "eth0";
@@ -67,6 +78,7 @@ pub struct TopologyBuilder {
     tcp_port: Option<u16>,
     udp_port: Option<u16>,
     http_port: Option<u16>,
+    router_mtu: Option<u32>,
 }
 
 impl TopologyBuilder {
@@ -78,7 +90,14 @@ impl TopologyBuilder {
             tcp_port: Some(TCP_PORT),
             udp_port: Some(UDP_PORT),
             http_port: Some(HTTP_PORT),
+            router_mtu: None,
         }
+    }
+
+    /// Puts the client behind a router whose link towards it has MTU `mtu`.
+    pub fn client_behind_router(mut self, mtu: u32) -> Self {
+        self.router_mtu = Some(mtu);
+        self
     }
 
     /// Attach `xdp-lb xdp-pass` to the lb's bridge port: XDP_TX out of the lb's veth
@@ -99,6 +118,10 @@ impl TopologyBuilder {
         let bridge = NetNs::create("b")?;
         let client = NetNs::create("c")?;
         let lb = NetNs::create("l")?;
+        let router = match self.router_mtu {
+            Some(_) => Some(NetNs::create("r")?),
+            None => None,
+        };
         let mut backend_ns = Vec::new();
         for i in 1..=self.backends {
             backend_ns.push(NetNs::create(&format!("s{i}"))?);
@@ -111,6 +134,7 @@ impl TopologyBuilder {
             backends: Vec::new(),
             client,
             lb,
+            router,
             bridge,
         };
         for (i, ns) in backend_ns.into_iter().enumerate() {
@@ -130,14 +154,18 @@ impl TopologyBuilder {
         }
         forwarding_sysctls(&topo.lb)?;
 
-        plug(&topo.bridge, "vc", &topo.client)?;
+        match (&topo.router, self.router_mtu) {
+            (Some(r), Some(mtu)) => route_client(&topo.bridge, r, &topo.client, mtu)?,
+            _ => plug(&topo.bridge, "vc", &topo.client)?,
+        }
         plug(&topo.bridge, LB_BRIDGE_PORT, &topo.lb)?;
         for b in &topo.backends {
             plug(&topo.bridge, &format!("vs{}", b.index), &b.ns)?;
         }
 
-        addr(&topo.client, &format!("{CLIENT4}/24"))?;
-        addr(&topo.client, &format!("{CLIENT6}/64"))?;
+        if topo.router.is_none() {
+            client_on_bridge(&topo.client)?;
+        }
         for a in [
             format!("{LB_FRONT4}/24"),
             format!("{LB_BACK4}/24"),
@@ -146,13 +174,8 @@ impl TopologyBuilder {
         ] {
             addr(&topo.lb, &a)?;
         }
-        for net in ["198.18.100.0/24", "198.18.1.0/24"] {
-            topo.client
-                .ip(&["-4", "route", "add", net, "via", &LB_FRONT4.to_string()])?;
-        }
-        for net in ["2001:db8:100::/64", "2001:db8:1::/64"] {
-            topo.client
-                .ip(&["-6", "route", "add", net, "via", &LB_FRONT6.to_string()])?;
+        if topo.router.is_some() {
+            lb_to_routed_client(&topo.lb)?;
         }
         no_tx_checksum(&topo.client)?;
 
@@ -177,7 +200,7 @@ impl TopologyBuilder {
             ])?;
             no_tx_checksum(&b.ns)?;
             if self.mode == Forwarding::Dsr {
-                dsr_backend(&b.ns)?;
+                dsr_backend(&b.ns, topo.router.is_some())?;
             }
         }
 
@@ -240,6 +263,8 @@ pub struct Topology {
     pub backends: Vec<Backend>,
     pub client: NetNs,
     pub lb: NetNs,
+    /// `client_behind_router` only.
+    pub router: Option<NetNs>,
     pub bridge: NetNs,
 }
 
@@ -247,7 +272,18 @@ impl Topology {
     fn hosts(&self) -> impl Iterator<Item = &NetNs> {
         [&self.client, &self.lb]
             .into_iter()
+            .chain(self.router.iter())
             .chain(self.backends.iter().map(|b| &b.ns))
+    }
+
+    /// The client's address.
+    pub fn client_addr(&self, v6: bool) -> IpAddr {
+        match (self.router.is_some(), v6) {
+            (false, false) => CLIENT4.into(),
+            (false, true) => CLIENT6.into(),
+            (true, false) => ROUTED_CLIENT4.into(),
+            (true, true) => ROUTED_CLIENT6.into(),
+        }
     }
 
     pub fn backend(&self, index: usize) -> &Backend {
@@ -283,10 +319,18 @@ impl Topology {
         XdpLbProcess::start(&self.lb, &bin, args)
     }
 
+    /// `start_lb` with another `xdp-lb` binary (an upgrade).
+    pub fn start_lb_with(&self, bin: &std::path::Path, args: &[String]) -> Result<XdpLbProcess> {
+        XdpLbProcess::start(&self.lb, bin, args)
+    }
+
     /// Pings every host from the lb: proves the links and fills neighbour tables, so
     /// the first test packet does not wait for ARP/ND.
     fn warm_up(&self) -> Result<()> {
-        let mut targets = vec![CLIENT4.to_string(), CLIENT6.to_string()];
+        let mut targets = vec![
+            self.client_addr(false).to_string(),
+            self.client_addr(true).to_string(),
+        ];
         for b in &self.backends {
             targets.push(b.v4().to_string());
             targets.push(b.v6().to_string());
@@ -367,9 +411,65 @@ fn no_tx_checksum(ns: &NetNs) -> Result<()> {
     Ok(())
 }
 
+/// The client on the bridge, with the VIPs and the backend subnet through the lb.
+fn client_on_bridge(client: &NetNs) -> Result<()> {
+    addr(client, &format!("{CLIENT4}/24"))?;
+    addr(client, &format!("{CLIENT6}/64"))?;
+    for net in ["198.18.100.0/24", "198.18.1.0/24"] {
+        client.ip(&["-4", "route", "add", net, "via", &LB_FRONT4.to_string()])?;
+    }
+    for net in ["2001:db8:100::/64", "2001:db8:1::/64"] {
+        client.ip(&["-6", "route", "add", net, "via", &LB_FRONT6.to_string()])?;
+    }
+    Ok(())
+}
+
+/// The client behind `router`: the router on the bridge, a veth pair between it and
+/// the client whose router end has MTU `mtu`, routes both ways. The router answers
+/// every oversized packet with an ICMP error (no rate limit), so a test never
+/// depends on which one got through.
+fn route_client(bridge: &NetNs, router: &NetNs, client: &NetNs, mtu: u32) -> Result<()> {
+    forwarding_sysctls(router)?;
+    router.sysctl("net/ipv4/icmp_ratelimit", "0")?;
+    router.sysctl("net/ipv6/icmp/ratelimit", "0")?;
+    plug(bridge, "vr", router)?;
+    addr(router, &format!("{ROUTER4}/24"))?;
+    addr(router, &format!("{ROUTER6}/64"))?;
+    router.ip(&[
+        "link",
+        "add",
+        "eth1",
+        "mtu",
+        &mtu.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        IFACE,
+        "netns",
+        client.name(),
+    ])?;
+    router.ip(&["link", "set", "eth1", "up"])?;
+    client.ip(&["link", "set", IFACE, "up"])?;
+    router.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth1"])?;
+    router.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "eth1", "nodad"])?;
+    addr(client, &format!("{ROUTED_CLIENT4}/24"))?;
+    addr(client, &format!("{ROUTED_CLIENT6}/64"))?;
+    client.ip(&["-4", "route", "add", "default", "via", "198.18.2.1"])?;
+    client.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
+    for net in ["198.18.100.0/24", "198.18.1.0/24"] {
+        router.ip(&["-4", "route", "add", net, "via", &LB_FRONT4.to_string()])?;
+    }
+    for net in ["2001:db8:100::/64", "2001:db8:1::/64"] {
+        router.ip(&["-6", "route", "add", net, "via", &LB_FRONT6.to_string()])?;
+    }
+    Ok(())
+}
+
 /// The VIP on `lo` (accepting the lb's frames) without answering ARP for it, and the
-/// client subnet on-link so replies go straight back.
-fn dsr_backend(ns: &NetNs) -> Result<()> {
+/// client subnet on-link so replies go straight back (or, behind the router, through
+/// it).
+fn dsr_backend(ns: &NetNs, routed_client: bool) -> Result<()> {
     ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
     ns.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
     for scope in ["all", IFACE] {
@@ -378,5 +478,44 @@ fn dsr_backend(ns: &NetNs) -> Result<()> {
     }
     ns.ip(&["-4", "route", "add", "198.18.0.0/24", "dev", IFACE])?;
     ns.ip(&["-6", "route", "add", "2001:db8::/64", "dev", IFACE])?;
+    if routed_client {
+        ns.ip(&[
+            "-4",
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            &ROUTER4.to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:2::/64",
+            "via",
+            &ROUTER6.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// The lb's way to the client behind the router (once the lb has its addresses).
+fn lb_to_routed_client(lb: &NetNs) -> Result<()> {
+    lb.ip(&[
+        "-4",
+        "route",
+        "add",
+        "198.18.2.0/24",
+        "via",
+        &ROUTER4.to_string(),
+    ])?;
+    lb.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:2::/64",
+        "via",
+        &ROUTER6.to_string(),
+    ])?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Restarts without losing a connection: paced uploads through the VIP (each ~15 s,
 //! SHA-256 verified by the backend at the end) while `xdp-lb run` is stopped and
 //! started again, killed with SIGKILL and started again, or restarted with more
-//! backends; the program stays attached from pinned state throughout and the next
-//! start adopts it. Also: pinned state of another layout is refused, `--fresh` starts
-//! clean, `xdp-lb detach` removes everything.
+//! backends, or replaced by a build whose XDP program differs (an upgrade); the
+//! program stays attached from pinned state throughout and the next start adopts it.
+//! Also: pinned state of another layout is refused, or migrated where only a counter
+//! array changed size; `--fresh` starts clean, `xdp-lb detach` removes everything.
 use std::{
     net::UdpSocket,
     sync::{
@@ -145,6 +146,21 @@ fn finish(uploads: Vec<Upload>, lb: &XdpLbProcess) -> Vec<Done> {
     out
 }
 
+/// The tag (hash of the instructions) of program `id`.
+fn prog_tag(id: u64) -> String {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool prog show id {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v["tag"].as_str().expect("program tag").to_string()
+}
+
 /// (link id, program id) of the pinned link on the lb's interface.
 fn link_ids(topo: &Topology) -> (u64, u64) {
     let path = pins::dir_for(topo.lb.name()).join(format!("link-{IFACE}"));
@@ -178,14 +194,17 @@ fn adopted_flows(lb: &XdpLbProcess) -> Option<u64> {
     Some(n.parse().expect("a number of flows"))
 }
 
-/// Stop (or kill) and start again mid-transfer; every upload completes intact.
-fn restart_mid_transfer(mode: Forwarding, kill: bool) {
+/// Stop (or kill) and start again mid-transfer, with the same binary or `upgrade`;
+/// every upload completes intact.
+fn restart_mid_transfer(mode: Forwarding, kill: bool, upgrade: Option<std::path::PathBuf>) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let file = ConfigFile::new(&config(&topo, &[1, 2, 3], None)).expect("config file");
     let mut lb = start(&topo, &file, &[]);
     assert_eq!(adopted_flows(&lb), None, "{}", lb.output());
     let (link_before, prog_before) = link_ids(&topo);
+    // Read now: the program is freed once the next run has replaced it.
+    let tag_before = prog_tag(prog_before);
 
     let uploads = start_uploads(&topo, CONNECTIONS);
     wait_progress(&uploads, 0.25, Some(&lb));
@@ -233,12 +252,29 @@ fn restart_mid_transfer(mode: Forwarding, kill: bool) {
         "the program must stay attached while no xdp-lb runs"
     );
 
-    let lb2 = start(&topo, &file, &[]);
+    let lb2 = match &upgrade {
+        Some(bin) => topo
+            .start_lb_with(bin, &run_args(&file, &[]))
+            .unwrap_or_else(|e| panic!("starting the upgrade {}: {e}", bin.display())),
+        None => start(&topo, &file, &[]),
+    };
     let restarted = Instant::now();
     let adopted = adopted_flows(&lb2).unwrap_or_else(|| panic!("not adopted\n{}", lb2.output()));
     let (link_after, prog_after) = link_ids(&topo);
     assert_eq!(link_after, link_before, "the same link, updated in place");
     assert_ne!(prog_after, prog_before, "the new run's program is attached");
+    let tag_after = prog_tag(prog_after);
+    if upgrade.is_some() {
+        assert_ne!(
+            tag_after, tag_before,
+            "the upgrade's program (other instructions) is the one attached"
+        );
+    } else {
+        assert_eq!(
+            tag_after, tag_before,
+            "the same binary loads the same program"
+        );
+    }
     let status = AdminCli::new(&lb2).json(&["status"]);
     assert_eq!(status["adopted"], true, "{status}");
 
@@ -256,25 +292,37 @@ fn restart_mid_transfer(mode: Forwarding, kill: bool) {
     let mut spread: Vec<&str> = done.iter().map(|d| d.backend.as_str()).collect();
     spread.sort_unstable();
     eprintln!(
-        "{mode:?} {}: {CONNECTIONS} uploads of {LEN} bytes intact across the restart on {spread:?}; {adopted} flows adopted; no xdp-lb process for {:.2?} while link {link_before} stayed attached, program {prog_before} -> {prog_after}",
-        if kill { "SIGKILL" } else { "stop/start" },
+        "{mode:?} {}: {CONNECTIONS} uploads of {LEN} bytes intact across the restart on {spread:?}; {adopted} flows adopted; no xdp-lb process for {:.2?} while link {link_before} stayed attached, program {prog_before} (tag {tag_before}) -> {prog_after} (tag {tag_after})",
+        match (kill, &upgrade) {
+            (true, _) => "SIGKILL",
+            (false, Some(_)) => "upgrade",
+            (false, None) => "stop/start",
+        },
         restarted - stopped
     );
 }
 
 #[test]
 fn nat_stop_and_start_mid_transfer_loses_nothing() {
-    restart_mid_transfer(Forwarding::Nat, false);
+    restart_mid_transfer(Forwarding::Nat, false, None);
 }
 
 #[test]
 fn dsr_stop_and_start_mid_transfer_loses_nothing() {
-    restart_mid_transfer(Forwarding::Dsr, false);
+    restart_mid_transfer(Forwarding::Dsr, false, None);
 }
 
 #[test]
 fn sigkill_mid_transfer_keeps_forwarding_and_the_next_start_adopts() {
-    restart_mid_transfer(Forwarding::Nat, true);
+    restart_mid_transfer(Forwarding::Nat, true, None);
+}
+
+/// An upgrade: the running balancer replaced by another build whose XDP program has
+/// other instructions, over the pinned maps, under traffic.
+#[test]
+fn nat_upgrade_to_a_different_program_mid_transfer_loses_nothing() {
+    let next = xdp_lb_tests::binary::upgrade_bin().expect("the upgrade build");
+    restart_mid_transfer(Forwarding::Nat, false, Some(next));
 }
 
 /// Backends 1 and 2, restarted with 1..4: Maglev now sends about half of the
@@ -548,4 +596,119 @@ fn a_backend_removed_at_restart_has_its_flows_re_dispatched() {
             assert_eq!(&now, home, "a flow to a kept backend moved");
         }
     }
+}
+
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Replaces the pinned map `name` with a new, empty one of another shape, as a
+/// binary of another version would have left it.
+fn repin(dir: &std::path::Path, name: &str, shape: &[&str]) -> String {
+    let path = dir.join(name);
+    std::fs::remove_file(&path).expect("removing the pinned map");
+    let path = path.display().to_string();
+    let mut args = vec!["map", "create", path.as_str()];
+    args.extend_from_slice(shape);
+    args.extend_from_slice(&["name", name]);
+    bpftool(&args);
+    path
+}
+
+/// A layout change between versions. GLOBAL_STATS pinned with 24 entries is what
+/// the version before the ICMP verdict reasons leaves: that counter array is
+/// migrated (entries copied into one of this binary's size). FLOWS with another
+/// value size cannot be read: refused, with a message that says what to do.
+#[test]
+fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    lb.stop();
+    let dir = pins::dir_for(topo.lb.name()).join("v1");
+    let stats = repin(
+        &dir,
+        "GLOBAL_STATS",
+        &[
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "24",
+        ],
+    );
+    // pass_malformed (reason 2) = 1000 on every CPU.
+    bpftool(&[
+        "map", "update", "pinned", &stats, "key", "2", "0", "0", "0", "value", "0xe8", "0x03", "0",
+        "0", "0", "0", "0", "0",
+    ]);
+    let mut lb2 = start(&topo, &file, &[]);
+    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
+    let want = format!(
+        "migrated pinned map GLOBAL_STATS from 24 to {} entries",
+        xdp_lb_common::reason::COUNT
+    );
+    assert!(lb2.output().contains(&want), "{}", lb2.output());
+    let shown = bpftool(&["map", "show", "pinned", &stats]);
+    assert_eq!(
+        shown["max_entries"].as_u64(),
+        Some(xdp_lb_common::reason::COUNT as u64),
+        "{shown}"
+    );
+    let entry = bpftool(&["map", "lookup", "pinned", &stats, "key", "2", "0", "0", "0"]);
+    let per_cpu = entry["values"].as_array().expect("per-CPU values");
+    assert!(!per_cpu.is_empty(), "{entry}");
+    for v in per_cpu {
+        let bytes: Vec<u8> = v["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let n = u64::from_ne_bytes(bytes[..8].try_into().unwrap());
+        assert!(n >= 1000, "pass_malformed lost in the migration: {entry}");
+    }
+    // And it balances.
+    let vip = topo.vip(false, TCP_PORT);
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after the migration"))
+        .expect("client namespace");
+    lb2.stop();
+
+    repin(
+        &dir,
+        "FLOWS",
+        &[
+            "type", "lru_hash", "key", "40", "value", "32", "entries", "4096",
+        ],
+    );
+    let refused = topo
+        .start_lb(&run_args(&file, &[]))
+        .err()
+        .expect("a flow table of another value size must be refused")
+        .to_string();
+    assert!(
+        refused.contains("map FLOWS: value size is 32 pinned but 24 in this binary")
+            && refused.contains("--fresh"),
+        "{refused}"
+    );
+    let lb3 = start(&topo, &file, &["--fresh"]);
+    assert_eq!(adopted_flows(&lb3), None, "{}", lb3.output());
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection after --fresh"))
+        .expect("client namespace");
 }

@@ -269,7 +269,19 @@ pub mod reason {
     pub const EMBRYO_NEW: u32 = 22;
     /// Event: an embryonic flow sent its second packet and moved to FLOWS.
     pub const FLOW_PROMOTED: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// ICMP error from the client side about a flow's VIP -> client packet, sent on to
+    /// the flow's backend (translated in NAT mode).
+    pub const ICMP_TO_BACKEND: u32 = 24;
+    /// ICMP error from the backend side about a NAT flow's client -> backend packet,
+    /// translated back to the VIP and sent to the client.
+    pub const ICMP_TO_CLIENT: u32 = 25;
+    /// ICMP error whose quoted packet cannot be read: truncated, IPv4 options or a
+    /// later fragment, IPv6 extension headers, not TCP/UDP.
+    pub const PASS_ICMP_UNHANDLED: u32 = 26;
+    /// ICMP error that quotes a service's or NAT backend's packet of no flow in the
+    /// flow tables.
+    pub const PASS_ICMP_NO_FLOW: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// The data plane drops packets counted under these reasons (a service owns them
     /// and they are invalid); every other verdict reason passes or forwards.
@@ -303,6 +315,10 @@ pub mod reason {
         "syn",
         "embryo_new",
         "flow_promoted",
+        "icmp_to_backend",
+        "icmp_to_client",
+        "pass_icmp_unhandled",
+        "pass_icmp_no_flow",
     ];
 }
 

@@ -12,6 +12,7 @@ use xdp_lb_common::{
 
 use crate::{
     forward::{self, Side},
+    icmp,
     maps::{BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
     parse::{self, Packet},
     select, stats, validate,
@@ -21,6 +22,8 @@ use crate::{
 pub fn process(ctx: &XdpContext) -> u32 {
     let pkt = match parse::parse(ctx) {
         Ok(p) => p,
+        // IP, but neither TCP nor UDP: maybe an ICMP error about a balanced flow.
+        Err(reason::PASS_NOT_SERVICE) => return icmp::process(ctx),
         Err(r) => return pass(r),
     };
     let skey = ServiceKey {

@@ -16,6 +16,8 @@ mod events;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -31,7 +33,20 @@ mod validate;
 #[cfg(target_arch = "bpf")]
 #[aya_ebpf::macros::xdp]
 pub fn xdp_lb(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+    #[cfg(feature = "upgrade-variant")]
+    upgrade_variant(&ctx);
     lb::process(&ctx)
+}
+
+/// The upgrade test's second build: a few more instructions, so the program's tag
+/// differs, and no effect, since no frame is this long.
+#[cfg(all(target_arch = "bpf", feature = "upgrade-variant"))]
+#[inline(always)]
+fn upgrade_variant(ctx: &aya_ebpf::programs::XdpContext) {
+    const IMPOSSIBLE_LEN: usize = 0x7fff_0001;
+    if ctx.data_end() - ctx.data() == IMPOSSIBLE_LEN {
+        stats::reason(xdp_lb_common::reason::PASS_NOT_IP);
+    }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -113,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Task::Test { args } => {
             require_root("test")?;
             setup::run(setup::Need::Test)?;
+            let variant = ws.build_upgrade_variant()?;
             let bin = ws.build_xdp_lb(false)?;
             let mut cmd = ws.cargo();
             // The eBPF crate only builds for the BPF target (through xdp-lb's build.rs);
@@ -126,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ])
             .args(&args);
             cmd.env("XDP_LB_BIN", &bin);
+            cmd.env("XDP_LB_UPGRADE_BIN", &variant);
             println!(
                 "xtask: running `cargo test --workspace` with XDP_LB_BIN={}",
                 bin.display()

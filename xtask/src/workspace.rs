@@ -39,6 +39,34 @@ impl Workspace {
         cmd
     }
 
+    /// Builds the upgrade test's second `xdp-lb` (feature `upgrade-test-variant`: an
+    /// XDP program with a different tag) and copies it next to the first, then
+    /// builds the normal one again. Cargo keeps both builds apart (a feature set is
+    /// its own unit), so after the first time both steps only relink or copy.
+    pub fn build_upgrade_variant(&self) -> anyhow::Result<PathBuf> {
+        println!("xtask: cargo build -p xdp-lb --features upgrade-test-variant");
+        let status = self
+            .cargo()
+            .args([
+                "build",
+                "-p",
+                "xdp-lb",
+                "--features",
+                "upgrade-test-variant",
+            ])
+            .status()
+            .context("starting cargo build")?;
+        if !status.success() {
+            bail!("building the upgrade variant of xdp-lb failed ({status})");
+        }
+        let dir = self.target.join("debug");
+        let variant = dir.join("xdp-lb-upgrade-variant");
+        std::fs::copy(dir.join("xdp-lb"), &variant)
+            .with_context(|| format!("copying the variant to {}", variant.display()))?;
+        self.build_xdp_lb(false)?;
+        Ok(variant)
+    }
+
     /// Builds `xdp-lb` (with its embedded XDP program) and returns the binary's path.
     pub fn build_xdp_lb(&self, release: bool) -> anyhow::Result<PathBuf> {
         let mut cmd = self.cargo();

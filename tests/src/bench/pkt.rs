@@ -198,6 +198,36 @@ fn reply_frame(flows: u32) -> FrameSpec {
     }
 }
 
+/// A router's fragmentation-needed about the VIP -> client packet of the
+/// established flow of `v4_frame(0)`: translated and sent to the flow's backend.
+fn icmp_frame() -> FrameSpec {
+    let reply = tcp_ack(
+        VIP4.into(),
+        CLIENT4.into(),
+        80,
+        40000,
+        63,
+        LB_MAC,
+        CLIENT_MAC,
+        &[0; 64],
+    );
+    FrameSpec {
+        frame: icmp_error(
+            "198.18.0.254".parse().expect("an address"),
+            VIP4.into(),
+            64,
+            (CLIENT_MAC, LB_MAC),
+            Some(1280),
+            &reply[14..],
+        ),
+        flows: 0,
+        port_off: 0,
+        addr_off: 0,
+        ip_check_off: 0,
+        l4_check_off: 0,
+    }
+}
+
 fn non_vip_frame() -> FrameSpec {
     FrameSpec {
         frame: v4(
@@ -254,6 +284,16 @@ fn expect_replies(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
         n == o.repeat as u64,
         "{n} NAT replies in {} packets",
         o.repeat
+    );
+    Ok(())
+}
+
+fn expect_icmp_to_backend(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_tx(dp, o)?;
+    ensure!(o.out[0..6] == BACKEND_MACS[0], "not sent to backend 0");
+    ensure!(
+        o.out[30..34] == BACKENDS4[0].octets(),
+        "destination not translated"
     );
     Ok(())
 }
@@ -338,6 +378,14 @@ fn cases() -> Vec<Case> {
             reply_frame(0),
             ONE_FLOW_REPEAT,
             expect_replies,
+        ),
+        // After "VIP established, 1 flow" in every round, which made its flow.
+        c(
+            "ICMP frag-needed to a NAT backend",
+            Target::Lb,
+            icmp_frame(),
+            ONE_FLOW_REPEAT,
+            expect_icmp_to_backend,
         ),
         Case {
             name: "VIP new flow (flow-table write)",

@@ -115,7 +115,7 @@ impl AyaDataplane {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::StubObject);
         }
-        let (found, lock) = pin::prepare(opts, &sizes)?;
+        let (found, migrations, lock) = pin::prepare(opts, &sizes)?;
         let map_dir = opts.map_dir();
         let mut loader = EbpfLoader::new();
         loader
@@ -150,6 +150,12 @@ impl AyaDataplane {
             layout
                 .set(0, opts.layout(&sizes), 0)
                 .map_err(map_err("LAYOUT"))?;
+        }
+        for m in migrations {
+            let (name, from, to) = (m.map, m.from_entries, m.to_entries);
+            let map = dp.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))?;
+            m.write(map)?;
+            log::info!("migrated pinned map {name} from {from} to {to} entries");
         }
         dp.load_program(PROGRAM)?;
         Ok((dp, found == Found::Adoptable))

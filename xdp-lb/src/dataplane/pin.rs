@@ -5,15 +5,17 @@
 //! creating one), the links through `bpf_link_update`, which swaps the program on
 //! the interface in one step. Before anything is adopted, every pinned map is
 //! checked against what this binary would create, and the LAYOUT record against
-//! the configuration, so state is never misread.
+//! the configuration, so state is never misread. The one difference adopted anyway
+//! is a counter array with another number of entries (a version that counts more
+//! verdict reasons): its values are copied into a map of the new size (`MIGRATABLE`).
 use std::{
     ffi::CString,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, MapData, MapInfo};
-use xdp_lb_common::{Layout, LAYOUT_MAGIC, LAYOUT_VERSION};
+use aya::maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuValues};
+use xdp_lb_common::{Counters, Layout, LAYOUT_MAGIC, LAYOUT_VERSION};
 
 use super::{DataplaneError, MapSizes};
 
@@ -44,6 +46,84 @@ pub const PINNED_MAPS: [&str; 13] = [
     "LAYOUT",
     "BACKEND_OWNERS",
 ];
+
+/// Pinned maps whose size may differ between versions and that are migrated by
+/// copying rather than refused: the per-CPU counter arrays, indexed by verdict
+/// reason, service id or backend id. Reasons are only ever appended (never
+/// renumbered), so entry i means the same in both layouts; a larger array gets
+/// zeroed new entries, a smaller one keeps the first entries.
+const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"];
+
+/// Counter values read from a pinned map of another size, to be written into the
+/// map this binary creates in its place.
+pub struct Migration {
+    pub map: &'static str,
+    pub from_entries: u32,
+    pub to_entries: u32,
+    values: MigratedValues,
+}
+
+enum MigratedValues {
+    Reasons(Vec<PerCpuValues<u64>>),
+    Counters(Vec<PerCpuValues<Counters>>),
+}
+
+impl Migration {
+    /// Reads the first `min(from, to)` entries of the pinned map at `path`.
+    fn read(map: &'static str, path: &Path, from: u32, to: u32) -> Result<Self, DataplaneError> {
+        let err = |source| DataplaneError::Map { map, source };
+        let data = MapData::from_pin(path).map_err(err)?;
+        let n = from.min(to);
+        let values = if map == "GLOBAL_STATS" {
+            let a: PerCpuArray<MapData, u64> =
+                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(err)?;
+            MigratedValues::Reasons(
+                (0..n)
+                    .map(|i| a.get(&i, 0))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?,
+            )
+        } else {
+            let a: PerCpuArray<MapData, Counters> =
+                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(err)?;
+            MigratedValues::Counters(
+                (0..n)
+                    .map(|i| a.get(&i, 0))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?,
+            )
+        };
+        Ok(Migration {
+            map,
+            from_entries: from,
+            to_entries: to,
+            values,
+        })
+    }
+
+    /// Writes the saved values into `map`, the one this binary created.
+    pub fn write(self, map: &mut aya::maps::Map) -> Result<(), DataplaneError> {
+        let name = self.map;
+        let err = |source| DataplaneError::Map { map: name, source };
+        match self.values {
+            MigratedValues::Reasons(v) => {
+                let mut a: PerCpuArray<&mut MapData, u64> =
+                    PerCpuArray::try_from(map).map_err(err)?;
+                for (i, values) in (0u32..).zip(v) {
+                    a.set(i, values, 0).map_err(err)?;
+                }
+            }
+            MigratedValues::Counters(v) => {
+                let mut a: PerCpuArray<&mut MapData, Counters> =
+                    PerCpuArray::try_from(map).map_err(err)?;
+                for (i, values) in (0u32..).zip(v) {
+                    a.set(i, values, 0).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// How `run` treats pinned state.
 #[derive(Debug, Clone)]
@@ -131,7 +211,7 @@ pub enum Found {
 pub fn prepare(
     opts: &PinOptions,
     sizes: &MapSizes,
-) -> Result<(Found, std::fs::File), DataplaneError> {
+) -> Result<(Found, Vec<Migration>, std::fs::File), DataplaneError> {
     ensure_bpffs(&opts.dir)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -139,7 +219,7 @@ pub fn prepare(
     };
     std::fs::create_dir_all(&opts.dir).map_err(io(&opts.dir))?;
     let lock = lock_dir(&opts.dir)?;
-    prepare_locked(opts, sizes).map(|found| (found, lock))
+    prepare_locked(opts, sizes).map(|(found, migrations)| (found, migrations, lock))
 }
 
 /// Takes the pin directory's lock: two daemons on one pin directory would swap each
@@ -164,7 +244,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
     Ok(f)
 }
 
-fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, DataplaneError> {
+fn prepare_locked(
+    opts: &PinOptions,
+    sizes: &MapSizes,
+) -> Result<(Found, Vec<Migration>), DataplaneError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DataplaneError::PinIo { path, source }
@@ -192,13 +275,13 @@ fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, Dataplan
     }
     if !ours.exists() {
         std::fs::create_dir_all(&ours).map_err(io(&ours))?;
-        return Ok(Found::Nothing);
+        return Ok((Found::Nothing, Vec::new()));
     }
     if opts.fresh {
         log::info!("--fresh: removing pinned maps in {}", ours.display());
         remove_pins(&ours)?;
         std::fs::create_dir_all(&ours).map_err(io(&ours))?;
-        return Ok(Found::Nothing);
+        return Ok((Found::Nothing, Vec::new()));
     }
     let pinned: Vec<&'static str> = PINNED_MAPS
         .iter()
@@ -206,7 +289,7 @@ fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, Dataplan
         .filter(|m| ours.join(m).exists())
         .collect();
     if pinned.is_empty() {
-        return Ok(Found::Nothing);
+        return Ok((Found::Nothing, Vec::new()));
     }
     let incompatible = |diff| DataplaneError::Incompatible {
         dir: ours.clone(),
@@ -214,6 +297,7 @@ fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, Dataplan
     };
     check_record(&ours.join("LAYOUT"), &opts.layout(sizes)).map_err(incompatible)?;
     let expected = expected_maps(sizes)?;
+    let mut migrations = Vec::new();
     for (name, want) in expected {
         let path = ours.join(name);
         if !path.exists() {
@@ -228,10 +312,24 @@ fn prepare_locked(opts: &PinOptions, sizes: &MapSizes) -> Result<Found, Dataplan
             max_entries: info.max_entries(),
         };
         if let Some(diff) = want.diff(name, &got) {
-            return Err(incompatible(diff));
+            if !want.migratable(name, &got) {
+                return Err(incompatible(diff));
+            }
+            migrations.push(Migration::read(
+                name,
+                &path,
+                got.max_entries,
+                want.max_entries,
+            )?);
         }
     }
-    Ok(Found::Adoptable)
+    // Only once everything else is known to be adoptable: the loader creates and
+    // pins these maps again at the new size, and `Migration::write` fills them.
+    for m in &migrations {
+        let path = ours.join(m.map);
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    Ok((Found::Adoptable, migrations))
 }
 
 /// The parts of a map definition that must match for a pinned map to be adopted.
@@ -244,6 +342,15 @@ struct MapShape {
 }
 
 impl MapShape {
+    /// A pinned counter array that differs from ours in its number of entries only.
+    fn migratable(&self, map: &str, pinned: &MapShape) -> bool {
+        MIGRATABLE.contains(&map)
+            && MapShape {
+                max_entries: self.max_entries,
+                ..*pinned
+            } == *self
+    }
+
     fn diff(&self, map: &'static str, pinned: &MapShape) -> Option<LayoutDiff> {
         let fields = [
             ("type", pinned.map_type, self.map_type),
@@ -571,6 +678,30 @@ mod tests {
         assert_eq!(
             diff.to_string(),
             "it was made with flow_table_size = 2048, the configuration says 1024"
+        );
+    }
+
+    #[test]
+    fn only_counter_arrays_that_changed_size_are_migratable() {
+        let ours = MapShape {
+            map_type: 6,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 28,
+        };
+        let fewer = MapShape {
+            max_entries: 24,
+            ..ours
+        };
+        assert!(ours.migratable("GLOBAL_STATS", &fewer));
+        assert!(!ours.migratable("FLOWS", &fewer), "not a counter array");
+        let wider = MapShape {
+            value_size: 16,
+            ..fewer
+        };
+        assert!(
+            !ours.migratable("GLOBAL_STATS", &wider),
+            "a changed value shape is refused"
         );
     }
 

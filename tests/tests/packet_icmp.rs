@@ -1,0 +1,446 @@
+//! Packet tests of ICMP errors about balanced flows (path-MTU discovery through the
+//! balancer): the real program on frames built by etherparse, output compared byte
+//! for byte with frames whose checksums etherparse computes in full, so every
+//! incrementally patched checksum (outer IPv4, quoted IPv4, quoted TCP/UDP, ICMP and
+//! the ICMPv6 pseudo-header) is checked independently. Each direction, family,
+//! protocol and mode; then the errors that are not ours, which pass untouched.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
+use xdp_lb_common::{PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
+use xdp_lb_tests::pkt::*;
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// A router on the client's side of the balancer, and one between it and the backends.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+const HOP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+const HOP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+/// Long enough that a full quote holds the L4 checksum, as real errors do.
+const PAYLOAD: &[u8] = &[0x5a; 64];
+
+struct Family {
+    name: &'static str,
+    client: IpAddr,
+    vip: IpAddr,
+    backends: [IpAddr; 3],
+    router: IpAddr,
+    hop: IpAddr,
+}
+
+fn families() -> [Family; 2] {
+    [
+        Family {
+            name: "v4",
+            client: CLIENT4.into(),
+            vip: VIP4.into(),
+            backends: BACKENDS4.map(IpAddr::from),
+            router: ROUTER4.into(),
+            hop: HOP4.into(),
+        },
+        Family {
+            name: "v6",
+            client: CLIENT6.into(),
+            vip: VIP6.into(),
+            backends: BACKENDS6.map(IpAddr::from),
+            router: ROUTER6.into(),
+            hop: HOP6.into(),
+        },
+    ]
+}
+
+/// A TCP segment of an established connection, or a UDP datagram.
+#[allow(clippy::too_many_arguments)]
+fn l4(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    match (proto, src, dst) {
+        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, dport, ttl, smac, dmac, PAYLOAD),
+        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
+            v4(proto, s, d, sport, dport, ttl, smac, dmac, PAYLOAD)
+        }
+        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
+            v6(proto, s, d, sport, dport, ttl, smac, dmac, PAYLOAD)
+        }
+        _ => panic!("mixed address families"),
+    }
+}
+
+/// The IP packet of a frame, cut to `quote` bytes (as an ICMP error quotes it).
+fn ip_of(frame: &[u8], quote: usize) -> Vec<u8> {
+    frame[14..].iter().copied().take(quote).collect()
+}
+
+fn run(dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
+    let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
+    let prog: &mut Xdp = dp
+        .ebpf_mut()
+        .program_mut(PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(ifindex, input.len());
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
+fn count(dp: &AyaDataplane, name: &str) -> u64 {
+    dp.global_counters()
+        .unwrap()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+fn backend_of(out: &[u8]) -> usize {
+    BACKEND_MACS
+        .iter()
+        .position(|m| m[..] == out[0..6])
+        .unwrap_or_else(|| panic!("unknown dst mac {:02x?}", &out[0..6]))
+}
+
+/// Sends a client request through `dp` and returns the backend index it went to.
+fn open_flow(dp: &mut AyaDataplane, f: &Family, proto: u8, cport: u16) -> usize {
+    let req = l4(proto, f.client, f.vip, cport, 80, 64, CLIENT_MAC, LB_MAC);
+    let (action, out) = run(dp, &req);
+    assert_eq!(action, XDP_TX, "{}: request", f.name);
+    backend_of(&out)
+}
+
+#[test]
+fn client_side_errors_reach_the_flows_backend_translated_in_nat_mode() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, 0),
+            svc_v4(PROTO_UDP, 0),
+            svc_v6(PROTO_TCP),
+            svc_v6(PROTO_UDP),
+        ]);
+        let mut cport = 42000;
+        let mut sent = 0;
+        for f in families() {
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                // A full quote, and the 8 L4 bytes RFC 792 asks for (no TCP checksum).
+                for quote in [usize::MAX, if f.name == "v4" { 28 } else { 48 }] {
+                    cport += 1;
+                    let what = format!("{} proto {proto} quote {quote}", f.name);
+                    let b = open_flow(&mut dp, &f, proto, cport);
+                    // The translated reply the balancer sent, as the router quotes it.
+                    let reply = l4(proto, f.vip, f.client, 80, cport, 62, LB_MAC, CLIENT_MAC);
+                    let input = icmp_error(
+                        f.router,
+                        f.vip,
+                        64,
+                        (CLIENT_MAC, LB_MAC),
+                        Some(1280),
+                        &ip_of(&reply, quote),
+                    );
+                    // What the backend sent before the balancer translated it.
+                    let orig = l4(
+                        proto,
+                        f.backends[b],
+                        f.client,
+                        BACKEND_PORT,
+                        cport,
+                        62,
+                        LB_MAC,
+                        CLIENT_MAC,
+                    );
+                    let expected = icmp_error(
+                        f.router,
+                        f.backends[b],
+                        63,
+                        (LB_MAC, BACKEND_MACS[b]),
+                        Some(1280),
+                        &ip_of(&orig, quote),
+                    );
+                    let (action, out) = run(&mut dp, &input);
+                    assert_eq!(action, XDP_TX, "{what}: action");
+                    assert_frame_eq(&out, &expected, &what);
+                    sent += 1;
+                }
+            }
+        }
+        assert_eq!(count(&dp, "icmp_to_backend"), sent);
+    });
+}
+
+#[test]
+fn client_side_errors_reach_the_flows_backend_unchanged_in_dsr_mode() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, SVC_FWD_DSR),
+            svc_v4(PROTO_UDP, SVC_FWD_DSR),
+            svc_v6(PROTO_TCP).with_flags(SVC_FWD_DSR),
+            svc_v6(PROTO_UDP).with_flags(SVC_FWD_DSR),
+        ]);
+        let mut cport = 43000;
+        for f in families() {
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                cport += 1;
+                let what = format!("dsr {} proto {proto}", f.name);
+                let b = open_flow(&mut dp, &f, proto, cport);
+                // In DSR the backend answers from the VIP itself.
+                let reply = l4(
+                    proto, f.vip, f.client, 80, cport, 64, CLIENT_MAC, CLIENT_MAC,
+                );
+                let input = icmp_error(
+                    f.router,
+                    f.vip,
+                    64,
+                    (CLIENT_MAC, LB_MAC),
+                    Some(1280),
+                    &ip_of(&reply, usize::MAX),
+                );
+                let mut expected = input.clone();
+                expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
+                expected[6..12].copy_from_slice(&LB_MAC);
+                let (action, out) = run(&mut dp, &input);
+                assert_eq!(action, XDP_TX, "{what}: action");
+                assert_frame_eq(&out, &expected, &what);
+            }
+        }
+        assert_eq!(count(&dp, "icmp_to_backend"), 4);
+    });
+}
+
+#[test]
+fn backend_side_errors_reach_the_client_from_the_vip() {
+    with_bed(|bed| {
+        // Port 81 shares the TCP backends with port 80: their errors are mapped back
+        // per flow (NAT_REVERSE), the others by the backend's endpoint.
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, 0),
+            svc_v4(PROTO_TCP, 0).on_port(81),
+            svc_v4(PROTO_UDP, 0),
+            svc_v6(PROTO_TCP),
+            svc_v6(PROTO_UDP),
+        ]);
+        let mut cport = 44000;
+        let mut sent = 0;
+        for f in families() {
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                // From the backend itself (port unreachable), and from a hop between
+                // the balancer and the backend (fragmentation needed / too big).
+                for from_hop in [false, true] {
+                    cport += 1;
+                    let what = format!("{} proto {proto} from hop {from_hop}", f.name);
+                    let b = open_flow(&mut dp, &f, proto, cport);
+                    let fwd = l4(
+                        proto,
+                        f.client,
+                        f.backends[b],
+                        cport,
+                        BACKEND_PORT,
+                        63,
+                        LB_MAC,
+                        BACKEND_MACS[b],
+                    );
+                    let (src, mtu) = if from_hop {
+                        (f.hop, Some(1280))
+                    } else {
+                        (f.backends[b], None)
+                    };
+                    let input = icmp_error(
+                        src,
+                        f.client,
+                        64,
+                        (BACKEND_MACS[b], LB_MAC),
+                        mtu,
+                        &ip_of(&fwd, usize::MAX),
+                    );
+                    let req = l4(proto, f.client, f.vip, cport, 80, 63, LB_MAC, LB_MAC);
+                    let expected = icmp_error(
+                        f.vip,
+                        f.client,
+                        63,
+                        (LB_MAC, CLIENT_MAC),
+                        mtu,
+                        &ip_of(&req, usize::MAX),
+                    );
+                    let (action, out) = run(&mut dp, &input);
+                    assert_eq!(action, XDP_TX, "{what}: action");
+                    assert_frame_eq(&out, &expected, &what);
+                    sent += 1;
+                }
+            }
+        }
+        assert_eq!(count(&dp, "icmp_to_client"), sent);
+    });
+}
+
+#[test]
+fn errors_that_are_not_ours_pass_untouched_and_are_counted() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
+        let [f4, f6] = families();
+        let b4 = open_flow(&mut dp, &f4, PROTO_TCP, 45000);
+        open_flow(&mut dp, &f6, PROTO_TCP, 45000);
+        let reply4 = l4(
+            PROTO_TCP, f4.vip, f4.client, 80, 45000, 62, LB_MAC, CLIENT_MAC,
+        );
+        let reply6 = l4(
+            PROTO_TCP, f6.vip, f6.client, 80, 45000, 62, LB_MAC, CLIENT_MAC,
+        );
+        let to_vip4 = |quoted: &[u8]| {
+            icmp_error(
+                f4.router,
+                f4.vip,
+                64,
+                (CLIENT_MAC, LB_MAC),
+                Some(1280),
+                quoted,
+            )
+        };
+        let to_vip6 = |quoted: &[u8]| {
+            icmp_error(
+                f6.router,
+                f6.vip,
+                64,
+                (CLIENT_MAC, LB_MAC),
+                Some(1280),
+                quoted,
+            )
+        };
+        let unknown4 = l4(
+            PROTO_TCP, f4.vip, f4.client, 80, 45999, 62, LB_MAC, CLIENT_MAC,
+        );
+        let unknown6 = l4(
+            PROTO_TCP, f6.vip, f6.client, 80, 45999, 62, LB_MAC, CLIENT_MAC,
+        );
+        let mut quoted_icmp = ip_of(&reply4, usize::MAX);
+        quoted_icmp[9] = 1;
+        let mut bad_csum = to_vip4(&ip_of(&reply4, usize::MAX));
+        bad_csum[24] ^= 0x40;
+        let mut ttl_one = to_vip4(&ip_of(&reply4, usize::MAX));
+        ttl_one[22] = 1;
+        refresh_ip_checksum(&mut ttl_one);
+        // The balancer host's own connection, not a balanced flow.
+        let own = l4(
+            PROTO_TCP,
+            "198.18.0.1".parse().unwrap(),
+            f4.client,
+            22,
+            45000,
+            64,
+            LB_MAC,
+            CLIENT_MAC,
+        );
+        let own_error = icmp_error(
+            f4.router,
+            "198.18.0.1".parse().unwrap(),
+            64,
+            (CLIENT_MAC, LB_MAC),
+            Some(1280),
+            &ip_of(&own, usize::MAX),
+        );
+        // An error from backend b4's side about a flow it does not have.
+        let stray = l4(
+            PROTO_TCP,
+            f4.client,
+            f4.backends[b4],
+            45999,
+            BACKEND_PORT,
+            63,
+            LB_MAC,
+            BACKEND_MACS[b4],
+        );
+        let stray_error = icmp_error(
+            f4.backends[b4],
+            f4.client,
+            64,
+            (BACKEND_MACS[b4], LB_MAC),
+            None,
+            &ip_of(&stray, usize::MAX),
+        );
+        let rows: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "v4 no flow",
+                to_vip4(&ip_of(&unknown4, usize::MAX)),
+                "pass_icmp_no_flow",
+            ),
+            (
+                "v6 no flow",
+                to_vip6(&ip_of(&unknown6, usize::MAX)),
+                "pass_icmp_no_flow",
+            ),
+            ("backend side, no flow", stray_error, "pass_icmp_no_flow"),
+            (
+                "v4 ports cut off",
+                to_vip4(&ip_of(&reply4, 22)),
+                "pass_icmp_unhandled",
+            ),
+            (
+                "v6 ports cut off",
+                to_vip6(&ip_of(&reply6, 42)),
+                "pass_icmp_unhandled",
+            ),
+            (
+                "v4 quotes icmp",
+                to_vip4(&quoted_icmp),
+                "pass_icmp_unhandled",
+            ),
+            ("v4 bad ip checksum", bad_csum, "pass_bad_ip_csum"),
+            ("v4 ttl 1", ttl_one, "pass_ttl"),
+            ("host's own traffic", own_error, "pass_not_service"),
+            (
+                "echo to the vip",
+                icmp4_echo(CLIENT4, VIP4),
+                "pass_not_service",
+            ),
+        ];
+        for (what, input, why) in &rows {
+            let before = count(&dp, why);
+            let (action, out) = run(&mut dp, input);
+            assert_eq!(action, XDP_PASS, "{what}: action");
+            assert_eq!(&out, input, "{what}: frame changed");
+            assert_eq!(count(&dp, why), before + 1, "{what}: not counted as {why}");
+        }
+        assert_eq!(count(&dp, "icmp_to_backend"), 0);
+        assert_eq!(count(&dp, "icmp_to_client"), 0);
+        // Every truncation of a translatable error passes or is translated, and
+        // never changes a byte it does not own.
+        let full = to_vip4(&ip_of(&reply4, usize::MAX));
+        for cut in 14..full.len() {
+            let input = &full[..cut];
+            let (action, out) = run(&mut dp, input);
+            assert_eq!(action, XDP_PASS, "cut at {cut}");
+            assert_eq!(out, input, "cut at {cut}: frame changed");
+        }
+    });
+}
+
+/// Recomputes the IPv4 header checksum of an untagged frame.
+fn refresh_ip_checksum(f: &mut [u8]) {
+    f[24] = 0;
+    f[25] = 0;
+    let mut s: u32 = f[14..34]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
