@@ -776,7 +776,6 @@ fn bottleneck(m: Metric, s: &Sample, cpus: f64) -> String {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one report, printed once")]
 fn print_report(
     rows: &[Row],
     results: &[Vec<Vec<Sample>>],
