@@ -414,15 +414,6 @@ impl Bed {
     }
 }
 
-/// The `struct xdp_md` passed as ctx_in: the bed interface as ingress.
-pub fn xdp_md(ifindex: u32, frame_len: usize) -> Vec<u8> {
-    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    [0u32, frame_len as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .collect()
-}
-
 /// A TCP SYN (a new connection) or UDP datagram over IPv4.
 #[allow(clippy::too_many_arguments)]
 pub fn v4(

@@ -221,15 +221,7 @@ impl TopologyBuilder {
         }
 
         topo.warm_up()?;
-        if self.xdp_pass {
-            let bin = binary::xdp_lb_bin()?;
-            let args = [
-                "xdp-pass".to_string(),
-                "--iface".into(),
-                LB_BRIDGE_PORT.into(),
-            ];
-            topo.xdp_pass = Some(XdpLbProcess::start(&topo.bridge, &bin, &args)?);
-        }
+        topo.set_xdp_pass(self.xdp_pass)?;
         Ok(topo)
     }
 }
@@ -310,6 +302,24 @@ impl Topology {
         let b = &self.backends[index - 1];
         let servers = BackendServers::start(&b.ns, &b.name, &self.server_specs[index - 1])?;
         self.servers[index - 1] = Some(servers);
+        Ok(())
+    }
+
+    /// Attaches (`xdp-lb xdp-pass`) or detaches the XDP_PASS program on the lb's bridge
+    /// port. Benchmarks detach it to measure plain routing with no XDP anywhere (a
+    /// native program on a veth turns TSO off on its peer).
+    pub fn set_xdp_pass(&mut self, on: bool) -> Result<()> {
+        if !on {
+            self.xdp_pass = None;
+        } else if self.xdp_pass.is_none() {
+            let bin = binary::xdp_lb_bin()?;
+            let args = [
+                "xdp-pass".to_string(),
+                "--iface".into(),
+                LB_BRIDGE_PORT.into(),
+            ];
+            self.xdp_pass = Some(XdpLbProcess::start(&self.bridge, &bin, &args)?);
+        }
         Ok(())
     }
 

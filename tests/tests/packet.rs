@@ -9,14 +9,8 @@
 //! so the MACs the program writes are known and no host state is involved.
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::{
-    maps::{HashMap, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
-};
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
-use xdp_lb_common::{
-    hash, FlowKey, FlowValue, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR,
-};
+use xdp_lb_common::{hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
 use xdp_lb_tests::pkt::*;
 
 const XDP_DROP: u32 = 1;
@@ -605,41 +599,21 @@ fn dp_expect_backend(frame: &[u8], ring_size: u32) -> usize {
 
 fn run(dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
-    let prog: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = xdp_md(ifindex, input.len());
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
+    let r = dp
+        .test_run(PROGRAM, input, ifindex, 1)
         .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    (r.action, r.frame)
 }
 
 /// Entries in FLOWS and in EMBRYOS.
 fn flow_counts(dp: &mut AyaDataplane) -> (usize, usize) {
-    let mut n = |name: &str| {
-        let m: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(dp.ebpf_mut().map(name).unwrap()).unwrap();
-        m.keys().count()
-    };
+    let mut n = |name| dp.flow_table_len(name).expect("flow table walk");
     (n("FLOWS"), n("EMBRYOS"))
 }
 
-fn has_flow(dp: &mut AyaDataplane, table: &str, frame: &[u8]) -> bool {
-    let m: HashMap<&MapData, FlowKey, FlowValue> =
-        HashMap::try_from(dp.ebpf_mut().map(table).unwrap()).unwrap();
-    m.get(&flow_key_of(frame), 0).is_ok()
+fn has_flow(dp: &mut AyaDataplane, table: &'static str, frame: &[u8]) -> bool {
+    dp.has_flow(table, &flow_key_of(frame))
+        .expect("flow table lookup")
 }
 
 fn count(g: &[(&'static str, u64)], name: &str) -> u64 {

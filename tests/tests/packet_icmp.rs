@@ -6,7 +6,6 @@
 //! protocol and mode; then the errors that are not ours, which pass untouched.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
 use xdp_lb_tests::pkt::*;
@@ -83,25 +82,10 @@ fn ip_of(frame: &[u8], quote: usize) -> Vec<u8> {
 
 fn run(dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
-    let prog: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = xdp_md(ifindex, input.len());
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
+    let r = dp
+        .test_run(PROGRAM, input, ifindex, 1)
         .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
+    (r.action, r.frame)
 }
 
 fn count(dp: &AyaDataplane, name: &str) -> u64 {

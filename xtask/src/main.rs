@@ -76,7 +76,11 @@ enum BenchKind {
     Pkt,
     /// What a `status` call costs at 10k, 100k and 1M flows.
     Status,
+    /// Keep-alive requests/s, new connections/s and a bulk stream through the VIP vs
+    /// plain routing, in namespaces.
     E2e,
+    /// The veth investigation: generic vs native XDP, segmentation offloads on and off.
+    Veth,
     Cache,
     All,
 }
@@ -87,6 +91,7 @@ impl BenchKind {
             BenchKind::Pkt => "pkt",
             BenchKind::Status => "status",
             BenchKind::E2e => "e2e",
+            BenchKind::Veth => "veth",
             BenchKind::Cache => "cache",
             BenchKind::All => "all",
         }

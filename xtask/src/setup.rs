@@ -23,6 +23,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-tools",
     "nginx-light",
     "wrk",
+    // One bulk TCP stream in `cargo xtask bench e2e`.
+    "iperf3",
     // systemd-analyze, for the install test's unit check.
     "systemd",
     // `promtool check metrics` checks the `/metrics` text in the monitor's tests.
@@ -36,6 +38,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const SHIPPED_SERVICES: &[&str] = &[
     "redis-server.service",
     "nginx.service",
+    "iperf3.service",
     "prometheus.service",
 ];
 

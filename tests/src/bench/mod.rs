@@ -1,4 +1,5 @@
-//! Benchmarks run by `cargo xtask bench [pkt|status|e2e|cache|all]` through the `xdp-lb-bench` bin.
+//! Benchmarks run by `cargo xtask bench [pkt|status|e2e|veth|cache|all]` through the
+//! `xdp-lb-bench` bin (`all` leaves out `veth`, the long veth investigation).
 pub mod cache;
 pub mod e2e;
 pub mod pkt;
@@ -26,6 +27,7 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
         "e2e" => e2e::run(),
         "cache" => cache(),
         "status" => status::run(),
+        "veth" => e2e::run_veth(),
         "all" => {
             let all: [(&str, Bench); 4] = [
                 ("pkt", pkt),
@@ -44,7 +46,9 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
             Ok(())
         }
         other => {
-            anyhow::bail!("unknown benchmark {other:?}: expected pkt, status, e2e, cache or all")
+            anyhow::bail!(
+                "unknown benchmark {other:?}: expected pkt, status, e2e, veth, cache or all"
+            )
         }
     }
 }

@@ -8,7 +8,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        Xdp, XdpMode,
+        TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -25,6 +25,17 @@ use crate::{
     config,
     plan::{Plan, Snapshot},
 };
+
+/// What one `AyaDataplane::test_run` gave back.
+#[derive(Debug)]
+pub struct TestRunOutcome {
+    /// The XDP action the program returned (for the last iteration).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Mean time per iteration, as the kernel reports it (whole nanoseconds).
+    pub per_run: std::time::Duration,
+}
 
 /// The XDP object built from xdp-lb-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -389,9 +400,105 @@ impl AyaDataplane {
         Ok(n)
     }
 
-    /// Raw access for tests and benchmarks (test runs, flow-table inspection).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The kernel's description of a loaded map (type, sizes, flags): benchmarks print
+    /// what they measured against.
+    pub fn map_info(&self, name: &'static str) -> Result<aya::maps::MapInfo, DataplaneError> {
+        use aya::maps::Map;
+        let m = self.ebpf.map(name).ok_or(DataplaneError::Missing(name))?;
+        let data = match m {
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::PerCpuArray(d)
+            | Map::PerCpuHashMap(d)
+            | Map::PerCpuLruHashMap(d)
+            | Map::ProgramArray(d)
+            | Map::DevMapHash(d) => d,
+            _ => return Err(DataplaneError::Missing(name)),
+        };
+        data.info().map_err(map_err(name))
+    }
+
+    /// Runs the loaded XDP program `name` on `frame` as received on `ifindex`,
+    /// `repeat` times (BPF_PROG_TEST_RUN): for packet tests and the per-packet bench.
+    /// The kernel does not restore the frame between iterations, so a program that
+    /// rewrites it sees its own output from the second on: time such a program
+    /// through `xdp_bench_wrapper` (see `set_bench_case`).
+    pub fn test_run(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let prog = self.load_program(name)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (offsets into the frame, native byte order).
+        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        // Room for programs that grow the frame (encapsulation).
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|source| DataplaneError::TestRun { name, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            frame: out,
+            per_run: r.duration,
+        })
+    }
+
+    /// Prepares `xdp_bench_wrapper`: the program it tail-calls (loaded if needed), the
+    /// frame it restores before each iteration, and its flow counter back at 0.
+    pub fn set_bench_case(
+        &mut self,
+        target: &'static str,
+        frame: xdp_lb_common::BenchFrame,
+    ) -> Result<(), DataplaneError> {
+        let fd = self
+            .load_program(target)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| DataplaneError::Program {
+                name: target,
+                source,
+            })?;
+        self.load_program("xdp_bench_wrapper")?;
+        let mut targets: aya::maps::ProgramArray<&mut MapData> = self.map("BENCH_TARGET")?;
+        targets.set(0, &fd, 0).map_err(map_err("BENCH_TARGET"))?;
+        let mut frames: Array<&mut MapData, xdp_lb_common::BenchFrame> = self.map("BENCH_FRAME")?;
+        frames.set(0, frame, 0).map_err(map_err("BENCH_FRAME"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let mut counter: PerCpuArray<&mut MapData, u32> = self.map("BENCH_COUNTER")?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![0u32; cpus]).map_err(DataplaneError::Cpus)?;
+        counter.set(0, zeros, 0).map_err(map_err("BENCH_COUNTER"))?;
+        Ok(())
+    }
+
+    /// Whether a flow table (`FLOWS`, `EMBRYOS`) holds `key`.
+    pub fn has_flow(&mut self, table: &'static str, key: &FlowKey) -> Result<bool, DataplaneError> {
+        let m: HashMap<&mut MapData, FlowKey, FlowValue> = self.map(table)?;
+        match m.get(key, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(table)(e)),
+        }
+    }
+
+    /// How many entries a flow table (`FLOWS`, `EMBRYOS`) holds: a full walk, for tests.
+    pub fn flow_table_len(&mut self, table: &'static str) -> Result<usize, DataplaneError> {
+        let m: HashMap<&mut MapData, FlowKey, FlowValue> = self.map(table)?;
+        Ok(m.keys().count())
     }
 }
 

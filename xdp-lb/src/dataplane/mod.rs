@@ -7,7 +7,9 @@ pub mod pin;
 
 use std::collections::HashMap;
 
-pub use bpf::{error_chain, ifindex, AyaDataplane, EBPF_OBJECT, PASS_PROGRAM, PROGRAM};
+pub use bpf::{
+    error_chain, ifindex, AyaDataplane, TestRunOutcome, EBPF_OBJECT, PASS_PROGRAM, PROGRAM,
+};
 pub use fake::FakeDataplane;
 use xdp_lb_common::Counters;
 
@@ -83,6 +85,14 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("BPF_PROG_TEST_RUN of program {name} failed")]
+    TestRun {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot size a per-CPU map value to the possible CPUs")]
+    Cpus(#[source] std::io::Error),
     #[error("the fake data plane was told to fail this write")]
     Injected,
     #[error("the embedded XDP object cannot be parsed")]
