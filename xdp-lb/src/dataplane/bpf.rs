@@ -530,6 +530,35 @@ impl Dataplane for AyaDataplane {
         }
         Ok(counts)
     }
+
+    fn reconcile_conns(
+        &mut self,
+        current: &std::collections::HashMap<u32, u32>,
+        limit: u64,
+    ) -> Result<Option<std::collections::HashMap<u32, i64>>, DataplaneError> {
+        let mut entries = Vec::new();
+        for map in ["FLOWS", "EMBRYOS"] {
+            let table: HashMap<&MapData, FlowKey, FlowValue> = self.map_ref(map)?;
+            for entry in table.iter() {
+                if entries.len() as u64 >= limit {
+                    return Ok(None);
+                }
+                // Evicted between the key walk and the lookup: gone, not counted.
+                if let Ok(e) = entry {
+                    entries.push(e);
+                }
+            }
+        }
+        let now = super::conns::now_units();
+        let counts = super::conns::count(entries.iter().map(|(k, v)| (k, v)), current, now);
+        // Kernel adds that land between the walk and this write are lost until the
+        // next reconciliation; the counts steer new flows, they are not accounting.
+        let mut conns: Array<&mut MapData, i64> = self.map("CONNS")?;
+        for (&id, &n) in &counts {
+            conns.set(id, n, 0).map_err(map_err("CONNS"))?;
+        }
+        Ok(Some(counts))
+    }
 }
 
 impl AyaDataplane {
