@@ -349,7 +349,8 @@ fn layout_mismatch_is_refused_and_fresh_starts_clean() {
     // A layout record of another version (as a newer or older binary would leave).
     file.write(&config(&topo, &[1, 2], Some(4096)))
         .expect("rewriting the config");
-    let layout = pins::dir_for(topo.lb.name()).join("v1/LAYOUT");
+    let layout = pins::dir_for(topo.lb.name())
+        .join(format!("v{}/LAYOUT", xdp_lb_common::LAYOUT_VERSION));
     let magic = u32::from_ne_bytes(*b"xlbL").to_ne_bytes();
     let mut value: Vec<String> = magic.iter().map(|b| b.to_string()).collect();
     value.extend(99u32.to_ne_bytes().iter().map(|b| b.to_string()));

@@ -107,8 +107,10 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         }
     }
     if let Err(e) = EMBRYOS.insert(key, &value, BPF_ANY as u64) {
-        // The packet still goes to the right backend; its next packet will hash to
-        // the same slot unless the table changes meanwhile.
+        // The packet still goes to the chosen backend. With Maglev its next packet
+        // hashes to the same slot unless the table changes meanwhile; the other
+        // schedulers may choose another backend for it (and least-conn did not
+        // count it).
         stats::reason(reason::FLOW_INSERT_FAILED);
         crate::events::insert_failed(ctx, "embryonic flow table", e);
     } else {
