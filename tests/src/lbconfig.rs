@@ -39,7 +39,7 @@ pub struct ServiceSpec {
     pub port: u16,
     /// tcp or udp
     pub proto: &'static str,
-    /// maglev or src-hash
+    /// maglev, src-hash, round-robin, weighted-round-robin or least-conn
     pub algorithm: &'static str,
     pub forwarding: Forwarding,
     pub backends: Vec<BackendSpec>,

@@ -306,6 +306,7 @@ impl Bed {
                         family,
                         state: BACKEND_ACTIVE,
                         generation: 1,
+                        weight: 1,
                     },
                 ));
             }
@@ -391,6 +392,39 @@ impl Bed {
         dp.apply(&plan).expect("publish ring");
     }
 
+    /// Publishes a table of raw backend ids (not bed indexes) for service `id`: the
+    /// scheduler cases use backend slots beyond the bed's six.
+    pub fn publish_ids(&self, dp: &mut AyaDataplane, id: u32, ids: &[u32], slot: u32) {
+        self.publish_raw(dp, id, ids, slot);
+    }
+
+    /// Backend slots `first..first + weights.len()`, IPv4, at the bed's backend
+    /// addresses in turn (so every one is reachable), with the given weights: a large
+    /// pool for the scheduler cases. Slot `first + i` sits at `BACKENDS4[i % 3]`.
+    pub fn add_pool(&self, dp: &mut AyaDataplane, first: u32, weights: &[u32]) {
+        let plan = Plan {
+            backend_writes: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| {
+                    (
+                        first + i as u32,
+                        Backend {
+                            addr: words4(BACKENDS4[i % 3]),
+                            port: wire_port(BACKEND_PORT),
+                            family: FAMILY_V4,
+                            state: BACKEND_ACTIVE,
+                            generation: 1,
+                            weight,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        dp.apply(&plan).expect("backend pool");
+    }
+
     /// Sets bed backend `idx` (both families) to `state`.
     pub fn set_backend_state(&self, dp: &mut AyaDataplane, idx: u32, state: u8) {
         let mut plan = Plan::default();
@@ -407,11 +441,22 @@ impl Bed {
                     family,
                     state,
                     generation: 1,
+                    weight: 1,
                 },
             ));
         }
         dp.apply(&plan).expect("backend state");
     }
+}
+
+/// CONNS[id]: the least-conn count of backend slot `id`.
+pub fn conns(dp: &mut AyaDataplane, id: u32) -> i64 {
+    dp.conn_count(id).expect("CONNS entry")
+}
+
+/// Overwrites CONNS[id], as the control plane's reconciliation does.
+pub fn set_conns(dp: &mut AyaDataplane, id: u32, n: i64) {
+    dp.set_conn_count(id, n).expect("CONNS write");
 }
 
 /// A TCP SYN (a new connection) or UDP datagram over IPv4.

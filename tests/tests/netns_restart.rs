@@ -397,7 +397,8 @@ fn layout_mismatch_is_refused_and_fresh_starts_clean() {
     // A layout record of another version (as a newer or older binary would leave).
     file.write(&config(&topo, &[1, 2], Some(4096)))
         .expect("rewriting the config");
-    let layout = pins::dir_for(topo.lb.name()).join("v1/LAYOUT");
+    let layout =
+        pins::dir_for(topo.lb.name()).join(format!("v{}/LAYOUT", xdp_lb_common::LAYOUT_VERSION));
     let magic = u32::from_ne_bytes(*b"xlbL").to_ne_bytes();
     let mut value: Vec<String> = magic.iter().map(|b| b.to_string()).collect();
     value.extend(99u32.to_ne_bytes().iter().map(|b| b.to_string()));
@@ -689,11 +690,14 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
         .expect("client namespace");
     lb2.stop();
 
+    // A value 8 bytes larger than this binary's, as an older or newer FlowValue would be.
+    let ours = std::mem::size_of::<xdp_lb_common::FlowValue>();
+    let other = (ours + 8).to_string();
     repin(
         &dir,
         "FLOWS",
         &[
-            "type", "lru_hash", "key", "40", "value", "32", "entries", "4096",
+            "type", "lru_hash", "key", "40", "value", &other, "entries", "4096",
         ],
     );
     let refused = topo
@@ -702,8 +706,9 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
         .expect("a flow table of another value size must be refused")
         .to_string();
     assert!(
-        refused.contains("map FLOWS: value size is 32 pinned but 24 in this binary")
-            && refused.contains("--fresh"),
+        refused.contains(&format!(
+            "map FLOWS: value size is {other} pinned but {ours} in this binary"
+        )) && refused.contains("--fresh"),
         "{refused}"
     );
     let lb3 = start(&topo, &file, &["--fresh"]);

@@ -10,7 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
-use xdp_lb_common::{hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
+use xdp_lb_common::{
+    hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_RR,
+};
 use xdp_lb_tests::pkt::*;
 
 const XDP_DROP: u32 = 1;
@@ -579,6 +581,184 @@ fn same_flow_same_backend_on_two_balancers() {
             );
             assert_eq!(run(&mut a, &f).1, run(&mut b, &f).1);
         }
+    });
+}
+
+/// The scheduler cursors are per CPU and BPF_PROG_TEST_RUN runs on the caller's CPU:
+/// a test that follows one cursor keeps its thread on one CPU.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0) affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn syn4(sport: u16) -> Vec<u8> {
+    v4(
+        PROTO_TCP, CLIENT4, VIP4, sport, 80, 64, CLIENT_MAC, LB_MAC, b"",
+    )
+}
+
+fn ack4(sport: u16, flags: u8) -> Vec<u8> {
+    let f = tcp_ack(
+        CLIENT4.into(),
+        VIP4.into(),
+        sport,
+        80,
+        64,
+        CLIENT_MAC,
+        LB_MAC,
+        b"",
+    );
+    with_tcp_flags(f, flags)
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[test]
+fn round_robin_walks_its_schedule_and_flows_stay_put() {
+    with_bed(|bed| {
+        pin_to_one_cpu();
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_SCHED_RR)]);
+        // Smooth WRR of weights 3:2:1, as the control plane builds it.
+        let schedule = [0u32, 1, 0, 2, 1, 0];
+        bed.publish_ring(&mut dp, 0, &schedule, 1);
+        let got: Vec<usize> = (0..12)
+            .map(|i| {
+                let (action, out) = run(&mut dp, &syn4(46000 + i));
+                assert_eq!(action, XDP_TX);
+                backend_of(&out)
+            })
+            .collect();
+        let want: Vec<usize> = schedule
+            .iter()
+            .chain(&schedule)
+            .map(|&b| b as usize)
+            .collect();
+        assert_eq!(got, want, "new flows follow the schedule in order");
+        // Later packets of each flow stay on its backend and do not move the cursor.
+        for (i, &b) in got.iter().enumerate() {
+            let (_, out) = run(&mut dp, &ack4(46000 + i as u16, TCP_ACK));
+            assert_eq!(backend_of(&out), b, "flow {i} moved");
+        }
+        assert_eq!(
+            backend_of(&run(&mut dp, &syn4(46100)).1),
+            schedule[0] as usize
+        );
+        // A new schedule (a backend left) takes over from the next new flow.
+        bed.publish_ring(&mut dp, 0, &[1, 2], 0);
+        let next: Vec<usize> = (0..4)
+            .map(|i| backend_of(&run(&mut dp, &syn4(46200 + i)).1))
+            .collect();
+        assert!(next.iter().all(|&b| b != 0), "{next:?}");
+        assert!(next.contains(&1) && next.contains(&2), "{next:?}");
+    });
+}
+
+#[test]
+fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
+    with_bed(|bed| {
+        pin_to_one_cpu();
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_SCHED_LC)]);
+        bed.publish_ring(&mut dp, 0, &[0, 1, 2], 1);
+        set_conns(&mut dp, 0, 5);
+        set_conns(&mut dp, 2, 3);
+        let (action, out) = run(&mut dp, &syn4(47000));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(backend_of(&out), 1, "the idle backend");
+        assert_eq!(conns(&mut dp, 1), 1, "a new flow adds one");
+        // A retransmitted SYN replaces its own embryonic entry: still one.
+        assert_eq!(backend_of(&run(&mut dp, &syn4(47000)).1), 1);
+        assert_eq!(
+            conns(&mut dp, 1),
+            1,
+            "a retransmitted SYN is not a second connection"
+        );
+        // The handshake's ACK promotes the flow; data flows; nothing changes.
+        for _ in 0..3 {
+            assert_eq!(backend_of(&run(&mut dp, &ack4(47000, TCP_ACK)).1), 1);
+        }
+        assert_eq!(conns(&mut dp, 1), 1);
+        // The client's FIN closes it once; its retransmission and the last ACK
+        // still reach the backend and take nothing more.
+        for _ in 0..2 {
+            assert_eq!(
+                backend_of(&run(&mut dp, &ack4(47000, TCP_FIN | TCP_ACK)).1),
+                1
+            );
+            assert_eq!(conns(&mut dp, 1), 0);
+        }
+        assert_eq!(backend_of(&run(&mut dp, &ack4(47000, TCP_ACK)).1), 1);
+        assert_eq!(conns(&mut dp, 1), 0);
+
+        // Relative to weight: backend 1 at weight 4 with 3 connections (0.75 each)
+        // beats backends 0 and 2 at weight 1 with 2 each, and again at 4/4.
+        bed.add_pool(&mut dp, 0, &[1, 4, 1]);
+        set_conns(&mut dp, 0, 2);
+        set_conns(&mut dp, 1, 3);
+        set_conns(&mut dp, 2, 2);
+        assert_eq!(backend_of(&run(&mut dp, &syn4(47001)).1), 1);
+        assert_eq!(backend_of(&run(&mut dp, &syn4(47002)).1), 1);
+        assert_eq!(conns(&mut dp, 1), 5);
+
+        // A RST (here the backend's, translated on the NAT reply path) closes too.
+        assert_eq!(backend_of(&run(&mut dp, &ack4(47001, TCP_ACK)).1), 1);
+        let rst = with_tcp_flags(
+            tcp_ack(
+                BACKENDS4[1].into(),
+                CLIENT4.into(),
+                BACKEND_PORT,
+                47001,
+                64,
+                BACKEND_MACS[1],
+                LB_MAC,
+                b"",
+            ),
+            TCP_RST | TCP_ACK,
+        );
+        let (action, out) = run(&mut dp, &rst);
+        assert_eq!(action, XDP_TX, "the reply is translated");
+        assert_eq!(out[0..6], CLIENT_MAC);
+        assert_eq!(
+            conns(&mut dp, 1),
+            4,
+            "the backend's RST took the count back"
+        );
+
+        // A down backend is skipped even while the table still names it.
+        set_conns(&mut dp, 0, 0);
+        bed.set_backend_state(&mut dp, 0, BACKEND_DOWN);
+        for i in 0..4 {
+            assert_ne!(backend_of(&run(&mut dp, &syn4(47100 + i)).1), 0);
+        }
+    });
+}
+
+#[test]
+fn least_conn_ties_take_turns() {
+    with_bed(|bed| {
+        pin_to_one_cpu();
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_SCHED_LC)]);
+        bed.publish_ring(&mut dp, 0, &[0, 1, 2], 1);
+        // Short connections, each closed before the next opens: every backend is
+        // always at zero, and the rotating scan start spreads them.
+        let mut seen = [0; 3];
+        for i in 0..30u16 {
+            let b = backend_of(&run(&mut dp, &syn4(48000 + i)).1);
+            run(&mut dp, &ack4(48000 + i, TCP_RST));
+            seen[b] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+        assert_eq!((0..3).map(|b| conns(&mut dp, b)).sum::<i64>(), 0);
     });
 }
 

@@ -69,6 +69,24 @@ pub const SVC_HASH_SRC_ONLY: u32 = 1 << 1;
 /// cannot be mapped back by address alone: new flows record a NAT_REVERSE entry.
 pub const SVC_REVERSE_PER_FLOW: u32 = 1 << 2;
 
+/// Scheduler: new flows walk the service's table in order (a smooth weighted
+/// round-robin schedule built by the control plane) with a per-CPU cursor, instead
+/// of hashing into it.
+pub const SVC_SCHED_RR: u32 = 1 << 3;
+/// Scheduler: the service's table lists its active backend ids (at most
+/// `LC_MAX_BACKENDS`); a new flow goes to the one with the fewest counted
+/// connections (CONNS) relative to `Backend::weight`.
+pub const SVC_SCHED_LC: u32 = 1 << 4;
+/// Most active backends a least-conn service may have: the bound of the kernel's
+/// per-new-flow scan.
+pub const LC_MAX_BACKENDS: u32 = 256;
+
+/// `FlowValue::flags`: the flow was counted in CONNS (least-conn) and has not been
+/// seen to close yet; the first FIN or RST clears it and takes the count back.
+pub const FLOW_COUNTED: u32 = 1 << 0;
+/// `FlowValue::last_seen` unit: CLOCK_MONOTONIC ns shifted right by this (~1.07 s).
+pub const LAST_SEEN_SHIFT: u32 = 30;
+
 /// `ReplyTarget::flags`: the endpoint is shared; look the reply up in NAT_REVERSE.
 pub const REPLY_PER_FLOW: u16 = 1 << 0;
 
@@ -120,6 +138,9 @@ pub struct Backend {
     /// Bumped whenever the slot is (re)assigned, so a flow pinned to an earlier
     /// occupant of the slot is re-dispatched instead of following the new one.
     pub generation: u32,
+    /// Effective weight (after slow start) for least-conn services; 0 for the
+    /// other schedulers, whose weights are in their tables.
+    pub weight: u32,
 }
 
 /// Key of the flow tables: a connection's 5-tuple as seen on the wire.
@@ -154,6 +175,12 @@ pub struct FlowValue {
     pub smac: [u8; 6],
     /// The request's source MAC (client or router): the reply's destination.
     pub dmac: [u8; 6],
+    /// Least-conn flows only (`FLOW_COUNTED` set): CLOCK_MONOTONIC >>
+    /// `LAST_SEEN_SHIFT` of the latest packet, written at most once per unit, so the
+    /// control plane can expire idle flows (UDP) when it reconciles CONNS. 0 otherwise.
+    pub last_seen: u32,
+    /// `FLOW_*`.
+    pub flags: u32,
 }
 
 /// Value of BACKEND_REPLIES, keyed by a NAT backend's endpoint (a `ServiceKey` holding
@@ -326,7 +353,7 @@ pub mod reason {
 /// control plane uses them. Bump it whenever any of them changes; the pin directory
 /// (`<pin-dir>/v<N>`) and the LAYOUT record carry it, so a binary never misreads
 /// maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// `Layout::magic`: "xlbL" as a native integer, so a zeroed record never matches.
 pub const LAYOUT_MAGIC: u32 = u32::from_ne_bytes(*b"xlbL");
 
@@ -376,9 +403,9 @@ macro_rules! assert_size {
 }
 assert_size!(ServiceKey, 20);
 assert_size!(Service, 16);
-assert_size!(Backend, 24);
+assert_size!(Backend, 28);
 assert_size!(FlowKey, 40);
-assert_size!(FlowValue, 24);
+assert_size!(FlowValue, 32);
 assert_size!(ReplyTarget, 20);
 assert_size!(NatReverse, 36);
 assert_size!(NextHop, 32);

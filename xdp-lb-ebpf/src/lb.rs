@@ -105,8 +105,13 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
         family: k.family,
         _pad: [0; 2],
     };
-    let flow = match unsafe { FLOWS.get(&client_flow) } {
-        Some(f) => *f,
+    let flow = match FLOWS.get_ptr_mut(&client_flow) {
+        Some(f) => {
+            // The backend's FIN or RST closes a least-conn flow too (NAT sees both
+            // sides; per-flow reverse entries and DSR see only the client's).
+            crate::sched::track(f, pkt.tcp_flags);
+            unsafe { *f }
+        }
         None => match unsafe { EMBRYOS.get(&client_flow) } {
             Some(f) => *f,
             None => return pass(reason::PASS_NOT_SERVICE),

@@ -2,6 +2,10 @@
 //! modules split the packet path by concern (parse, select, forward, stats).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no compare-and-swap, so core's atomic types lack fetch_add; the
+// intrinsic gives BPF's atomic add (least-conn counts, `sched::conns_add`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 // Map keys are passed by reference on purpose: by value they would be copied onto
 // the 512-byte BPF stack once more before the helper call.
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -23,6 +27,8 @@ mod lb;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod sched;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]

@@ -25,6 +25,17 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static MAGLEV_RING: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Per service id, per CPU: position in the round-robin schedule (or the start of
+/// the least-conn scan). Per CPU so no two CPUs read-modify-write one cursor.
+#[map]
+pub static SCHED_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per backend id: open connections of least-conn services (signed: a close counted
+/// twice in a race goes below zero instead of wrapping to "very busy"). Shared, with
+/// atomic adds; the control plane overwrites it from a flow-table walk periodically.
+#[map]
+pub static CONNS: Array<i64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Client 5-tuple -> pinned backend. A common LRU: its per-CPU free lists refill
 /// in batches, so inserts rarely take the shared lock, and unlike
 /// BPF_F_NO_COMMON_LRU the whole capacity serves every CPU (measured with

@@ -1,19 +1,17 @@
 //! Backend choice: the flow tables first (an established connection stays on its
-//! backend), then the service's Maglev table for new flows or flows whose backend
-//! went down or whose slot was reassigned (generation mismatch).
+//! backend), then the service's scheduler (`sched`) for new flows or flows whose
+//! backend went down or whose slot was reassigned (generation mismatch).
 //!
 //! Two tables: a new flow's entry goes to the small EMBRYOS LRU, and moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns EMBRYOS only.
 use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
-use xdp_lb_common::{
-    hash, reason, Backend, FlowKey, FlowValue, Service, BACKEND_DOWN, NO_BACKEND, SVC_HASH_SRC_ONLY,
-};
+use xdp_lb_common::{reason, Backend, FlowValue, Service, BACKEND_DOWN, SVC_SCHED_LC};
 
 use crate::{
-    maps::{BACKENDS, EMBRYOS, FLOWS, MAGLEV_RING},
+    maps::{BACKENDS, EMBRYOS, FLOWS},
     parse::{ptr_at, EthHdr, Packet},
-    stats, validate,
+    sched, stats, validate,
 };
 
 pub struct Choice {
@@ -37,10 +35,13 @@ fn usable(f: &FlowValue) -> Option<Backend> {
 pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choice, u32> {
     let key = &pkt.key;
     if !pkt.syn {
-        if let Some(f) = unsafe { FLOWS.get(key) } {
+        if let Some(p) = FLOWS.get_ptr_mut(key) {
+            let f = unsafe { &*p };
             if let Some(backend) = usable(f) {
+                let id = f.backend_id;
+                sched::track(p, pkt.tcp_flags);
                 return Ok(Choice {
-                    id: f.backend_id,
+                    id,
                     backend,
                     new_flow: false,
                     promoted: false,
@@ -48,8 +49,9 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
             }
         }
         if let Some(f) = unsafe { EMBRYOS.get(key) } {
-            let f = *f;
+            let mut f = *f;
             if let Some(backend) = usable(&f) {
+                sched::track(&mut f, pkt.tcp_flags);
                 // The second packet: the flow is real enough to hold a FLOWS entry.
                 // A failed insert leaves it embryonic, still on its backend.
                 if FLOWS.insert(key, &f, BPF_ANY as u64).is_ok() {
@@ -79,26 +81,43 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         // a forged SYN must not remove an established flow's entry. Looked up first:
         // the usual miss is a lockless lookup, a delete takes the bucket lock (measured
         // with `cargo xtask bench pkt`: ~650 ns more per SYN in an 8M-entry table).
-        if unsafe { FLOWS.get(key) }.is_some() {
+        if let Some(old) = unsafe { FLOWS.get(key) } {
+            sched::forget(old);
             let _ = FLOWS.remove(key);
         }
         stats::reason(reason::SYN);
     }
-    let (id, backend) = from_ring(key, svc)?;
+    let (id, backend) = sched::pick(key, svc)?;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
-    let value = FlowValue {
+    let mut value = FlowValue {
         backend_id: id,
         generation: backend.generation,
         ifindex: ctx.ingress_ifindex() as u32,
         smac: unsafe { (*eth).dst },
         dmac: unsafe { (*eth).src },
+        last_seen: 0,
+        flags: 0,
     };
+    sched::count_new(svc, &mut value);
+    if svc.flags & SVC_SCHED_LC != 0 {
+        // A retransmitted first packet replaces its own embryonic entry, which was
+        // counted already.
+        if let Some(old) = unsafe { EMBRYOS.get(key) } {
+            sched::forget(old);
+        }
+    }
     if let Err(e) = EMBRYOS.insert(key, &value, BPF_ANY as u64) {
-        // The packet still goes to the right backend; its next packet will hash to
-        // the same slot unless the table changes meanwhile.
+        // The packet still goes to the chosen backend. With Maglev its next packet
+        // hashes to the same slot unless the table changes meanwhile; the other
+        // schedulers may choose another backend for it (and least-conn did not
+        // count it).
         stats::reason(reason::FLOW_INSERT_FAILED);
         crate::events::insert_failed(ctx, "embryonic flow table", e);
     } else {
+        // Counted only once stored: an entry that was never stored cannot be closed.
+        if value.flags != 0 {
+            sched::counted(id);
+        }
         stats::reason(reason::EMBRYO_NEW);
     }
     Ok(Choice {
@@ -107,28 +126,4 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
         new_flow: true,
         promoted: false,
     })
-}
-
-#[inline(always)]
-fn from_ring(key: &FlowKey, svc: &Service) -> Result<(u32, Backend), u32> {
-    if svc.ring_size == 0 {
-        return Err(reason::DROP_NO_BACKEND);
-    }
-    let h = if svc.flags & SVC_HASH_SRC_ONLY != 0 {
-        hash::src_hash(&key.src)
-    } else {
-        hash::flow_hash(key)
-    };
-    let slot = svc.ring_offset.wrapping_add(h % svc.ring_size);
-    let id = *MAGLEV_RING.get(slot).ok_or(reason::DROP_NO_BACKEND)?;
-    if id == NO_BACKEND {
-        return Err(reason::DROP_NO_BACKEND);
-    }
-    let b = BACKENDS.get(id).ok_or(reason::DROP_NO_BACKEND)?;
-    // A table can still name a backend for the moment between the control plane
-    // marking it down and publishing the table without it; draining is fine there.
-    if b.state == BACKEND_DOWN {
-        return Err(reason::DROP_NO_BACKEND);
-    }
-    Ok((id, *b))
 }

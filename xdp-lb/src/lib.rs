@@ -14,5 +14,6 @@ pub mod maglev;
 pub mod monitor;
 pub mod neigh;
 pub mod plan;
+pub mod sched;
 pub mod summary;
 pub mod tui;

@@ -15,11 +15,13 @@ use std::{
 use xdp_lb_common::{
     Backend, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
     MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_HASH_SRC_ONLY, SVC_REVERSE_PER_FLOW,
+    SVC_SCHED_LC, SVC_SCHED_RR,
 };
 
 use crate::{
     config::{is_prime, Algorithm, BackendState, Config, Forwarding, ServiceConfig},
     maglev::{self, MaglevBackend},
+    sched,
 };
 
 pub use xdp_lb_common::wire::{ip_to_words, port_to_wire};
@@ -41,9 +43,12 @@ pub fn service_flags(svc: &ServiceConfig) -> u32 {
     if svc.forwarding == Forwarding::Dsr {
         flags |= SVC_FWD_DSR;
     }
-    if svc.algorithm == Algorithm::SrcHash {
-        flags |= SVC_HASH_SRC_ONLY;
-    }
+    flags |= match svc.algorithm {
+        Algorithm::Maglev => 0,
+        Algorithm::SrcHash => SVC_HASH_SRC_ONLY,
+        Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => SVC_SCHED_RR,
+        Algorithm::LeastConn => SVC_SCHED_LC,
+    };
     flags
 }
 
@@ -561,6 +566,13 @@ impl Planner {
                 family,
                 state: state_code(b.state),
                 generation,
+                // Only least-conn reads weights in the kernel; the other schedulers
+                // carry them in their tables, so a reweight there rewrites no record.
+                weight: if svc.algorithm == Algorithm::LeastConn {
+                    b.weight
+                } else {
+                    0
+                },
             };
             let entry = match old.remove(&addr) {
                 Some(prev) => {
@@ -661,7 +673,7 @@ impl Planner {
         let record = Service {
             id: applied.id,
             ring_offset: self.ring_offset(applied.id, slot),
-            ring_size: svc.table_size,
+            ring_size: applied.table.len() as u32,
             flags: service_flags(svc)
                 | if self.per_flow.contains(&service_key(svc)) {
                     SVC_REVERSE_PER_FLOW
@@ -923,28 +935,51 @@ fn backend_addr(svc: &ServiceConfig, addr: IpAddr, port: u16) -> SocketAddr {
     }
 }
 
-/// The table of backend ids for a service: Maglev over its active backends with a
-/// positive weight, keyed by "addr:port" so every balancer builds the same table;
-/// all `NO_BACKEND` when none is active.
+/// The table of backend ids for a service, over its active backends with a positive
+/// weight (health, admin state, backups and slow start have already shaped those):
+/// - maglev, src-hash: the Maglev table, keyed by "addr:port" so every balancer
+///   builds the same one, `table_size` long;
+/// - weighted-round-robin: one smooth WRR cycle (`sched::smooth_wrr`);
+/// - round-robin: each backend once, weights ignored;
+/// - least-conn: the backend ids, each once (weights are in the backend records).
+///
+/// `[NO_BACKEND]` (or all `NO_BACKEND` for Maglev) when none is active.
 fn table_for(svc: &ServiceConfig, backends: &BTreeMap<SocketAddr, AppliedBackend>) -> Vec<u32> {
-    let (ids, input): (Vec<u32>, Vec<MaglevBackend>) = backends
+    let active: Vec<(&SocketAddr, &AppliedBackend)> = backends
         .iter()
         .filter(|(_, b)| b.state == BackendState::Active && b.weight > 0)
-        .map(|(addr, b)| {
-            (
-                b.id,
-                MaglevBackend {
+        .collect();
+    let none = |len: u32| vec![NO_BACKEND; len as usize];
+    match svc.algorithm {
+        Algorithm::Maglev | Algorithm::SrcHash => {
+            let input: Vec<MaglevBackend> = active
+                .iter()
+                .map(|(addr, b)| MaglevBackend {
                     key: addr.to_string(),
                     weight: b.weight,
-                },
-            )
-        })
-        .unzip();
-    let table = maglev::build(&input, svc.table_size);
-    if table.is_empty() {
-        return vec![NO_BACKEND; svc.table_size as usize];
+                })
+                .collect();
+            let table = maglev::build(&input, svc.table_size);
+            if table.is_empty() {
+                return none(svc.table_size);
+            }
+            table.into_iter().map(|i| active[i as usize].1.id).collect()
+        }
+        Algorithm::WeightedRoundRobin => {
+            let weights: Vec<u32> = active.iter().map(|(_, b)| b.weight).collect();
+            let table = sched::smooth_wrr(&weights, svc.table_size);
+            if table.is_empty() {
+                return none(1);
+            }
+            table.into_iter().map(|i| active[i as usize].1.id).collect()
+        }
+        Algorithm::RoundRobin | Algorithm::LeastConn => {
+            if active.is_empty() {
+                return none(1);
+            }
+            active.iter().map(|(_, b)| b.id).collect()
+        }
     }
-    table.into_iter().map(|i| ids[i as usize]).collect()
 }
 
 #[cfg(test)]
@@ -1126,6 +1161,71 @@ mod tests {
         assert_eq!(plan.backend_writes.len(), 1);
         assert_ne!(plan.backend_writes[0].0, 2, "freed id reused at once");
         assert_eq!(plan.backend_writes[0].0, 3);
+    }
+
+    fn with_algorithm(c: &str, algorithm: &str) -> String {
+        c.replacen(
+            "port = 80\n",
+            &format!("port = 80\nalgorithm = \"{algorithm}\"\n"),
+            1,
+        )
+    }
+
+    #[test]
+    fn weighted_round_robin_publishes_a_smooth_schedule() {
+        let three = [
+            ("198.18.1.2", 3, "active"),
+            ("198.18.1.3", 2, "active"),
+            ("198.18.1.4", 1, "active"),
+        ];
+        let text = with_algorithm(
+            &service("web", "198.18.100.1", &three),
+            "weighted-round-robin",
+        );
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&cfg(&text)).unwrap();
+        assert_eq!(plan.ring_writes[0].1, vec![0, 1, 0, 2, 1, 0]);
+        let (_, rec) = plan.service_writes[0];
+        assert_eq!(rec.ring_size, 6, "the schedule's length, not table_size");
+        assert_eq!(rec.flags & SVC_SCHED_RR, SVC_SCHED_RR);
+        assert!(plan.backend_writes.iter().all(|(_, b)| b.weight == 0));
+        // A backend going down (health or admin: the same path) leaves the schedule
+        // through the idle half.
+        let down = text.replacen("state = \"active\"", "state = \"down\"", 1);
+        let plan = p.apply(&cfg(&down)).unwrap();
+        assert_eq!(plan.ring_writes[0].1, vec![1, 2, 1]);
+        assert_ne!(plan.ring_writes[0].0, p.ring_offset(0, 0));
+        // round-robin: weights ignored, each backend once.
+        let plan = p
+            .apply(&cfg(&with_algorithm(
+                &service("web", "198.18.100.1", &three),
+                "round-robin",
+            )))
+            .unwrap();
+        assert_eq!(plan.ring_writes[0].1, vec![0, 1, 2]);
+        // Nothing active: one NO_BACKEND entry, which the kernel drops on.
+        let none = text.replace("state = \"active\"", "state = \"draining\"");
+        let plan = p.apply(&cfg(&none)).unwrap();
+        assert_eq!(plan.ring_writes[0].1, vec![NO_BACKEND]);
+    }
+
+    #[test]
+    fn least_conn_lists_ids_and_keeps_weights_in_the_records() {
+        let two = [("198.18.1.2", 3, "active"), ("198.18.1.3", 1, "active")];
+        let text = with_algorithm(&service("web", "198.18.100.1", &two), "least-conn");
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&cfg(&text)).unwrap();
+        assert_eq!(plan.ring_writes[0].1, vec![0, 1]);
+        assert_eq!(plan.service_writes[0].1.flags & SVC_SCHED_LC, SVC_SCHED_LC);
+        let weights: Vec<u32> = plan.backend_writes.iter().map(|(_, b)| b.weight).collect();
+        assert_eq!(weights, vec![3, 1]);
+        // A reweight (or a slow-start step) rewrites the record, not the table.
+        let plan = p
+            .apply(&cfg(&text.replacen("weight = 3", "weight = 5", 1)))
+            .unwrap();
+        assert!(plan.ring_writes.is_empty(), "{plan:?}");
+        assert_eq!(plan.backend_writes.len(), 1);
+        assert_eq!(plan.backend_writes[0].1.weight, 5);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! prints: what will be programmed, so an operator can eyeball it before traffic flows.
 use std::fmt::Write;
 
-use crate::config::{BackendState, Config};
+use crate::config::{Algorithm, BackendState, Config};
 
 /// Renders `cfg` as aligned text: global settings, then each service with its
 /// backends and the share of new flows each active backend is expected to get.
@@ -47,17 +47,32 @@ pub fn render(cfg: &Config) -> String {
         .max()
         .unwrap_or(0);
 
+    let alg_w = cfg
+        .services
+        .iter()
+        .map(|s| s.algorithm.as_str().len())
+        .chain(["ALGORITHM".len()])
+        .max()
+        .unwrap_or(0);
     for (svc, endpoint) in cfg.services.iter().zip(&endpoints) {
         let _ = writeln!(
             out,
-            "\n  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  TABLE",
+            "\n  {:<name_w$}  {:<ep_w$}  {:<alg_w$}  {:<10}  TABLE",
             "SERVICE", "ENDPOINT", "ALGORITHM", "FORWARDING"
         );
         let _ = writeln!(
             out,
-            "  {:<name_w$}  {:<ep_w$}  {:<9}  {:<10}  {}",
+            "  {:<name_w$}  {:<ep_w$}  {:<alg_w$}  {:<10}  {}",
             svc.name, endpoint, svc.algorithm, svc.forwarding, svc.table_size
         );
+        // round-robin ignores weights: every active backend gets the same share.
+        let weight_of = |b: &crate::config::BackendConfig| {
+            if svc.algorithm == Algorithm::RoundRobin {
+                1
+            } else {
+                u64::from(b.weight)
+            }
+        };
         // Shares as they are with every backend healthy: backups only count when
         // the service has nothing else.
         let has_primary = svc
@@ -71,7 +86,7 @@ pub fn render(cfg: &Config) -> String {
             .backends
             .iter()
             .filter(|b| in_table(b))
-            .map(|b| u64::from(b.weight))
+            .map(weight_of)
             .sum();
         let _ = writeln!(
             out,
@@ -90,7 +105,7 @@ pub fn render(cfg: &Config) -> String {
         );
         for b in &svc.backends {
             let share = if in_table(b) && active_weight > 0 {
-                format!("{:.1}%", 100.0 * f64::from(b.weight) / active_weight as f64)
+                format!("{:.1}%", 100.0 * weight_of(b) as f64 / active_weight as f64)
             } else {
                 "-".to_string()
             };
@@ -139,6 +154,43 @@ fn health_summary(svc: &crate::config::ServiceConfig) -> String {
 mod tests {
     use super::*;
     use crate::config::parse_str;
+
+    #[test]
+    fn names_the_scheduler_and_round_robin_ignores_weights() {
+        let text = |algorithm: &str| {
+            render(
+                &parse_str(&format!(
+                    r#"
+interfaces = ["veth0"]
+[[service]]
+name = "web"
+vip = "198.18.100.1"
+port = 80
+algorithm = "{algorithm}"
+[[service.backend]]
+addr = "198.18.1.2"
+port = 8080
+weight = 3
+[[service.backend]]
+addr = "198.18.1.3"
+port = 8080
+"#
+                ))
+                .unwrap(),
+            )
+        };
+        let rr = text("round-robin");
+        let line = |t: &str, pat: &str| t.lines().find(|l| l.contains(pat)).unwrap().to_string();
+        assert!(line(&rr, "web").contains("round-robin"), "{rr}");
+        assert!(line(&rr, "198.18.1.2:8080").contains("50.0%"), "{rr}");
+        let wrr = text("weighted-round-robin");
+        let header = line(&wrr, "ALGORITHM");
+        let row = line(&wrr, "198.18.100.1:80/tcp");
+        // The column is as wide as the longest name, so FORWARDING stays aligned.
+        assert_eq!(header.find("FORWARDING"), row.find("nat"), "{wrr}");
+        assert!(line(&wrr, "198.18.1.2:8080").contains("75.0%"), "{wrr}");
+        assert!(line(&text("least-conn"), "web").contains("least-conn"));
+    }
 
     #[test]
     fn shows_services_backends_and_shares() {

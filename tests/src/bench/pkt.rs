@@ -15,7 +15,9 @@
 use anyhow::{bail, ensure, Context as _};
 use aya::util::nr_cpus;
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
-use xdp_lb_common::{BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR};
+use xdp_lb_common::{
+    BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_RR,
+};
 
 use crate::pkt::*;
 
@@ -32,7 +34,9 @@ const MANY_FLOWS: u32 = 1_000_000;
 /// (ROUNDS + 1) x this per new-flow case besides the established flows.
 const NEW_FLOW_REPEAT: u32 = 200_000;
 /// Flow-table capacity: the 2M established flows (IPv4 and IPv6) plus every DSR
-/// new-flow round (2 cases x 8 rounds x 200k), so no run evicts.
+/// new-flow round (2 cases x 8 rounds x 200k), so no FLOWS insert evicts. SYNs go to
+/// EMBRYOS (a quarter of this): the five SYN cases fill it within two rounds, and from
+/// then on every SYN case pays an LRU eviction alike, as a busy balancer's do.
 const FLOW_TABLE: u32 = 8 << 20;
 /// Tables whose type and size the report prints.
 const REPORTED_MAPS: [&str; 5] = [
@@ -41,6 +45,21 @@ const REPORTED_MAPS: [&str; 5] = [
     "NAT_REVERSE",
     "EMBRYO_REVERSE",
     "SERVICES",
+];
+
+/// Backends of the scheduler cases (the bound for least-conn's scan).
+const POOL: u32 = 256;
+/// Their backend slots start after the bed's six.
+const POOL_FIRST: u32 = 6;
+/// Maglev table of the 256-backend case: the largest prime below the bed's ring stride.
+const POOL_MAGLEV: u32 = 65521;
+/// Scheduler services (DSR TCP, so they share no NAT reply state with the bed's
+/// port-80 services): (service id, port, flags).
+const SCHED_SERVICES: [(u32, u16, u32); 4] = [
+    (3, 81, SVC_FWD_DSR),
+    (4, 82, SVC_FWD_DSR | SVC_SCHED_RR),
+    (5, 83, SVC_FWD_DSR | SVC_SCHED_RR),
+    (6, 84, SVC_FWD_DSR | SVC_SCHED_LC),
 ];
 
 /// Katran's unmodified XDP balancer measured the same way on this machine kind, net ns
@@ -128,6 +147,16 @@ fn v4_syn_frame(flows: u32) -> FrameSpec {
     FrameSpec {
         frame: v4(
             PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+        ),
+        ..v4_frame(flows)
+    }
+}
+
+/// A SYN to scheduler service port `port`: every iteration opens a connection.
+fn sched_syn_frame(port: u16, flows: u32) -> FrameSpec {
+    FrameSpec {
+        frame: v4(
+            PROTO_TCP, CLIENT4, VIP4, 40000, port, 64, CLIENT_MAC, LB_MAC, b"",
         ),
         ..v4_frame(flows)
     }
@@ -428,6 +457,42 @@ fn cases() -> Vec<Case> {
             check: expect_new_flows,
         },
         Case {
+            name: "new flow, Maglev, 256 backends (DSR)",
+            target: Target::Lb,
+            spec: sched_syn_frame(81, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "new flow, round-robin, 256 backends",
+            target: Target::Lb,
+            spec: sched_syn_frame(82, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "new flow, weighted RR, 256 backends",
+            target: Target::Lb,
+            spec: sched_syn_frame(83, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "new flow, least-conn, 256 backends",
+            target: Target::Lb,
+            spec: sched_syn_frame(84, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: true,
+            base: 0,
+            check: expect_new_flows,
+        },
+        Case {
             name: "DSR new flow, 1400-byte datagram",
             target: Target::Lb,
             spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
@@ -572,16 +637,24 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     let load_before = loadavg();
     let cpu = pin_to_last_cpu();
     eprintln!("bench: pinned to CPU {cpu}; loading with a {FLOW_TABLE}-entry flow table");
-    let services = [
+    let mut services = vec![
         svc_v4(PROTO_TCP, 0),
         svc_v6(PROTO_TCP),
         svc_v4(PROTO_UDP, SVC_FWD_DSR),
     ];
+    for (id, port, flags) in SCHED_SERVICES {
+        ensure!(
+            id as usize == services.len(),
+            "scheduler service ids out of order"
+        );
+        services.push(svc_v4(PROTO_TCP, flags).on_port(port));
+    }
     let mut dp = bed.load_sized(&services, FLOW_TABLE);
     // One backend, so every reply of every flow comes from the same address.
-    for id in 0..services.len() as u32 {
+    for id in 0..3 {
         bed.publish_ring(&mut dp, id, &[0; RING as usize], 1);
     }
+    publish_pool(bed, &mut dp);
     // Many-flow replies go to clients 198.18.0.16-31 (flow number's high bits).
     for i in 0..=255 {
         bed.add_client_neighbour(&format!("198.18.0.{i}"));
@@ -680,6 +753,34 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     Ok((rows, setting))
 }
 
+/// The 256-backend pool (weights 1..=7) and the four scheduler services' tables:
+/// Maglev over it, each backend once (round-robin), one smooth WRR cycle (1024
+/// entries), and the id list least-conn scans.
+fn publish_pool(bed: &Bed, dp: &mut AyaDataplane) {
+    let weights: Vec<u32> = (0..POOL).map(|i| 1 + i % 7).collect();
+    bed.add_pool(dp, POOL_FIRST, &weights);
+    let ids: Vec<u32> = (POOL_FIRST..POOL_FIRST + POOL).collect();
+    let input: Vec<xdp_lb::maglev::MaglevBackend> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| xdp_lb::maglev::MaglevBackend {
+            key: format!("pool-{i}"),
+            weight,
+        })
+        .collect();
+    let maglev: Vec<u32> = xdp_lb::maglev::build(&input, POOL_MAGLEV)
+        .into_iter()
+        .map(|i| POOL_FIRST + i)
+        .collect();
+    let wrr: Vec<u32> = xdp_lb::sched::smooth_wrr(&weights, 65537)
+        .into_iter()
+        .map(|i| POOL_FIRST + i)
+        .collect();
+    for ((id, _, _), table) in SCHED_SERVICES.iter().zip([&maglev, &ids, &wrr, &ids]) {
+        bed.publish_ids(dp, *id, table, 0);
+    }
+}
+
 impl Harness {
     fn counts(&mut self) -> anyhow::Result<Counts> {
         let g = self.dp.global_counters()?;
@@ -689,7 +790,7 @@ impl Harness {
             .map(|x| x.1)
             .unwrap_or(0);
         let mut new_flows = 0;
-        for id in 0..3 {
+        for id in 0..3 + SCHED_SERVICES.len() as u32 {
             new_flows += self.dp.service_counters(id)?.new_flows;
         }
         Ok(Counts {

@@ -144,7 +144,7 @@ pub enum ServiceCmd {
         vip: String,
         #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"], ignore_case = true)]
         proto: String,
-        #[arg(long, default_value = "maglev", value_parser = ["maglev", "src-hash"], ignore_case = true)]
+        #[arg(long, default_value = "maglev", value_parser = clap::builder::PossibleValuesParser::new(crate::config::Algorithm::NAMES), ignore_case = true)]
         algorithm: String,
         #[arg(long, default_value = "nat", value_parser = ["nat", "dsr"], ignore_case = true)]
         forwarding: String,
@@ -365,11 +365,9 @@ pub fn service(cmd: ServiceCmd) -> anyhow::Result<()> {
                 } else {
                     Proto::Tcp
                 },
-                algorithm: if algorithm.eq_ignore_ascii_case("src-hash") {
-                    Algorithm::SrcHash
-                } else {
-                    Algorithm::Maglev
-                },
+                // clap accepted only `Algorithm::NAMES` (any case).
+                algorithm: Algorithm::parse(&algorithm.to_ascii_lowercase())
+                    .unwrap_or(Algorithm::Maglev),
                 forwarding: if forwarding.eq_ignore_ascii_case("dsr") {
                     Forwarding::Dsr
                 } else {

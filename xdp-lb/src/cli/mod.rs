@@ -184,7 +184,7 @@ pub struct RunArgs {
     #[arg(short, long = "backend")]
     pub backends: Vec<String>,
     /// Backend choice for new flows of the --vip service.
-    #[arg(long, default_value = "maglev", value_parser = ["maglev", "src-hash"], ignore_case = true)]
+    #[arg(long, default_value = "maglev", value_parser = clap::builder::PossibleValuesParser::new(crate::config::Algorithm::NAMES), ignore_case = true)]
     pub algorithm: String,
     /// Forwarding of the --vip service.
     #[arg(long, default_value = "nat", value_parser = ["nat", "dsr"], ignore_case = true)]

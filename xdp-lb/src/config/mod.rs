@@ -15,7 +15,7 @@
 //! vip = "198.18.100.1"           # IPv4 or IPv6 address (no port)
 //! port = 80                      # 1..=65535
 //! proto = "tcp"                  # tcp (default) | udp
-//! algorithm = "maglev"           # maglev (default) | src-hash
+//! algorithm = "maglev"           # maglev (default) | src-hash | round-robin | weighted-round-robin | least-conn
 //! forwarding = "nat"             # nat (default) | dsr
 //! table_size = 65537             # optional Maglev table size, a prime (see below)
 //!
@@ -61,8 +61,8 @@ use std::{
 
 use serde::Deserialize;
 use xdp_lb_common::{
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_RING_SIZE,
-    MAX_SERVICES,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, LC_MAX_BACKENDS, MAX_BACKENDS_PER_SERVICE,
+    MAX_RING_SIZE, MAX_SERVICES,
 };
 
 use crate::{
@@ -231,6 +231,12 @@ pub enum Proto {
 pub enum Algorithm {
     Maglev,
     SrcHash,
+    /// Every active backend once per cycle, weights ignored.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx): interleaved, in proportion to weights.
+    WeightedRoundRobin,
+    /// Fewest open connections relative to weight, counted by the data plane.
+    LeastConn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -270,7 +276,32 @@ impl Algorithm {
         match self {
             Algorithm::Maglev => "maglev",
             Algorithm::SrcHash => "src-hash",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConn => "least-conn",
         }
+    }
+
+    /// Every algorithm, in the order error messages and `--help` list them.
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::Maglev,
+        Algorithm::SrcHash,
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+    ];
+
+    /// The names `ALL` accepts, for clap's `value_parser`.
+    pub const NAMES: [&'static str; 5] = [
+        "maglev",
+        "src-hash",
+        "round-robin",
+        "weighted-round-robin",
+        "least-conn",
+    ];
+
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
@@ -415,6 +446,12 @@ pub enum ConfigError {
     },
     #[error("service {service:?}: backend {backend} listed twice")]
     DuplicateBackend { service: String, backend: String },
+    #[error("service {service:?}: least-conn takes at most {max} backends ({count} configured): the data plane scans every backend on each new flow; use weighted-round-robin or maglev, or split the service")]
+    TooManyLeastConnBackends {
+        service: String,
+        count: usize,
+        max: u32,
+    },
     #[error("service {service:?}: backend {backend} has the VIP's own address: the balancer would send the service's traffic back to itself; give the backend's real address (DSR backends hold the VIP on loopback, but are addressed by their own)")]
     BackendIsVip { service: String, backend: String },
     #[error("services {first:?} and {second:?} both use {endpoint}; each vip+port+proto may appear once")]
@@ -434,7 +471,7 @@ pub enum ConfigError {
         weight: i64,
         max: u32,
     },
-    #[error("service {service:?}: unknown algorithm {value:?}; use \"maglev\" or \"src-hash\"")]
+    #[error("service {service:?}: unknown algorithm {value:?}; use one of maglev (default), src-hash, round-robin, weighted-round-robin, least-conn")]
     UnknownAlgorithm { service: String, value: String },
     #[error("service {service:?}: unknown forwarding {value:?}; use \"nat\" or \"dsr\"")]
     UnknownForwarding { service: String, value: String },
@@ -970,14 +1007,10 @@ fn parse_proto(service: &str, s: &str) -> Result<Proto, ConfigError> {
 }
 
 fn parse_algorithm(service: &str, s: &str) -> Result<Algorithm, ConfigError> {
-    match s {
-        "maglev" => Ok(Algorithm::Maglev),
-        "src-hash" => Ok(Algorithm::SrcHash),
-        _ => Err(ConfigError::UnknownAlgorithm {
-            service: service.into(),
-            value: s.into(),
-        }),
-    }
+    Algorithm::parse(s).ok_or_else(|| ConfigError::UnknownAlgorithm {
+        service: service.into(),
+        value: s.into(),
+    })
 }
 
 fn parse_forwarding(service: &str, s: &str) -> Result<Forwarding, ConfigError> {
@@ -1390,6 +1423,16 @@ fn validate_service(svc: &ServiceConfig, max_table_size: u32, at: &str, m: &mut 
             },
         );
     }
+    if svc.algorithm == Algorithm::LeastConn && svc.backends.len() > LC_MAX_BACKENDS as usize {
+        m.add(
+            at,
+            ConfigError::TooManyLeastConnBackends {
+                service: service(),
+                count: svc.backends.len(),
+                max: LC_MAX_BACKENDS,
+            },
+        );
+    }
     let mut seen = HashSet::new();
     for (i, b) in svc.backends.iter().enumerate() {
         let at = format!("{at}.backend[{i}]");
@@ -1769,6 +1812,40 @@ state = "down"
     }
 
     #[test]
+    fn every_scheduler_parses() {
+        for a in Algorithm::ALL {
+            let cfg = parse_str(&one(&format!("algorithm = \"{a}\""), "")).unwrap();
+            assert_eq!(cfg.services[0].algorithm, a);
+        }
+    }
+
+    #[test]
+    fn least_conn_backend_limit() {
+        let backends: String = (0..=LC_MAX_BACKENDS)
+            .map(|i| {
+                format!(
+                    "[[service.backend]]\naddr = \"198.18.{}.{}\"\nport = 8080\n",
+                    2 + i / 200,
+                    1 + i % 200
+                )
+            })
+            .collect();
+        let text = |alg: &str| {
+            format!(
+                "interfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"198.18.100.1\"\n\
+                 port = 80\nalgorithm = \"{alg}\"\nhealth_check = {{ type = \"none\" }}\n{backends}"
+            )
+        };
+        let e = err(&text("least-conn"));
+        assert!(
+            matches!(e, ConfigError::TooManyLeastConnBackends { count: 257, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("weighted-round-robin"), "{e}");
+        parse_str(&text("weighted-round-robin")).unwrap();
+    }
+
+    #[test]
     fn weight_range() {
         for w in ["0", "-1", "65536"] {
             let e = err(&one("", &format!("weight = {w}")));
@@ -1781,9 +1858,14 @@ state = "down"
 
     #[test]
     fn unknown_enum_values() {
-        let e = err(&one("algorithm = \"round-robin\"", ""));
+        let e = err(&one("algorithm = \"rr\"", ""));
         assert!(matches!(e, ConfigError::UnknownAlgorithm { .. }), "{e:?}");
-        assert!(e.to_string().contains("\"round-robin\""), "{e}");
+        // The error names the bad value and every choice.
+        let text = e.to_string();
+        assert!(text.contains("\"rr\""), "{e}");
+        for name in Algorithm::NAMES {
+            assert!(text.contains(name), "{name} missing from: {e}");
+        }
         let e = err(&one("forwarding = \"tunnel\"", ""));
         assert!(matches!(e, ConfigError::UnknownForwarding { .. }), "{e:?}");
         let e = err(&one("proto = \"sctp\"", ""));

@@ -235,6 +235,8 @@ pub struct Controller<D> {
     ramp_deadline: Option<Instant>,
     health_transitions: u64,
     pinned: Option<Pinned>,
+    /// The last least-conn reconciliation: when, and how long its walk took.
+    conns_walk: Option<(Instant, Duration)>,
 }
 
 /// Where this run's state is pinned and what it found there at start.
@@ -280,6 +282,7 @@ impl<D: Dataplane> Controller<D> {
             serving: HashMap::new(),
             ramp_deadline: None,
             health_transitions: 0,
+            conns_walk: None,
         };
         for change in initial {
             c.record(Origin::File, None, change);
@@ -727,6 +730,47 @@ impl<D: Dataplane> Controller<D> {
         }
         self.events.push_back(event.clone());
         event
+    }
+
+    /// Least-conn: rewrites the kernel's connection counts from the flow tables, so
+    /// silent LRU evictions, idle UDP flows and closes the data plane never saw
+    /// (DSR) cannot make them drift for good. Does nothing without a least-conn
+    /// service; otherwise walks at most every `every`, and never more often than 30
+    /// times the last walk took (the same budget as the monitor's walk).
+    pub fn reconcile_conns(&mut self, now: Instant, every: Duration) {
+        let lc: HashSet<&str> = self
+            .cfg
+            .services
+            .iter()
+            .filter(|s| s.algorithm == config::Algorithm::LeastConn)
+            .map(|s| s.name.as_str())
+            .collect();
+        if lc.is_empty() {
+            return;
+        }
+        if self
+            .conns_walk
+            .is_some_and(|(at, took)| now.duration_since(at) < every.max(took * WALK_BUDGET))
+        {
+            return;
+        }
+        let current: HashMap<u32, u32> = self
+            .planner
+            .assignments()
+            .iter()
+            .filter(|a| lc.contains(a.name.as_str()))
+            .flat_map(|a| a.slots.iter().map(|s| (s.id, s.generation)))
+            .collect();
+        let started = Instant::now();
+        match self.dp.reconcile_conns(&current, self.flow_scan_limit) {
+            Ok(Some(_)) => {}
+            Ok(None) => log::warn!(
+                "least-conn: the flow tables hold more than {} entries; connection counts were not reconciled",
+                self.flow_scan_limit
+            ),
+            Err(e) => log::warn!("least-conn: reconciling connection counts failed: {e}"),
+        }
+        self.conns_walk = Some((now, started.elapsed()));
     }
 
     /// When the next timer fires: a drain timeout or a slow-start step.

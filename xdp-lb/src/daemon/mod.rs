@@ -358,6 +358,8 @@ async fn serve(
     let mut neigh = tokio::time::interval(NEIGH_REFRESH);
     let mut stats = tokio::time::interval(STATS_INTERVAL);
     stats.tick().await;
+    let mut conns = tokio::time::interval(crate::dataplane::conns::RECONCILE_EVERY);
+    conns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let kernel_log = match ctl.dataplane().kernel_log_fd() {
         // SAFETY: `fd` is an owned descriptor moved into the AsyncFd, which keeps it
         // open and unchanged until the AsyncFd is dropped.
@@ -420,6 +422,9 @@ async fn serve(
                     None => std::future::pending().await,
                 }
             } => ctl.fire_timers(Instant::now()),
+            _ = conns.tick() => {
+                ctl.reconcile_conns(Instant::now(), crate::dataplane::conns::RECONCILE_EVERY)
+            }
             _ = int.recv() => break Ok(()),
             _ = term.recv() => break Ok(()),
             done = async {

@@ -495,6 +495,18 @@ impl AyaDataplane {
         }
     }
 
+    /// CONNS[id]: the least-conn count of backend slot `id` (tests and benches).
+    pub fn conn_count(&mut self, id: u32) -> Result<i64, DataplaneError> {
+        let conns: Array<&MapData, i64> = self.map_ref("CONNS")?;
+        conns.get(&id, 0).map_err(map_err("CONNS"))
+    }
+
+    /// Overwrites CONNS[id], as reconciliation does (tests and benches).
+    pub fn set_conn_count(&mut self, id: u32, n: i64) -> Result<(), DataplaneError> {
+        let mut conns: Array<&mut MapData, i64> = self.map("CONNS")?;
+        conns.set(id, n, 0).map_err(map_err("CONNS"))
+    }
+
     /// How many entries a flow table (`FLOWS`, `EMBRYOS`) holds: a full walk, for tests.
     pub fn flow_table_len(&mut self, table: &'static str) -> Result<usize, DataplaneError> {
         let m: HashMap<&mut MapData, FlowKey, FlowValue> = self.map(table)?;
@@ -642,6 +654,35 @@ impl Dataplane for AyaDataplane {
                 .or_default() += 1;
         }
         Ok(counts)
+    }
+
+    fn reconcile_conns(
+        &mut self,
+        current: &std::collections::HashMap<u32, u32>,
+        limit: u64,
+    ) -> Result<Option<std::collections::HashMap<u32, i64>>, DataplaneError> {
+        let mut entries = Vec::new();
+        for map in ["FLOWS", "EMBRYOS"] {
+            let table: HashMap<&MapData, FlowKey, FlowValue> = self.map_ref(map)?;
+            for entry in table.iter() {
+                if entries.len() as u64 >= limit {
+                    return Ok(None);
+                }
+                // Evicted between the key walk and the lookup: gone, not counted.
+                if let Ok(e) = entry {
+                    entries.push(e);
+                }
+            }
+        }
+        let now = super::conns::now_units();
+        let counts = super::conns::count(entries.iter().map(|(k, v)| (k, v)), current, now);
+        // Kernel adds that land between the walk and this write are lost until the
+        // next reconciliation; the counts steer new flows, they are not accounting.
+        let mut conns: Array<&mut MapData, i64> = self.map("CONNS")?;
+        for (&id, &n) in &counts {
+            conns.set(id, n, 0).map_err(map_err("CONNS"))?;
+        }
+        Ok(Some(counts))
     }
 }
 

@@ -18,6 +18,8 @@ pub struct FakeDataplane {
     pub service_counters: HashMap<u32, Counters>,
     pub backend_counters: HashMap<u32, Counters>,
     pub flows: FlowCounts,
+    /// Least-conn reconciliations asked for: the backends (id -> generation) each named.
+    pub reconciled: Vec<HashMap<u32, u32>>,
     /// Plans applied so far.
     pub applied: usize,
     /// Fail the next `apply` before writing anything.
@@ -80,6 +82,15 @@ impl Dataplane for FakeDataplane {
 
     fn flow_counts(&self, _limit: u64) -> Result<FlowCounts, DataplaneError> {
         Ok(self.flows.clone())
+    }
+
+    fn reconcile_conns(
+        &mut self,
+        current: &HashMap<u32, u32>,
+        _limit: u64,
+    ) -> Result<Option<HashMap<u32, i64>>, DataplaneError> {
+        self.reconciled.push(current.clone());
+        Ok(Some(current.keys().map(|&id| (id, 0)).collect()))
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {

@@ -2,6 +2,7 @@
 //! and an in-memory fake (in `fake`) that keeps what was written, so the controller
 //! and everything above it are tested as plain Rust without root.
 mod bpf;
+pub mod conns;
 mod fake;
 pub mod pin;
 
@@ -30,6 +31,16 @@ pub trait Dataplane: Send {
     /// Entries of the flow table per (backend id, generation), walking at most
     /// `limit` entries.
     fn flow_counts(&self, limit: u64) -> Result<FlowCounts, DataplaneError>;
+    /// Least-conn: recounts the open connections of the backends in `current`
+    /// (id -> generation) from the flow tables (`conns::count`), walking at most
+    /// `limit` entries, and writes them over the kernel's running counts. A walk cut
+    /// at its limit writes nothing (its counts would be too low). Returns the counts
+    /// written.
+    fn reconcile_conns(
+        &mut self,
+        current: &HashMap<u32, u32>,
+        limit: u64,
+    ) -> Result<Option<HashMap<u32, i64>>, DataplaneError>;
     /// What the maps hold now (services with their live tables, backend records
     /// with their owners, NAT reply targets): what `Planner::restore` rebuilds from.
     fn snapshot(&self) -> Result<Snapshot, DataplaneError>;

@@ -29,7 +29,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Maps pinned and adopted across restarts. NEXTHOPS (a cache with a TTL) and
 /// TX_PORTS (filled by every attach) are rebuilt by each run, and the benchmark maps
 /// are not used by `run`.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     "SERVICES",
     "BACKENDS",
     "MAGLEV_RING",
@@ -45,6 +45,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     "GLOBAL_STATS",
     "LAYOUT",
     "BACKEND_OWNERS",
+    // Least-conn counts of the adopted flows (the round-robin cursors start afresh).
+    "CONNS",
 ];
 
 /// Pinned maps whose size may differ between versions and that are migrated by

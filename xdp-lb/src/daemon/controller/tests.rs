@@ -911,3 +911,29 @@ fn the_checker_follows_every_committed_change_and_stale_events_are_ignored() {
     assert!(rec.last().is_empty(), "{:?}", rec.last());
     assert!(b.backend_status(B2).health.is_none());
 }
+
+#[test]
+fn least_conn_counts_are_reconciled_for_least_conn_backends_only_and_paced() {
+    let every = Duration::from_secs(10);
+    // No least-conn service: no walk at all.
+    let mut b = bed();
+    b.ctl.reconcile_conns(Instant::now(), every);
+    assert!(b.ctl.dataplane().reconciled.is_empty());
+
+    let mut b =
+        bed_with(&FILE.replacen("port = 80\n", "port = 80\nalgorithm = \"least-conn\"\n", 1));
+    let t0 = Instant::now();
+    b.ctl.reconcile_conns(t0, every);
+    let want: HashMap<u32, u32> = b.ctl.planner().assignments()[0]
+        .slots
+        .iter()
+        .map(|s| (s.id, s.generation))
+        .collect();
+    assert_eq!(want.len(), 2);
+    assert_eq!(b.ctl.dataplane().reconciled, vec![want]);
+    // Not again before `every` has passed; again after.
+    b.ctl.reconcile_conns(t0 + Duration::from_secs(5), every);
+    assert_eq!(b.ctl.dataplane().reconciled.len(), 1);
+    b.ctl.reconcile_conns(t0 + every, every);
+    assert_eq!(b.ctl.dataplane().reconciled.len(), 2);
+}
