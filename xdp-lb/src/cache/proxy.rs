@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::body::ProxyBody;
 use super::compress::{self, Variants};
 use super::config::{CacheConfig, ConfigError};
+use super::encode::{self, Encoder};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
 use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
@@ -433,7 +434,9 @@ impl Proxy {
                 if is_unsafe(&parts.method) && ok {
                     self.invalidate(parts, resp.headers()).await;
                 }
-                with_x_cache(relay(resp, lease, parts.method == Method::HEAD), "BYPASS")
+                let head = parts.method == Method::HEAD;
+                let r = self.encode_on_the_fly(&parts.headers, relay(resp, lease, head), head);
+                with_x_cache(r, "BYPASS")
             }
         }
     }
@@ -697,6 +700,24 @@ impl Proxy {
             self.stats.compressed(body.len(), out.len());
         }
         v
+    }
+
+    /// Compresses a response that is not stored when it qualifies and the client accepts a
+    /// coding (a HEAD gets the headers the GET would).
+    fn encode_on_the_fly(&self, req: &http::HeaderMap, mut r: Resp, head: bool) -> Resp {
+        let Some(choice) = encode::decide(&self.cfg.compression, r.status(), req, r.headers())
+        else {
+            return r;
+        };
+        add_vary_accept_encoding(r.headers_mut());
+        let Some(coding) = choice else { return r };
+        encode::rewrite_headers(r.headers_mut(), coding);
+        weaken_etag(r.headers_mut());
+        if head {
+            return r;
+        }
+        let (p, body) = r.into_parts();
+        Response::from_parts(p, body.encoded(Encoder::new(coding, &self.cfg.compression)))
     }
 
     pub fn store(&self) -> &Store {
@@ -1124,7 +1145,8 @@ impl Proxy {
         let Some(decision) =
             decision.filter(|_| declared_len.is_none_or(|n| n <= self.cfg.max_body_bytes))
         else {
-            return with_x_cache(relay(resp, lease, head), label);
+            let r = self.encode_on_the_fly(&parts.headers, relay(resp, lease, head), head);
+            return with_x_cache(r, label);
         };
         let (mut p, mut body) = resp.into_parts();
         strip_hop_by_hop(&mut p.headers);
@@ -1142,7 +1164,9 @@ impl Proxy {
                             } else {
                                 ProxyBody::stream(buf.freeze(), body, Some(lease))
                             };
-                            return with_x_cache(Response::from_parts(p, body), label);
+                            let r = Response::from_parts(p, body);
+                            let r = self.encode_on_the_fly(&parts.headers, r, head);
+                            return with_x_cache(r, label);
                         }
                     }
                 }
