@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::{
     HeaderValue, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
@@ -37,6 +38,12 @@ use super::upstream::{Lease, Pool};
 use super::Causes;
 
 pub type Resp = Response<ProxyBody>;
+
+/// What [`Proxy::serve`] returns: an answer ready at once (a hot-tier hit) or the full path.
+pub type Answer = Either<
+    std::future::Ready<Result<Resp, Infallible>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, Infallible>> + Send>>,
+>;
 
 /// How often a request waiting on another instance's fetch looks for the result (backing off).
 const WAIT_POLL_MIN: Duration = Duration::from_millis(10);
@@ -366,13 +373,62 @@ impl Proxy {
         format!("{}-{}-{n}", std::process::id(), millis(SystemTime::now()))
     }
 
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        client: IpAddr,
-    ) -> Result<Resp, Infallible> {
-        let resp = self.route(req, client).await;
-        let counter = match resp.headers().get("x-cache").map(|v| v.as_bytes()) {
+    /// Answers one request. A fresh hit in the hot tier is answered right here, without the
+    /// request machinery's future (it needs no I/O); everything else runs in a boxed future.
+    pub fn serve(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Answer {
+        let req = match self.hot_hit(req) {
+            Ok(resp) => return Either::Left(std::future::ready(Ok(self.account(resp)))),
+            Err(req) => req,
+        };
+        let this = Arc::clone(self);
+        Either::Right(Box::pin(async move {
+            let resp = this.route(req, client).await;
+            Ok(this.account(resp))
+        }))
+    }
+
+    /// The hot-tier hit path: the same checks and answer as `route` and `cached` for a GET or
+    /// HEAD without a body whose entry is fresh in the hot tier; the request back otherwise.
+    fn hot_hit(&self, req: Request<Incoming>) -> Result<Resp, Request<Incoming>> {
+        let Some(hot) = &self.hot else {
+            return Err(req);
+        };
+        if !matches!(*req.method(), Method::GET | Method::HEAD)
+            || !hyper::body::Body::is_end_stream(req.body())
+        {
+            return Err(req);
+        }
+        let (parts, body) = req.into_parts();
+        let answer = || {
+            let host = target_host(&parts).ok()??;
+            if freshness::bypass_request(&parts, &self.rules).is_some() {
+                return None;
+            }
+            let key = key::render_for_host(&self.cfg.key, &parts, Some(&host));
+            let primary = self.store.entry_key(&key);
+            let mut stored = hot.get(&primary)?;
+            if let Stored::Vary(m) = &*stored {
+                stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
+            }
+            let Stored::Entry(e) = &*stored else {
+                return None;
+            };
+            let now = SystemTime::now();
+            freshness::is_fresh_for(e, &parts, now).then(|| self.serve_entry(e, &parts, "HIT", now))
+        };
+        match answer() {
+            Some(resp) => {
+                Stats::bump(&self.stats.hot_hits);
+                Ok(resp)
+            }
+            None => Err(Request::from_parts(parts, body)),
+        }
+    }
+
+    /// Counts a response by its X-Cache label and status.
+    fn account(&self, resp: Resp) -> Resp {
+        let label = resp.headers().get("x-cache").map(|v| v.as_bytes());
+        let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
             Some(b"STALE") => Some(&self.stats.stale),
@@ -384,27 +440,27 @@ impl Proxy {
         if let Some(c) = counter {
             Stats::bump(c);
         }
-        if matches!(
-            resp.headers().get("x-cache").map(|v| v.as_bytes()),
-            Some(b"HIT" | b"STALE" | b"UPDATING")
-        ) {
+        if matches!(label, Some(b"HIT" | b"STALE" | b"UPDATING")) {
             let n = hyper::body::Body::size_hint(resp.body())
                 .exact()
                 .unwrap_or(0);
             self.stats.bytes_from_cache.fetch_add(n, Ordering::Relaxed);
         }
-        Ok(resp)
+        resp
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
         let client = client.to_canonical();
         let (parts, body) = req.into_parts();
         // Checked before the body is read, so a refused request costs no buffering either.
-        if let Err(why) = target_host(&parts) {
-            Stats::bump(&self.stats.refused);
-            log::debug!("cache: refusing a request from {client}: {why}");
-            return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
-        }
+        let host = match target_host(&parts) {
+            Ok(h) => h,
+            Err(why) => {
+                Stats::bump(&self.stats.refused);
+                log::debug!("cache: refusing a request from {client}: {why}");
+                return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+            }
+        };
         let body = match Limited::new(body, self.cfg.max_request_body_bytes)
             .collect()
             .await
@@ -422,7 +478,7 @@ impl Proxy {
             self.stats.bypassed(reason);
             return self.bypass(&parts, client, body).await;
         }
-        let key = key::render(&self.cfg.key, &parts);
+        let key = key::render_for_host(&self.cfg.key, &parts, host.as_deref());
         self.cached(key, parts, client).await
     }
 
