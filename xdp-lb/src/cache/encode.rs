@@ -24,7 +24,8 @@ enum Kind {
 /// cannot fail, so the io errors below are theoretical.
 pub struct Encoder {
     kind: Option<Kind>,
-    /// Input was written since output was last taken: a flush would produce bytes.
+    /// Input was written since the last flush, so the encoder may hold some of it back (output
+    /// appearing after a write does not mean all input so far was emitted).
     unflushed: bool,
 }
 
@@ -54,9 +55,6 @@ impl Encoder {
             Some(Kind::Brotli(e)) => std::mem::take(e.get_mut()),
             None => Vec::new(),
         };
-        if !v.is_empty() {
-            self.unflushed = false;
-        }
         Bytes::from(v)
     }
 
@@ -181,6 +179,19 @@ mod tests {
         let mut got = Vec::new();
         let _ = flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut got);
         assert_eq!(got, b"hello ");
+
+        // A write that already produced output may still hold input back; the flush after it
+        // must push that out too.
+        let big: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i * 7 % 251).to_le_bytes())
+            .collect();
+        let mut e = Encoder::new(Coding::Gzip, &CompressionConfig::default());
+        let mut out = e.write(&big).unwrap().to_vec();
+        assert!(!out.is_empty(), "the encoder emitted part of the input");
+        out.extend_from_slice(&e.flush().unwrap());
+        let mut got = Vec::new();
+        let _ = flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut got);
+        assert_eq!(got, big);
     }
 
     #[test]

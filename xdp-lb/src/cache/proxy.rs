@@ -376,10 +376,11 @@ impl Proxy {
     /// Answers one request. A fresh hit in the hot tier is answered right here, without the
     /// request machinery's future (it needs no I/O); everything else runs in a boxed future.
     pub fn serve(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Answer {
-        let req = match self.hot_hit(req) {
-            Ok(resp) => return Either::Left(std::future::ready(Ok(self.account(resp)))),
-            Err(req) => req,
-        };
+        let (parts, body) = req.into_parts();
+        if let Some(resp) = self.hot_hit(&parts, &body) {
+            return Either::Left(std::future::ready(Ok(self.account(resp))));
+        }
+        let req = Request::from_parts(parts, body);
         let this = Arc::clone(self);
         Either::Right(Box::pin(async move {
             let resp = this.route(req, client).await;
@@ -388,41 +389,33 @@ impl Proxy {
     }
 
     /// The hot-tier hit path: the same checks and answer as `route` and `cached` for a GET or
-    /// HEAD without a body whose entry is fresh in the hot tier; the request back otherwise.
-    fn hot_hit(&self, req: Request<Incoming>) -> Result<Resp, Request<Incoming>> {
-        let Some(hot) = &self.hot else {
-            return Err(req);
-        };
-        if !matches!(*req.method(), Method::GET | Method::HEAD)
-            || !hyper::body::Body::is_end_stream(req.body())
+    /// HEAD without a body whose entry is fresh in the hot tier; `None` sends the request the
+    /// full way.
+    fn hot_hit(&self, parts: &request::Parts, body: &Incoming) -> Option<Resp> {
+        let hot = self.hot.as_ref()?;
+        if !matches!(parts.method, Method::GET | Method::HEAD)
+            || !hyper::body::Body::is_end_stream(body)
         {
-            return Err(req);
+            return None;
         }
-        let (parts, body) = req.into_parts();
-        let answer = || {
-            let host = target_host(&parts).ok()??;
-            if freshness::bypass_request(&parts, &self.rules).is_some() {
-                return None;
-            }
-            let key = key::render_for_host(&self.cfg.key, &parts, Some(&host));
-            let primary = self.store.entry_key(&key);
-            let mut stored = hot.get(&primary)?;
-            if let Stored::Vary(m) = &*stored {
-                stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
-            }
-            let Stored::Entry(e) = &*stored else {
-                return None;
-            };
-            let now = SystemTime::now();
-            freshness::is_fresh_for(e, &parts, now).then(|| self.serve_entry(e, &parts, "HIT", now))
+        let host = target_host(parts).ok()??;
+        if freshness::bypass_request(parts, &self.rules).is_some() {
+            return None;
+        }
+        let key = key::render_for_host(&self.cfg.key, parts, Some(&host));
+        let primary = self.store.entry_key(&key);
+        let mut stored = hot.get(&primary)?;
+        if let Stored::Vary(m) = &*stored {
+            stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
+        }
+        let Stored::Entry(e) = &*stored else {
+            return None;
         };
-        match answer() {
-            Some(resp) => {
-                Stats::bump(&self.stats.hot_hits);
-                Ok(resp)
-            }
-            None => Err(Request::from_parts(parts, body)),
-        }
+        let now = SystemTime::now();
+        let resp = freshness::is_fresh_for(e, parts, now)
+            .then(|| self.serve_entry(e, parts, "HIT", now))?;
+        Stats::bump(&self.stats.hot_hits);
+        Some(resp)
     }
 
     /// Counts a response by its X-Cache label and status.
