@@ -128,6 +128,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id while it runs (the bench reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL, by PID) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,6 +1,7 @@
 //! Cache tier, compression: gzip and brotli variants made once per stored response, chosen
-//! per client by Accept-Encoding, identity for the others and for ranges, and upstream
-//! encodings passed through untouched.
+//! per client by Accept-Encoding, identity for the others and for ranges, upstream
+//! encodings passed through untouched, and responses that are not stored compressed as they
+//! stream through.
 use std::io::{Read, Write};
 
 use xdp_lb_tests::cache_support::{
@@ -185,4 +186,112 @@ async fn ranges_small_bodies_other_types_and_encoded_upstreams_are_left_alone() 
         2,
         "only /ranged was compressed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_not_stored_are_compressed_on_the_way_out() {
+    let redis = RedisServer::start();
+    let pre = {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(page().as_bytes()).unwrap();
+        enc.finish().unwrap()
+    };
+    let pre2 = pre.clone();
+    let up = Upstream::start(move |s, _| {
+        let html = Reply::ok(&page()).header("content-type", "text/html");
+        match s.path.as_str() {
+            // Uncacheable, with a strong validator.
+            "/private" => html
+                .header("cache-control", "no-store")
+                .header("etag", "\"p1\""),
+            // Cacheable but above max_body_bytes: streams through.
+            "/large" => html.header("cache-control", "max-age=600"),
+            "/encoded" => {
+                let mut r = html.header("cache-control", "no-store");
+                r.body = pre2.clone();
+                r.header("content-encoding", "gzip")
+            }
+            _ => html.header("cache-control", "no-store"),
+        }
+    })
+    .await;
+    let mut cfg = test_config(&[up.addr], vec![redis.url()]);
+    cfg.max_body_bytes = 2_000;
+    let proxy = ProxyInstance::start(cfg).await;
+    let c = HttpClient::default();
+    let identity = page().into_bytes();
+    assert!(identity.len() > 2_000);
+
+    for path in ["/private", "/large"] {
+        let r = c
+            .get_with(proxy.addr, path, &[("accept-encoding", "gzip")])
+            .await;
+        assert_eq!(
+            (r.x_cache(), r.header("content-encoding")),
+            ("MISS", Some("gzip")),
+            "{path}"
+        );
+        assert!(
+            r.body.len() < identity.len() / 2,
+            "{path}: {} bytes",
+            r.body.len()
+        );
+        assert_eq!(gunzip(&r.body), identity, "{path}");
+        assert!(r.header("vary").unwrap().contains("accept-encoding"));
+        let r = c
+            .get_with(proxy.addr, path, &[("accept-encoding", "gzip, br")])
+            .await;
+        assert_eq!(r.header("content-encoding"), Some("br"), "{path}");
+        assert_eq!(unbrotli(&r.body), identity, "{path}");
+        let r = c.get(proxy.addr, path).await;
+        assert_eq!(r.header("content-encoding"), None, "{path}");
+        assert_eq!(r.body, identity, "{path}");
+        assert!(r.header("vary").unwrap().contains("accept-encoding"));
+    }
+    let r = c
+        .get_with(proxy.addr, "/private", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(
+        r.header("etag"),
+        Some("W/\"p1\""),
+        "weak for a transformed body"
+    );
+
+    // Bypassed (an unsafe method) and compressed.
+    let r = c
+        .send(
+            proxy.addr,
+            "POST",
+            "/form",
+            &[("accept-encoding", "br")],
+            b"a=1",
+        )
+        .await;
+    assert_eq!(
+        (r.x_cache(), r.header("content-encoding")),
+        ("BYPASS", Some("br"))
+    );
+    assert_eq!(unbrotli(&r.body), identity);
+
+    // HEAD describes what GET would send, without a body.
+    let r = c
+        .send(
+            proxy.addr,
+            "HEAD",
+            "/private",
+            &[("accept-encoding", "gzip")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(r.body.is_empty());
+
+    // Already encoded by the upstream: passed through byte for byte.
+    let r = c
+        .get_with(proxy.addr, "/encoded", &[("accept-encoding", "gzip, br")])
+        .await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.body, pre);
+
+    assert_eq!(proxy.stats.snapshot().compressions, 0, "nothing was stored");
 }

@@ -103,7 +103,8 @@ impl CompressionConfig {
         }
     }
 
-    fn qualifies(&self, status: StatusCode, headers: &HeaderMap, len: usize) -> bool {
+    /// Whether a response of `len` bytes is compressed at all (stored or on the fly).
+    pub(super) fn qualifies(&self, status: StatusCode, headers: &HeaderMap, len: usize) -> bool {
         if !self.enabled || status != StatusCode::OK || len < self.min_length || len == 0 {
             return false;
         }

@@ -13,19 +13,30 @@ const KEEP: usize = 128;
 /// host is normalised (lowercase, default port dropped, see [`normalize_host`]) so instances
 /// reached as `Example.org:80` and `example.org` share entries.
 pub fn render(template: &str, req: &Parts) -> String {
+    render_for_host(template, req, None)
+}
+
+/// [`render`] with the request's host already normalised (by `request::target_host`), so a
+/// hit does not parse it twice.
+pub fn render_for_host(template: &str, req: &Parts, normalized: Option<&str>) -> String {
     let method = if req.method == http::Method::HEAD {
         "GET"
     } else {
         req.method.as_str()
     };
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    // Requests with a host that does not normalise were refused before; keep the text anyway.
-    let host = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
+    let host = match normalized {
+        Some(h) => h.to_string(),
+        None => {
+            let raw = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            // Requests with a host that does not normalise were refused before; keep the text.
+            normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase())
+        }
+    };
     // One pass over the template (it runs on every request, hits included).
     let mut key = String::with_capacity(template.len() + host.len() + req.uri.path().len() + 16);
     let mut rest = template;

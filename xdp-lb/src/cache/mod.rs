@@ -3,6 +3,7 @@
 pub mod body;
 pub mod compress;
 pub mod config;
+pub mod encode;
 pub mod entry;
 pub mod freshness;
 pub mod headers;

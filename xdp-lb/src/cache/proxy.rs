@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::{
     HeaderValue, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::body::ProxyBody;
 use super::compress::{self, Variants};
 use super::config::{CacheConfig, ConfigError};
+use super::encode::{self, Encoder};
 use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
 use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
@@ -36,6 +38,12 @@ use super::upstream::{Lease, Pool};
 use super::Causes;
 
 pub type Resp = Response<ProxyBody>;
+
+/// What [`Proxy::serve`] returns: an answer ready at once (a hot-tier hit) or the full path.
+pub type Answer = Either<
+    std::future::Ready<Result<Resp, Infallible>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, Infallible>> + Send>>,
+>;
 
 /// How often a request waiting on another instance's fetch looks for the result (backing off).
 const WAIT_POLL_MIN: Duration = Duration::from_millis(10);
@@ -365,13 +373,55 @@ impl Proxy {
         format!("{}-{}-{n}", std::process::id(), millis(SystemTime::now()))
     }
 
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        client: IpAddr,
-    ) -> Result<Resp, Infallible> {
-        let resp = self.route(req, client).await;
-        let counter = match resp.headers().get("x-cache").map(|v| v.as_bytes()) {
+    /// Answers one request. A fresh hit in the hot tier is answered right here, without the
+    /// request machinery's future (it needs no I/O); everything else runs in a boxed future.
+    pub fn serve(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Answer {
+        let (parts, body) = req.into_parts();
+        if let Some(resp) = self.hot_hit(&parts, &body) {
+            return Either::Left(std::future::ready(Ok(self.account(resp))));
+        }
+        let req = Request::from_parts(parts, body);
+        let this = Arc::clone(self);
+        Either::Right(Box::pin(async move {
+            let resp = this.route(req, client).await;
+            Ok(this.account(resp))
+        }))
+    }
+
+    /// The hot-tier hit path: the same checks and answer as `route` and `cached` for a GET or
+    /// HEAD without a body whose entry is fresh in the hot tier; `None` sends the request the
+    /// full way.
+    fn hot_hit(&self, parts: &request::Parts, body: &Incoming) -> Option<Resp> {
+        let hot = self.hot.as_ref()?;
+        if !matches!(parts.method, Method::GET | Method::HEAD)
+            || !hyper::body::Body::is_end_stream(body)
+        {
+            return None;
+        }
+        let host = target_host(parts).ok()??;
+        if freshness::bypass_request(parts, &self.rules).is_some() {
+            return None;
+        }
+        let key = key::render_for_host(&self.cfg.key, parts, Some(&host));
+        let primary = self.store.entry_key(&key);
+        let mut stored = hot.get(&primary)?;
+        if let Stored::Vary(m) = &*stored {
+            stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
+        }
+        let Stored::Entry(e) = &*stored else {
+            return None;
+        };
+        let now = SystemTime::now();
+        let resp = freshness::is_fresh_for(e, parts, now)
+            .then(|| self.serve_entry(e, parts, "HIT", now))?;
+        Stats::bump(&self.stats.hot_hits);
+        Some(resp)
+    }
+
+    /// Counts a response by its X-Cache label and status.
+    fn account(&self, resp: Resp) -> Resp {
+        let label = resp.headers().get("x-cache").map(|v| v.as_bytes());
+        let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
             Some(b"STALE") => Some(&self.stats.stale),
@@ -383,27 +433,27 @@ impl Proxy {
         if let Some(c) = counter {
             Stats::bump(c);
         }
-        if matches!(
-            resp.headers().get("x-cache").map(|v| v.as_bytes()),
-            Some(b"HIT" | b"STALE" | b"UPDATING")
-        ) {
+        if matches!(label, Some(b"HIT" | b"STALE" | b"UPDATING")) {
             let n = hyper::body::Body::size_hint(resp.body())
                 .exact()
                 .unwrap_or(0);
             self.stats.bytes_from_cache.fetch_add(n, Ordering::Relaxed);
         }
-        Ok(resp)
+        resp
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
         let client = client.to_canonical();
         let (parts, body) = req.into_parts();
         // Checked before the body is read, so a refused request costs no buffering either.
-        if let Err(why) = target_host(&parts) {
-            Stats::bump(&self.stats.refused);
-            log::debug!("cache: refusing a request from {client}: {why}");
-            return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
-        }
+        let host = match target_host(&parts) {
+            Ok(h) => h,
+            Err(why) => {
+                Stats::bump(&self.stats.refused);
+                log::debug!("cache: refusing a request from {client}: {why}");
+                return plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+            }
+        };
         let body = match Limited::new(body, self.cfg.max_request_body_bytes)
             .collect()
             .await
@@ -421,7 +471,7 @@ impl Proxy {
             self.stats.bypassed(reason);
             return self.bypass(&parts, client, body).await;
         }
-        let key = key::render(&self.cfg.key, &parts);
+        let key = key::render_for_host(&self.cfg.key, &parts, host.as_deref());
         self.cached(key, parts, client).await
     }
 
@@ -433,7 +483,9 @@ impl Proxy {
                 if is_unsafe(&parts.method) && ok {
                     self.invalidate(parts, resp.headers()).await;
                 }
-                with_x_cache(relay(resp, lease, parts.method == Method::HEAD), "BYPASS")
+                let head = parts.method == Method::HEAD;
+                let r = self.encode_on_the_fly(&parts.headers, relay(resp, lease, head), head);
+                with_x_cache(r, "BYPASS")
             }
         }
     }
@@ -697,6 +749,24 @@ impl Proxy {
             self.stats.compressed(body.len(), out.len());
         }
         v
+    }
+
+    /// Compresses a response that is not stored when it qualifies and the client accepts a
+    /// coding (a HEAD gets the headers the GET would).
+    fn encode_on_the_fly(&self, req: &http::HeaderMap, mut r: Resp, head: bool) -> Resp {
+        let Some(choice) = encode::decide(&self.cfg.compression, r.status(), req, r.headers())
+        else {
+            return r;
+        };
+        add_vary_accept_encoding(r.headers_mut());
+        let Some(coding) = choice else { return r };
+        encode::rewrite_headers(r.headers_mut(), coding);
+        weaken_etag(r.headers_mut());
+        if head {
+            return r;
+        }
+        let (p, body) = r.into_parts();
+        Response::from_parts(p, body.encoded(Encoder::new(coding, &self.cfg.compression)))
     }
 
     pub fn store(&self) -> &Store {
@@ -1124,7 +1194,8 @@ impl Proxy {
         let Some(decision) =
             decision.filter(|_| declared_len.is_none_or(|n| n <= self.cfg.max_body_bytes))
         else {
-            return with_x_cache(relay(resp, lease, head), label);
+            let r = self.encode_on_the_fly(&parts.headers, relay(resp, lease, head), head);
+            return with_x_cache(r, label);
         };
         let (mut p, mut body) = resp.into_parts();
         strip_hop_by_hop(&mut p.headers);
@@ -1142,7 +1213,9 @@ impl Proxy {
                             } else {
                                 ProxyBody::stream(buf.freeze(), body, Some(lease))
                             };
-                            return with_x_cache(Response::from_parts(p, body), label);
+                            let r = Response::from_parts(p, body);
+                            let r = self.encode_on_the_fly(&parts.headers, r, head);
+                            return with_x_cache(r, label);
                         }
                     }
                 }

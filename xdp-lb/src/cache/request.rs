@@ -65,14 +65,23 @@ pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
 /// `example.org` share cache entries. `None` for anything that is not a plain host and
 /// optional port (user info, paths, empty hosts, ports out of range).
 pub fn normalize_host(raw: &str) -> Option<String> {
-    // The common case, a lowercase name without a port, needs no parsing (this runs twice per
-    // request: the check here and the cache key).
-    if !raw.is_empty()
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
+    // The common cases, a lowercase name or IPv4 address with or without a port, need no URI
+    // parsing (this runs on every request, hits included).
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    };
+    if plain(raw) {
         return Some(raw.to_string());
+    }
+    if let Some((host, port)) = raw.rsplit_once(':') {
+        if plain(host) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            return match port.parse::<u16>().ok()? {
+                80 => Some(host.to_string()),
+                p => Some(format!("{host}:{p}")),
+            };
+        }
     }
     if raw.is_empty() || raw.contains(['@', '/', '?', '#']) {
         return None;
@@ -119,6 +128,10 @@ mod tests {
             Some("example.org:8080")
         );
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(
+            normalize_host("127.0.0.1:0800").as_deref(),
+            Some("127.0.0.1:800")
+        );
         for bad in ["", "a@b", "a/b", "a b", "h:99999", "h:x", ":80", "h:"] {
             assert_eq!(normalize_host(bad), None, "{bad:?}");
         }

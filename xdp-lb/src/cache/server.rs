@@ -103,7 +103,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self.proxy);
             let max_buf = self.max_header_bytes;
-            let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer.ip()));
+            let svc = service_fn(move |req| proxy.serve(req, peer.ip()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
