@@ -637,7 +637,7 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
     let mut lb = start(&topo, &file, &[]);
     lb.stop();
-    let dir = pins::dir_for(topo.lb.name()).join("v1");
+    let dir = pins::dir_for(topo.lb.name()).join(format!("v{}", xdp_lb_common::LAYOUT_VERSION));
     let stats = repin(
         &dir,
         "GLOBAL_STATS",
