@@ -102,24 +102,34 @@ fn probe(addrs: &BTreeSet<IpAddr>) {
 /// messages leniently and would silently ignore the attribute, so the version is
 /// what tells.
 fn kernel_has_managed_neighbours() -> bool {
+    kernel_release().is_some_and(|r| release_at_least(&r, (5, 16)))
+}
+
+/// This kernel's release (`uname -r`).
+pub(crate) fn kernel_release() -> Option<String> {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } != 0 {
-        return false;
+        return None;
     }
     // SAFETY: uname NUL-terminates release.
     let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    release_at_least(&release.to_string_lossy(), (5, 16))
+    Some(release.to_string_lossy().into_owned())
 }
 
-fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+/// (major, minor) of a release string such as "6.1.0-27-amd64".
+pub(crate) fn release_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= want,
-        _ => false,
+        (Some(major), Some(minor)) => Some((major, minor)),
+        _ => None,
     }
+}
+
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    release_version(release).is_some_and(|v| v >= want)
 }
 
 struct Netlink {

@@ -272,9 +272,9 @@ fn check(args: &RunArgs) -> anyhow::Result<()> {
     print!("{}", crate::summary::render(&cfg));
     // What was verified beyond the file, so "OK" is not read as more than it is.
     println!(
-        "\nhost: {} interface(s) exist in this network namespace; none of the {} backend(s) \
-         is one of its {} local addresses",
-        host.interfaces, host.backends, host.local_addrs
+        "\nhost: Linux {} (5.17 or newer needed); {} interface(s) exist in this network \
+         namespace; none of the {} backend(s) is one of its {} local addresses",
+        host.kernel, host.interfaces, host.backends, host.local_addrs
     );
     println!("configuration OK");
     Ok(())

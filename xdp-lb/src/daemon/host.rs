@@ -1,5 +1,5 @@
 //! What `run` and `check` verify about this host before the kernel is touched: the
-//! interfaces exist, and no backend is one of the balancer's own addresses (the
+//! kernel is new enough for the program, the interfaces exist, and no backend is one of the balancer's own addresses (the
 //! balancer would forward a service's traffic to itself, where nothing listens on the
 //! rewritten port, or loop it).
 use std::net::IpAddr;
@@ -18,9 +18,28 @@ pub struct LocalAddr {
 /// What the host checks found, for `check`'s report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostReport {
+    /// `uname -r`.
+    pub kernel: String,
     pub interfaces: usize,
     pub local_addrs: usize,
     pub backends: usize,
+}
+
+/// The oldest kernel the program loads on: least-conn's scan calls `bpf_loop` (5.17),
+/// and the verifier rejects a program that names a helper it does not know, whichever
+/// scheduler is configured.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// Refuses a kernel older than `MIN_KERNEL` with a message naming both, instead of the
+/// verifier's "unknown func bpf_loop". A release that does not parse is let through:
+/// the load then says what is missing.
+pub fn check_kernel(release: &str) -> Result<(), DaemonError> {
+    match crate::neigh::release_version(release) {
+        Some(v) if v < MIN_KERNEL => Err(DaemonError::OldKernel {
+            release: release.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Every interface named exists here, and there are no more than the program can
@@ -41,12 +60,15 @@ pub fn check_interfaces(ifaces: &[String]) -> Result<(), DaemonError> {
 
 /// The interfaces exist and no backend holds an address of this namespace.
 pub fn check_host(cfg: &Config) -> Result<HostReport, DaemonError> {
+    let kernel = crate::neigh::kernel_release().unwrap_or_else(|| "unknown".into());
+    check_kernel(&kernel)?;
     check_interfaces(&cfg.interfaces)?;
     let local = local_addresses().map_err(DaemonError::LocalAddresses)?;
     if let Some(e) = local_backend(cfg, &local) {
         return Err(e);
     }
     Ok(HostReport {
+        kernel,
         interfaces: cfg.interfaces.len(),
         local_addrs: local.len(),
         backends: cfg.services.iter().map(|s| s.backends.len()).sum(),
@@ -160,5 +182,21 @@ mod tests {
                 .any(|l| l.iface == "lo" && l.addr == IpAddr::from([127, 0, 0, 1])),
             "{local:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    #[test]
+    fn kernels_older_than_5_17_are_refused_by_name() {
+        for old in ["5.15.0-91-generic", "5.16.20", "4.19.0-26-amd64"] {
+            let e = check_kernel(old).expect_err(old).to_string();
+            assert!(e.contains(old) && e.contains("5.17"), "{e}");
+        }
+        for new in ["5.17.0", "6.1.0-27-amd64", "6.18.2", "10.0", "unknown"] {
+            check_kernel(new).expect(new);
+        }
     }
 }

@@ -78,6 +78,8 @@ pub enum DaemonError {
         backend: String,
         iface: String,
     },
+    #[error("this kernel is Linux {release}; xdp-lb's XDP program needs 5.17 or newer (it calls bpf_loop); run it on a newer kernel")]
+    OldKernel { release: String },
     #[error("listing this host's addresses (getifaddrs)")]
     LocalAddresses(#[source] std::io::Error),
     #[error("{count} interfaces configured; one run attaches to at most {MAX_INTERFACES}")]
