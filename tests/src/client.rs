@@ -162,6 +162,17 @@ pub fn http_get(addr: SocketAddr) -> Result<String> {
 
 /// `GET path` over one connection; the body of a 200 answer.
 pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
+    let (head, body) = http_get_response(addr, path)?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(BedError::Protocol(format!(
+            "unexpected HTTP status: {head:?}"
+        )));
+    }
+    Ok(body)
+}
+
+/// `GET path` over one connection (`Connection: close`): the response head and body.
+pub fn http_get_response(addr: SocketAddr, path: &str) -> Result<(String, String)> {
     let mut s = connect(addr)?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -173,10 +184,5 @@ pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .ok_or_else(|| BedError::Protocol(format!("no HTTP header end in {resp:?}")))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(BedError::Protocol(format!(
-            "unexpected HTTP status: {head:?}"
-        )));
-    }
-    Ok(body.trim_end().to_string())
+    Ok((head.to_string(), body.trim_end().to_string()))
 }

@@ -4,8 +4,9 @@
 //! API while a long-lived connection on it keeps working and new connections avoid it;
 //! a backend's server stopped: when the balancer marked it down and why, the spread
 //! without it (no failed request), its return once the server is back; the balancer's
-//! own `status`, and an excerpt of its monitor's figures (`report`, `/metrics`) at the
-//! end. Ctrl-C stops it; the same Drop guards tear everything down.
+//! own `status`; the cache tier in the same process answering MISS from a backend, then
+//! HIT from Redis; and an excerpt of its monitor's figures (`report`, `/metrics`) at
+//! the end. Ctrl-C stops it; the same Drop guards tear everything down.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -24,6 +25,7 @@ use xdp_lb::admin::{
 
 use crate::{
     admin::AdminCli,
+    cache_support::{free_port, RedisServer},
     client::{self, LineClient},
     lb::XdpLbProcess,
     lbconfig::{self, BackendSpec, ConfigFile, Forwarding, ServiceSpec},
@@ -119,6 +121,19 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             1,
         )
         + CHAT_CHECK;
+    // The cache tier runs in the balancer's process, in front of the same backends,
+    // with its store in a Redis of the balancer's namespace.
+    let redis = topo
+        .lb
+        .run(RedisServer::start)
+        .context("entering the balancer's namespace")?;
+    let cache_at = SocketAddr::from((
+        [127, 0, 0, 1],
+        topo.lb
+            .run(free_port)
+            .context("entering the balancer's namespace")?,
+    ));
+    let text = text + &cache_section(&topo, cache_at, &redis.url());
     let file = ConfigFile::new(&text).context("writing the configuration")?;
     let args = vec![
         "run".to_string(),
@@ -306,6 +321,11 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     step(
         6,
+        "the cache tier (the [cache] section, same process): a MISS, then a HIT from Redis",
+    );
+    show_cache(&topo, cache_at, &redis)?;
+    step(
+        7,
         "the monitor's figures over the demo: xdp-lb report, and /metrics",
     );
     print_monitor(&topo, &cli)?;
@@ -314,6 +334,55 @@ fn demo(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     println!("\ncleaning up namespaces");
     drop(topo);
     println!("demo complete");
+    Ok(())
+}
+
+/// The `[cache]` section: every backend's HTTP server as an upstream, 200 answers kept
+/// a minute (the demo's servers send no Cache-Control).
+fn cache_section(topo: &Topology, listen: SocketAddr, redis: &str) -> String {
+    let upstreams: Vec<String> = topo
+        .backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}:{HTTP_PORT}\" }}", b.v4()))
+        .collect();
+    format!(
+        "\n[cache]\nlisten = \"{listen}\"\nupstreams = [{}]\nstatus_ttl = {{ \"200\" = 60 }}\n\n[cache.redis]\nnodes = [\"{redis}\"]\n",
+        upstreams.join(", ")
+    )
+}
+
+/// Two GETs of the same URL through the cache tier: the first is fetched from a backend
+/// and stored, the second is answered from Redis with the same body.
+fn show_cache(topo: &Topology, at: SocketAddr, redis: &RedisServer) -> anyhow::Result<()> {
+    let x_cache = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-cache")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "(no X-Cache header)".into())
+    };
+    let mut seen = Vec::new();
+    for n in 1..=2 {
+        let (head, body) = topo
+            .lb
+            .run(|| client::http_get_response(at, "/demo"))
+            .context("entering the balancer's namespace")?
+            .context("asking the cache tier")?;
+        let status = head.lines().next().unwrap_or("").to_string();
+        let cache = x_cache(&head);
+        println!("GET http://{at}/demo #{n}: {status}, X-Cache: {cache}, body {body:?}");
+        seen.push((cache, body));
+    }
+    let keys = topo
+        .lb
+        .run(|| redis.dbsize())
+        .context("entering the balancer's namespace")?;
+    println!("Redis now holds {keys} key(s)");
+    if seen[0].0 != "MISS" || seen[1].0 != "HIT" || seen[0].1 != seen[1].1 {
+        bail!("the cache tier did not answer MISS then HIT with the same body: {seen:?}");
+    }
     Ok(())
 }
 
@@ -338,16 +407,33 @@ fn print_monitor(topo: &Topology, cli: &AdminCli) -> anyhow::Result<()> {
     let at: SocketAddr = xdp_lb::config::DEFAULT_METRICS_LISTEN
         .parse()
         .context("the daemon's default /metrics address")?;
-    let metrics = topo
-        .lb
-        .run(|| client::http_get_path(at, "/metrics"))
-        .context("entering the balancer's namespace")?
-        .context("scraping /metrics")?;
-    println!("curl http://{at}/metrics (in the balancer's namespace), new flows per backend:");
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("xdp_lb_backend_new_flows_total{"))
-    {
+    // The cache tier's counters reach /metrics with the monitor's next sample (every
+    // second): wait for the hit of step 6, within a bound.
+    let scrape = || -> anyhow::Result<String> {
+        topo.lb
+            .run(|| client::http_get_path(at, "/metrics"))
+            .context("entering the balancer's namespace")?
+            .context("scraping /metrics")
+    };
+    let hit_counted = |m: &str| {
+        m.lines().any(|l| {
+            l.strip_prefix("xdp_lb_cache_requests_total{result=\"hit\"} ")
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 1.0)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = scrape()?;
+    while !hit_counted(&metrics) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        metrics = scrape()?;
+    }
+    println!("curl http://{at}/metrics (in the balancer's namespace), new flows per backend and cache hits/misses:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("xdp_lb_backend_new_flows_total{")
+            || l.starts_with("xdp_lb_cache_requests_total{result=\"hit\"")
+            || l.starts_with("xdp_lb_cache_requests_total{result=\"miss\"")
+    }) {
         println!("  | {line}");
     }
     Ok(())

@@ -33,10 +33,15 @@ fn demo_runs_to_the_end_and_cleans_up() {
         "== step 5",
         "service chat",
         "== step 6",
+        "#1: HTTP/1.1 200 OK, X-Cache: MISS",
+        "#2: HTTP/1.1 200 OK, X-Cache: HIT",
+        "== step 7",
         "report over",
         "new_flows_per_s",
         "cpu_percent",
         "xdp_lb_backend_new_flows_total{service=\"web\"",
+        "xdp_lb_cache_requests_total{result=\"hit\"} 1",
+        "xdp_lb_cache_requests_total{result=\"miss\"} 1",
         "demo complete",
     ] {
         assert!(
