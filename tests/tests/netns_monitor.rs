@@ -1,6 +1,7 @@
 //! The daemon's monitor, end to end: `/metrics` passes Prometheus' own checker and
-//! counts the traffic pushed through the VIP, an alert fires and clears with the
-//! balancer's state and is listed by `xdp-lb alerts`, and `report --json` agrees with
+//! counts the traffic pushed through the VIP, alerts fire and clear with the balancer's
+//! state (every backend set down; one backend's server killed and restarted under health
+//! checks) and are listed by `xdp-lb alerts`, and `report --json` agrees with
 //! `/metrics`.
 use std::{
     collections::BTreeMap,
@@ -273,5 +274,87 @@ fn alert_fires_and_clears_with_the_balancer_state() {
     assert!(
         out.contains("alert cleared: no_healthy_backend web"),
         "{out}"
+    );
+}
+
+/// The backend_down alert follows the health checks: a backend whose server is killed
+/// is marked down by its checks, the alert fires (listed, exported, logged once) while
+/// the others stay quiet, and clears once the server is back and the checks pass.
+#[test]
+fn backend_down_alert_fires_when_its_server_is_killed_and_clears_when_it_returns() {
+    require_root();
+    let mut topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let checked = config(&topo).replacen(
+        "\n[monitor]\n",
+        "\n[service.health_check]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n\n[monitor]\n",
+        1,
+    );
+    let file = ConfigFile::new(&checked).expect("config file");
+    let lb = start(&topo, &file);
+    let cli = AdminCli::new(&lb);
+    let victim = SocketAddr::new(topo.backend(2).v4().into(), TCP_PORT).to_string();
+    let down_alerts = |cli: &AdminCli| -> Vec<String> {
+        cli.json(&["alerts"])["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["kind"] == "backend_down")
+            .map(|a| a["target"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}\n{}", lb.output());
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let checked_up = |cli: &AdminCli| -> usize {
+        cli.json(&["status"])["services"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
+            .filter(|b| b["health"]["up"] == true && b["health"]["last_result"] == "ok")
+            .count()
+    };
+    wait("the checks never passed at start", &|| {
+        down_alerts(&cli).is_empty() && checked_up(&cli) == 3
+    });
+
+    topo.stop_servers(2);
+    wait("backend_down never fired for the killed backend", &|| {
+        down_alerts(&cli).iter().any(|t| t.contains(&victim))
+    });
+    let firing = down_alerts(&cli);
+    assert_eq!(
+        firing.len(),
+        1,
+        "only the killed backend is down: {firing:?}"
+    );
+    wait_scrape(&topo, "the firing backend_down alert", |t| {
+        samples(t, "xdp_lb_alert_firing", "alert=\"backend_down\"")
+            .iter()
+            .any(|(labels, v)| labels.contains(&victim) && *v == 1.0)
+    });
+
+    topo.start_servers(2)
+        .expect("restarting the backend's servers");
+    wait(
+        "backend_down never cleared after the server returned",
+        &|| down_alerts(&cli).is_empty(),
+    );
+    let out = lb.output();
+    assert_eq!(
+        out.matches("alert firing: backend_down").count(),
+        1,
+        "fired once: {out}"
+    );
+    assert_eq!(
+        out.matches("alert cleared: backend_down").count(),
+        1,
+        "cleared once: {out}"
     );
 }
