@@ -5,11 +5,22 @@
 //! the VIP. Only if the balancer hands that error to the flow's backend (translated
 //! in NAT mode) does the backend lower its path MTU; otherwise the download stalls
 //! for good (the client's read times out). Each download is checked by SHA-256.
+//!
+//! Towards a backend: the bridge's port to the backend has MTU 1280 (the backend's
+//! own interface keeps 1500, so it announces a full-size MSS) and the balancer's
+//! route to it says so (`mtu lock`). A full-size upload segment from the client is too big for
+//! that link: the bridge would drop it silently, so the upload completes only if
+//! the balancer answers the client with fragmentation-needed / packet-too-big from
+//! the VIP and the client lowers its path MTU. Checked by the backend's SHA-256 of
+//! what it received and by the balancer's counter of errors it sent.
 use sha2::{Digest, Sha256};
 use xdp_lb_common::reason;
 use xdp_lb_tests::{
-    client::LineClient, pins, require_root, scenario, servers::hex, topology::TCP_PORT, Forwarding,
-    TopologyBuilder,
+    client::LineClient,
+    pins, require_root, scenario,
+    servers::hex,
+    topology::{IFACE, TCP_PORT},
+    Forwarding, TopologyBuilder,
 };
 
 /// Large enough that many full-size segments must cross the router.
@@ -75,4 +86,92 @@ fn dsr_ipv4_download_through_a_smaller_mtu_completes() {
 #[test]
 fn dsr_ipv6_download_through_a_smaller_mtu_completes() {
     download_through_a_smaller_mtu(Forwarding::Dsr, true);
+}
+
+/// Large enough for hundreds of full-size segments.
+const UPLOAD: usize = 1 << 20;
+
+fn upload_through_a_smaller_backend_link(mode: Forwarding, v6: bool) {
+    require_root();
+    let topo = TopologyBuilder::new(1, mode)
+        .xdp_pass(true)
+        .build()
+        .unwrap_or_else(|e| panic!("building the {mode:?} topology: {e}"));
+    let b = topo.backend(1);
+    let mtu = MTU.to_string();
+    topo.bridge
+        .ip(&["link", "set", &format!("vs{}", b.index), "mtu", &mtu])
+        .expect("bridge port MTU");
+    let (fam, host) = if v6 {
+        ("-6", format!("{}/128", b.v6()))
+    } else {
+        ("-4", format!("{}/32", b.v4()))
+    };
+    // Locked: for forwarded packets the kernel (and so bpf_fib_lookup) honours a
+    // route's MTU only then; otherwise it goes by the device.
+    topo.lb
+        .ip(&[
+            fam, "route", "add", &host, "dev", IFACE, "mtu", "lock", &mtu,
+        ])
+        .expect("the balancer's route to the backend");
+    let svc = scenario::service(&topo, v6, TCP_PORT, "tcp", &[1]);
+    let lb = scenario::start_service(&topo, &svc);
+    let vip = topo.vip(v6, TCP_PORT);
+    let data = scenario::test_data(UPLOAD);
+    let want = hex(&Sha256::digest(&data));
+    let got = topo
+        .client
+        .run(move || -> xdp_lb_tests::Result<String> {
+            let mut c = LineClient::connect(vip)?;
+            c.sha(&data)
+        })
+        .expect("client namespace")
+        .unwrap_or_else(|e| {
+            let counters: Vec<String> = [
+                ("icmp_too_big_sent", reason::ICMP_TOO_BIG_SENT),
+                ("pass_too_big_no_df", reason::PASS_TOO_BIG_NO_DF),
+                ("tx", reason::TX),
+                ("pass_fib_failed", reason::PASS_FIB_FAILED),
+            ]
+            .iter()
+            .map(|(n, r)| format!("{n}={}", pins::reason_count(topo.lb.name(), *r)))
+            .collect();
+            panic!(
+                "{mode:?} v6={v6}: upload through the {MTU}-byte backend link failed: {e}; balancer counters: {}\n{}",
+                counters.join(" "),
+                lb.output()
+            )
+        });
+    assert_eq!(
+        got, want,
+        "{mode:?} v6={v6}: the backend received other bytes"
+    );
+    let sent = pins::reason_count(topo.lb.name(), reason::ICMP_TOO_BIG_SENT);
+    assert!(
+        sent > 0,
+        "the upload completed without a too-big answer: the client never sent a segment over {MTU} bytes"
+    );
+    eprintln!(
+        "{mode:?} v6={v6}: {UPLOAD} bytes uploaded through a {MTU}-byte backend link intact; {sent} too-big errors sent to the client"
+    );
+}
+
+#[test]
+fn nat_ipv4_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Forwarding::Nat, false);
+}
+
+#[test]
+fn nat_ipv6_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Forwarding::Nat, true);
+}
+
+#[test]
+fn dsr_ipv4_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Forwarding::Dsr, false);
+}
+
+#[test]
+fn dsr_ipv6_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Forwarding::Dsr, true);
 }

@@ -428,3 +428,147 @@ fn refresh_ip_checksum(f: &mut [u8]) {
     }
     f[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
 }
+
+/// Bytes of the original IP packet the balancer's own too-big errors quote (the
+/// program's `toobig::QUOTE_V4` / `QUOTE_V6`).
+const TOO_BIG_QUOTE_V4: usize = 128;
+const TOO_BIG_QUOTE_V6: usize = 256;
+/// The bed interface's MTU in the too-big tests, and a payload that exceeds it.
+const EGRESS_MTU: u16 = 1280;
+const BIG: &[u8] = &[0xa5; 1300];
+
+/// Lowers the bed interface's MTU: every backend route leaves through it.
+fn set_bed_mtu(mtu: u16) {
+    let st = std::process::Command::new("ip")
+        .args(["link", "set", LB_IF, "mtu", &mtu.to_string()])
+        .status()
+        .expect("running ip");
+    assert!(st.success(), "ip link set {LB_IF} mtu {mtu}");
+}
+
+/// `l4` with a payload of the caller's.
+fn l4_payload(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, payload: &[u8]) -> Vec<u8> {
+    match (proto, src, dst) {
+        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, 80, 64, CLIENT_MAC, LB_MAC, payload),
+        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
+            v4(proto, s, d, sport, 80, 64, CLIENT_MAC, LB_MAC, payload)
+        }
+        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
+            v6(proto, s, d, sport, 80, 64, CLIENT_MAC, LB_MAC, payload)
+        }
+        _ => panic!("mixed address families"),
+    }
+}
+
+/// The error the balancer must send for `input`: from the VIP to the client, back
+/// out of the ingress, quoting `input` as it arrived. The ICMP checksum (and the
+/// ICMPv6 pseudo-header) computed by etherparse; IPv4 without DF (as Linux sends
+/// its errors), its header checksum recomputed here.
+fn too_big_answer(f: &Family, input: &[u8]) -> Vec<u8> {
+    let quote = if f.name == "v4" {
+        TOO_BIG_QUOTE_V4
+    } else {
+        TOO_BIG_QUOTE_V6
+    };
+    let mut want = icmp_error(
+        f.vip,
+        f.client,
+        64,
+        (LB_MAC, CLIENT_MAC),
+        Some(EGRESS_MTU),
+        &ip_of(input, quote),
+    );
+    if f.name == "v4" {
+        want[20] &= !0x40;
+        refresh_ip_checksum(&mut want);
+    }
+    want
+}
+
+#[test]
+fn packets_too_big_for_the_egress_are_answered_from_the_vip() {
+    with_bed(|bed| {
+        set_bed_mtu(EGRESS_MTU);
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, 0),
+            svc_v4(PROTO_UDP, 0),
+            svc_v6(PROTO_TCP),
+            svc_v6(PROTO_UDP),
+            svc_v4(PROTO_TCP, SVC_FWD_DSR).on_port(81),
+        ]);
+        let mut cport = 45000;
+        let mut sent = 0;
+        for f in families() {
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                cport += 1;
+                let what = format!("{} proto {proto}", f.name);
+                // A packet that fits goes to the backend (and fills the next-hop cache
+                // with the egress MTU); a larger one of the same flow is answered.
+                let b = open_flow(&mut dp, &f, proto, cport);
+                let input = l4_payload(proto, f.client, f.vip, cport, BIG);
+                let (action, out) = run(&mut dp, &input);
+                assert_eq!(action, XDP_TX, "{what}: action");
+                assert_frame_eq(&out, &too_big_answer(&f, &input), &what);
+                sent += 1;
+                // The flow still goes to its backend with packets that fit.
+                let again = l4(proto, f.client, f.vip, cport, 80, 64, CLIENT_MAC, LB_MAC);
+                let (action, out) = run(&mut dp, &again);
+                assert_eq!((action, backend_of(&out)), (XDP_TX, b), "{what}: after");
+            }
+        }
+        // DSR: the same answer (nothing is rewritten before it).
+        let f = &families()[0];
+        let small = tcp_ack(f.client, f.vip, 45100, 81, 64, CLIENT_MAC, LB_MAC, PAYLOAD);
+        assert_eq!(run(&mut dp, &small).0, XDP_TX, "dsr: small");
+        let input = tcp_ack(f.client, f.vip, 45100, 81, 64, CLIENT_MAC, LB_MAC, BIG);
+        let (action, out) = run(&mut dp, &input);
+        assert_eq!(action, XDP_TX, "dsr: action");
+        assert_frame_eq(&out, &too_big_answer(f, &input), "dsr");
+        sent += 1;
+        assert_eq!(count(&dp, "icmp_too_big_sent"), sent);
+        assert_eq!(count(&dp, "pass_too_big_no_df"), 0);
+    });
+}
+
+#[test]
+fn a_first_packet_too_big_is_answered_from_the_fib_lookup() {
+    // No next hop cached yet: the FIB lookup itself reports the MTU.
+    with_bed(|bed| {
+        set_bed_mtu(EGRESS_MTU);
+        let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0), svc_v6(PROTO_UDP)]);
+        for (i, f) in families().iter().enumerate() {
+            let input = l4_payload(PROTO_UDP, f.client, f.vip, 46000, BIG);
+            let (action, out) = run(&mut dp, &input);
+            assert_eq!(action, XDP_TX, "{}: action", f.name);
+            assert_frame_eq(&out, &too_big_answer(f, &input), f.name);
+            assert_eq!(count(&dp, "icmp_too_big_sent"), i as u64 + 1, "{}", f.name);
+        }
+    });
+}
+
+#[test]
+fn ipv4_too_big_without_df_is_rewritten_and_left_to_the_kernel() {
+    with_bed(|bed| {
+        set_bed_mtu(EGRESS_MTU);
+        let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
+        let f = &families()[0];
+        let b = open_flow(&mut dp, f, PROTO_UDP, 47000);
+        let mut input = l4_payload(PROTO_UDP, f.client, f.vip, 47000, BIG);
+        input[20] &= !0x40;
+        refresh_ip_checksum(&mut input);
+        let (action, out) = run(&mut dp, &input);
+        // The kernel forwards it to the backend, fragmenting it.
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out.len(), input.len());
+        let IpAddr::V4(backend) = f.backends[b] else {
+            unreachable!()
+        };
+        assert_eq!(
+            out[30..34],
+            backend.octets(),
+            "rewritten towards the backend"
+        );
+        assert_eq!(count(&dp, "pass_too_big_no_df"), 1);
+        assert_eq!(count(&dp, "icmp_too_big_sent"), 0);
+    });
+}

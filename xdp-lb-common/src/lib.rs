@@ -228,7 +228,13 @@ pub struct NextHop {
     pub generation: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The MTU the kernel forwards with (L3 bytes; the egress device's, or a route's
+    /// locked MTU)
+    /// when the entry was filled; 0: unknown,
+    /// not checked. Packets longer than it are answered with fragmentation-needed /
+    /// packet-too-big instead of being sent (the redirect would drop them).
+    pub mtu: u16,
+    pub _pad: [u8; 2],
 }
 
 /// How long a cached next hop is trusted before the FIB is asked again.
@@ -308,7 +314,14 @@ pub mod reason {
     /// ICMP error that quotes a service's or NAT backend's packet of no flow in the
     /// flow tables.
     pub const PASS_ICMP_NO_FLOW: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Packet for a backend longer than the egress MTU, with DF (always, for IPv6):
+    /// the balancer answered the client with fragmentation-needed / packet-too-big
+    /// from the VIP, quoting the packet as it arrived, out of the ingress (XDP_TX).
+    pub const ICMP_TOO_BIG_SENT: u32 = 28;
+    /// IPv4 packet for a backend longer than the egress MTU without DF: rewritten as
+    /// usual and passed to the kernel, which fragments it when it forwards it.
+    pub const PASS_TOO_BIG_NO_DF: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     /// The data plane drops packets counted under these reasons (a service owns them
     /// and they are invalid); every other verdict reason passes or forwards.
@@ -346,6 +359,8 @@ pub mod reason {
         "icmp_to_client",
         "pass_icmp_unhandled",
         "pass_icmp_no_flow",
+        "icmp_too_big_sent",
+        "pass_too_big_no_df",
     ];
 }
 

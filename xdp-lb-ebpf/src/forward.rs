@@ -4,8 +4,8 @@
 //! towards a client it is the way the flow's first request came in.
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
@@ -132,10 +132,82 @@ pub fn nat(
     Ok(())
 }
 
-/// Sends the frame to backend `id` at `dst`: the cached next hop while it is fresh,
-/// else a FIB lookup whose answer is cached. A failed lookup hands the (possibly
-/// rewritten) packet to the kernel, which routes it and resolves the neighbour;
-/// nothing is dropped silently.
+/// Where a packet for a backend goes.
+#[derive(Clone, Copy)]
+pub enum Hop {
+    /// The cached next hop (a per-CPU map entry, valid for this program run).
+    Via(*const NextHop),
+    /// The packet's L3 length exceeds the egress MTU (this many bytes): sent, the
+    /// redirect would drop it.
+    TooBig(u16),
+    /// No usable next hop: the kernel must route the packet (reason).
+    Unroutable(u32),
+}
+
+/// The next hop towards backend `id` at `dst`: the cached one while it is fresh,
+/// else a FIB lookup whose answer is cached, with the egress MTU. Looked up before
+/// any rewrite, so a packet too big for the egress can still be quoted as it came.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    id: u32,
+    generation: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> Hop {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(cache) = NEXTHOPS.get_ptr_mut(id) else {
+        return Hop::Unroutable(reason::PASS_FIB_FAILED);
+    };
+    let c = unsafe { &mut *cache };
+    if c.expires < now || c.generation != generation {
+        match fib(ctx, pkt, src, dst, c) {
+            Ok(()) => {
+                c.expires = now + NEXTHOP_TTL_NS;
+                c.generation = generation;
+            }
+            // The FIB checked this packet against the route's MTU (tot_len): too big.
+            // Nothing is cached; the next packet that fits fills the entry.
+            Err(Fib::TooBig(mtu)) => return Hop::TooBig(mtu),
+            Err(Fib::Fail(r)) => return Hop::Unroutable(r),
+        }
+    }
+    // One compare on the fast path. 0: MTU unknown (not checked, as before).
+    if pkt.ip_len > c.mtu && c.mtu != 0 {
+        return Hop::TooBig(c.mtu);
+    }
+    Hop::Via(cache)
+}
+
+/// Sends the (rewritten) frame through `hop`. A packet without a usable next hop is
+/// handed to the kernel, which routes it and resolves the neighbour (or fragments
+/// it); nothing is dropped silently.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, hop: Hop, id: u32, dst: &[u32; 4]) -> u32 {
+    let r = match hop {
+        Hop::Via(nh) => {
+            let nh = unsafe { &*nh };
+            match emit_or(ctx, nh.ifindex, &nh.smac, &nh.dmac) {
+                Ok(a) => return a,
+                Err(r) => r,
+            }
+        }
+        // Callers answer too-big packets themselves; one that still gets here (an
+        // IPv4 packet without DF, an oversized ICMP error) is the kernel's to
+        // fragment or answer.
+        Hop::TooBig(_) => {
+            stats::reason(reason::PASS_TOO_BIG_NO_DF);
+            return xdp_action::XDP_PASS;
+        }
+        Hop::Unroutable(r) => r,
+    };
+    stats::reason(r);
+    crate::events::unroutable(ctx, r, id, pkt.key.family, dst);
+    xdp_action::XDP_PASS
+}
+
+/// `next_hop` and `send` for a frame that is ready as it is.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
@@ -145,34 +217,8 @@ pub fn to_backend(
     src: &[u32; 4],
     dst: &[u32; 4],
 ) -> u32 {
-    let action = to_backend_inner(ctx, pkt, id, generation, src, dst);
-    if let Err(r) = action {
-        stats::reason(r);
-        crate::events::unroutable(ctx, r, id, pkt.key.family, dst);
-        return xdp_action::XDP_PASS;
-    }
-    action.unwrap_or(xdp_action::XDP_PASS)
-}
-
-#[inline(always)]
-fn to_backend_inner(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    id: u32,
-    generation: u32,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-) -> Result<u32, u32> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let cache = NEXTHOPS.get_ptr_mut(id).ok_or(reason::PASS_FIB_FAILED)?;
-    let cache = unsafe { &mut *cache };
-    if cache.expires < now || cache.generation != generation {
-        let mut nh = fib(ctx, pkt, src, dst)?;
-        nh.expires = now + NEXTHOP_TTL_NS;
-        nh.generation = generation;
-        *cache = nh;
-    }
-    emit_or(ctx, cache.ifindex, &cache.smac, &cache.dmac)
+    let hop = next_hop(ctx, pkt, id, generation, src, dst);
+    send(ctx, pkt, hop, id, dst)
 }
 
 /// Rewrites the MACs and sends the frame out of `ifindex`: XDP_TX when that is the
@@ -206,9 +252,24 @@ fn emit_or(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Re
     Ok(action)
 }
 
-/// The kernel's next hop towards `dst`, or the reason there is none.
+/// Why the FIB gave no next hop.
+enum Fib {
+    /// The packet exceeds the route's MTU (the FIB's `mtu_result`).
+    TooBig(u16),
+    Fail(u32),
+}
+
+/// The kernel's next hop towards `dst` with the route's MTU, or why
+/// there is none.
+/// Written into `out` (the cache entry) directly, which keeps it off the stack.
 #[inline(always)]
-fn fib(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> Result<NextHop, u32> {
+fn fib(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    out: &mut NextHop,
+) -> Result<(), Fib> {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = pkt.key.proto;
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
@@ -231,17 +292,34 @@ fn fib(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4]) -> Result
         )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        Ok(NextHop {
-            expires: 0,
-            ifindex: p.ifindex,
-            generation: 0,
-            smac: p.smac,
-            dmac: p.dmac,
-            _pad: [0; 4],
-        })
+        out.ifindex = p.ifindex;
+        out.smac = p.smac;
+        out.dmac = p.dmac;
+        // The FIB checked only this packet against the route's MTU; later packets
+        // use the cache without a lookup, so learn that MTU now (once per entry):
+        // asked about the longest packet there is, the FIB answers FRAG_NEEDED with
+        // it, before any neighbour lookup. No answer (an MTU of 64 KiB): 0, unchecked.
+        p.ifindex = ctx.ingress_ifindex() as u32;
+        p.__bindgen_anon_1.tot_len = u16::MAX;
+        let rc = unsafe {
+            bpf_fib_lookup(
+                ctx.as_ptr(),
+                &mut p,
+                core::mem::size_of::<FibParams>() as i32,
+                0,
+            )
+        };
+        out.mtu = if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+            unsafe { p.__bindgen_anon_1.mtu_result }
+        } else {
+            0
+        };
+        Ok(())
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        Err(Fib::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }))
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Err(reason::PASS_NO_NEIGH)
+        Err(Fib::Fail(reason::PASS_NO_NEIGH))
     } else {
-        Err(reason::PASS_FIB_FAILED)
+        Err(Fib::Fail(reason::PASS_FIB_FAILED))
     }
 }

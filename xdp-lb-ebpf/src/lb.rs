@@ -15,7 +15,7 @@ use crate::{
     icmp,
     maps::{BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
     parse::{self, Packet},
-    select, stats, validate,
+    select, stats, toobig, validate,
 };
 
 #[inline(always)]
@@ -49,17 +49,27 @@ pub fn process(ctx: &XdpContext) -> u32 {
         stats::service(svc.id, pkt.len, choice.new_flow);
         stats::backend(choice.id, pkt.len, choice.new_flow);
         let b = &choice.backend;
-        if svc.flags & SVC_FWD_DSR != 0 {
-            // Only the MACs change; the backend holds the VIP itself.
-            return forward::to_backend(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
-        }
-        if svc.flags & SVC_REVERSE_PER_FLOW != 0 && (choice.new_flow || choice.promoted) {
+        if svc.flags & SVC_FWD_DSR == 0
+            && svc.flags & SVC_REVERSE_PER_FLOW != 0
+            && (choice.new_flow || choice.promoted)
+        {
             remember_reply(ctx, &pkt, b.addr, b.port, choice.promoted);
         }
-        if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
-            return pass(r);
+        // The next hop before the rewrite: a packet too big for the egress is
+        // answered quoting it as the client sent it.
+        let hop = forward::next_hop(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
+        if let forward::Hop::TooBig(mtu) = hop {
+            if toobig::wants_answer(ctx, &pkt) {
+                return toobig::answer(ctx, &pkt, mtu);
+            }
         }
-        return forward::to_backend(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
+        // DSR: only the MACs change; the backend holds the VIP itself.
+        if svc.flags & SVC_FWD_DSR == 0 {
+            if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
+                return pass(r);
+            }
+        }
+        return forward::send(ctx, &pkt, hop, choice.id, &b.addr);
     }
     // Not to a service: maybe a NAT backend answering a client.
     let ekey = ServiceKey {

@@ -34,6 +34,8 @@ mod select;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod toobig;
+#[cfg(target_arch = "bpf")]
 mod validate;
 
 #[cfg(target_arch = "bpf")]
