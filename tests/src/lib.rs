@@ -14,6 +14,7 @@ pub mod lbconfig;
 pub mod netns;
 pub mod pins;
 pub mod pkt;
+pub mod promtool;
 pub mod raw;
 pub mod root;
 pub mod scenario;

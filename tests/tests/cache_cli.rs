@@ -2,7 +2,6 @@
 //! terminals, as under cron or CI): what they print, their exit codes, and the `/metrics`
 //! of `cache serve` run alone.
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 
 use xdp_lb_tests::cache_support::{
     free_port, run_xdp_lb, test_config, CacheProcess, HttpClient, ProxyInstance, RedisServer,
@@ -264,27 +263,7 @@ async fn serve_alone_exports_metrics_that_count_its_requests() {
         "the tier alone exports only cache figures\n{text}"
     );
 
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
-    use std::io::Write as _;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    xdp_lb_tests::promtool::check_metrics(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -160,28 +159,7 @@ fn metrics_pass_promtool_and_count_the_traffic() {
         );
     }
     // Prometheus' own checker accepts the exposition.
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
-    use std::io::Write as _;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        // The exposition ends with a line feed; the test client trimmed it.
-        .write_all(format!("{text}\n").as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    xdp_lb_tests::promtool::check_metrics(&text);
 
     // report --json over the same traffic agrees: the counted packets of each backend
     // in the window are at most what /metrics says in total, and not zero.
