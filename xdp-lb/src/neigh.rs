@@ -1,9 +1,8 @@
 //! Keeps the kernel's neighbour entries for the backends' next hops resolved, so
 //! `bpf_fib_lookup` in the XDP program finds their MACs, without sending the backends
 //! any traffic: each next hop gets a managed entry (`NTF_EXT_MANAGED`, Linux 5.16+),
-//! which the kernel itself probes and keeps reachable, as Cilium does. Kernels
-//! without managed entries get the old probe instead: an empty UDP datagram to the
-//! backend's port 9 (discard), which makes the kernel resolve the next hop.
+//! which the kernel itself probes and keeps reachable, as Cilium does. `run` refuses
+//! kernels older than 5.17 (see `daemon::host`), so every kernel it runs on has them.
 //!
 //! Netlink messages are built and parsed with `netlink-packet-route`; the socket is a
 //! plain blocking `AF_NETLINK` socket (three request/acknowledge exchanges per
@@ -11,7 +10,7 @@
 use std::{
     collections::BTreeSet,
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -27,15 +26,6 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
 };
-
-/// How the backends' neighbour entries are kept resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Managed entries: the kernel probes the next hops itself.
-    Managed,
-    /// Kernel older than 5.16: a UDP datagram to port 9 of each backend was sent.
-    Probed,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeighError {
@@ -61,16 +51,11 @@ pub enum NeighError {
 }
 
 /// Makes sure the next hop towards every address in `backends` has a managed
-/// neighbour entry (or, on kernels before 5.16, probes the backends). Entries an
-/// operator configured (`permanent`, `noarp`) are left alone. Idempotent: cheap to
-/// call on every reload and timer tick. Every backend is tried; the first error is
-/// returned.
-pub fn keep_resolved(backends: &[IpAddr]) -> Result<Mode, NeighError> {
+/// neighbour entry. Entries an operator configured (`permanent`, `noarp`) are left
+/// alone. Idempotent: cheap to call on every reload and timer tick. Every backend is
+/// tried; the first error is returned.
+pub fn keep_resolved(backends: &[IpAddr]) -> Result<(), NeighError> {
     let addrs: BTreeSet<IpAddr> = backends.iter().copied().collect();
-    if !kernel_has_managed_neighbours() {
-        probe(&addrs);
-        return Ok(Mode::Probed);
-    }
     let mut nl = Netlink::open()?;
     let mut first_err = None;
     for addr in addrs {
@@ -80,56 +65,8 @@ pub fn keep_resolved(backends: &[IpAddr]) -> Result<Mode, NeighError> {
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(Mode::Managed),
+        None => Ok(()),
     }
-}
-
-/// The pre-5.16 way: an empty datagram to the discard port makes the kernel resolve
-/// the next hop (an ICMP port unreachable back is harmless).
-fn probe(addrs: &BTreeSet<IpAddr>) {
-    for addr in addrs {
-        let bind: SocketAddr = match addr {
-            IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        if let Ok(sock) = UdpSocket::bind(bind) {
-            let _ = sock.send_to(&[], SocketAddr::new(*addr, 9));
-        }
-    }
-}
-
-/// `NTF_EXT_MANAGED` exists from Linux 5.16 on. Older kernels parse neighbour
-/// messages leniently and would silently ignore the attribute, so the version is
-/// what tells.
-fn kernel_has_managed_neighbours() -> bool {
-    kernel_release().is_some_and(|r| release_at_least(&r, (5, 16)))
-}
-
-/// This kernel's release (`uname -r`).
-pub(crate) fn kernel_release() -> Option<String> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    // SAFETY: uname NUL-terminates release.
-    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    Some(release.to_string_lossy().into_owned())
-}
-
-/// (major, minor) of a release string such as "6.1.0-27-amd64".
-pub(crate) fn release_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => Some((major, minor)),
-        _ => None,
-    }
-}
-
-fn release_at_least(release: &str, want: (u32, u32)) -> bool {
-    release_version(release).is_some_and(|v| v >= want)
 }
 
 struct Netlink {
@@ -357,18 +294,4 @@ fn neigh_msg(ifindex: u32, hop: IpAddr) -> NeighbourMessage {
             IpAddr::V6(a) => NeighbourAddress::Inet6(a),
         }));
     m
-}
-
-#[cfg(test)]
-mod tests {
-    use super::release_at_least;
-
-    #[test]
-    fn kernel_release_parsing() {
-        assert!(release_at_least("6.18.0-1-amd64", (5, 16)));
-        assert!(release_at_least("5.16.0", (5, 16)));
-        assert!(!release_at_least("5.15.167-generic", (5, 16)));
-        assert!(!release_at_least("4.19.0", (5, 16)));
-        assert!(!release_at_least("garbage", (5, 16)));
-    }
 }

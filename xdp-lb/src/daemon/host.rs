@@ -30,11 +30,34 @@ pub struct HostReport {
 /// scheduler is configured.
 pub const MIN_KERNEL: (u32, u32) = (5, 17);
 
+/// This kernel's release (`uname -r`).
+fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates release.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    Some(release.to_string_lossy().into_owned())
+}
+
+/// (major, minor) of a release string such as "6.1.0-27-amd64".
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => Some((major, minor)),
+        _ => None,
+    }
+}
+
 /// Refuses a kernel older than `MIN_KERNEL` with a message naming both, instead of the
 /// verifier's "unknown func bpf_loop". A release that does not parse is let through:
 /// the load then says what is missing.
 pub fn check_kernel(release: &str) -> Result<(), DaemonError> {
-    match crate::neigh::release_version(release) {
+    match release_version(release) {
         Some(v) if v < MIN_KERNEL => Err(DaemonError::OldKernel {
             release: release.to_string(),
         }),
@@ -60,7 +83,7 @@ pub fn check_interfaces(ifaces: &[String]) -> Result<(), DaemonError> {
 
 /// The interfaces exist and no backend holds an address of this namespace.
 pub fn check_host(cfg: &Config) -> Result<HostReport, DaemonError> {
-    let kernel = crate::neigh::kernel_release().unwrap_or_else(|| "unknown".into());
+    let kernel = kernel_release().unwrap_or_else(|| "unknown".into());
     check_kernel(&kernel)?;
     check_interfaces(&cfg.interfaces)?;
     let local = local_addresses().map_err(DaemonError::LocalAddresses)?;
@@ -188,6 +211,15 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
+
+    #[test]
+    fn kernel_release_parsing() {
+        assert_eq!(release_version("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(release_version("5.16.0"), Some((5, 16)));
+        assert_eq!(release_version("5.15.167-generic"), Some((5, 15)));
+        assert_eq!(release_version("4.19.0"), Some((4, 19)));
+        assert_eq!(release_version("garbage"), None);
+    }
 
     #[test]
     fn kernels_older_than_5_17_are_refused_by_name() {

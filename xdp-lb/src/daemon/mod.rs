@@ -577,7 +577,7 @@ fn format_counters(c: &[(&'static str, u64)]) -> String {
 }
 
 /// Keeps the neighbour entries of every backend's next hop resolved (managed entries
-/// the kernel probes itself; a UDP probe on kernels before 5.16): `bpf_fib_lookup`
+/// the kernel probes itself): `bpf_fib_lookup`
 /// only succeeds for resolved next hops, and in DSR mode nothing else would ever
 /// make the balancer talk to a backend's own address.
 fn prime_neighbours(cfg: &Config) {
