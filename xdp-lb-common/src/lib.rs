@@ -235,6 +235,10 @@ pub struct NextHop {
     /// packet-too-big instead of being sent (the redirect would drop them).
     pub mtu: u16,
     pub _pad: [u8; 2],
+    /// jiffies (`bpf_jiffies64`) when `expires` was last compared with the clock. The
+    /// coarse clock moves only with the tick, so within one jiffy the answer stands
+    /// and the clock need not be read again (a helper call per packet otherwise).
+    pub checked_jiffies: u64,
 }
 
 /// How long a cached next hop is trusted before the FIB is asked again.
@@ -423,7 +427,7 @@ assert_size!(FlowKey, 40);
 assert_size!(FlowValue, 32);
 assert_size!(ReplyTarget, 20);
 assert_size!(NatReverse, 36);
-assert_size!(NextHop, 32);
+assert_size!(NextHop, 40);
 assert_size!(Counters, 24);
 assert_size!(BenchFrame, 1556);
 assert_size!(Layout, 24);
