@@ -164,7 +164,7 @@ pub fn xdp_bench_ip_csum(ctx: XdpContext) -> u32 {
 
 /// The service path of `lb::process` (the established-flow and non-VIP packets the
 /// bench sends), stopped after step `STEP` with XDP_TX: the per-step breakdown of
-/// `cargo xtask bench pkt`. 1: parse; 2: + SERVICES lookup; 3: + header validation
+/// `cargo xtask bench pkt`. 1: parse; 2: + ENDPOINT_FILTER and SERVICES lookup; 3: + header validation
 /// and the flow lookup (`select`); 4: + service and backend counters; 5: + next hop;
 /// 6: + NAT rewrite with checksums. The rest (MACs, TX counter, XDP_TX) is the full
 /// program. A miss or error anywhere answers XDP_PASS, which the bench rejects, so
@@ -183,7 +183,12 @@ fn service_path_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    let Some(svc) = (unsafe { SERVICES.get(&skey) }) else {
+    let svc = if crate::lb::may_be_endpoint(&skey.addr, skey.port) {
+        unsafe { SERVICES.get(&skey) }
+    } else {
+        None
+    };
+    let Some(svc) = svc else {
         // The non-VIP packet's first step: parse and a SERVICES miss.
         return xdp_action::XDP_TX;
     };
