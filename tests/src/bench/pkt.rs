@@ -567,7 +567,7 @@ fn cases() -> Vec<Case> {
             expect_floor,
         ),
         c(
-            "non-VIP: parse + SERVICES miss",
+            "non-VIP: parse + endpoint filter",
             Target::Step(2),
             non_vip_frame(),
             ONE_FLOW_REPEAT,
