@@ -381,6 +381,65 @@ fn removed_and_readded_services_and_backends_are_seen_by_the_filter() {
     });
 }
 
+/// An established flow's packet finds its service through the flow (FLOWS, the
+/// backend's owner, SERVICES_BY_ID) rather than SERVICES, and still follows the
+/// service record as SERVICES holds it: a NAT service switched to DSR forwards the
+/// next packet with only its MACs changed, and a removed service's flow passes
+/// untouched even though its backends keep their slots.
+#[test]
+fn established_flows_follow_their_services_current_record() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let (action, out) = run(&mut dp, &syn4(40010));
+        assert_eq!(action, XDP_TX, "SYN");
+        let b = backend_of(&out);
+        for what in ["promoting ACK", "established ACK"] {
+            let (action, out) = run(&mut dp, &ack4(40010, TCP_ACK));
+            assert_eq!((action, backend_of(&out)), (XDP_TX, b), "{what}");
+            assert_eq!(out[30..34], BACKENDS4[b].octets(), "{what}: NAT");
+        }
+        let s = dp.service_counters(0).unwrap();
+        assert_eq!(
+            (s.packets, s.new_flows),
+            (3, 1),
+            "every packet on the service"
+        );
+
+        let snap = dp.snapshot().expect("snapshot");
+        let to_dsr = xdp_lb::plan::Plan {
+            service_writes: snap
+                .services
+                .iter()
+                .map(|(k, v, _)| {
+                    let mut v = *v;
+                    v.flags |= SVC_FWD_DSR;
+                    (*k, v)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        dp.apply(&to_dsr).expect("switch the service to DSR");
+        let input = ack4(40010, TCP_ACK);
+        let mut expected = input.clone();
+        expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
+        expected[6..12].copy_from_slice(&LB_MAC);
+        let (action, out) = run(&mut dp, &input);
+        assert_eq!(action, XDP_TX, "established ACK after the switch");
+        assert_frame_eq(&out, &expected, "established ACK after the switch to DSR");
+
+        let removal = xdp_lb::plan::Plan {
+            service_deletes: snap.services.iter().map(|(k, _, _)| *k).collect(),
+            ..Default::default()
+        };
+        dp.apply(&removal).expect("remove the service");
+        let (action, out) = run(&mut dp, &input);
+        assert_eq!(action, XDP_PASS, "established ACK of a removed service");
+        assert_eq!(out, input, "frame changed");
+        let s = dp.service_counters(0).unwrap();
+        assert_eq!(s.packets, 4, "the removed service counted nothing more");
+    });
+}
+
 #[test]
 fn truncated_and_malformed_packets_pass_unchanged() {
     with_bed(|bed| {

@@ -142,6 +142,18 @@ pub struct Service {
     pub flags: u32,
 }
 
+/// Value of SERVICES_BY_ID (indexed by `Service::id`): a copy of one SERVICES entry,
+/// key and value, so that an established flow's packet reaches its service through
+/// FLOWS, BACKEND_OWNERS and this array (inlined array loads) instead of a second hash
+/// lookup. The program uses it only when `key` is the packet's destination; a zeroed
+/// entry (family 0) matches no packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    pub key: ServiceKey,
+    pub svc: Service,
+}
+
 /// Value of the BACKENDS array (indexed by backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -440,6 +452,7 @@ macro_rules! assert_size {
 }
 assert_size!(ServiceKey, 20);
 assert_size!(Service, 16);
+assert_size!(ServiceEntry, 36);
 assert_size!(Backend, 28);
 assert_size!(FlowKey, 40);
 assert_size!(FlowValue, 32);
@@ -456,6 +469,7 @@ mod pod {
     // SAFETY: all fields are integers or arrays of integers, padding is explicit.
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for ServiceEntry {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}

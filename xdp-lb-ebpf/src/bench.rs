@@ -196,7 +196,8 @@ fn service_path_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     if STEP == 2 {
         return xdp_action::XDP_TX;
     }
-    let Ok(choice) = validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc))
+    let Ok(choice) =
+        validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc, false))
     else {
         return xdp_action::XDP_PASS;
     };
@@ -208,7 +209,7 @@ fn service_path_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     if STEP == 4 {
         return xdp_action::XDP_TX;
     }
-    let b = &choice.backend;
+    let b = choice.backend;
     let hop = forward::next_hop(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
     if !matches!(hop, forward::Hop::Via(_)) {
         return xdp_action::XDP_PASS;

@@ -34,28 +34,38 @@ pub fn process(ctx: &XdpContext) -> u32 {
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    let svc = if may_be_endpoint(&skey.addr, skey.port) {
-        unsafe { SERVICES.get(&skey) }
+    // An established flow's packet finds its service through the flow (one hash
+    // lookup); the others look the service up.
+    let mut flows_missed = false;
+    let found = if may_be_endpoint(&skey.addr, skey.port) {
+        match select::established(&pkt, &skey) {
+            select::Lookup::Hit(svc, est) => Some((svc, Some(est))),
+            miss => {
+                flows_missed = matches!(miss, select::Lookup::Miss);
+                unsafe { SERVICES.get(&skey) }.map(|s| (s, None))
+            }
+        }
     } else {
         None
     };
-    if let Some(svc) = svc {
-        let svc = *svc;
-        let choice =
-            match validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc)) {
-                Ok(c) => c,
-                Err(r) => {
-                    stats::reason(r);
-                    return if reason::is_drop(r) {
-                        xdp_action::XDP_DROP
-                    } else {
-                        xdp_action::XDP_PASS
-                    };
-                }
-            };
+    if let Some((svc, est)) = found {
+        let choice = match validate::l4_header(&pkt).and_then(|()| match est {
+            Some(e) => Ok(e.choose(&pkt)),
+            None => select::backend_for(ctx, &pkt, svc, flows_missed),
+        }) {
+            Ok(c) => c,
+            Err(r) => {
+                stats::reason(r);
+                return if reason::is_drop(r) {
+                    xdp_action::XDP_DROP
+                } else {
+                    xdp_action::XDP_PASS
+                };
+            }
+        };
         stats::service(svc.id, pkt.len, choice.new_flow);
         stats::backend(choice.id, pkt.len, choice.new_flow);
-        let b = &choice.backend;
+        let b = choice.backend;
         if svc.flags & SVC_FWD_DSR == 0
             && svc.flags & SVC_REVERSE_PER_FLOW != 0
             && (choice.new_flow || choice.promoted)

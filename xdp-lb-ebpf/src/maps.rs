@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use xdp_lb_common::{
     reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
-    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
-    MAX_INTERFACES, MAX_SERVICES,
+    Service, ServiceEntry, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_FILTER_WORDS,
+    MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
 };
 
 /// `embryo_table_size(DEFAULT_FLOW_TABLE_SIZE)`; the control plane sets the real size.
@@ -16,6 +16,13 @@ const DEFAULT_EMBRYO_TABLE_SIZE: u32 = xdp_lb_common::embryo_table_size(DEFAULT_
 /// VIP, port and protocol -> service record (active Maglev table, flags).
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Service id -> its SERVICES key and record, kept by the control plane beside every
+/// SERVICES write and delete: established packets find their service from the flow's
+/// backend (BACKEND_OWNERS) here, with no SERVICES hash lookup. Not pinned: each load
+/// fills it from the (adopted) SERVICES before anything attaches.
+#[map]
+pub static SERVICES_BY_ID: Array<ServiceEntry> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Backend id -> address, port, state and generation.
 #[map]
@@ -115,7 +122,8 @@ pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static LAYOUT: Array<xdp_lb_common::Layout> = Array::with_max_entries(1, 0);
 
-/// Control plane only (pinned state): backend id -> owning service id + 1 (0: free),
-/// so a restarted daemon can tell which service a draining or down backend belongs to.
+/// Backend id -> owning service id + 1 (0: free): a restarted daemon tells which
+/// service a draining or down backend belongs to, and the program finds an
+/// established flow's service (SERVICES_BY_ID). Pinned.
 #[map]
 pub static BACKEND_OWNERS: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);

@@ -21,7 +21,7 @@ use crate::{
 
 /// The backend for a flow no table knows (or whose backend went away).
 #[inline(always)]
-pub fn pick(key: &FlowKey, svc: &Service) -> Result<(u32, Backend), u32> {
+pub fn pick(key: &FlowKey, svc: &Service) -> Result<(u32, &'static Backend), u32> {
     if svc.ring_size == 0 {
         return Err(reason::DROP_NO_BACKEND);
     }
@@ -47,7 +47,7 @@ pub fn pick(key: &FlowKey, svc: &Service) -> Result<(u32, Backend), u32> {
     if b.state == BACKEND_DOWN {
         return Err(reason::DROP_NO_BACKEND);
     }
-    Ok((id, *b))
+    Ok((id, b))
 }
 
 /// This CPU's position in the service's schedule, advanced by one. The cursor is
@@ -89,7 +89,7 @@ struct LcScan {
 /// whereas a plain bounded loop of 256 steps is walked step by step and exceeded its
 /// 1M-instruction budget. Cost per new flow: about one indirect call per backend.
 #[inline(always)]
-fn least_conn(svc: &Service) -> Result<(u32, Backend), u32> {
+fn least_conn(svc: &Service) -> Result<(u32, &'static Backend), u32> {
     let n = if svc.ring_size > LC_MAX_BACKENDS {
         LC_MAX_BACKENDS
     } else {
@@ -116,7 +116,7 @@ fn least_conn(svc: &Service) -> Result<(u32, Backend), u32> {
         return Err(reason::DROP_NO_BACKEND);
     }
     let b = BACKENDS.get(scan.best_id).ok_or(reason::DROP_NO_BACKEND)?;
-    Ok((scan.best_id, *b))
+    Ok((scan.best_id, b))
 }
 
 /// One step of `least_conn`: table entry `i` positions after the scan's start.

@@ -6,17 +6,19 @@
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns EMBRYOS only.
 use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
-use xdp_lb_common::{reason, Backend, FlowValue, Service, BACKEND_DOWN, SVC_SCHED_LC};
+use xdp_lb_common::{reason, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_SCHED_LC};
 
 use crate::{
-    maps::{BACKENDS, EMBRYOS, FLOWS},
+    maps::{BACKENDS, BACKEND_OWNERS, EMBRYOS, FLOWS, SERVICES_BY_ID},
     parse::{ptr_at, EthHdr, Packet},
     sched, stats, validate,
 };
 
 pub struct Choice {
     pub id: u32,
-    pub backend: Backend,
+    /// A reference into BACKENDS, not a copy: the program's stack (512 bytes over
+    /// the call chain) has no room for one more.
+    pub backend: &'static Backend,
     /// The flow was (re)dispatched by this packet (it is now embryonic).
     pub new_flow: bool,
     /// The flow's second packet: it moved from EMBRYOS to FLOWS.
@@ -26,16 +28,94 @@ pub struct Choice {
 /// The flow entry still names a usable backend: draining backends keep their flows;
 /// down ones and reassigned slots (generation mismatch) do not.
 #[inline(always)]
-fn usable(f: &FlowValue) -> Option<Backend> {
+fn usable(f: &FlowValue) -> Option<&'static Backend> {
     let b = BACKENDS.get(f.backend_id)?;
-    (b.generation == f.generation && b.state != BACKEND_DOWN).then_some(*b)
+    (b.generation == f.generation && b.state != BACKEND_DOWN).then_some(b)
 }
 
+/// An established flow found before its service (`established`): its entry, not yet
+/// touched, so that nothing changes unless the packet is valid (`choose`).
+pub struct Established {
+    flow: *mut FlowValue,
+    backend: &'static Backend,
+}
+
+impl Established {
+    /// The packet is valid: it goes to the flow's backend (and a least-conn flow's
+    /// close is counted), as `backend_for` would do with the same entry.
+    #[inline(always)]
+    pub fn choose(self, pkt: &Packet) -> Choice {
+        sched::track(self.flow, pkt.tcp_flags);
+        Choice {
+            id: unsafe { (*self.flow).backend_id },
+            backend: self.backend,
+            new_flow: false,
+            promoted: false,
+        }
+    }
+}
+
+pub enum Lookup {
+    /// FLOWS pins the packet to a usable backend of the service at `skey`.
+    Hit(&'static Service, Established),
+    /// FLOWS has no entry: `backend_for` need not look again.
+    Miss,
+    /// Anything else (a SYN, an unusable backend, a service record that does not
+    /// match): the service lookup and `backend_for` decide, as without this path.
+    Other,
+}
+
+/// The established path with one hash lookup: the flow first, then its service by
+/// backend id -> owner (BACKEND_OWNERS) -> SERVICES_BY_ID, two inlined array loads
+/// where a SERVICES lookup costs a kernel call (~25 ns in `cargo xtask bench pkt`).
+/// The record is used only when its key is the packet's destination, so a removed
+/// or re-keyed service, a reassigned owner or a not yet written entry falls back to
+/// SERVICES; flags and counters come from the same record SERVICES holds.
 #[inline(always)]
-pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choice, u32> {
+pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
+    if pkt.syn {
+        return Lookup::Other;
+    }
+    let Some(p) = FLOWS.get_ptr_mut(&pkt.key) else {
+        return Lookup::Miss;
+    };
+    let f = unsafe { &*p };
+    let Some(backend) = usable(f) else {
+        return Lookup::Other;
+    };
+    let id = f.backend_id;
+    let Some(&owner) = BACKEND_OWNERS.get(id) else {
+        return Lookup::Other;
+    };
+    let Some(e) = SERVICES_BY_ID.get(owner.wrapping_sub(1)) else {
+        return Lookup::Other;
+    };
+    let k = &e.key;
+    if k.addr != skey.addr
+        || k.port != skey.port
+        || k.proto != skey.proto
+        || k.family != skey.family
+    {
+        return Lookup::Other;
+    }
+    Lookup::Hit(&e.svc, Established { flow: p, backend })
+}
+
+/// `flows_missed`: `established` looked FLOWS up already and found nothing.
+#[inline(always)]
+pub fn backend_for(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    flows_missed: bool,
+) -> Result<Choice, u32> {
     let key = &pkt.key;
     if !pkt.syn {
-        if let Some(p) = FLOWS.get_ptr_mut(key) {
+        if let Some(p) = if flows_missed {
+            None
+        } else {
+            FLOWS.get_ptr_mut(key)
+        } {
             let f = unsafe { &*p };
             if let Some(backend) = usable(f) {
                 let id = f.backend_id;

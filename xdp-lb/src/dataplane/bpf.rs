@@ -14,7 +14,7 @@ use aya::{
 };
 use xdp_lb_common::{
     embryo_table_size, endpoint_bit, reason, Backend, Counters, FlowKey, FlowValue, Layout,
-    ReplyTarget, Service, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
+    ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
 };
 
 use super::{
@@ -171,6 +171,7 @@ impl AyaDataplane {
         // The filter is this load's own map: fill it from the adopted tables before
         // the program can see a packet.
         dp.rebuild_endpoint_filter()?;
+        dp.rebuild_services_by_id()?;
         dp.load_program(PROGRAM)?;
         Ok((dp, found == Found::Adoptable))
     }
@@ -225,6 +226,40 @@ impl AyaDataplane {
             if filter.get(&i, 0).map_err(map_err("ENDPOINT_FILTER"))? != w {
                 filter.set(i, w, 0).map_err(map_err("ENDPOINT_FILTER"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Fills SERVICES_BY_ID from SERVICES (this load's own, zeroed array; SERVICES
+    /// may be adopted): every service's entry under its id.
+    fn rebuild_services_by_id(&mut self) -> Result<(), DataplaneError> {
+        let entries = {
+            let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
+            services
+                .iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err("SERVICES"))?
+        };
+        self.services_by_id_write(&entries)
+    }
+
+    /// Writes the SERVICES_BY_ID entry of each (key, record) SERVICES now holds.
+    fn services_by_id_write(
+        &mut self,
+        entries: &[(ServiceKey, Service)],
+    ) -> Result<(), DataplaneError> {
+        let mut by_id: Array<&mut MapData, ServiceEntry> = self.map("SERVICES_BY_ID")?;
+        for (key, svc) in entries {
+            by_id
+                .set(
+                    svc.id,
+                    ServiceEntry {
+                        key: *key,
+                        svc: *svc,
+                    },
+                    0,
+                )
+                .map_err(map_err("SERVICES_BY_ID"))?;
         }
         Ok(())
     }
@@ -613,6 +648,22 @@ impl Dataplane for AyaDataplane {
             }
             for k in &plan.service_deletes {
                 absent(services.remove(k)).map_err(map_err("SERVICES"))?;
+            }
+        }
+        // Right behind SERVICES: a record the program reads through an established
+        // flow is the one SERVICES holds (or the fallback to SERVICES takes over).
+        self.services_by_id_write(&plan.service_writes)?;
+        if !plan.service_deletes.is_empty() {
+            // A deleted key's entry is zeroed, unless this plan gave its id to
+            // another service already (written above).
+            let mut by_id: Array<&mut MapData, ServiceEntry> = self.map("SERVICES_BY_ID")?;
+            for id in 0..by_id.len() {
+                let e = by_id.get(&id, 0).map_err(map_err("SERVICES_BY_ID"))?;
+                if plan.service_deletes.contains(&e.key) {
+                    by_id
+                        .set(id, ServiceEntry::default(), 0)
+                        .map_err(map_err("SERVICES_BY_ID"))?;
+                }
             }
         }
         {
