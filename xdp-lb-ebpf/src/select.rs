@@ -5,10 +5,11 @@
 //! Two tables: a new flow's entry goes to the small EMBRYOS LRU, and moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns EMBRYOS only.
-use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
+use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{reason, Backend, FlowValue, Service, BACKEND_DOWN, SVC_SCHED_LC};
 
 use crate::{
+    ctx::Ctx,
     maps::{BACKENDS, EMBRYOS, FLOWS},
     parse::{ptr_at, EthHdr, Packet},
     sched, stats, validate,
@@ -32,7 +33,7 @@ fn usable(f: &FlowValue) -> Option<Backend> {
 }
 
 #[inline(always)]
-pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choice, u32> {
+pub fn backend_for<C: Ctx>(ctx: &C, pkt: &Packet, svc: &Service) -> Result<Choice, u32> {
     let key = &pkt.key;
     if !pkt.syn {
         if let Some(p) = FLOWS.get_ptr_mut(key) {
@@ -92,7 +93,7 @@ pub fn backend_for(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Result<Choi
     let mut value = FlowValue {
         backend_id: id,
         generation: backend.generation,
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: ctx.ingress_ifindex(),
         smac: unsafe { (*eth).dst },
         dmac: unsafe { (*eth).src },
         last_seen: 0,

@@ -10,8 +10,9 @@ pub fn render(cfg: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "interfaces: {} (xdp mode {}), flow table {}, max services {}, max table size {}",
+        "interfaces: {} (attach {}, xdp mode {}), flow table {}, max services {}, max table size {}",
         cfg.interfaces.join(", "),
+        cfg.attach,
         cfg.xdp_mode,
         cfg.flow_table_size,
         cfg.max_services,

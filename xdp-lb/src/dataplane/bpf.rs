@@ -7,8 +7,9 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        TestRun, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -43,6 +44,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the balancer program in the object.
 pub const PROGRAM: &str = "xdp_lb";
+/// The same balancer as a tc classifier (`--attach tc`).
+pub const TC_PROGRAM: &str = "tc_lb";
 /// Attempts at loading a program whose verification was interrupted (EAGAIN).
 const LOAD_TRIES: u32 = 5;
 
@@ -277,9 +280,138 @@ impl AyaDataplane {
         }
         if program == PROGRAM {
             self.add_tx_port(idx)?;
+            self.add_tc_port(iface, idx)?;
         }
         self.attached.push((iface.to_string(), used));
         Ok(used)
+    }
+
+    /// Loads (verifies) the tc program.
+    pub fn load_tc_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        let name = TC_PROGRAM;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        if prog.fd().is_err() {
+            let mut tries = LOAD_TRIES;
+            loop {
+                match prog.load() {
+                    Ok(()) => break,
+                    Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
+                        tries -= 1;
+                        log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
+                    }
+                    Err(source) => return Err(DataplaneError::Program { name, source }),
+                }
+            }
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the tc program at `iface`'s ingress through a TCX link (kernel 6.6+;
+    /// no clsact qdisc to manage). Pinned like the XDP links, in `tclink-<iface>`:
+    /// it outlives the process, and a restart swaps the program on it in place.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<&'static str, DataplaneError> {
+        let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface(iface.to_string()))?;
+        let link_path = self.pin_dir.as_ref().map(|d| pin::tc_link_path(d, iface));
+        let mut used = "tc";
+        let mut replaced = false;
+        if let Some(path) = &link_path {
+            if path.exists() {
+                replaced = self.replace_pinned_tc(iface, path)?;
+                if replaced {
+                    used = "tc, replaced in place";
+                }
+            }
+        }
+        if !replaced {
+            let prog = self.load_tc_program()?;
+            let link = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: "tc",
+                    source,
+                })?;
+            if let Some(path) = link_path {
+                let owned = prog
+                    .take_link(link)
+                    .map_err(|source| DataplaneError::Program {
+                        name: TC_PROGRAM,
+                        source,
+                    })?;
+                let fd = FdLink::try_from(owned).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+                let pinned = fd.pin(&path).map_err(|source| DataplaneError::PinLink {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.pinned_links.push(pinned);
+            }
+        }
+        self.add_tx_port(idx)?;
+        self.add_tc_port(iface, idx)?;
+        self.attached.push((iface.to_string(), used));
+        Ok(used)
+    }
+
+    /// `replace_pinned` for a tc link. False (after removing the dead pin) when its
+    /// interface went away.
+    fn replace_pinned_tc(
+        &mut self,
+        iface: &str,
+        path: &std::path::Path,
+    ) -> Result<bool, DataplaneError> {
+        let link_err = |source| DataplaneError::Link {
+            iface: iface.to_string(),
+            source,
+        };
+        let link = PinnedLink::from_pin(path).map_err(link_err)?;
+        let fd: FdLink = link.into();
+        let tc_link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
+        let prog = self.load_tc_program()?;
+        match prog.attach_to_link(tc_link) {
+            Ok(_) => {
+                log::info!("{iface}: replaced the tc program on the pinned link in place");
+                Ok(true)
+            }
+            Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
+                log::info!(
+                    "{iface}: the pinned tc link is defunct (interface re-created); attaching anew"
+                );
+                std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok(false)
+            }
+            Err(source) => Err(DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode: "replace",
+                source,
+            }),
+        }
+    }
+
+    /// Lets the tc program redirect to interface `ifindex`, into the peer's
+    /// namespace when it is a veth whose peer lives elsewhere.
+    pub fn add_tc_port(&mut self, iface: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        let flags = if super::iface::veth_peer_elsewhere(iface, ifindex) {
+            xdp_lb_common::TC_PORT_PEER
+        } else {
+            0
+        };
+        let mut ports: HashMap<&mut MapData, u32, u32> = self.map("TC_PORTS")?;
+        ports.insert(ifindex, flags, 0).map_err(map_err("TC_PORTS"))
     }
 
     /// Swaps `program` into the link pinned at `path` (one `bpf_link_update`: the
