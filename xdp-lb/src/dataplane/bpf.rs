@@ -589,6 +589,39 @@ impl AyaDataplane {
         })
     }
 
+    /// `test_run` for the tc program: the frame as an skb arriving on `ifindex`
+    /// (its checksum state CHECKSUM_NONE, linear, not GSO). The action is a TC_ACT_*
+    /// value; a redirect is not carried out by the test run.
+    pub fn test_run_tc(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let name = TC_PROGRAM;
+        let prog = self.load_tc_program()?;
+        // struct __sk_buff up to `tc_index`: zero but for ingress_ifindex (offset 36)
+        // and ifindex (40), the fields the kernel takes from ctx_in here.
+        let mut ctx = [0u8; 48];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map_err(|source| DataplaneError::TestRun { name, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            frame: out,
+            per_run: r.duration,
+        })
+    }
+
     /// Prepares `xdp_bench_wrapper`: the program it tail-calls (loaded if needed), the
     /// frame it restores before each iteration, and its flow counter back at 0.
     pub fn set_bench_case(
