@@ -358,14 +358,19 @@ impl Bed {
             for ns in std::iter::once(&t.client).chain(t.backends.iter().map(|b| &b.ns)) {
                 ns.exec(&["ethtool", "-K", IFACE, "tx", tx])?;
             }
-            let v = if row.offloads == Offloads::SegOff {
-                "off"
-            } else {
-                "on"
-            };
-            for (ns, ifs) in self.veths() {
-                for i in ifs {
-                    ns.exec(&["ethtool", "-K", &i, "tso", v, "gso", v, "gro", v])?;
+            // Segmentation offloads only change into or out of SegOff; out of it they
+            // go back to the veth defaults, GRO off: GRO on a veth with native XDP
+            // stalls streams (seen here: 78 KB in 5 s), see TOOLCHAIN.md.
+            if (row.offloads == Offloads::SegOff) != (self.offloads == Offloads::SegOff) {
+                let (seg, gro) = if row.offloads == Offloads::SegOff {
+                    ("off", "off")
+                } else {
+                    ("on", "off")
+                };
+                for (ns, ifs) in self.veths() {
+                    for i in ifs {
+                        ns.exec(&["ethtool", "-K", &i, "tso", seg, "gso", seg, "gro", gro])?;
+                    }
                 }
             }
             self.offloads = row.offloads;

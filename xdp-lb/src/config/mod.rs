@@ -1937,6 +1937,22 @@ state = "down"
         assert!(e.to_string().contains("backend 198.18.1.2:8080"), "{e}");
         let e = err(&format!("xdp_mode = \"offload\"\n{}", one("", "")));
         assert!(matches!(e, ConfigError::UnknownXdpMode { .. }), "{e:?}");
+        let e = err(&format!("attach = \"tcx\"\n{}", one("", "")));
+        assert!(matches!(e, ConfigError::UnknownAttach { .. }), "{e:?}");
+        assert!(e.to_string().contains("\"xdp\", \"tc\" or \"auto\""), "{e}");
+    }
+
+    #[test]
+    fn attach_defaults_to_xdp_comes_from_the_file_and_the_flag_wins() {
+        assert_eq!(parse_str(GOOD).unwrap().attach, Attach::Xdp);
+        let text = format!("attach = \"auto\"\n{GOOD}");
+        assert_eq!(parse_str(&text).unwrap().attach, Attach::Auto);
+        let mut args = Sources::default();
+        args.attach = Some(Attach::Tc);
+        assert_eq!(
+            parse_str_with_args(&text, &args).unwrap().attach,
+            Attach::Tc
+        );
     }
 
     #[test]
