@@ -1947,8 +1947,10 @@ state = "down"
         assert_eq!(parse_str(GOOD).unwrap().attach, Attach::Xdp);
         let text = format!("attach = \"auto\"\n{GOOD}");
         assert_eq!(parse_str(&text).unwrap().attach, Attach::Auto);
-        let mut args = Sources::default();
-        args.attach = Some(Attach::Tc);
+        let args = Sources {
+            attach: Some(Attach::Tc),
+            ..Sources::default()
+        };
         assert_eq!(
             parse_str_with_args(&text, &args).unwrap().attach,
             Attach::Tc

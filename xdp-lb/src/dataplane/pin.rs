@@ -592,7 +592,7 @@ pub fn detach_other_links(dir: &Path, keep: &[String]) -> Result<(), DataplaneEr
         let Some(iface) = link_iface(&name) else {
             continue;
         };
-        if keep.iter().any(|k| *k == name) {
+        if keep.contains(&name) {
             continue;
         }
         log::info!("{iface}: detaching the pinned program this run does not use ({name})");
