@@ -229,7 +229,10 @@ state = "down"
         .unwrap();
         let text = render(&cfg);
         println!("{text}");
-        assert!(text.contains("interfaces: veth0 (xdp mode auto)"), "{text}");
+        assert!(
+            text.contains("interfaces: veth0 (attach xdp, xdp mode auto)"),
+            "{text}"
+        );
         assert!(text.contains("2 services:"), "{text}");
         let web = text.lines().find(|l| l.contains("web")).unwrap();
         for field in ["198.18.100.1:80/tcp", "maglev", "nat", "65537"] {
