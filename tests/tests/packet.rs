@@ -385,6 +385,65 @@ fn packets_not_for_a_service_pass_unchanged() {
     }
 }
 
+/// The program skips the SERVICES and BACKEND_REPLIES lookups for an address and
+/// port whose ENDPOINT_FILTER bit is clear: the control plane's removals clear the
+/// bits (a removed VIP and a removed NAT backend pass untouched), and its inserts set
+/// them again before the keys land.
+#[test]
+fn removed_and_readded_services_and_backends_are_seen_by_the_filter() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let reply = tcp_ack(
+            BACKENDS4[0].into(),
+            CLIENT4.into(),
+            BACKEND_PORT,
+            40001,
+            64,
+            BACKEND_MACS[0],
+            LB_MAC,
+            b"",
+        );
+        let (action, _) = run(&mut dp, &syn4(40001));
+        assert_eq!(action, XDP_TX, "SYN to the service");
+        let (action, out) = run(&mut dp, &reply);
+        assert_eq!(action, XDP_TX, "the backend's reply is translated");
+        assert_eq!(out[0..6], CLIENT_MAC, "reply sent to the client");
+
+        let snap = dp.snapshot().expect("snapshot");
+        let removal = xdp_lb::plan::Plan {
+            service_deletes: snap.services.iter().map(|(k, _, _)| *k).collect(),
+            reply_deletes: snap.replies.iter().map(|(k, _)| *k).collect(),
+            ..Default::default()
+        };
+        assert!(!removal.service_deletes.is_empty() && !removal.reply_deletes.is_empty());
+        dp.apply(&removal).expect("remove the service");
+        for (what, input) in [
+            ("SYN to a removed VIP", syn4(40002)),
+            ("old reply", reply.clone()),
+        ] {
+            let (action, out) = run(&mut dp, &input);
+            assert_eq!(action, XDP_PASS, "{what}");
+            assert_eq!(out, input, "{what}: frame changed");
+        }
+
+        let readd = xdp_lb::plan::Plan {
+            service_writes: snap.services.iter().map(|(k, v, _)| (*k, *v)).collect(),
+            reply_writes: snap.replies.clone(),
+            ..Default::default()
+        };
+        dp.apply(&readd).expect("add the service back");
+        let (action, out) = run(&mut dp, &syn4(40003));
+        assert_eq!(action, XDP_TX, "SYN to the re-added service");
+        assert_eq!(
+            out[30..34],
+            BACKENDS4[dp_expect_backend(&syn4(40003), RING)].octets()
+        );
+        let (action, out) = run(&mut dp, &reply);
+        assert_eq!(action, XDP_TX, "reply after the re-add");
+        assert_eq!(out[0..6], CLIENT_MAC, "reply sent to the client");
+    });
+}
+
 #[test]
 fn truncated_and_malformed_packets_pass_unchanged() {
     for prog in BOTH {

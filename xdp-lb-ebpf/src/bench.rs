@@ -16,8 +16,9 @@ use aya_ebpf::{
 use xdp_lb_common::{csum::Update, BenchFrame, FlowKey, BENCH_FRAME_MAX};
 
 use crate::{
-    maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, FLOWS},
-    parse, validate,
+    forward::{self, Side},
+    maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, FLOWS, SERVICES},
+    parse, select, stats, validate,
 };
 
 #[xdp]
@@ -159,6 +160,96 @@ pub fn xdp_bench_ip_csum(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// The service path of `lb::process` (the established-flow and non-VIP packets the
+/// bench sends), stopped after step `STEP` with XDP_TX: the per-step breakdown of
+/// `cargo xtask bench pkt`. 1: parse; 2: + ENDPOINT_FILTER and SERVICES lookup; 3: + header validation
+/// and the flow lookup (`select`); 4: + service and backend counters; 5: + next hop;
+/// 6: + NAT rewrite with checksums. The rest (MACs, TX counter, XDP_TX) is the full
+/// program. A miss or error anywhere answers XDP_PASS, which the bench rejects, so
+/// each figure is the path it names. Kept in step with `lb::process` by hand.
+#[inline(always)]
+fn service_path_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
+    let Ok(pkt) = parse::parse(ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    if STEP == 1 {
+        return xdp_action::XDP_TX;
+    }
+    let skey = xdp_lb_common::ServiceKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    let svc = if crate::lb::may_be_endpoint(&skey.addr, skey.port) {
+        unsafe { SERVICES.get(&skey) }
+    } else {
+        None
+    };
+    let Some(svc) = svc else {
+        // The non-VIP packet's first step: parse and a SERVICES miss.
+        return xdp_action::XDP_TX;
+    };
+    let svc = *svc;
+    if STEP == 2 {
+        return xdp_action::XDP_TX;
+    }
+    let Ok(choice) = validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc))
+    else {
+        return xdp_action::XDP_PASS;
+    };
+    if STEP == 3 {
+        return xdp_action::XDP_TX;
+    }
+    stats::service(svc.id, pkt.len, choice.new_flow);
+    stats::backend(choice.id, pkt.len, choice.new_flow);
+    if STEP == 4 {
+        return xdp_action::XDP_TX;
+    }
+    let b = &choice.backend;
+    let hop = forward::next_hop(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
+    if !matches!(hop, forward::Hop::Via(_)) {
+        return xdp_action::XDP_PASS;
+    }
+    if STEP == 5 {
+        return xdp_action::XDP_TX;
+    }
+    if forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port).is_err() {
+        return xdp_action::XDP_PASS;
+    }
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn xdp_bench_step1(ctx: XdpContext) -> u32 {
+    service_path_until::<1>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_bench_step2(ctx: XdpContext) -> u32 {
+    service_path_until::<2>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_bench_step3(ctx: XdpContext) -> u32 {
+    service_path_until::<3>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_bench_step4(ctx: XdpContext) -> u32 {
+    service_path_until::<4>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_bench_step5(ctx: XdpContext) -> u32 {
+    service_path_until::<5>(&ctx)
+}
+
+#[xdp]
+pub fn xdp_bench_step6(ctx: XdpContext) -> u32 {
+    service_path_until::<6>(&ctx)
 }
 
 /// Passes everything. A veth only takes XDP_TX/XDP_REDIRECT frames when its peer

@@ -11,7 +11,9 @@ use crate::{
     ctx::Ctx,
     forward::{self, Side},
     icmp,
-    maps::{BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
+    maps::{
+        BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, ENDPOINT_FILTER, FLOWS, NAT_REVERSE, SERVICES,
+    },
     parse::{self, Packet},
     select, stats, toobig, validate,
 };
@@ -30,7 +32,12 @@ pub fn process<C: Ctx>(ctx: &C) -> u32 {
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    if let Some(svc) = unsafe { SERVICES.get(&skey) } {
+    let svc = if may_be_endpoint(&skey.addr, skey.port) {
+        unsafe { SERVICES.get(&skey) }
+    } else {
+        None
+    };
+    if let Some(svc) = svc {
         let svc = *svc;
         let choice =
             match validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc)) {
@@ -72,6 +79,9 @@ pub fn process<C: Ctx>(ctx: &C) -> u32 {
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
+    if !may_be_endpoint(&ekey.addr, ekey.port) {
+        return pass::<C>(reason::PASS_NOT_SERVICE);
+    }
     match unsafe { BACKEND_REPLIES.get(&ekey) } {
         Some(t) => reply(ctx, &pkt, *t),
         None => pass::<C>(reason::PASS_NOT_SERVICE),
@@ -173,6 +183,18 @@ fn remember_reply<C: Ctx>(
         crate::events::insert_failed(ctx, "NAT reverse table", e);
     } else if promoted {
         let _ = EMBRYO_REVERSE.remove(&reply);
+    }
+}
+
+/// False when no SERVICES or BACKEND_REPLIES key has this address and port (see
+/// `xdp_lb_common::endpoint_bit`); true may be a false positive.
+#[inline(always)]
+pub fn may_be_endpoint(addr: &[u32; 4], port: u16) -> bool {
+    let bit = xdp_lb_common::endpoint_bit(addr, port);
+    match ENDPOINT_FILTER.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        // Unreachable (the index is below the map's size): look it up.
+        None => true,
     }
 }
 

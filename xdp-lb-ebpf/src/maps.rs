@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use xdp_lb_common::{
     reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
-    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
+    Service, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
+    MAX_INTERFACES, MAX_SERVICES,
 };
 
 /// `embryo_table_size(DEFAULT_FLOW_TABLE_SIZE)`; the control plane sets the real size.
@@ -58,6 +59,13 @@ pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static EMBRYO_REVERSE: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
+
+/// Bitmap over `endpoint_bit` of every SERVICES and BACKEND_REPLIES key, kept by the
+/// control plane (bits set before a key is inserted, rebuilt after removals and at
+/// every load): a clear bit spares a packet the hash lookup that would miss. Not
+/// pinned: each load rebuilds it from the (adopted) tables before anything attaches.
+#[map]
+pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
 
 /// NAT backend endpoint -> VIP and port its replies are translated back to.
 #[map]

@@ -80,7 +80,27 @@ enum Target {
     L4Csum,
     /// IPv4 header checksum test alone (xdp_bench_ip_csum).
     IpCsum,
+    /// The service path stopped after this step (xdp_bench_step1..6).
+    Step(u8),
 }
+
+/// The steps `xdp_bench_stepN` stops after, in order (see `service_path_until`).
+const STEPS: [&str; 6] = [
+    "step 1: parse",
+    "step 2: + SERVICES lookup",
+    "step 3: + validate + flow lookup",
+    "step 4: + service/backend counters",
+    "step 5: + next hop (cached)",
+    "step 6: + NAT rewrite, checksums",
+];
+const STEPS_1M: [&str; 6] = [
+    "step 1: parse, 1M flows",
+    "step 2: + SERVICES lookup, 1M flows",
+    "step 3: + validate + flow lookup, 1M",
+    "step 4: + counters, 1M flows",
+    "step 5: + next hop, 1M flows",
+    "step 6: + NAT rewrite, 1M flows",
+];
 
 /// What a case's frames look like and how they vary.
 #[derive(Clone)]
@@ -370,6 +390,16 @@ fn expect_csum_ok(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A step program answers XDP_TX only when every step up to its own succeeded.
+fn expect_step(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    ensure!(o.action == XDP_TX, "step program returned {}", o.action);
+    ensure!(
+        o.after.new_flows == o.before.new_flows,
+        "a step run created flows"
+    );
+    Ok(())
+}
+
 fn expect_dropped(_: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     ensure!(
         o.action == XDP_DROP,
@@ -394,7 +424,7 @@ fn cases() -> Vec<Case> {
         base: established_base,
         check,
     };
-    vec![
+    let mut v = vec![
         c(
             "floor: parse + lookup + XDP_TX",
             Target::Floor,
@@ -537,6 +567,13 @@ fn cases() -> Vec<Case> {
             expect_floor,
         ),
         c(
+            "non-VIP: parse + endpoint filter",
+            Target::Step(2),
+            non_vip_frame(),
+            ONE_FLOW_REPEAT,
+            expect_step,
+        ),
+        c(
             "VIP established, 1M flows",
             Target::Lb,
             v4_frame(MANY_FLOWS),
@@ -557,7 +594,19 @@ fn cases() -> Vec<Case> {
             MANY_FLOWS,
             expect_replies,
         ),
-    ]
+    ];
+    // The established path step by step, one flow and a million.
+    for (i, (one, many)) in STEPS.into_iter().zip(STEPS_1M).enumerate() {
+        let step = Target::Step(i as u8 + 1);
+        v.push(c(one, step, v4_frame(0), ONE_FLOW_REPEAT, expect_step));
+        v.push(c(many, step, v4_frame(MANY_FLOWS), MANY_FLOWS, expect_step));
+    }
+    // `XDP_LB_BENCH_CASES=a,b` runs only the cases whose names contain a or b.
+    if let Ok(filter) = std::env::var("XDP_LB_BENCH_CASES") {
+        let words: Vec<&str> = filter.split(',').filter(|w| !w.is_empty()).collect();
+        v.retain(|c| words.iter().any(|w| c.name.contains(w)));
+    }
+    v
 }
 
 struct Row {
@@ -612,6 +661,12 @@ impl Target {
             Target::Empty => "xdp_bench_empty",
             Target::L4Csum => "xdp_bench_l4_csum",
             Target::IpCsum => "xdp_bench_ip_csum",
+            Target::Step(1) => "xdp_bench_step1",
+            Target::Step(2) => "xdp_bench_step2",
+            Target::Step(3) => "xdp_bench_step3",
+            Target::Step(4) => "xdp_bench_step4",
+            Target::Step(5) => "xdp_bench_step5",
+            Target::Step(_) => "xdp_bench_step6",
         }
     }
 }

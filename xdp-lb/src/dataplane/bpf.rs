@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use xdp_lb_common::{
-    embryo_table_size, reason, Backend, Counters, FlowKey, FlowValue, Layout, ReplyTarget, Service,
-    ServiceKey, MAX_BACKENDS,
+    embryo_table_size, endpoint_bit, reason, Backend, Counters, FlowKey, FlowValue, Layout,
+    ReplyTarget, Service, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
 };
 
 use super::{
@@ -171,8 +171,65 @@ impl AyaDataplane {
             m.write(map)?;
             log::info!("migrated pinned map {name} from {from} to {to} entries");
         }
+        // The filter is this load's own map: fill it from the adopted tables before
+        // the program can see a packet.
+        dp.rebuild_endpoint_filter()?;
         dp.load_program(PROGRAM)?;
         Ok((dp, found == Found::Adoptable))
+    }
+
+    /// Sets the ENDPOINT_FILTER bits of `pairs` (address, port): before their
+    /// SERVICES or BACKEND_REPLIES keys are inserted, so the program never skips a
+    /// key it could find.
+    fn endpoint_filter_add(
+        &mut self,
+        pairs: impl Iterator<Item = ([u32; 4], u16)>,
+    ) -> Result<(), DataplaneError> {
+        let mut filter: Array<&mut MapData, u64> = self.map("ENDPOINT_FILTER")?;
+        for (addr, port) in pairs {
+            let bit = endpoint_bit(&addr, port);
+            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+            let w = filter.get(&word, 0).map_err(map_err("ENDPOINT_FILTER"))?;
+            if w & mask == 0 {
+                filter
+                    .set(word, w | mask, 0)
+                    .map_err(map_err("ENDPOINT_FILTER"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes ENDPOINT_FILTER from the keys SERVICES and BACKEND_REPLIES hold
+    /// now, writing only the words that change: bits of removed keys go, and every
+    /// word written holds the bits of all present keys, so no lookup the program
+    /// needs is skipped at any moment (this process is the tables' only writer).
+    fn rebuild_endpoint_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut want = vec![0u64; ENDPOINT_FILTER_WORDS as usize];
+        let mut mark = |addr: &[u32; 4], port: u16| {
+            let bit = endpoint_bit(addr, port);
+            want[(bit / 64) as usize] |= 1u64 << (bit % 64);
+        };
+        {
+            let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
+            for k in services.keys() {
+                let k = k.map_err(map_err("SERVICES"))?;
+                mark(&k.addr, k.port);
+            }
+            let replies: HashMap<&MapData, ServiceKey, ReplyTarget> =
+                self.map_ref("BACKEND_REPLIES")?;
+            for k in replies.keys() {
+                let k = k.map_err(map_err("BACKEND_REPLIES"))?;
+                mark(&k.addr, k.port);
+            }
+        }
+        let mut filter: Array<&mut MapData, u64> = self.map("ENDPOINT_FILTER")?;
+        for (i, w) in want.into_iter().enumerate() {
+            let i = i as u32;
+            if filter.get(&i, 0).map_err(map_err("ENDPOINT_FILTER"))? != w {
+                filter.set(i, w, 0).map_err(map_err("ENDPOINT_FILTER"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads (verifies) one program of the object.
@@ -684,6 +741,12 @@ impl Dataplane for AyaDataplane {
     /// consistent for the kernel: backends, then tables into idle slots, then the
     /// service records that publish them, then removals.
     fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        self.endpoint_filter_add(
+            plan.service_writes
+                .iter()
+                .map(|(k, _)| (k.addr, k.port))
+                .chain(plan.reply_writes.iter().map(|(k, _)| (k.addr, k.port))),
+        )?;
         {
             let mut backends: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
             for (id, b) in &plan.backend_writes {
@@ -729,6 +792,9 @@ impl Dataplane for AyaDataplane {
             for k in &plan.reply_deletes {
                 absent(replies.remove(k)).map_err(map_err("BACKEND_REPLIES"))?;
             }
+        }
+        if !plan.service_deletes.is_empty() || !plan.reply_deletes.is_empty() {
+            self.rebuild_endpoint_filter()?;
         }
         let mut owners: Array<&mut MapData, u32> = self.map("BACKEND_OWNERS")?;
         for (id, owner) in &plan.owner_writes {
