@@ -84,6 +84,46 @@ fn absent(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError>
     }
 }
 
+/// Loads a program through the verifier. The verifier gives up with EAGAIN as soon as
+/// a signal is pending on the loading thread (a child's SIGCHLD, an operator's
+/// SIGHUP), which a long verification of a busy process can meet every time; so the
+/// thread blocks every signal while it loads (they are delivered to another thread,
+/// or to this one right after), and still retries like libbpf in case one slips in.
+fn verify(
+    name: &'static str,
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), DataplaneError> {
+    let mut tries = LOAD_TRIES;
+    loop {
+        let result = with_signals_blocked(&mut load);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
+                tries -= 1;
+                log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
+            }
+            Err(source) => return Err(DataplaneError::Program { name, source }),
+        }
+    }
+}
+
+/// Runs `f` with every blockable signal blocked on this thread, then restores the mask.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; the masks are
+    // this thread's own and restored before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
+        let out = f();
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        out
+    }
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
@@ -241,19 +281,7 @@ impl AyaDataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            // The verifier gives up with EAGAIN when a signal is pending on the
-            // loading thread; libbpf retries the same way.
-            let mut tries = LOAD_TRIES;
-            loop {
-                match prog.load() {
-                    Ok(()) => break,
-                    Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
-                        tries -= 1;
-                        log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
-                    }
-                    Err(source) => return Err(DataplaneError::Program { name, source }),
-                }
-            }
+            verify(name, || prog.load())?;
         }
         Ok(prog)
     }
@@ -353,17 +381,7 @@ impl AyaDataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            let mut tries = LOAD_TRIES;
-            loop {
-                match prog.load() {
-                    Ok(()) => break,
-                    Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
-                        tries -= 1;
-                        log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
-                    }
-                    Err(source) => return Err(DataplaneError::Program { name, source }),
-                }
-            }
+            verify(name, || prog.load())?;
         }
         Ok(prog)
     }
