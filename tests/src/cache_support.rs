@@ -611,6 +611,25 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends raw bytes on a fresh connection and returns everything that came back until the
+/// server closed it (bounded by a 5 s read timeout): for requests with `Connection: close`
+/// whose whole answer matters, e.g. interim 1xx heads before the final response.
+pub fn raw_exchange_to_close(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to proxy");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The real `xdp-lb` binary running a cache verb, its stderr collected line by line; killed
 /// (by PID) on drop.
 pub struct CacheProcess {

@@ -79,6 +79,7 @@ pub struct TopologyBuilder {
     udp_port: Option<u16>,
     http_port: Option<u16>,
     router_mtu: Option<u32>,
+    default_offloads: bool,
 }
 
 impl TopologyBuilder {
@@ -91,7 +92,17 @@ impl TopologyBuilder {
             udp_port: Some(UDP_PORT),
             http_port: Some(HTTP_PORT),
             router_mtu: None,
+            default_offloads: false,
         }
+    }
+
+    /// Leaves TX checksum offload on where traffic starts (client, backends), as a
+    /// veth has it by default: packets from local sockets then carry partial
+    /// checksums (and TSO/GSO sends large segments). The tc attach mode keeps them
+    /// right; XDP does not (see `no_tx_checksum`).
+    pub fn default_offloads(mut self) -> Self {
+        self.default_offloads = true;
+        self
     }
 
     /// Puts the client behind a router whose link towards it has MTU `mtu`.
@@ -177,7 +188,9 @@ impl TopologyBuilder {
         if topo.router.is_some() {
             lb_to_routed_client(&topo.lb)?;
         }
-        no_tx_checksum(&topo.client)?;
+        if !self.default_offloads {
+            no_tx_checksum(&topo.client)?;
+        }
 
         for b in &topo.backends {
             addr(&b.ns, &format!("{}/24", backend4(b.index)))?;
@@ -198,7 +211,9 @@ impl TopologyBuilder {
                 "via",
                 &LB_BACK6.to_string(),
             ])?;
-            no_tx_checksum(&b.ns)?;
+            if !self.default_offloads {
+                no_tx_checksum(&b.ns)?;
+            }
             if self.mode == Forwarding::Dsr {
                 dsr_backend(&b.ns, topo.router.is_some())?;
             }

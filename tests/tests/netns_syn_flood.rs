@@ -186,8 +186,10 @@ fn barrage(smac: [u8; 6], dmac: [u8; 6]) -> Vec<Vec<u8>> {
 fn acceptable(f: &[u8]) -> Result<(), String> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let p = SlicedPacket::from_ethernet(f).map_err(|e| format!("unparseable: {e}"))?;
-    let Some(net) = &p.net else {
-        return Ok(()); // ARP and other non-IP
+    let net = match &p.net {
+        // ARP (the backends resolve the balancer, their gateway) and other non-IP.
+        None | Some(NetSlice::Arp(_)) => return Ok(()),
+        Some(net) => net,
     };
     if let NetSlice::Ipv4(ip) = net {
         let h = ip.header().to_header();

@@ -1,5 +1,6 @@
 //! Packet tests: the real XDP program, loaded into the kernel, run on crafted frames
-//! through BPF_PROG_TEST_RUN. Each case states the input frame, the expected action
+//! through BPF_PROG_TEST_RUN; where the behaviour must be the same, the tc program
+//! too (`Prog`). Each case states the input frame, the expected action
 //! and the expected output frame; expected frames are built independently with
 //! etherparse (full checksum computation), so a wrong incremental checksum update
 //! shows as a byte mismatch. Map state (flows, counters) is checked afterwards.
@@ -20,168 +21,228 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
+/// The program under test: the same data path as XDP (`xdp_lb`) or on an skb at tc
+/// ingress (`tc_lb`). Cases whose behaviour must not differ run on both.
+#[derive(Clone, Copy, Debug)]
+enum Prog {
+    Xdp,
+    Tc,
+}
+
+const BOTH: [Prog; 2] = [Prog::Xdp, Prog::Tc];
+
+impl Prog {
+    /// Runs the program on `input` arriving on the bed's interface.
+    fn run(self, dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
+        let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
+        match self {
+            Prog::Xdp => run(dp, input),
+            Prog::Tc => {
+                // As `run` adds every attached interface; the way back out of the
+                // ingress is a redirect on tc, so it must be listed too.
+                dp.add_tc_port(LB_IF, ifindex).expect("TC_PORTS");
+                let r = dp
+                    .test_run_tc(input, ifindex)
+                    .expect("BPF_PROG_TEST_RUN (tc)");
+                (r.action, r.frame)
+            }
+        }
+    }
+
+    /// The program's action for what XDP does with `xdp_action`: on tc, TX and
+    /// REDIRECT are both a redirect (TC_ACT_REDIRECT), PASS is TC_ACT_OK, DROP is
+    /// TC_ACT_SHOT.
+    fn act(self, xdp_action: u32) -> u32 {
+        match (self, xdp_action) {
+            (Prog::Xdp, a) => a,
+            (Prog::Tc, XDP_PASS) => 0,
+            (Prog::Tc, XDP_DROP) => 2,
+            (Prog::Tc, XDP_TX | XDP_REDIRECT) => 7,
+            (Prog::Tc, a) => panic!("no tc equivalent of XDP action {a}"),
+        }
+    }
+
+    /// Lets the program send through `iface`, as `run` does for each interface.
+    fn add_port(self, dp: &mut AyaDataplane, iface: &str, ifindex: u32) {
+        match self {
+            Prog::Xdp => dp.add_tx_port(ifindex).unwrap(),
+            Prog::Tc => dp.add_tc_port(iface, ifindex).unwrap(),
+        }
+    }
+}
+
 #[test]
 fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
-        for (proto, what) in [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")] {
-            let input = v4(
-                proto, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"hello",
-            );
-            let b = dp_expect_backend(&input, RING);
-            let expected = v4(
-                proto,
-                CLIENT4,
-                BACKENDS4[b],
-                40000,
-                8080,
-                63,
-                LB_MAC,
-                BACKEND_MACS[b],
-                b"hello",
-            );
-            let (action, out) = run(&mut dp, &input);
-            assert_eq!(action, XDP_TX, "{what}: action");
-            assert_frame_eq(&out, &expected, what);
-        }
-        let g = dp.global_counters().unwrap();
-        assert_eq!(count(&g, "tx"), 2);
-        let s = dp.service_counters(0).unwrap();
-        assert_eq!((s.packets, s.new_flows), (1, 1));
-    });
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
+            for (proto, what) in [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp")] {
+                let input = v4(
+                    proto, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"hello",
+                );
+                let b = dp_expect_backend(&input, RING);
+                let expected = v4(
+                    proto,
+                    CLIENT4,
+                    BACKENDS4[b],
+                    40000,
+                    8080,
+                    63,
+                    LB_MAC,
+                    BACKEND_MACS[b],
+                    b"hello",
+                );
+                let (action, out) = prog.run(&mut dp, &input);
+                assert_eq!(action, prog.act(XDP_TX), "{what}: action");
+                assert_frame_eq(&out, &expected, what);
+            }
+            let g = dp.global_counters().unwrap();
+            assert_eq!(count(&g, "tx"), 2);
+            let s = dp.service_counters(0).unwrap();
+            assert_eq!((s.packets, s.new_flows), (1, 1));
+        });
+    }
 }
 
 #[test]
 fn ipv4_udp_without_checksum_stays_without() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
-        let mut input = v4(
-            PROTO_UDP, CLIENT4, VIP4, 40001, 80, 64, CLIENT_MAC, LB_MAC, b"x",
-        );
-        zero_udp_checksum_v4(&mut input);
-        let b = dp_expect_backend(&input, RING);
-        let mut expected = v4(
-            PROTO_UDP,
-            CLIENT4,
-            BACKENDS4[b],
-            40001,
-            8080,
-            63,
-            LB_MAC,
-            BACKEND_MACS[b],
-            b"x",
-        );
-        zero_udp_checksum_v4(&mut expected);
-        let (action, out) = run(&mut dp, &input);
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "udp csum 0");
-    });
-}
-
-#[test]
-fn ipv6_tcp_and_udp_nat_rewrite_exactly() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v6(PROTO_TCP), svc_v6(PROTO_UDP)]);
-        for (proto, what) in [(PROTO_TCP, "tcp6"), (PROTO_UDP, "udp6")] {
-            let input = v6(
-                proto, CLIENT6, VIP6, 41000, 80, 64, CLIENT_MAC, LB_MAC, b"hello6",
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
+            let mut input = v4(
+                PROTO_UDP, CLIENT4, VIP4, 40001, 80, 64, CLIENT_MAC, LB_MAC, b"x",
             );
+            zero_udp_checksum_v4(&mut input);
             let b = dp_expect_backend(&input, RING);
-            let expected = v6(
-                proto,
-                CLIENT6,
-                BACKENDS6[b],
-                41000,
+            let mut expected = v4(
+                PROTO_UDP,
+                CLIENT4,
+                BACKENDS4[b],
+                40001,
                 8080,
                 63,
                 LB_MAC,
                 BACKEND_MACS[b],
-                b"hello6",
+                b"x",
             );
-            let (action, out) = run(&mut dp, &input);
-            assert_eq!(action, XDP_TX, "{what}: action");
-            assert_frame_eq(&out, &expected, what);
-        }
-    });
+            zero_udp_checksum_v4(&mut expected);
+            let (action, out) = prog.run(&mut dp, &input);
+            assert_eq!(action, prog.act(XDP_TX));
+            assert_frame_eq(&out, &expected, "udp csum 0");
+        });
+    }
+}
+
+#[test]
+fn ipv6_tcp_and_udp_nat_rewrite_exactly() {
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v6(PROTO_TCP), svc_v6(PROTO_UDP)]);
+            for (proto, what) in [(PROTO_TCP, "tcp6"), (PROTO_UDP, "udp6")] {
+                let input = v6(
+                    proto, CLIENT6, VIP6, 41000, 80, 64, CLIENT_MAC, LB_MAC, b"hello6",
+                );
+                let b = dp_expect_backend(&input, RING);
+                let expected = v6(
+                    proto,
+                    CLIENT6,
+                    BACKENDS6[b],
+                    41000,
+                    8080,
+                    63,
+                    LB_MAC,
+                    BACKEND_MACS[b],
+                    b"hello6",
+                );
+                let (action, out) = prog.run(&mut dp, &input);
+                assert_eq!(action, prog.act(XDP_TX), "{what}: action");
+                assert_frame_eq(&out, &expected, what);
+            }
+        });
+    }
 }
 
 #[test]
 fn dsr_changes_only_the_macs() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[
-            svc_v4(PROTO_TCP, SVC_FWD_DSR),
-            svc_v6(PROTO_TCP).with_flags(SVC_FWD_DSR),
-        ]);
-        let input = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr",
-        );
-        let b = dp_expect_backend(&input, RING);
-        let mut expected = input.clone();
-        expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
-        expected[6..12].copy_from_slice(&LB_MAC);
-        let (action, out) = run(&mut dp, &input);
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "dsr v4");
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[
+                svc_v4(PROTO_TCP, SVC_FWD_DSR),
+                svc_v6(PROTO_TCP).with_flags(SVC_FWD_DSR),
+            ]);
+            let input = v4(
+                PROTO_TCP, CLIENT4, VIP4, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr",
+            );
+            let b = dp_expect_backend(&input, RING);
+            let mut expected = input.clone();
+            expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
+            expected[6..12].copy_from_slice(&LB_MAC);
+            let (action, out) = prog.run(&mut dp, &input);
+            assert_eq!(action, prog.act(XDP_TX));
+            assert_frame_eq(&out, &expected, "dsr v4");
 
-        let input = v6(
-            PROTO_TCP, CLIENT6, VIP6, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr6",
-        );
-        let b = dp_expect_backend(&input, RING);
-        let mut expected = input.clone();
-        expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
-        expected[6..12].copy_from_slice(&LB_MAC);
-        let (action, out) = run(&mut dp, &input);
-        assert_eq!(action, XDP_TX);
-        assert_frame_eq(&out, &expected, "dsr v6");
-    });
+            let input = v6(
+                PROTO_TCP, CLIENT6, VIP6, 40002, 80, 64, CLIENT_MAC, LB_MAC, b"dsr6",
+            );
+            let b = dp_expect_backend(&input, RING);
+            let mut expected = input.clone();
+            expected[0..6].copy_from_slice(&BACKEND_MACS[b]);
+            expected[6..12].copy_from_slice(&LB_MAC);
+            let (action, out) = prog.run(&mut dp, &input);
+            assert_eq!(action, prog.act(XDP_TX));
+            assert_frame_eq(&out, &expected, "dsr v6");
+        });
+    }
 }
 
 #[test]
 fn nat_replies_are_translated_back_to_the_vip() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
-        let families: [(IpAddr, IpAddr, [IpAddr; 3]); 2] = [
-            (CLIENT4.into(), VIP4.into(), BACKENDS4.map(IpAddr::from)),
-            (CLIENT6.into(), VIP6.into(), BACKENDS6.map(IpAddr::from)),
-        ];
-        for (client, vip, backends) in families {
-            // The request pins the flow; the backend's reply to it is translated.
-            let req = tcp_ack(client, vip, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
-            let (action, out) = run(&mut dp, &req);
-            assert_eq!(action, XDP_TX);
-            let b = backend_of(&out);
-            let reply = tcp_ack(
-                backends[b],
-                client,
-                8080,
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v6(PROTO_TCP)]);
+            let families: [(IpAddr, IpAddr, [IpAddr; 3]); 2] = [
+                (CLIENT4.into(), VIP4.into(), BACKENDS4.map(IpAddr::from)),
+                (CLIENT6.into(), VIP6.into(), BACKENDS6.map(IpAddr::from)),
+            ];
+            for (client, vip, backends) in families {
+                // The request pins the flow; the backend's reply to it is translated.
+                let req = tcp_ack(client, vip, 40003, 80, 64, CLIENT_MAC, LB_MAC, b"req");
+                let (action, out) = prog.run(&mut dp, &req);
+                assert_eq!(action, prog.act(XDP_TX));
+                let b = backend_of(&out);
+                let reply = tcp_ack(
+                    backends[b],
+                    client,
+                    8080,
+                    40003,
+                    64,
+                    BACKEND_MACS[b],
+                    LB_MAC,
+                    b"resp",
+                );
+                let expected = tcp_ack(vip, client, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
+                let (action, out) = prog.run(&mut dp, &reply);
+                assert_eq!(action, prog.act(XDP_TX), "reply from {}", backends[b]);
+                assert_frame_eq(&out, &expected, &format!("reply from {}", backends[b]));
+            }
+            assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 2);
+            // A packet from a backend's address but another port is not a reply.
+            let stray = v4(
+                PROTO_TCP,
+                BACKENDS4[0],
+                CLIENT4,
+                8081,
                 40003,
                 64,
-                BACKEND_MACS[b],
+                BACKEND_MACS[0],
                 LB_MAC,
-                b"resp",
+                b"x",
             );
-            let expected = tcp_ack(vip, client, 80, 40003, 63, LB_MAC, CLIENT_MAC, b"resp");
-            let (action, out) = run(&mut dp, &reply);
-            assert_eq!(action, XDP_TX, "reply from {}", backends[b]);
-            assert_frame_eq(&out, &expected, &format!("reply from {}", backends[b]));
-        }
-        assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 2);
-        // A packet from a backend's address but another port is not a reply.
-        let stray = v4(
-            PROTO_TCP,
-            BACKENDS4[0],
-            CLIENT4,
-            8081,
-            40003,
-            64,
-            BACKEND_MACS[0],
-            LB_MAC,
-            b"x",
-        );
-        let (action, out) = run(&mut dp, &stray);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(out, stray);
-    });
+            let (action, out) = prog.run(&mut dp, &stray);
+            assert_eq!(action, prog.act(XDP_PASS));
+            assert_eq!(out, stray);
+        });
+    }
 }
 
 #[test]
@@ -272,54 +333,56 @@ fn backends_shared_by_two_nat_services_reply_per_flow() {
 
 #[test]
 fn packets_not_for_a_service_pass_unchanged() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "other address",
-                v4(
-                    PROTO_TCP,
-                    CLIENT4,
-                    Ipv4Addr::new(198, 18, 100, 2),
-                    40000,
-                    80,
-                    64,
-                    CLIENT_MAC,
-                    LB_MAC,
-                    b"",
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+            let cases: Vec<(&str, Vec<u8>)> = vec![
+                (
+                    "other address",
+                    v4(
+                        PROTO_TCP,
+                        CLIENT4,
+                        Ipv4Addr::new(198, 18, 100, 2),
+                        40000,
+                        80,
+                        64,
+                        CLIENT_MAC,
+                        LB_MAC,
+                        b"",
+                    ),
                 ),
-            ),
-            (
-                "other port",
-                v4(
-                    PROTO_TCP, CLIENT4, VIP4, 40000, 81, 64, CLIENT_MAC, LB_MAC, b"",
+                (
+                    "other port",
+                    v4(
+                        PROTO_TCP, CLIENT4, VIP4, 40000, 81, 64, CLIENT_MAC, LB_MAC, b"",
+                    ),
                 ),
-            ),
-            (
-                "other proto",
-                v4(
-                    PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                (
+                    "other proto",
+                    v4(
+                        PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                    ),
                 ),
-            ),
-            (
-                "ipv6 not a vip",
-                v6(
-                    PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                (
+                    "ipv6 not a vip",
+                    v6(
+                        PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                    ),
                 ),
-            ),
-            ("icmp", icmp4_echo(CLIENT4, VIP4)),
-            ("arp", arp_request()),
-        ];
-        for (what, input) in &cases {
-            let (action, out) = run(&mut dp, input);
-            assert_eq!(action, XDP_PASS, "{what}");
-            assert_eq!(&out, input, "{what}: frame changed");
-        }
-        let g = dp.global_counters().unwrap();
-        assert_eq!(count(&g, "pass_not_service"), 5);
-        assert_eq!(count(&g, "pass_not_ip"), 1);
-        assert_eq!(count(&g, "tx"), 0);
-    });
+                ("icmp", icmp4_echo(CLIENT4, VIP4)),
+                ("arp", arp_request()),
+            ];
+            for (what, input) in &cases {
+                let (action, out) = prog.run(&mut dp, input);
+                assert_eq!(action, prog.act(XDP_PASS), "{what}");
+                assert_eq!(&out, input, "{what}: frame changed");
+            }
+            let g = dp.global_counters().unwrap();
+            assert_eq!(count(&g, "pass_not_service"), 5);
+            assert_eq!(count(&g, "pass_not_ip"), 1);
+            assert_eq!(count(&g, "tx"), 0);
+        });
+    }
 }
 
 /// The program skips the SERVICES and BACKEND_REPLIES lookups for an address and
@@ -442,73 +505,93 @@ fn established_flows_follow_their_services_current_record() {
 
 #[test]
 fn truncated_and_malformed_packets_pass_unchanged() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[
-            svc_v4(PROTO_TCP, 0),
-            svc_v6(PROTO_TCP),
-            svc_v4(PROTO_UDP, 0),
-        ]);
-        let full4 = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
-        );
-        let full6 = v6(
-            PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
-        );
-        let mut n = 0;
-        // Every truncation of a VIP packet short of its full headers.
-        for full in [&full4, &full6] {
-            for len in 0..full.len() {
-                let input = full[..len].to_vec();
-                if input.len() < 14 {
-                    continue; // the kernel refuses test frames shorter than an Ethernet header
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[
+                svc_v4(PROTO_TCP, 0),
+                svc_v6(PROTO_TCP),
+                svc_v4(PROTO_UDP, 0),
+            ]);
+            let full4 = v4(
+                PROTO_TCP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            );
+            let full6 = v6(
+                PROTO_TCP, CLIENT6, VIP6, 40000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            );
+            let mut n = 0;
+            // Every truncation of a VIP packet short of its full headers.
+            for (full, ip_hdr) in [(&full4, 20), (&full6, 40)] {
+                // The kernel refuses test frames shorter than an Ethernet header, and
+                // skb test frames shorter than the IP header too.
+                let shortest = match prog {
+                    Prog::Xdp => 14,
+                    Prog::Tc => 14 + ip_hdr,
+                };
+                for len in shortest..full.len() {
+                    let input = full[..len].to_vec();
+                    let (action, out) = prog.run(&mut dp, &input);
+                    assert_eq!(action, prog.act(XDP_PASS), "truncated to {len}");
+                    assert_eq!(out, input, "truncated to {len}: frame changed");
+                    n += 1;
                 }
-                let (action, out) = run(&mut dp, &input);
-                assert_eq!(action, XDP_PASS, "truncated to {len}");
-                assert_eq!(out, input, "truncated to {len}: frame changed");
-                n += 1;
             }
-        }
-        let mut cases: Vec<Row> = Vec::new();
-        let mut p = full4.clone();
-        p[14] = 0x44; // IHL 4
-        cases.push(("ihl 4", p, XDP_PASS, "pass_malformed"));
-        let mut p = full4.clone();
-        p[14] = 0x55; // version 5
-        cases.push(("version 5", p, XDP_PASS, "pass_malformed"));
-        let mut p = full4.clone();
-        p[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len beyond the frame
-        cases.push(("tot_len too long", p, XDP_PASS, "pass_malformed"));
-        let mut p = full4.clone();
-        p[16..18].copy_from_slice(&30u16.to_be_bytes()); // tot_len shorter than IP+TCP
-        refresh_checksums(&mut p); // the length is the only fault
-        cases.push(("tot_len too short", p, XDP_PASS, "pass_malformed"));
-        cases.push((
-            "ipv4 options",
-            v4_with_options(),
-            XDP_PASS,
-            "pass_ip_options",
-        ));
-        let mut p = full4.clone();
-        p[20] = 0x20; // more fragments
-        cases.push(("ipv4 first fragment", p, XDP_PASS, "pass_fragment"));
-        let mut p = full4.clone();
-        p[20..22].copy_from_slice(&(0x0010u16).to_be_bytes()); // offset 16*8
-        cases.push(("ipv4 later fragment", p, XDP_PASS, "pass_fragment"));
-        cases.push((
-            "ipv6 fragment header",
-            v6_fragment(),
-            XDP_PASS,
-            "pass_fragment",
-        ));
-        let mut p = full6.clone();
-        p[14] = 0x40; // version 4 in an IPv6 ethertype frame
-        cases.push(("ipv6 bad version", p, XDP_PASS, "pass_malformed"));
-        let mut p = full6.clone();
-        p[18..20].copy_from_slice(&1000u16.to_be_bytes()); // payload length beyond the frame
-        cases.push(("ipv6 payload too long", p, XDP_PASS, "pass_malformed"));
-        run_rows(&mut dp, &cases);
-        assert!(n > 50, "only {n} truncations tried");
-    });
+            let mut cases: Vec<Row> = Vec::new();
+            let mut p = full4.clone();
+            p[14] = 0x44; // IHL 4
+            cases.push(("ihl 4", p, prog.act(XDP_PASS), "pass_malformed"));
+            let mut p = full4.clone();
+            p[14] = 0x55; // version 5
+            cases.push(("version 5", p, prog.act(XDP_PASS), "pass_malformed"));
+            let mut p = full4.clone();
+            p[16..18].copy_from_slice(&200u16.to_be_bytes()); // tot_len beyond the frame
+            cases.push(("tot_len too long", p, prog.act(XDP_PASS), "pass_malformed"));
+            let mut p = full4.clone();
+            p[16..18].copy_from_slice(&30u16.to_be_bytes()); // tot_len shorter than IP+TCP
+            refresh_checksums(&mut p); // the length is the only fault
+            cases.push(("tot_len too short", p, prog.act(XDP_PASS), "pass_malformed"));
+            cases.push((
+                "ipv4 options",
+                v4_with_options(),
+                prog.act(XDP_PASS),
+                "pass_ip_options",
+            ));
+            let mut p = full4.clone();
+            p[20] = 0x20; // more fragments
+            cases.push((
+                "ipv4 first fragment",
+                p,
+                prog.act(XDP_PASS),
+                "pass_fragment",
+            ));
+            let mut p = full4.clone();
+            p[20..22].copy_from_slice(&(0x0010u16).to_be_bytes()); // offset 16*8
+            cases.push((
+                "ipv4 later fragment",
+                p,
+                prog.act(XDP_PASS),
+                "pass_fragment",
+            ));
+            cases.push((
+                "ipv6 fragment header",
+                v6_fragment(),
+                prog.act(XDP_PASS),
+                "pass_fragment",
+            ));
+            let mut p = full6.clone();
+            p[14] = 0x40; // version 4 in an IPv6 ethertype frame
+            cases.push(("ipv6 bad version", p, prog.act(XDP_PASS), "pass_malformed"));
+            let mut p = full6.clone();
+            p[18..20].copy_from_slice(&1000u16.to_be_bytes()); // payload length beyond the frame
+            cases.push((
+                "ipv6 payload too long",
+                p,
+                prog.act(XDP_PASS),
+                "pass_malformed",
+            ));
+            run_rows(prog, &mut dp, &cases);
+            assert!(n > 35, "only {n} truncations tried");
+        });
+    }
 }
 
 #[test]
@@ -642,27 +725,29 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
 
 #[test]
 fn a_backend_behind_another_interface_is_reached_by_redirect() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
-        bed.publish_ring(&mut dp, 0, &[0; RING as usize], 1);
-        let port2 = bed.route_backend_via_second_port(0);
-        let input = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40050, 80, 64, CLIENT_MAC, LB_MAC, b"r",
-        );
-        // Not a port xdp-lb may send through: the kernel gets the packet.
-        let (action, _) = run(&mut dp, &input);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(count(&dp.global_counters().unwrap(), "pass_no_tx_port"), 1);
-        // Once it is (as every attached interface is), the frame is redirected there.
-        dp.add_tx_port(port2).unwrap();
-        let input = v4(
-            PROTO_TCP, CLIENT4, VIP4, 40051, 80, 64, CLIENT_MAC, LB_MAC, b"r",
-        );
-        let (action, out) = run(&mut dp, &input);
-        assert_eq!(action, XDP_REDIRECT);
-        assert_eq!(out[0..6], BACKEND_MACS[0]);
-        assert_eq!(count(&dp.global_counters().unwrap(), "redirect"), 1);
-    });
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+            bed.publish_ring(&mut dp, 0, &[0; RING as usize], 1);
+            let port2 = bed.route_backend_via_second_port(0);
+            let input = v4(
+                PROTO_TCP, CLIENT4, VIP4, 40050, 80, 64, CLIENT_MAC, LB_MAC, b"r",
+            );
+            // Not a port xdp-lb may send through: the kernel gets the packet.
+            let (action, _) = prog.run(&mut dp, &input);
+            assert_eq!(action, prog.act(XDP_PASS));
+            assert_eq!(count(&dp.global_counters().unwrap(), "pass_no_tx_port"), 1);
+            // Once it is (as every attached interface is), the frame is redirected there.
+            prog.add_port(&mut dp, LB_IF2, port2);
+            let input = v4(
+                PROTO_TCP, CLIENT4, VIP4, 40051, 80, 64, CLIENT_MAC, LB_MAC, b"r",
+            );
+            let (action, out) = prog.run(&mut dp, &input);
+            assert_eq!(action, prog.act(XDP_REDIRECT));
+            assert_eq!(out[0..6], BACKEND_MACS[0]);
+            assert_eq!(count(&dp.global_counters().unwrap(), "redirect"), 1);
+        });
+    }
 }
 
 #[test]
@@ -926,10 +1011,10 @@ type Row = (&'static str, Vec<u8>, u32, &'static str);
 
 /// Runs fixture rows: each gets its action, leaves its frame unchanged, counts its
 /// reason once, and creates no flow and no service traffic.
-fn run_rows(dp: &mut AyaDataplane, rows: &[Row]) {
+fn run_rows(p: Prog, dp: &mut AyaDataplane, rows: &[Row]) {
     for (what, input, want, why) in rows {
         let before = count(&dp.global_counters().unwrap(), why);
-        let (action, out) = run(dp, input);
+        let (action, out) = p.run(dp, input);
         assert_eq!(action, *want, "{what}: action");
         assert_eq!(&out, input, "{what}: frame changed");
         assert_eq!(
@@ -950,213 +1035,227 @@ fn run_rows(dp: &mut AyaDataplane, rows: &[Row]) {
 
 #[test]
 fn invalid_packets_to_a_service_are_dropped_and_create_no_flow() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[
-            svc_v4(PROTO_TCP, 0),
-            svc_v6(PROTO_TCP),
-            svc_v4(PROTO_UDP, 0),
-        ]);
-        let syn4 = v4(
-            PROTO_TCP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
-        );
-        let syn6 = v6(
-            PROTO_TCP, CLIENT6, VIP6, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
-        );
-        let udp4 = v4(
-            PROTO_UDP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"query",
-        );
-        let mut rows: Vec<Row> = Vec::new();
-        let mut p = syn4.clone();
-        p[24] ^= 0x11;
-        rows.push(("bad ipv4 header checksum", p, XDP_PASS, "pass_bad_ip_csum"));
-        rows.push((
-            "bad tcp checksum on a syn",
-            with_bad_l4_checksum(syn4.clone()),
-            XDP_DROP,
-            "drop_l4_csum",
-        ));
-        rows.push((
-            "bad tcp checksum on an ipv6 syn",
-            with_bad_l4_checksum(syn6.clone()),
-            XDP_DROP,
-            "drop_l4_csum",
-        ));
-        rows.push((
-            "bad udp checksum on a first datagram",
-            with_bad_l4_checksum(udp4.clone()),
-            XDP_DROP,
-            "drop_l4_csum",
-        ));
-        let ack = tcp_ack(
-            CLIENT4.into(),
-            VIP4.into(),
-            46001,
-            80,
-            64,
-            CLIENT_MAC,
-            LB_MAC,
-            b"data",
-        );
-        rows.push((
-            "bad tcp checksum on an ack of an unknown flow",
-            with_bad_l4_checksum(ack),
-            XDP_DROP,
-            "drop_l4_csum",
-        ));
-        for (what, flags) in [
-            ("syn+fin", 0x03u8),
-            ("syn+rst", 0x06),
-            ("syn+ack+fin", 0x13),
-            ("no flags (null)", 0x00),
-            ("fin only", 0x01),
-            ("xmas (fin+psh+urg)", 0x29),
-            ("all flags", 0xff),
-        ] {
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[
+                svc_v4(PROTO_TCP, 0),
+                svc_v6(PROTO_TCP),
+                svc_v4(PROTO_UDP, 0),
+            ]);
+            let syn4 = v4(
+                PROTO_TCP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            );
+            let syn6 = v6(
+                PROTO_TCP, CLIENT6, VIP6, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            );
+            let udp4 = v4(
+                PROTO_UDP, CLIENT4, VIP4, 46000, 80, 64, CLIENT_MAC, LB_MAC, b"query",
+            );
+            let mut rows: Vec<Row> = Vec::new();
+            let mut p = syn4.clone();
+            p[24] ^= 0x11;
             rows.push((
-                what,
-                with_tcp_flags(syn4.clone(), flags),
-                XDP_DROP,
-                "drop_tcp_flags",
+                "bad ipv4 header checksum",
+                p,
+                prog.act(XDP_PASS),
+                "pass_bad_ip_csum",
             ));
-        }
-        for doff in 0..5u8 {
-            let what = [
-                "data offset 0",
-                "data offset 1",
-                "data offset 2",
-                "data offset 3",
-                "data offset 4",
-            ];
             rows.push((
-                what[doff as usize],
-                with_tcp_doff(syn4.clone(), doff),
-                XDP_DROP,
-                "drop_tcp_doff",
+                "bad tcp checksum on a syn",
+                with_bad_l4_checksum(syn4.clone()),
+                prog.act(XDP_DROP),
+                "drop_l4_csum",
             ));
-        }
-        rows.push((
-            "data offset 15 beyond the packet",
-            with_tcp_doff(syn4.clone(), 15),
-            XDP_DROP,
-            "drop_tcp_truncated",
-        ));
-        rows.push((
-            "ipv6 data offset 6 beyond the packet",
-            with_tcp_doff(syn6.clone(), 6),
-            XDP_DROP,
-            "drop_tcp_truncated",
-        ));
-        // 8 bytes of options present, the data offset claims 12.
-        let mut p = v4_syn_with_options(46002, &[2, 4, 5, 0xb4, 1, 1, 4, 2]);
-        p[14 + 20 + 12] = 8 << 4;
-        refresh_checksums(&mut p);
-        rows.push(("truncated options", p, XDP_DROP, "drop_tcp_truncated"));
-        for (what, delta) in [("udp length too long", 4i32), ("udp length too short", -4)] {
-            let mut p = udp4.clone();
-            let l = (u16::from_be_bytes([p[38], p[39]]) as i32 + delta) as u16;
-            p[38..40].copy_from_slice(&l.to_be_bytes());
+            rows.push((
+                "bad tcp checksum on an ipv6 syn",
+                with_bad_l4_checksum(syn6.clone()),
+                prog.act(XDP_DROP),
+                "drop_l4_csum",
+            ));
+            rows.push((
+                "bad udp checksum on a first datagram",
+                with_bad_l4_checksum(udp4.clone()),
+                prog.act(XDP_DROP),
+                "drop_l4_csum",
+            ));
+            let ack = tcp_ack(
+                CLIENT4.into(),
+                VIP4.into(),
+                46001,
+                80,
+                64,
+                CLIENT_MAC,
+                LB_MAC,
+                b"data",
+            );
+            rows.push((
+                "bad tcp checksum on an ack of an unknown flow",
+                with_bad_l4_checksum(ack),
+                prog.act(XDP_DROP),
+                "drop_l4_csum",
+            ));
+            for (what, flags) in [
+                ("syn+fin", 0x03u8),
+                ("syn+rst", 0x06),
+                ("syn+ack+fin", 0x13),
+                ("no flags (null)", 0x00),
+                ("fin only", 0x01),
+                ("xmas (fin+psh+urg)", 0x29),
+                ("all flags", 0xff),
+            ] {
+                rows.push((
+                    what,
+                    with_tcp_flags(syn4.clone(), flags),
+                    prog.act(XDP_DROP),
+                    "drop_tcp_flags",
+                ));
+            }
+            for doff in 0..5u8 {
+                let what = [
+                    "data offset 0",
+                    "data offset 1",
+                    "data offset 2",
+                    "data offset 3",
+                    "data offset 4",
+                ];
+                rows.push((
+                    what[doff as usize],
+                    with_tcp_doff(syn4.clone(), doff),
+                    prog.act(XDP_DROP),
+                    "drop_tcp_doff",
+                ));
+            }
+            rows.push((
+                "data offset 15 beyond the packet",
+                with_tcp_doff(syn4.clone(), 15),
+                prog.act(XDP_DROP),
+                "drop_tcp_truncated",
+            ));
+            rows.push((
+                "ipv6 data offset 6 beyond the packet",
+                with_tcp_doff(syn6.clone(), 6),
+                prog.act(XDP_DROP),
+                "drop_tcp_truncated",
+            ));
+            // 8 bytes of options present, the data offset claims 12.
+            let mut p = v4_syn_with_options(46002, &[2, 4, 5, 0xb4, 1, 1, 4, 2]);
+            p[14 + 20 + 12] = 8 << 4;
             refresh_checksums(&mut p);
-            rows.push((what, p, XDP_DROP, "drop_udp_len"));
-        }
-        let mut p = syn6.clone();
-        p[18..20].copy_from_slice(&21u16.to_be_bytes()); // one byte more than the frame has
-        rows.push((
-            "ipv6 payload length beyond the frame",
-            p,
-            XDP_PASS,
-            "pass_malformed",
-        ));
-        let mut p = syn6.clone();
-        p.extend_from_slice(&[0; 8]); // payload length 20, frame 8 bytes longer
-        rows.push((
-            "ipv6 payload length short of the frame",
-            p,
-            XDP_PASS,
-            "pass_malformed",
-        ));
-        rows.push((
-            "tagged frame (untagged egress)",
-            v4_vlan(CLIENT4, VIP4, 46003, 80, 64, CLIENT_MAC, LB_MAC, 7),
-            XDP_PASS,
-            "pass_vlan",
-        ));
-        run_rows(&mut dp, &rows);
-        assert_eq!(count(&dp.global_counters().unwrap(), "syn"), 0);
-    });
+            rows.push((
+                "truncated options",
+                p,
+                prog.act(XDP_DROP),
+                "drop_tcp_truncated",
+            ));
+            for (what, delta) in [("udp length too long", 4i32), ("udp length too short", -4)] {
+                let mut p = udp4.clone();
+                let l = (u16::from_be_bytes([p[38], p[39]]) as i32 + delta) as u16;
+                p[38..40].copy_from_slice(&l.to_be_bytes());
+                refresh_checksums(&mut p);
+                rows.push((what, p, prog.act(XDP_DROP), "drop_udp_len"));
+            }
+            let mut p = syn6.clone();
+            p[18..20].copy_from_slice(&21u16.to_be_bytes()); // one byte more than the frame has
+            rows.push((
+                "ipv6 payload length beyond the frame",
+                p,
+                prog.act(XDP_PASS),
+                "pass_malformed",
+            ));
+            let mut p = syn6.clone();
+            p.extend_from_slice(&[0; 8]); // payload length 20, frame 8 bytes longer
+            rows.push((
+                "ipv6 payload length short of the frame",
+                p,
+                prog.act(XDP_PASS),
+                "pass_malformed",
+            ));
+            rows.push((
+                "tagged frame (untagged egress)",
+                v4_vlan(CLIENT4, VIP4, 46003, 80, 64, CLIENT_MAC, LB_MAC, 7),
+                prog.act(XDP_PASS),
+                "pass_vlan",
+            ));
+            run_rows(prog, &mut dp, &rows);
+            assert_eq!(count(&dp.global_counters().unwrap(), "syn"), 0);
+        });
+    }
 }
 
 #[test]
 fn valid_unusual_packets_are_balanced() {
-    with_bed(|bed| {
-        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "syn with mss, sack-permitted, timestamps, window scale",
-                v4_syn_with_options(
-                    47000,
-                    &[
-                        2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
-                    ],
-                ),
-            ),
-            (
-                "syn with ece+cwr (ecn setup)",
-                with_tcp_flags(
-                    v4(
-                        PROTO_TCP, CLIENT4, VIP4, 47001, 80, 64, CLIENT_MAC, LB_MAC, b"",
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0), svc_v4(PROTO_UDP, 0)]);
+            let cases: Vec<(&str, Vec<u8>)> = vec![
+                (
+                    "syn with mss, sack-permitted, timestamps, window scale",
+                    v4_syn_with_options(
+                        47000,
+                        &[
+                            2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+                        ],
                     ),
-                    0xc2,
                 ),
-            ),
-            (
-                "rst without ack",
-                with_tcp_flags(
-                    tcp_ack(
-                        CLIENT4.into(),
-                        VIP4.into(),
-                        47002,
+                (
+                    "syn with ece+cwr (ecn setup)",
+                    with_tcp_flags(
+                        v4(
+                            PROTO_TCP, CLIENT4, VIP4, 47001, 80, 64, CLIENT_MAC, LB_MAC, b"",
+                        ),
+                        0xc2,
+                    ),
+                ),
+                (
+                    "rst without ack",
+                    with_tcp_flags(
+                        tcp_ack(
+                            CLIENT4.into(),
+                            VIP4.into(),
+                            47002,
+                            80,
+                            64,
+                            CLIENT_MAC,
+                            LB_MAC,
+                            b"",
+                        ),
+                        0x04,
+                    ),
+                ),
+                (
+                    "syn with an odd-length payload",
+                    v4(
+                        PROTO_TCP, CLIENT4, VIP4, 47003, 80, 64, CLIENT_MAC, LB_MAC, b"odd",
+                    ),
+                ),
+                (
+                    "udp with a 1400-byte payload",
+                    v4(
+                        PROTO_UDP,
+                        CLIENT4,
+                        VIP4,
+                        47004,
                         80,
                         64,
                         CLIENT_MAC,
                         LB_MAC,
-                        b"",
+                        &[0xa5; 1400],
                     ),
-                    0x04,
                 ),
-            ),
-            (
-                "syn with an odd-length payload",
-                v4(
-                    PROTO_TCP, CLIENT4, VIP4, 47003, 80, 64, CLIENT_MAC, LB_MAC, b"odd",
-                ),
-            ),
-            (
-                "udp with a 1400-byte payload",
-                v4(
-                    PROTO_UDP,
-                    CLIENT4,
-                    VIP4,
-                    47004,
-                    80,
-                    64,
-                    CLIENT_MAC,
-                    LB_MAC,
-                    &[0xa5; 1400],
-                ),
-            ),
-        ];
-        for (what, input) in &cases {
-            let (action, out) = run(&mut dp, input);
-            assert_eq!(action, XDP_TX, "{what}");
-            assert!(has_flow(&mut dp, "EMBRYOS", input), "{what}: no flow");
-            // Only the balancer's own rewrite: the port and address moved.
-            assert_eq!(out.len(), input.len(), "{what}");
-        }
-        let g = dp.global_counters().unwrap();
-        assert_eq!(count(&g, "tx"), cases.len() as u64);
-        assert_eq!(count(&g, "embryo_new"), cases.len() as u64);
-        assert_eq!(count(&g, "syn"), 3);
-    });
+            ];
+            for (what, input) in &cases {
+                let (action, out) = prog.run(&mut dp, input);
+                assert_eq!(action, prog.act(XDP_TX), "{what}");
+                assert!(has_flow(&mut dp, "EMBRYOS", input), "{what}: no flow");
+                // Only the balancer's own rewrite: the port and address moved.
+                assert_eq!(out.len(), input.len(), "{what}");
+            }
+            let g = dp.global_counters().unwrap();
+            assert_eq!(count(&g, "tx"), cases.len() as u64);
+            assert_eq!(count(&g, "embryo_new"), cases.len() as u64);
+            assert_eq!(count(&g, "syn"), 3);
+        });
+    }
 }
 
 #[test]

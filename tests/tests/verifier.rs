@@ -1,6 +1,6 @@
-//! Every program of the XDP object passes this kernel's verifier: the balancer that
-//! `run` attaches, and the benchmark and veth-peer programs the other tests use.
-use xdp_lb::dataplane::{AyaDataplane, MapSizes, PASS_PROGRAM, PROGRAM};
+//! Every program of the object passes this kernel's verifier: the balancers that
+//! `run` attaches (XDP and tc), and the benchmark and veth-peer programs the other tests use.
+use xdp_lb::dataplane::{AyaDataplane, MapSizes, PASS_PROGRAM, PROGRAM, TC_PROGRAM};
 
 #[test]
 fn every_program_passes_the_verifier() {
@@ -22,4 +22,8 @@ fn every_program_passes_the_verifier() {
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(prog.fd().is_ok(), "{name} has no fd after loading");
     }
+    let tc = dp
+        .load_tc_program()
+        .unwrap_or_else(|e| panic!("{TC_PROGRAM}: {e:?}"));
+    assert!(tc.fd().is_ok(), "{TC_PROGRAM} has no fd after loading");
 }

@@ -24,6 +24,9 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Interfaces one balancer attaches to: the size of the TX_PORTS device map.
 pub const MAX_INTERFACES: u32 = 64;
+/// TC_PORTS value bit: the interface is a veth whose peer is in another namespace,
+/// so `tc_lb` delivers with `bpf_redirect_peer` (into the peer's ingress).
+pub const TC_PORT_PEER: u32 = 1;
 /// Services map capacity (hash map entries).
 pub const MAX_SERVICES: u32 = 1024;
 /// Backend slots across all services (array map entries).

@@ -2,12 +2,11 @@
 //! cannot route to, an egress interface xdp-lb is not attached to, a failed flow
 //! insert. They can repeat for every packet while the cause lasts, so each kind is
 //! logged at most once a second per CPU; the counters keep the exact numbers.
-use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::PerCpuArray,
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::PerCpuArray};
 use aya_log_ebpf::warn;
 use xdp_lb_common::{reason, FAMILY_V4};
+
+use crate::ctx::Ctx;
 
 /// Per CPU, per reason: when that reason was last logged (coarse ns).
 #[map]
@@ -32,7 +31,7 @@ fn due(r: u32) -> bool {
 
 /// The next hop towards backend `id` at `addr` could not be used for reason `r`.
 #[inline(never)]
-pub fn unroutable(ctx: &XdpContext, r: u32, id: u32, family: u8, addr: &[u32; 4]) {
+pub fn unroutable<C: Ctx>(ctx: &C, r: u32, id: u32, family: u8, addr: &[u32; 4]) {
     if !due(r) {
         return;
     }
@@ -63,7 +62,7 @@ pub fn unroutable(ctx: &XdpContext, r: u32, id: u32, family: u8, addr: &[u32; 4]
 
 /// A flow-table insert failed (`err` from the helper).
 #[inline(never)]
-pub fn insert_failed(ctx: &XdpContext, table: &str, err: i32) {
+pub fn insert_failed<C: Ctx>(ctx: &C, table: &str, err: i32) {
     if due(reason::FLOW_INSERT_FAILED) {
         warn!(
             ctx,

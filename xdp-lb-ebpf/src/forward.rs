@@ -4,17 +4,16 @@
 //! towards a client it is the way the flow's first request came in.
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    programs::XdpContext,
-    EbpfContext,
 };
 use xdp_lb_common::{csum::Update, reason, NextHop, FAMILY_V4, NEXTHOP_TTL_NS, PROTO_TCP};
 
 use crate::{
-    maps::{NEXTHOPS, TX_PORTS},
+    ctx::Ctx,
+    maps::NEXTHOPS,
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, TCP_CHECK_OFF, UDP_CHECK_OFF},
     stats,
 };
@@ -31,29 +30,23 @@ pub enum Side {
     Src,
 }
 
+/// Rewrites one address/port pair (and the TTL) with incremental checksum updates:
+/// the IP header's here, the L4 one by the program type (`Ctx::l4_csum`, partial
+/// checksums on skbs). Returns `reason::PASS_TTL` without touching the packet if the
+/// TTL would expire.
 #[inline(always)]
-fn l4_check_ptr(ctx: &XdpContext, pkt: &Packet) -> Option<*mut u16> {
-    let off = if pkt.key.proto == PROTO_TCP {
-        TCP_CHECK_OFF
-    } else {
-        UDP_CHECK_OFF
-    };
-    ptr_at::<u16>(ctx, pkt.l4 + off)
-}
-
-/// Rewrites one address/port pair (and the TTL) with incremental checksum updates.
-/// Returns `reason::PASS_TTL` without touching the packet if the TTL would expire.
-#[inline(always)]
-pub fn nat(
-    ctx: &XdpContext,
+pub fn nat<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     side: Side,
     addr: &[u32; 4],
     port: u16,
 ) -> Result<(), u32> {
     let ports: *mut Ports = ptr_at(ctx, pkt.l4).ok_or(reason::PASS_MALFORMED)?;
-    let check = l4_check_ptr(ctx, pkt).ok_or(reason::PASS_MALFORMED)?;
     let is_udp = pkt.key.proto != PROTO_TCP;
+    let check_off = pkt.l4 + if is_udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    // The checksum field must be there before anything changes.
+    ptr_at::<u16>(ctx, check_off).ok_or(reason::PASS_MALFORMED)?;
     let old_port = unsafe {
         if side == Side::Dst {
             (*ports).dport
@@ -61,7 +54,9 @@ pub fn nat(
             (*ports).sport
         }
     };
-    if pkt.key.family == FAMILY_V4 {
+    let v4 = pkt.key.family == FAMILY_V4;
+    let mut old = [0u32; 4];
+    if v4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(reason::PASS_MALFORMED)?;
         unsafe {
             if (*ip).ttl <= 1 {
@@ -72,7 +67,7 @@ pub fn nat(
             } else {
                 &mut (*ip).src
             };
-            let old = *field;
+            old[0] = *field;
             *field = addr[0];
             // TTL shares a 16-bit word with the protocol; patch that word too.
             let ttl_word_ptr = (&mut (*ip).ttl) as *mut u8 as *mut u16;
@@ -80,20 +75,9 @@ pub fn nat(
             (*ip).ttl -= 1;
             let new_word = *ttl_word_ptr;
             (*ip).check = Update::new((*ip).check)
-                .u32(old, addr[0])
+                .u32(old[0], addr[0])
                 .u16(old_word, new_word)
                 .finish();
-            // A zero UDP checksum over IPv4 means "none": leave it so.
-            if !(is_udp && *check == 0) {
-                let mut c = Update::new(*check)
-                    .u32(old, addr[0])
-                    .u16(old_port, port)
-                    .finish();
-                if is_udp && c == 0 {
-                    c = 0xffff;
-                }
-                *check = c;
-            }
         }
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.l3).ok_or(reason::PASS_MALFORMED)?;
@@ -106,20 +90,9 @@ pub fn nat(
             } else {
                 &mut (*ip).src
             };
-            let old = *field;
+            old = *field;
             *field = *addr;
             (*ip).hop_limit -= 1;
-            let mut c = Update::new(*check)
-                .u32(old[0], addr[0])
-                .u32(old[1], addr[1])
-                .u32(old[2], addr[2])
-                .u32(old[3], addr[3])
-                .u16(old_port, port)
-                .finish();
-            if is_udp && c == 0 {
-                c = 0xffff;
-            }
-            *check = c;
         }
     }
     unsafe {
@@ -129,7 +102,8 @@ pub fn nat(
             (*ports).sport = port;
         }
     }
-    Ok(())
+    // Last: on an skb the helper invalidates every packet pointer above.
+    ctx.l4_csum(check_off, v4, is_udp, &old, addr, old_port, port)
 }
 
 /// Where a packet for a backend goes.
@@ -148,8 +122,8 @@ pub enum Hop {
 /// else a FIB lookup whose answer is cached, with the egress MTU. Looked up before
 /// any rewrite, so a packet too big for the egress can still be quoted as it came.
 #[inline(always)]
-pub fn next_hop(
-    ctx: &XdpContext,
+pub fn next_hop<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     id: u32,
     generation: u32,
@@ -180,8 +154,9 @@ pub fn next_hop(
         }
         c.checked_jiffies = jiffies;
     }
-    // One compare on the fast path. 0: MTU unknown (not checked, as before).
-    if pkt.ip_len > c.mtu && c.mtu != 0 {
+    // One compare on the fast path. 0: MTU unknown (not checked, as before). A GSO
+    // skb is segmented to the egress's size later: its IP length is no wire length.
+    if pkt.ip_len > c.mtu && c.mtu != 0 && !ctx.is_gso() {
         return Hop::TooBig(c.mtu);
     }
     Hop::Via(cache)
@@ -191,7 +166,7 @@ pub fn next_hop(
 /// handed to the kernel, which routes it and resolves the neighbour (or fragments
 /// it); nothing is dropped silently.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, hop: Hop, id: u32, dst: &[u32; 4]) -> u32 {
+pub fn send<C: Ctx>(ctx: &C, pkt: &Packet, hop: Hop, id: u32, dst: &[u32; 4]) -> u32 {
     let r = match hop {
         Hop::Via(nh) => {
             let nh = unsafe { &*nh };
@@ -205,19 +180,19 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, hop: Hop, id: u32, dst: &[u32; 4]) -
         // fragment or answer.
         Hop::TooBig(_) => {
             stats::reason(reason::PASS_TOO_BIG_NO_DF);
-            return xdp_action::XDP_PASS;
+            return C::PASS;
         }
         Hop::Unroutable(r) => r,
     };
     stats::reason(r);
     crate::events::unroutable(ctx, r, id, pkt.key.family, dst);
-    xdp_action::XDP_PASS
+    C::PASS
 }
 
 /// `next_hop` and `send` for a frame that is ready as it is.
 #[inline(always)]
-pub fn to_backend(
-    ctx: &XdpContext,
+pub fn to_backend<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     id: u32,
     generation: u32,
@@ -228,30 +203,20 @@ pub fn to_backend(
     send(ctx, pkt, hop, id, dst)
 }
 
-/// Rewrites the MACs and sends the frame out of `ifindex`: XDP_TX when that is the
-/// ingress interface, XDP_REDIRECT through TX_PORTS otherwise.
+/// Rewrites the MACs and sends the frame out of `ifindex` (`Ctx::redirect`).
 #[inline(always)]
-pub fn emit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+pub fn emit<C: Ctx>(ctx: &C, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
     emit_or(ctx, ifindex, smac, dmac).unwrap_or_else(|r| {
         stats::reason(r);
-        xdp_action::XDP_PASS
+        C::PASS
     })
 }
 
 /// `emit`, with the reason the frame cannot be sent (it is then left untouched).
 #[inline(always)]
-fn emit_or(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<u32, u32> {
+fn emit_or<C: Ctx>(ctx: &C, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<u32, u32> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
-    let action = if ifindex == ctx.ingress_ifindex() as u32 {
-        stats::reason(reason::TX);
-        xdp_action::XDP_TX
-    } else {
-        let a = TX_PORTS
-            .redirect(ifindex, 0)
-            .map_err(|_| reason::PASS_NO_TX_PORT)?;
-        stats::reason(reason::REDIRECT);
-        a
-    };
+    let action = ctx.redirect(ifindex)?;
     unsafe {
         (*eth).dst = *dmac;
         (*eth).src = *smac;
@@ -270,8 +235,8 @@ enum Fib {
 /// there is none.
 /// Written into `out` (the cache entry) directly, which keeps it off the stack.
 #[inline(always)]
-fn fib(
-    ctx: &XdpContext,
+fn fib<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     src: &[u32; 4],
     dst: &[u32; 4],
@@ -279,8 +244,9 @@ fn fib(
 ) -> Result<(), Fib> {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = pkt.key.proto;
-    p.__bindgen_anon_1.tot_len = pkt.ip_len;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    // A GSO skb's length is no wire length: 0 skips the FIB's MTU check for it.
+    p.__bindgen_anon_1.tot_len = if ctx.is_gso() { 0 } else { pkt.ip_len };
+    p.ifindex = ctx.ingress_ifindex();
     if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];
@@ -306,7 +272,7 @@ fn fib(
         // use the cache without a lookup, so learn that MTU now (once per entry):
         // asked about the longest packet there is, the FIB answers FRAG_NEEDED with
         // it, before any neighbour lookup. No answer (an MTU of 64 KiB): 0, unchecked.
-        p.ifindex = ctx.ingress_ifindex() as u32;
+        p.ifindex = ctx.ingress_ifindex();
         p.__bindgen_anon_1.tot_len = u16::MAX;
         let rc = unsafe {
             bpf_fib_lookup(

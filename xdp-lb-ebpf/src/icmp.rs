@@ -14,13 +14,13 @@
 //! Offsets are constants (no IPv4 options or IPv6 extension headers, outside or
 //! quoted), so every read is a fixed-size bounds check. An error we cannot read
 //! or that quotes no flow we own passes to the kernel untouched and is counted.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use xdp_lb_common::{
     csum::Update, reason, Backend, FlowKey, FlowValue, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP,
     PROTO_UDP, REPLY_PER_FLOW, SVC_FWD_DSR,
 };
 
 use crate::{
+    ctx::Ctx,
     forward::{self, Side},
     maps::{BACKENDS, BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
     parse::{ipv4_csum_ok, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6},
@@ -59,16 +59,16 @@ struct IcmpError {
 
 /// Handles an IP packet the parser found to be neither TCP nor UDP.
 #[inline(always)]
-pub fn process(ctx: &XdpContext) -> u32 {
+pub fn process<C: Ctx>(ctx: &C) -> u32 {
     let err = match read(ctx) {
         Ok(e) => e,
-        Err(r) => return pass(r),
+        Err(r) => return pass::<C>(r),
     };
     let q = &err.quoted;
     // An error goes to the sender of the packet it quotes; anything else is not
     // about a packet that passed through us.
     if q.src != err.dst {
-        return pass(reason::PASS_NOT_SERVICE);
+        return pass::<C>(reason::PASS_NOT_SERVICE);
     }
     // Towards a backend: the quoted packet came from a VIP (our translated reply or a
     // DSR backend's).
@@ -90,16 +90,16 @@ pub fn process(ctx: &XdpContext) -> u32 {
     };
     match unsafe { BACKEND_REPLIES.get(&bkey) } {
         Some(t) => to_client(ctx, &err, t.vip, t.vport, t.flags),
-        None => pass(reason::PASS_NOT_SERVICE),
+        None => pass::<C>(reason::PASS_NOT_SERVICE),
     }
 }
 
 /// Reads and checks an ICMP error of a kind we translate, or says why not.
 #[inline(always)]
-fn read(ctx: &XdpContext) -> Result<IcmpError, u32> {
+fn read<C: Ctx>(ctx: &C) -> Result<IcmpError, u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
     let proto = unsafe { (*eth).proto };
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = ctx.len();
     if proto == ETH_P_IP {
         read_v4(ctx, len)
     } else if proto == ETH_P_IPV6 {
@@ -110,7 +110,7 @@ fn read(ctx: &XdpContext) -> Result<IcmpError, u32> {
 }
 
 #[inline(always)]
-fn read_v4(ctx: &XdpContext, len: u64) -> Result<IcmpError, u32> {
+fn read_v4<C: Ctx>(ctx: &C, len: u64) -> Result<IcmpError, u32> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, L3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     // The parser has already passed options and fragments on; this is not ICMP or
@@ -161,7 +161,7 @@ fn read_v4(ctx: &XdpContext, len: u64) -> Result<IcmpError, u32> {
 }
 
 #[inline(always)]
-fn read_v6(ctx: &XdpContext, len: u64) -> Result<IcmpError, u32> {
+fn read_v6<C: Ctx>(ctx: &C, len: u64) -> Result<IcmpError, u32> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, L3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     if ip.nexthdr != PROTO_ICMPV6 {
@@ -212,7 +212,7 @@ fn flow_backend(f: &FlowValue) -> Option<Backend> {
 
 /// A client-side error about a VIP -> client packet: to the flow's backend.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, err: &IcmpError, svc_flags: u32) -> u32 {
+fn to_backend<C: Ctx>(ctx: &C, err: &IcmpError, svc_flags: u32) -> u32 {
     let q = &err.quoted;
     // The client's flow, as its requests carry it.
     let key = FlowKey {
@@ -228,15 +228,15 @@ fn to_backend(ctx: &XdpContext, err: &IcmpError, svc_flags: u32) -> u32 {
         Some(f) => *f,
         None => match unsafe { EMBRYOS.get(&key) } {
             Some(f) => *f,
-            None => return pass(reason::PASS_ICMP_NO_FLOW),
+            None => return pass::<C>(reason::PASS_ICMP_NO_FLOW),
         },
     };
     let Some(b) = flow_backend(&flow) else {
-        return pass(reason::PASS_ICMP_NO_FLOW);
+        return pass::<C>(reason::PASS_ICMP_NO_FLOW);
     };
     if svc_flags & SVC_FWD_DSR == 0 {
         if let Err(r) = translate(ctx, err, Side::Dst, &b.addr, b.port) {
-            return pass(r);
+            return pass::<C>(r);
         }
     }
     stats::reason(reason::ICMP_TO_BACKEND);
@@ -274,7 +274,7 @@ fn to_backend(ctx: &XdpContext, err: &IcmpError, svc_flags: u32) -> u32 {
 /// A backend-side error about a client -> backend packet of a NAT flow: to the
 /// client, from the VIP, the way the flow's requests came in.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, err: &IcmpError, vip: [u32; 4], vport: u16, flags: u16) -> u32 {
+fn to_client<C: Ctx>(ctx: &C, err: &IcmpError, vip: [u32; 4], vport: u16, flags: u16) -> u32 {
     let q = &err.quoted;
     let (vip, vport, ifindex, smac, dmac) = if flags & REPLY_PER_FLOW != 0 {
         // The backend serves several VIPs: the reply 5-tuple says which.
@@ -291,7 +291,7 @@ fn to_client(ctx: &XdpContext, err: &IcmpError, vip: [u32; 4], vport: u16, flags
             Some(r) => *r,
             None => match unsafe { EMBRYO_REVERSE.get(&rkey) } {
                 Some(r) => *r,
-                None => return pass(reason::PASS_ICMP_NO_FLOW),
+                None => return pass::<C>(reason::PASS_ICMP_NO_FLOW),
             },
         };
         (rev.vip, rev.vport, rev.ifindex, rev.smac, rev.dmac)
@@ -309,13 +309,13 @@ fn to_client(ctx: &XdpContext, err: &IcmpError, vip: [u32; 4], vport: u16, flags
             Some(f) => *f,
             None => match unsafe { EMBRYOS.get(&key) } {
                 Some(f) => *f,
-                None => return pass(reason::PASS_ICMP_NO_FLOW),
+                None => return pass::<C>(reason::PASS_ICMP_NO_FLOW),
             },
         };
         (vip, vport, flow.ifindex, flow.smac, flow.dmac)
     };
     if let Err(r) = translate(ctx, err, Side::Src, &vip, vport) {
-        return pass(r);
+        return pass::<C>(r);
     }
     stats::reason(reason::ICMP_TO_CLIENT);
     forward::emit(ctx, ifindex, &smac, &dmac)
@@ -328,8 +328,8 @@ fn to_client(ctx: &XdpContext, err: &IcmpError, vip: [u32; 4], vport: u16, flags
 /// which covers the quoted bytes (and, for ICMPv6, the outer addresses).
 /// Returns `reason::PASS_TTL` without touching the packet if the TTL would expire.
 #[inline(always)]
-fn translate(
-    ctx: &XdpContext,
+fn translate<C: Ctx>(
+    ctx: &C,
     err: &IcmpError,
     outer: Side,
     addr: &[u32; 4],
@@ -393,7 +393,7 @@ unsafe fn patch_quoted_l4(
 }
 
 #[inline(always)]
-fn translate_v4(ctx: &XdpContext, proto: u8, outer: Side, addr: u32, port: u16) -> Result<(), u32> {
+fn translate_v4<C: Ctx>(ctx: &C, proto: u8, outer: Side, addr: u32, port: u16) -> Result<(), u32> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, L3).ok_or(reason::PASS_MALFORMED)?;
     let inner: *mut Ipv4Hdr = ptr_at(ctx, INNER4).ok_or(reason::PASS_MALFORMED)?;
     let ports: *mut Ports = ptr_at(ctx, INNER4_L4).ok_or(reason::PASS_MALFORMED)?;
@@ -449,8 +449,8 @@ fn translate_v4(ctx: &XdpContext, proto: u8, outer: Side, addr: u32, port: u16) 
 }
 
 #[inline(always)]
-fn translate_v6(
-    ctx: &XdpContext,
+fn translate_v6<C: Ctx>(
+    ctx: &C,
     proto: u8,
     outer: Side,
     addr: &[u32; 4],
@@ -505,7 +505,7 @@ fn translate_v6(
 }
 
 #[inline(always)]
-fn pass(r: u32) -> u32 {
+fn pass<C: Ctx>(r: u32) -> u32 {
     stats::reason(r);
-    xdp_action::XDP_PASS
+    C::PASS
 }

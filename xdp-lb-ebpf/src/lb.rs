@@ -1,16 +1,14 @@
 //! The balancer's decision for one packet: service lookup, validation, backend
 //! choice, rewrite, send; or, for a packet that is not to a service, the NAT reply
 //! path.
-use aya_ebpf::{
-    bindings::{xdp_action, BPF_ANY},
-    programs::XdpContext,
-};
+use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{
     reason, FlowKey, NatReverse, ReplyTarget, ServiceKey, REPLY_PER_FLOW, SVC_FWD_DSR,
     SVC_REVERSE_PER_FLOW,
 };
 
 use crate::{
+    ctx::Ctx,
     forward::{self, Side},
     icmp,
     maps::{
@@ -21,12 +19,12 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn process(ctx: &XdpContext) -> u32 {
+pub fn process<C: Ctx>(ctx: &C) -> u32 {
     let pkt = match parse::parse(ctx) {
         Ok(p) => p,
         // IP, but neither TCP nor UDP: maybe an ICMP error about a balanced flow.
         Err(reason::PASS_NOT_SERVICE) => return icmp::process(ctx),
-        Err(r) => return pass(r),
+        Err(r) => return pass::<C>(r),
     };
     let skey = ServiceKey {
         addr: pkt.key.dst,
@@ -56,11 +54,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
             Ok(c) => c,
             Err(r) => {
                 stats::reason(r);
-                return if reason::is_drop(r) {
-                    xdp_action::XDP_DROP
-                } else {
-                    xdp_action::XDP_PASS
-                };
+                return if reason::is_drop(r) { C::DROP } else { C::PASS };
             }
         };
         stats::service(svc.id, pkt.len, choice.new_flow);
@@ -77,13 +71,13 @@ pub fn process(ctx: &XdpContext) -> u32 {
         let hop = forward::next_hop(ctx, &pkt, choice.id, b.generation, &pkt.key.src, &b.addr);
         if let forward::Hop::TooBig(mtu) = hop {
             if toobig::wants_answer(ctx, &pkt) {
-                return toobig::answer(ctx, &pkt, mtu);
+                return ctx.too_big(&pkt, mtu);
             }
         }
         // DSR: only the MACs change; the backend holds the VIP itself.
         if svc.flags & SVC_FWD_DSR == 0 {
             if let Err(r) = forward::nat(ctx, &pkt, Side::Dst, &b.addr, b.port) {
-                return pass(r);
+                return pass::<C>(r);
             }
         }
         return forward::send(ctx, &pkt, hop, choice.id, &b.addr);
@@ -96,11 +90,11 @@ pub fn process(ctx: &XdpContext) -> u32 {
         family: pkt.key.family,
     };
     if !may_be_endpoint(&ekey.addr, ekey.port) {
-        return pass(reason::PASS_NOT_SERVICE);
+        return pass::<C>(reason::PASS_NOT_SERVICE);
     }
     match unsafe { BACKEND_REPLIES.get(&ekey) } {
         Some(t) => reply(ctx, &pkt, *t),
-        None => pass(reason::PASS_NOT_SERVICE),
+        None => pass::<C>(reason::PASS_NOT_SERVICE),
     }
 }
 
@@ -109,7 +103,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 /// the backend may also talk to clients directly (health checks, administration),
 /// and those packets must pass untouched.
 #[inline(always)]
-fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
+fn reply<C: Ctx>(ctx: &C, pkt: &Packet, t: ReplyTarget) -> u32 {
     let k = &pkt.key;
     if t.flags & REPLY_PER_FLOW != 0 {
         // Established flows first; a SYN-ACK finds its flow in the embryonic table.
@@ -117,11 +111,11 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
             Some(r) => *r,
             None => match unsafe { EMBRYO_REVERSE.get(k) } {
                 Some(r) => *r,
-                None => return pass(reason::PASS_NOT_SERVICE),
+                None => return pass::<C>(reason::PASS_NOT_SERVICE),
             },
         };
         if let Err(r) = forward::nat(ctx, pkt, Side::Src, &rev.vip, rev.vport) {
-            return pass(r);
+            return pass::<C>(r);
         }
         stats::reason(reason::NAT_REPLY);
         return forward::emit(ctx, rev.ifindex, &rev.smac, &rev.dmac);
@@ -144,12 +138,12 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
         }
         None => match unsafe { EMBRYOS.get(&client_flow) } {
             Some(f) => *f,
-            None => return pass(reason::PASS_NOT_SERVICE),
+            None => return pass::<C>(reason::PASS_NOT_SERVICE),
         },
     };
     let (ifindex, smac, dmac) = (flow.ifindex, flow.smac, flow.dmac);
     if let Err(r) = forward::nat(ctx, pkt, Side::Src, &t.vip, t.vport) {
-        return pass(r);
+        return pass::<C>(r);
     }
     stats::reason(reason::NAT_REPLY);
     forward::emit(ctx, ifindex, &smac, &dmac)
@@ -160,8 +154,8 @@ fn reply(ctx: &XdpContext, pkt: &Packet, t: ReplyTarget) -> u32 {
 /// entry goes to EMBRYO_REVERSE, a promoted flow's to NAT_REVERSE (and leaves the
 /// embryonic table), so that spoofed SYNs cannot evict established reverse entries.
 #[inline(always)]
-fn remember_reply(
-    ctx: &XdpContext,
+fn remember_reply<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     backend_addr: [u32; 4],
     backend_port: u16,
@@ -185,7 +179,7 @@ fn remember_reply(
         vip: k.dst,
         vport: k.dport,
         _pad: [0; 2],
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: ctx.ingress_ifindex(),
         smac,
         dmac,
     };
@@ -215,7 +209,7 @@ pub fn may_be_endpoint(addr: &[u32; 4], port: u16) -> bool {
 }
 
 #[inline(always)]
-fn pass(r: u32) -> u32 {
+fn pass<C: Ctx>(r: u32) -> u32 {
     stats::reason(r);
-    xdp_action::XDP_PASS
+    C::PASS
 }

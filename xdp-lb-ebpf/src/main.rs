@@ -1,5 +1,6 @@
-//! The XDP data plane of xdp-lb. `xdp_lb` is the program `xdp-lb run` attaches; the
-//! modules split the packet path by concern (parse, select, forward, stats).
+//! The data plane of xdp-lb. `xdp_lb` (XDP) and `tc_lb` (tc ingress) are the programs
+//! `xdp-lb run` attaches, one source for both (`ctx::Ctx`); the modules split the
+//! packet path by concern (parse, select, forward, stats).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The BPF target has no compare-and-swap, so core's atomic types lack fetch_add; the
@@ -15,6 +16,8 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod bench;
+#[cfg(target_arch = "bpf")]
+mod ctx;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
@@ -34,6 +37,8 @@ mod select;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod tc;
+#[cfg(target_arch = "bpf")]
 mod toobig;
 #[cfg(target_arch = "bpf")]
 mod validate;
@@ -44,6 +49,15 @@ pub fn xdp_lb(ctx: aya_ebpf::programs::XdpContext) -> u32 {
     #[cfg(feature = "upgrade-variant")]
     upgrade_variant(&ctx);
     lb::process(&ctx)
+}
+
+/// The same data path on an skb at tc ingress (`xdp-lb run --attach tc`), for
+/// virtual interfaces: see `tc`.
+#[cfg(target_arch = "bpf")]
+#[aya_ebpf::macros::classifier]
+pub fn tc_lb(ctx: aya_ebpf::programs::TcContext) -> i32 {
+    tc::pull_headers(&ctx);
+    lb::process(&ctx) as i32
 }
 
 /// The upgrade test's second build: a few more instructions, so the program's tag

@@ -106,6 +106,11 @@ pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+/// `tc_lb`'s TX_PORTS: ifindex -> flags (`TC_PORT_PEER`) of the interfaces it may
+/// redirect to.
+#[map]
+pub static TC_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
 /// Benchmark only: the frame the wrapper restores before each tail call.
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);

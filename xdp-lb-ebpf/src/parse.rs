@@ -9,7 +9,7 @@
 //! Every header is read only after an explicit `data + off + size <= data_end`
 //! check; offsets are constants (VLAN-tagged frames are not parsed), which keeps the
 //! verifier's range tracking exact.
-use aya_ebpf::programs::XdpContext;
+use crate::ctx::Ctx;
 use xdp_lb_common::{reason, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -79,7 +79,7 @@ const ETH_MIN_FRAME: u64 = 60;
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the packet.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Ctx, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -124,7 +124,7 @@ struct L4 {
 
 /// Parses the frame or returns the `reason` it is not a TCP/UDP packet we handle.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
+pub fn parse<C: Ctx>(ctx: &C) -> Result<Packet, u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
     let proto = unsafe { (*eth).proto };
     // The program sends only on the interfaces it is attached to, untagged, and
@@ -134,7 +134,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
         return Err(reason::PASS_VLAN);
     }
     let l3 = core::mem::size_of::<EthHdr>();
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = ctx.len();
     if proto == ETH_P_IP {
         parse_v4(ctx, l3, len)
     } else if proto == ETH_P_IPV6 {
@@ -145,7 +145,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
 }
 
 #[inline(always)]
-fn l4_fields(ctx: &XdpContext, l4: usize, proto: u8, l4_len: u64) -> Result<L4, u32> {
+fn l4_fields<C: Ctx>(ctx: &C, l4: usize, proto: u8, l4_len: u64) -> Result<L4, u32> {
     // Require the whole fixed header, not just the ports: the checksum we patch
     // lies at its end. `l4_len` is what the IP header says follows it.
     let need = if proto == PROTO_TCP {
@@ -192,7 +192,7 @@ pub fn ipv4_csum_ok(ip: &Ipv4Hdr) -> bool {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
+fn parse_v4<C: Ctx>(ctx: &C, l3: usize, len: u64) -> Result<Packet, u32> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
@@ -251,7 +251,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize, len: u64) -> Result<Packet, u32> {
+fn parse_v6<C: Ctx>(ctx: &C, l3: usize, len: u64) -> Result<Packet, u32> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(reason::PASS_MALFORMED)?;
     let ip = unsafe { &*ip };
     if (u32::from_be(ip.vtcfl) >> 28) != 6 {

@@ -5,10 +5,11 @@
 //! Two tables: a new flow's entry goes to the small EMBRYOS LRU, and moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns EMBRYOS only.
-use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
+use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{reason, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_SCHED_LC};
 
 use crate::{
+    ctx::Ctx,
     maps::{BACKENDS, BACKEND_OWNERS, EMBRYOS, FLOWS, SERVICES_BY_ID},
     parse::{ptr_at, EthHdr, Packet},
     sched, stats, validate,
@@ -103,8 +104,8 @@ pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
 
 /// `flows_missed`: `established` looked FLOWS up already and found nothing.
 #[inline(always)]
-pub fn backend_for(
-    ctx: &XdpContext,
+pub fn backend_for<C: Ctx>(
+    ctx: &C,
     pkt: &Packet,
     svc: &Service,
     flows_missed: bool,
@@ -172,7 +173,7 @@ pub fn backend_for(
     let mut value = FlowValue {
         backend_id: id,
         generation: backend.generation,
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: ctx.ingress_ifindex(),
         smac: unsafe { (*eth).dst },
         dmac: unsafe { (*eth).src },
         last_seen: 0,

@@ -43,7 +43,7 @@ const TTL: u8 = 64;
 /// Whether the sender asked to be told: IPv6 always, IPv4 only with DF. An IPv4
 /// packet without DF may be fragmented, which the kernel does when forwarding.
 #[inline(always)]
-pub fn wants_answer(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn wants_answer(ctx: &impl crate::ctx::Ctx, pkt: &Packet) -> bool {
     if pkt.key.family != FAMILY_V4 {
         return true;
     }

@@ -1,14 +1,15 @@
 //! Validation of packets addressed to a service, before they are balanced: TCP data
 //! offset and flags, UDP length (every packet, a few compares), and the L4 checksum
-//! of packets that create a flow (`l4_csum_ok`, called before a flow-table insert).
+//! of packets that create a flow (`l4_csum_ok`, called before a flow-table insert;
+//! on an skb, a partial checksum counts as right).
 //!
 //! A service owns these packets, so an invalid one is dropped and counted by reason:
 //! passed to the kernel, it would be routed on towards the VIP's route without any L4
 //! check. Packets of established flows keep the incremental checksum update: a wrong
 //! checksum stays wrong and the backend drops it.
-use aya_ebpf::programs::XdpContext;
 use xdp_lb_common::{csum::fold, reason, CSUM_MAX_BYTES, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
+use crate::ctx::Ctx;
 use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Header checks every packet to a service passes, or the drop reason.
@@ -42,7 +43,7 @@ pub fn l4_header(pkt: &Packet) -> Result<(), u32> {
 /// The checksum of the packet's L4 segment is right (or an IPv4 UDP datagram says it
 /// has none). Called only for packets that are about to create a flow.
 #[inline(always)]
-pub fn l4_csum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn l4_csum_ok<C: Ctx>(ctx: &C, pkt: &Packet) -> bool {
     let k = &pkt.key;
     if k.proto == PROTO_UDP && k.family == FAMILY_V4 && udp_check_is_zero(ctx, pkt) {
         return true;
@@ -55,11 +56,38 @@ pub fn l4_csum_ok(ctx: &XdpContext, pkt: &Packet) -> bool {
     }
     seed += u16::from_ne_bytes([0, k.proto]) as u64;
     seed += u16::from_ne_bytes(pkt.l4_len.to_be_bytes()) as u64;
+    if C::PARTIAL_CSUM && partial_ok(ctx, pkt, seed) {
+        return true;
+    }
+    // An skb's segment may lie partly beyond its linear head.
+    if !ctx.linearize(pkt.l4 + pkt.l4_len as usize) {
+        return false;
+    }
     segment_sum_ok(ctx, pkt.l4 as u32, pkt.l4_len as u32, seed)
 }
 
+/// The checksum field holds the pseudo-header sum alone: a CHECKSUM_PARTIAL skb
+/// from a local socket, whose segment the device (or the stack, for a veth peer)
+/// sums later. The program cannot read the skb's checksum state, so a packet from
+/// the wire carrying this value passes too; its wrong checksum then fails at the
+/// backend, which drops it, and the flow entry it cost ages out of EMBRYOS.
 #[inline(always)]
-fn udp_check_is_zero(ctx: &XdpContext, pkt: &Packet) -> bool {
+fn partial_ok<C: Ctx>(ctx: &C, pkt: &Packet, seed: u64) -> bool {
+    let off = pkt.l4
+        + if pkt.key.proto == PROTO_TCP {
+            crate::parse::TCP_CHECK_OFF
+        } else {
+            crate::parse::UDP_CHECK_OFF
+        };
+    match crate::parse::ptr_at::<u16>(ctx, off) {
+        // seed - field == 0 in ones' complement (either zero).
+        Some(c) => fold(seed + (!unsafe { *c }) as u64) == 0xffff,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn udp_check_is_zero<C: Ctx>(ctx: &C, pkt: &Packet) -> bool {
     match crate::parse::ptr_at::<u16>(ctx, pkt.l4 + crate::parse::UDP_CHECK_OFF) {
         Some(c) => unsafe { *c == 0 },
         None => false,
@@ -80,7 +108,7 @@ const MAX_L4_OFF: u32 = 14 + 40;
 /// per packet length. `l4` and `len` are clamped so every packet pointer has a bounded
 /// offset ("invalid access to packet" / "unbounded min value" otherwise).
 #[inline(never)]
-fn segment_sum_ok(ctx: &XdpContext, l4: u32, len: u32, seed: u64) -> bool {
+fn segment_sum_ok<C: Ctx>(ctx: &C, l4: u32, len: u32, seed: u64) -> bool {
     if l4 > MAX_L4_OFF || len > CSUM_MAX_BYTES {
         return false;
     }

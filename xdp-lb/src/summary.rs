@@ -10,8 +10,9 @@ pub fn render(cfg: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "interfaces: {} (xdp mode {}), flow table {}, max services {}, max table size {}",
+        "interfaces: {} (attach {}, xdp mode {}), flow table {}, max services {}, max table size {}",
         cfg.interfaces.join(", "),
+        cfg.attach,
         cfg.xdp_mode,
         cfg.flow_table_size,
         cfg.max_services,
@@ -228,7 +229,10 @@ state = "down"
         .unwrap();
         let text = render(&cfg);
         println!("{text}");
-        assert!(text.contains("interfaces: veth0 (xdp mode auto)"), "{text}");
+        assert!(
+            text.contains("interfaces: veth0 (attach xdp, xdp mode auto)"),
+            "{text}"
+        );
         assert!(text.contains("2 services:"), "{text}");
         let web = text.lines().find(|l| l.contains("web")).unwrap();
         for field in ["198.18.100.1:80/tcp", "maglev", "nat", "65537"] {

@@ -12,8 +12,10 @@
 //! saturated. A failed request or stream fails the run.
 //!
 //! `e2e` compares the balancer against plain routing (no XDP program anywhere) and
-//! routing past the attached balancer (its XDP_PASS path). `veth` adds the variants of
-//! the veth investigation: generic (SKB) mode, and TSO/GSO/GRO off on every veth.
+//! routing past the attached balancer (its XDP_PASS path), and the tc attach mode with
+//! every offload on against plain routing with the same offloads. `veth` adds the
+//! variants of the veth investigation: generic (SKB) mode, and TSO/GSO/GRO off on
+//! every veth.
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
@@ -57,6 +59,9 @@ enum Offloads {
     Topology,
     /// TSO, GSO and GRO off on every veth of the path.
     SegOff,
+    /// Every offload at the veth defaults, TX checksum on client and backends too
+    /// (so TSO is on there): what the tc attach mode keeps correct.
+    Default,
 }
 
 #[derive(Clone, Copy)]
@@ -120,6 +125,16 @@ pub fn run() -> anyhow::Result<()> {
             offloads: Offloads::Topology,
         },
         Row {
+            label: "xdp-lb tc -> VIP, offloads on",
+            path: Path::Vip("tc"),
+            offloads: Offloads::Default,
+        },
+        Row {
+            label: "plain routing, offloads on",
+            path: Path::Plain,
+            offloads: Offloads::Default,
+        },
+        Row {
             label: "routed past xdp-lb (XDP_PASS)",
             path: Path::PastLb,
             offloads: Offloads::Topology,
@@ -160,6 +175,16 @@ pub fn run_veth() -> anyhow::Result<()> {
             label: "plain routing, seg off",
             path: Path::Plain,
             offloads: Offloads::SegOff,
+        },
+        Row {
+            label: "xdp-lb tc -> VIP, offloads on",
+            path: Path::Vip("tc"),
+            offloads: Offloads::Default,
+        },
+        Row {
+            label: "plain routing, offloads on",
+            path: Path::Plain,
+            offloads: Offloads::Default,
         },
     ];
     // Failures are findings here (a mode that breaks a path): reported, not fatal.
@@ -306,28 +331,48 @@ impl Bed {
             // not, and a native peer program would turn TSO off on the lb's side.
             self.topo.set_xdp_pass(want_mode == Some("native"))?;
             if let Some(mode) = want_mode {
+                // "tc" is an attach mode of its own, the rest are XDP modes.
+                let (flag, value) = if mode == "tc" {
+                    ("--attach", "tc")
+                } else {
+                    ("--xdp-mode", mode)
+                };
                 let args = [
                     "run".to_string(),
                     "--config".into(),
                     self.config.path().display().to_string(),
-                    "--xdp-mode".into(),
-                    mode.into(),
+                    flag.into(),
+                    value.into(),
                 ];
                 self.lb = Some((self.topo.start_lb(&args).context("starting xdp-lb")?, mode));
             }
         }
         if self.offloads != row.offloads {
-            let v = if row.offloads == Offloads::SegOff {
-                "off"
-            } else {
+            // TX checksum first: TSO depends on it.
+            let tx = if row.offloads == Offloads::Default {
                 "on"
+            } else {
+                "off"
             };
-            for (ns, ifs) in self.veths() {
-                for i in ifs {
-                    ns.exec(&["ethtool", "-K", &i, "tso", v, "gso", v, "gro", v])?;
+            let t = &self.topo;
+            for ns in std::iter::once(&t.client).chain(t.backends.iter().map(|b| &b.ns)) {
+                ns.exec(&["ethtool", "-K", IFACE, "tx", tx])?;
+            }
+            // Segmentation offloads only change into or out of SegOff; out of it they
+            // go back to the veth defaults, GRO off: GRO on a veth with native XDP
+            // stalls streams (seen here: 78 KB in 5 s), see TOOLCHAIN.md.
+            if (row.offloads == Offloads::SegOff) != (self.offloads == Offloads::SegOff) {
+                let (seg, gro) = if row.offloads == Offloads::SegOff {
+                    ("off", "off")
+                } else {
+                    ("on", "off")
+                };
+                for (ns, ifs) in self.veths() {
+                    for i in ifs {
+                        ns.exec(&["ethtool", "-K", &i, "tso", seg, "gso", seg, "gro", gro])?;
+                    }
                 }
             }
-            // The topology's TX checksum setting on client and backends stays as it was.
             self.offloads = row.offloads;
         }
         Ok(())
@@ -820,10 +865,12 @@ fn print_report(
             "client",
             "server"
         );
-        let plain = rows
-            .iter()
-            .position(|r| r.path == Path::Plain && r.offloads == Offloads::Topology)
-            .map(|i| Spread::of(&rates(&results[i][mi])).median);
+        // Each row against plain routing with the same offloads.
+        let plain = |offloads: Offloads| {
+            rows.iter()
+                .position(|r| r.path == Path::Plain && r.offloads == offloads)
+                .map(|i| Spread::of(&rates(&results[i][mi])).median)
+        };
         for (ri, r) in rows.iter().enumerate() {
             let v = &results[ri][mi];
             if v.is_empty() {
@@ -841,8 +888,8 @@ fn print_report(
                 })
                 .expect("not empty");
             let prec = if *m == Metric::Bulk { 2 } else { 0 };
-            let ratio = match plain {
-                Some(p) if p > 0.0 && r.offloads == Offloads::Topology => {
+            let ratio = match plain(r.offloads) {
+                Some(p) if p > 0.0 && r.path != Path::Plain => {
                     format!(" {:.2}x plain", rate.median / p)
                 }
                 _ => String::new(),
@@ -867,6 +914,7 @@ fn print_report(
     println!("Attach mode and offloads per row (ethtool -k as the row ran):");
     for (ri, r) in rows.iter().enumerate() {
         let mode = match r.path {
+            Path::Vip("tc") => "xdp-lb tc (TCX) at lb eth0 ingress, no XDP program".into(),
             Path::Vip(m) => format!("xdp-lb {m} XDP on lb eth0"),
             Path::PastLb => "xdp-lb native XDP on lb eth0 (XDP_PASS for this traffic)".into(),
             Path::Plain => "no XDP program on any interface".into(),

@@ -8,6 +8,7 @@ pub mod entry;
 pub mod freshness;
 pub mod headers;
 pub mod hot;
+pub mod interim;
 pub mod key;
 pub mod proxy;
 pub mod range;

@@ -29,6 +29,7 @@ use super::entry::{self, Entry, Stored, VaryMarker};
 use super::freshness::{self, millis, Rules};
 use super::headers::{add_forwarding, normalize_age, strip_hop_by_hop};
 use super::hot::HotTier;
+use super::interim;
 use super::key;
 use super::range::{self, RangeAnswer};
 use super::request::target_host;
@@ -560,6 +561,13 @@ impl Proxy {
                 .body(Full::new(body.clone()))
                 .map_err(|e| FetchError::BadTarget(pq.to_string(), e))?;
             *req.headers_mut() = parts.headers.clone();
+            // 1xx heads (103 Early Hints) go to the client being served, never into the cache;
+            // a fetch no client waits on (a background refresh) has no sink.
+            if let Some(sink) = interim::current_sink() {
+                hyper::ext::on_informational(&mut req, move |res| {
+                    sink.push(res.status(), res.headers())
+                });
+            }
             // The body was read in full and is sent as one piece: its length is the only
             // framing the upstream sees, whatever the client's framing headers said.
             req.headers_mut().remove(CONTENT_LENGTH);

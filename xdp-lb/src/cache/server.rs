@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -12,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::config::CacheConfig;
+use super::interim::{self, ClientIo};
 use super::proxy::{Proxy, ProxyError};
 use super::stats::Stats;
 
@@ -103,12 +105,26 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self.proxy);
             let max_buf = self.max_header_bytes;
-            let svc = service_fn(move |req| proxy.serve(req, peer.ip()));
+            // 1xx heads from upstreams reach the client through this wrapper (see `interim`).
+            let shared = interim::Shared::new();
+            let io = ClientIo::new(stream, Arc::clone(&shared));
+            let fd = io.fd();
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let wants = interim::wants_interim(req.version());
+                match proxy.serve(req, peer.ip()) {
+                    // Answered without I/O (hot-tier hits): nothing upstream, no 1xx.
+                    Either::Left(ready) => Either::Left(ready),
+                    Either::Right(fut) if wants => {
+                        Either::Right(Either::Left(interim::with_interim(&shared, fd, fut)))
+                    }
+                    Either::Right(fut) => Either::Right(Either::Right(fut)),
+                }
+            });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(max_buf)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(io), svc);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

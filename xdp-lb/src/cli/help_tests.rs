@@ -123,6 +123,11 @@ fn options_defaulted_outside_clap_state_their_default() {
             "--xdp-mode",
             "[default: auto, or `xdp_mode` in the file]",
         ),
+        (
+            &["run"],
+            "--attach",
+            "[default: xdp, or `attach` in the file]",
+        ),
         (&["run"], "--flow-table-size", &flow),
         (&["check"], "--flow-table-size", &flow),
         (&["run"], "--table-size", "[default: 65537]"),

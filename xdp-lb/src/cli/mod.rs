@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{builder::TypedValueParser as _, Args, Parser, Subcommand};
 
-use crate::config::{Sources, XdpMode};
+use crate::config::{Attach, Sources, XdpMode};
 pub use admin::{AdminArgs, BackendCmd, ServiceCmd};
 
 #[derive(Parser, Debug)]
@@ -170,6 +170,14 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(XdpMode::NAMES)
         .map(|s| s.parse::<XdpMode>().expect("listed value")))]
     pub xdp_mode: Option<XdpMode>,
+    /// Program type per interface: xdp (XDP in --xdp-mode everywhere), tc (tc
+    /// ingress everywhere: keeps GSO and partial checksums on veth and delivers
+    /// into the peer's namespace), or auto (tc on veth, XDP elsewhere). XDP is the
+    /// default because the tc program leaves too-big packets to the kernel instead
+    /// of answering them itself. [default: xdp, or `attach` in the file]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Attach::NAMES)
+        .map(|s| s.parse::<Attach>().expect("listed value")))]
+    pub attach: Option<Attach>,
     /// Flow-table capacity (connections remembered per table).
     /// [default: 262144, or `flow_table_size` in the file]
     #[arg(long)]
@@ -205,6 +213,7 @@ impl RunArgs {
             config: self.config.clone(),
             ifaces: self.ifaces.clone(),
             xdp_mode: self.xdp_mode,
+            attach: self.attach,
             flow_table_size: self.flow_table_size,
             vip: self.vip.clone(),
             proto: self.proto.to_ascii_lowercase(),

@@ -6,6 +6,7 @@
 //! ```toml
 //! interfaces = ["eth0"]          # required unless --iface is given; --iface replaces it
 //! xdp_mode = "auto"              # auto (default) | native | generic
+//! attach = "xdp"                 # xdp (default) | tc | auto (tc on veth, XDP elsewhere)
 //! flow_table_size = 262144       # optional: connections remembered per flow table
 //! max_services = 32              # optional: service slots the ring map is sized for (1..=1024)
 //! max_table_size = 65537         # optional: largest table_size any service may use
@@ -114,6 +115,47 @@ impl fmt::Display for XdpMode {
     }
 }
 
+/// Which program type runs the balancer on an interface.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attach {
+    /// XDP (`xdp_lb`) in `xdp_mode`, on every interface. The default: the tc
+    /// program does not answer packets too big for their egress itself (see README
+    /// "Known limits"), and XDP is what a physical NIC wants.
+    #[default]
+    Xdp,
+    /// tc ingress (`tc_lb`, a TCX link), on every interface: for veth, where it
+    /// keeps GSO and partial checksums and delivers into the peer's namespace.
+    Tc,
+    /// tc on veth interfaces, XDP on every other one.
+    Auto,
+}
+
+impl Attach {
+    pub const NAMES: [&'static str; 3] = ["xdp", "tc", "auto"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attach::Xdp => "xdp",
+            Attach::Tc => "tc",
+            Attach::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for Attach {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        parse_attach(s)
+    }
+}
+
+impl fmt::Display for Attach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Where a configuration comes from: the file named by `config`, plus what the
 /// command line adds (one service from `vip`/`backends`/...) or overrides
 /// (`ifaces`, `xdp_mode`, `flow_table_size`). Built by the CLI; plain data here so
@@ -123,6 +165,7 @@ pub struct Sources {
     pub config: Option<std::path::PathBuf>,
     pub ifaces: Vec<String>,
     pub xdp_mode: Option<XdpMode>,
+    pub attach: Option<Attach>,
     pub flow_table_size: Option<u32>,
     /// One more service: `ADDR:PORT` (IPv6 as `[ADDR]:PORT`).
     pub vip: Option<String>,
@@ -156,6 +199,7 @@ const MAX_IFNAME_LEN: usize = 15;
 pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    pub attach: Attach,
     pub flow_table_size: u32,
     /// Service slots the ring map is sized for (fixed for the life of a `run`).
     pub max_services: u32,
@@ -485,6 +529,8 @@ pub enum ConfigError {
     },
     #[error("unknown xdp_mode {value:?}; use \"auto\", \"native\" or \"generic\"")]
     UnknownXdpMode { value: String },
+    #[error("unknown attach {value:?}; use \"xdp\", \"tc\" or \"auto\"")]
+    UnknownAttach { value: String },
     #[error("service {service:?}: table_size {size} is not prime (Maglev needs a prime); the next prime is {suggestion}")]
     TableSizeNotPrime {
         service: String,
@@ -600,6 +646,7 @@ struct RawConfig {
     #[serde(default)]
     interfaces: Vec<String>,
     xdp_mode: Option<String>,
+    attach: Option<String>,
     flow_table_size: Option<u32>,
     max_services: Option<u32>,
     max_table_size: Option<u32>,
@@ -792,6 +839,11 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         (None, None) => XdpMode::default(),
         (None, Some(s)) => m.check("xdp_mode", parse_xdp_mode(s)).unwrap_or_default(),
     };
+    let attach = match (args.attach, raw.attach.as_deref()) {
+        (Some(a), _) => a,
+        (None, None) => Attach::default(),
+        (None, Some(s)) => m.check("attach", parse_attach(s)).unwrap_or_default(),
+    };
 
     let flow_table_size = args
         .flow_table_size
@@ -883,6 +935,7 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
     let cfg = Config {
         interfaces,
         xdp_mode,
+        attach,
         flow_table_size,
         max_services,
         max_table_size,
@@ -992,6 +1045,15 @@ fn parse_xdp_mode(s: &str) -> Result<XdpMode, ConfigError> {
         "native" => Ok(XdpMode::Native),
         "generic" => Ok(XdpMode::Generic),
         _ => Err(ConfigError::UnknownXdpMode { value: s.into() }),
+    }
+}
+
+fn parse_attach(s: &str) -> Result<Attach, ConfigError> {
+    match s {
+        "xdp" => Ok(Attach::Xdp),
+        "tc" => Ok(Attach::Tc),
+        "auto" => Ok(Attach::Auto),
+        _ => Err(ConfigError::UnknownAttach { value: s.into() }),
     }
 }
 
@@ -1875,6 +1937,24 @@ state = "down"
         assert!(e.to_string().contains("backend 198.18.1.2:8080"), "{e}");
         let e = err(&format!("xdp_mode = \"offload\"\n{}", one("", "")));
         assert!(matches!(e, ConfigError::UnknownXdpMode { .. }), "{e:?}");
+        let e = err(&format!("attach = \"tcx\"\n{}", one("", "")));
+        assert!(matches!(e, ConfigError::UnknownAttach { .. }), "{e:?}");
+        assert!(e.to_string().contains("\"xdp\", \"tc\" or \"auto\""), "{e}");
+    }
+
+    #[test]
+    fn attach_defaults_to_xdp_comes_from_the_file_and_the_flag_wins() {
+        assert_eq!(parse_str(GOOD).unwrap().attach, Attach::Xdp);
+        let text = format!("attach = \"auto\"\n{GOOD}");
+        assert_eq!(parse_str(&text).unwrap().attach, Attach::Auto);
+        let args = Sources {
+            attach: Some(Attach::Tc),
+            ..Sources::default()
+        };
+        assert_eq!(
+            parse_str_with_args(&text, &args).unwrap().attach,
+            Attach::Tc
+        );
     }
 
     #[test]

@@ -544,6 +544,7 @@ impl<D: Dataplane> Controller<D> {
             (
                 c.interfaces.clone(),
                 c.xdp_mode,
+                c.attach,
                 c.flow_table_size,
                 c.max_services,
                 c.max_table_size,
@@ -557,7 +558,7 @@ impl<D: Dataplane> Controller<D> {
         if fixed(&new) != fixed(&self.cfg) {
             return Err(ApiError::new(
                 ErrorKind::Invalid,
-                "interfaces, xdp_mode, flow_table_size, max_services, max_table_size and [monitor] (except [monitor.alerts]) only change on restart",
+                "interfaces, xdp_mode, attach, flow_table_size, max_services, max_table_size and [monitor] (except [monitor.alerts]) only change on restart",
             ));
         }
         if new.cache != self.cfg.cache {

@@ -24,7 +24,7 @@ use crate::{
         proto::{ApiError, Command, ErrorKind, Reply},
         server::{AdminServer, Envelope, ServerError},
     },
-    config::{self, Config, ConfigError, Sources, XdpMode},
+    config::{self, Attach, Config, ConfigError, Sources, XdpMode},
     dataplane::{
         self, pin::PinOptions, AyaDataplane, Dataplane, DataplaneError, MapSizes, PASS_PROGRAM,
         PROGRAM,
@@ -217,12 +217,25 @@ pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), Da
     };
     // Program the maps before attaching, so the first packet already sees the services.
     dp.apply(&plan).map_err(DaemonError::Dataplane)?;
-    dataplane::pin::detach_other_links(&pin.dir, &cfg.interfaces)
+    let tc: Vec<bool> = cfg
+        .interfaces
+        .iter()
+        .map(|i| uses_tc(cfg.attach, i))
+        .collect();
+    let keep: Vec<String> = cfg
+        .interfaces
+        .iter()
+        .zip(&tc)
+        .map(|(i, &tc)| dataplane::pin::link_name(i, tc))
+        .collect();
+    dataplane::pin::detach_other_links(&pin.dir, &keep).map_err(DaemonError::Dataplane)?;
+    for (iface, &tc) in cfg.interfaces.iter().zip(&tc) {
+        let mode = if tc {
+            dp.attach_tc(iface)
+        } else {
+            dp.attach(PROGRAM, iface, cfg.xdp_mode)
+        }
         .map_err(DaemonError::Dataplane)?;
-    for iface in &cfg.interfaces {
-        let mode = dp
-            .attach(PROGRAM, iface, cfg.xdp_mode)
-            .map_err(DaemonError::Dataplane)?;
         log::info!("attached to {iface} in {mode} mode");
         warn_if_forwarding_disabled(&cfg, iface);
     }
@@ -610,6 +623,16 @@ pub fn detach(dir: &std::path::Path) -> Result<(), DaemonError> {
         );
     }
     Ok(())
+}
+
+/// Whether `iface` gets the tc program: always with `--attach tc`, on veth with
+/// `auto` (where XDP copies every skb and costs the peer its GSO).
+fn uses_tc(attach: Attach, iface: &str) -> bool {
+    match attach {
+        Attach::Xdp => false,
+        Attach::Tc => true,
+        Attach::Auto => dataplane::iface::is_veth(iface),
+    }
 }
 
 /// `xdp-lb xdp-pass`: attach the pass-everything program and wait for a signal.

@@ -7,8 +7,9 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        TestRun, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -43,6 +44,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the balancer program in the object.
 pub const PROGRAM: &str = "xdp_lb";
+/// The same balancer as a tc classifier (`--attach tc`).
+pub const TC_PROGRAM: &str = "tc_lb";
 /// Attempts at loading a program whose verification was interrupted (EAGAIN).
 const LOAD_TRIES: u32 = 5;
 
@@ -78,6 +81,46 @@ fn absent(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError>
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         other => other,
+    }
+}
+
+/// Loads a program through the verifier. The verifier gives up with EAGAIN as soon as
+/// a signal is pending on the loading thread (a child's SIGCHLD, an operator's
+/// SIGHUP), which a long verification of a busy process can meet every time; so the
+/// thread blocks every signal while it loads (they are delivered to another thread,
+/// or to this one right after), and still retries like libbpf in case one slips in.
+fn verify(
+    name: &'static str,
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), DataplaneError> {
+    let mut tries = LOAD_TRIES;
+    loop {
+        let result = with_signals_blocked(&mut load);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
+                tries -= 1;
+                log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
+            }
+            Err(source) => return Err(DataplaneError::Program { name, source }),
+        }
+    }
+}
+
+/// Runs `f` with every blockable signal blocked on this thread, then restores the mask.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; the masks are
+    // this thread's own and restored before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
+        let out = f();
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        out
     }
 }
 
@@ -273,19 +316,7 @@ impl AyaDataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            // The verifier gives up with EAGAIN when a signal is pending on the
-            // loading thread; libbpf retries the same way.
-            let mut tries = LOAD_TRIES;
-            loop {
-                match prog.load() {
-                    Ok(()) => break,
-                    Err(e) if tries > 1 && os_error(&e) == Some(libc::EAGAIN) => {
-                        tries -= 1;
-                        log::debug!("{name}: verifier interrupted (EAGAIN), loading again");
-                    }
-                    Err(source) => return Err(DataplaneError::Program { name, source }),
-                }
-            }
+            verify(name, || prog.load())?;
         }
         Ok(prog)
     }
@@ -369,9 +400,128 @@ impl AyaDataplane {
         }
         if program == PROGRAM {
             self.add_tx_port(idx)?;
+            self.add_tc_port(iface, idx)?;
         }
         self.attached.push((iface.to_string(), used));
         Ok(used)
+    }
+
+    /// Loads (verifies) the tc program.
+    pub fn load_tc_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        let name = TC_PROGRAM;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        if prog.fd().is_err() {
+            verify(name, || prog.load())?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the tc program at `iface`'s ingress through a TCX link (kernel 6.6+;
+    /// no clsact qdisc to manage). Pinned like the XDP links, in `tclink-<iface>`:
+    /// it outlives the process, and a restart swaps the program on it in place.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<&'static str, DataplaneError> {
+        let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface(iface.to_string()))?;
+        let link_path = self.pin_dir.as_ref().map(|d| pin::tc_link_path(d, iface));
+        let mut used = "tc";
+        let mut replaced = false;
+        if let Some(path) = &link_path {
+            if path.exists() {
+                replaced = self.replace_pinned_tc(iface, path)?;
+                if replaced {
+                    used = "tc, replaced in place";
+                }
+            }
+        }
+        if !replaced {
+            let prog = self.load_tc_program()?;
+            let link = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: "tc",
+                    source,
+                })?;
+            if let Some(path) = link_path {
+                let owned = prog
+                    .take_link(link)
+                    .map_err(|source| DataplaneError::Program {
+                        name: TC_PROGRAM,
+                        source,
+                    })?;
+                let fd = FdLink::try_from(owned).map_err(|source| DataplaneError::Link {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+                let pinned = fd.pin(&path).map_err(|source| DataplaneError::PinLink {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.pinned_links.push(pinned);
+            }
+        }
+        self.add_tx_port(idx)?;
+        self.add_tc_port(iface, idx)?;
+        self.attached.push((iface.to_string(), used));
+        Ok(used)
+    }
+
+    /// `replace_pinned` for a tc link. False (after removing the dead pin) when its
+    /// interface went away.
+    fn replace_pinned_tc(
+        &mut self,
+        iface: &str,
+        path: &std::path::Path,
+    ) -> Result<bool, DataplaneError> {
+        let link_err = |source| DataplaneError::Link {
+            iface: iface.to_string(),
+            source,
+        };
+        let link = PinnedLink::from_pin(path).map_err(link_err)?;
+        let fd: FdLink = link.into();
+        let tc_link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
+        let prog = self.load_tc_program()?;
+        match prog.attach_to_link(tc_link) {
+            Ok(_) => {
+                log::info!("{iface}: replaced the tc program on the pinned link in place");
+                Ok(true)
+            }
+            Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
+                log::info!(
+                    "{iface}: the pinned tc link is defunct (interface re-created); attaching anew"
+                );
+                std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok(false)
+            }
+            Err(source) => Err(DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode: "replace",
+                source,
+            }),
+        }
+    }
+
+    /// Lets the tc program redirect to interface `ifindex`, into the peer's
+    /// namespace when it is a veth whose peer lives elsewhere.
+    pub fn add_tc_port(&mut self, iface: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        let flags = if super::iface::veth_peer_elsewhere(iface, ifindex) {
+            xdp_lb_common::TC_PORT_PEER
+        } else {
+            0
+        };
+        let mut ports: HashMap<&mut MapData, u32, u32> = self.map("TC_PORTS")?;
+        ports.insert(ifindex, flags, 0).map_err(map_err("TC_PORTS"))
     }
 
     /// Swaps `program` into the link pinned at `path` (one `bpf_link_update`: the
@@ -538,6 +688,39 @@ impl AyaDataplane {
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
                 repeat,
+                ..Default::default()
+            })
+            .map_err(|source| DataplaneError::TestRun { name, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            frame: out,
+            per_run: r.duration,
+        })
+    }
+
+    /// `test_run` for the tc program: the frame as an skb arriving on `ifindex`
+    /// (its checksum state CHECKSUM_NONE, linear, not GSO). The action is a TC_ACT_*
+    /// value; a redirect is not carried out by the test run.
+    pub fn test_run_tc(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let name = TC_PROGRAM;
+        let prog = self.load_tc_program()?;
+        // struct __sk_buff up to `tc_index`: zero but for ingress_ifindex (offset 36)
+        // and ifindex (40), the fields the kernel takes from ctx_in here.
+        let mut ctx = [0u8; 48];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
                 ..Default::default()
             })
             .map_err(|source| DataplaneError::TestRun { name, source })?;

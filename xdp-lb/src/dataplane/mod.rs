@@ -4,12 +4,14 @@
 mod bpf;
 pub mod conns;
 mod fake;
+pub mod iface;
 pub mod pin;
 
 use std::collections::HashMap;
 
 pub use bpf::{
     error_chain, ifindex, AyaDataplane, TestRunOutcome, EBPF_OBJECT, PASS_PROGRAM, PROGRAM,
+    TC_PROGRAM,
 };
 pub use fake::FakeDataplane;
 use xdp_lb_common::Counters;

@@ -163,9 +163,31 @@ fn layout_dir(base: &Path) -> PathBuf {
     base.join(format!("v{LAYOUT_VERSION}"))
 }
 
-/// Path of the pinned link of `iface`.
+/// Path of the pinned XDP link of `iface`.
 pub fn link_path(base: &Path, iface: &str) -> PathBuf {
-    base.join(format!("link-{iface}"))
+    base.join(link_name(iface, false))
+}
+
+/// Path of the pinned tc (TCX) link of `iface`.
+pub fn tc_link_path(base: &Path, iface: &str) -> PathBuf {
+    base.join(link_name(iface, true))
+}
+
+/// File name of a pinned link: `link-<iface>` (XDP) or `tclink-<iface>` (tc). The
+/// prefixes differ before their dash, so no interface name makes one read as the
+/// other.
+pub fn link_name(iface: &str, tc: bool) -> String {
+    if tc {
+        format!("tclink-{iface}")
+    } else {
+        format!("link-{iface}")
+    }
+}
+
+/// The interface a pinned link's file name is for, XDP or tc.
+fn link_iface(name: &str) -> Option<&str> {
+    name.strip_prefix("link-")
+        .or_else(|| name.strip_prefix("tclink-"))
 }
 
 /// Why pinned state cannot be adopted. Each names what differs.
@@ -544,7 +566,7 @@ pub fn detach(dir: &Path) -> Result<Detached, DataplaneError> {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if let Some(iface) = name.strip_prefix("link-") {
+        if let Some(iface) = link_iface(&name) {
             force_detach_link(&path)?;
             std::fs::remove_file(&path).map_err(io(&path))?;
             done.links.push(iface.to_string());
@@ -557,21 +579,23 @@ pub fn detach(dir: &Path) -> Result<Detached, DataplaneError> {
     Ok(done)
 }
 
-/// Detaches and unpins the links of interfaces this run no longer attaches to
-/// (removed from the configuration while the daemon was down).
+/// Detaches and unpins the links this run does not keep (`keep`: link file names,
+/// see `link_name`): interfaces removed from the configuration while the daemon was
+/// down, and the other program type's link where the attach mode changed, so an
+/// interface never runs both.
 pub fn detach_other_links(dir: &Path, keep: &[String]) -> Result<(), DataplaneError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(iface) = name.strip_prefix("link-") else {
+        let Some(iface) = link_iface(&name) else {
             continue;
         };
-        if keep.iter().any(|k| k == iface) {
+        if keep.contains(&name) {
             continue;
         }
-        log::info!("{iface} is no longer configured: detaching its pinned program");
+        log::info!("{iface}: detaching the pinned program this run does not use ({name})");
         let path = entry.path();
         force_detach_link(&path)?;
         std::fs::remove_file(&path).map_err(|source| DataplaneError::PinIo { path, source })?;

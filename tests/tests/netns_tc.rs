@@ -1,0 +1,201 @@
+//! The tc attach mode (`xdp-lb run --attach tc`) with real traffic through the VIP:
+//! veth offloads at their defaults (TX checksum offload, TSO/GSO on), so clients and
+//! backends send partial checksums and large GSO segments, which the tc program must
+//! rewrite correctly (XDP cannot: its namespace tests turn TX checksum offload off).
+//! Each test checks that the data path was the tc program's: the log line of the
+//! attachment, and the service's byte counter, which only the program moves.
+use sha2::{Digest, Sha256};
+use xdp_lb_tests::{
+    admin::AdminCli,
+    client::{self, LineClient},
+    require_root,
+    scenario::{self, Tally},
+    servers::hex,
+    topology::{Topology, TopologyBuilder, IFACE, TCP_PORT, UDP_PORT},
+    Forwarding,
+};
+
+const CONNECTIONS: usize = 60;
+const REQUESTS: usize = 30;
+const TRANSFER: usize = 10 * 1024 * 1024;
+
+fn tc_topology(backends: usize, mode: Forwarding) -> Topology {
+    TopologyBuilder::new(backends, mode)
+        .default_offloads()
+        .build()
+        .unwrap_or_else(|e| panic!("building the {mode:?} topology: {e}"))
+}
+
+/// Starts `xdp-lb run --attach tc` for `svc`; checks it attached in tc mode.
+fn start_tc(
+    topo: &Topology,
+    svc: &xdp_lb_tests::lbconfig::ServiceSpec,
+) -> xdp_lb_tests::lb::XdpLbProcess {
+    let mut args = svc.run_args(IFACE);
+    args.extend(["--attach".to_string(), "tc".to_string()]);
+    let lb = topo
+        .start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+    assert!(
+        lb.output().contains(&format!("attached to {IFACE} in tc")),
+        "not attached in tc mode:\n{}",
+        lb.output()
+    );
+    lb
+}
+
+/// The offloads the test is about are on where traffic starts.
+fn assert_offloads_on(topo: &Topology) {
+    let out = topo
+        .client
+        .exec(&["ethtool", "-k", IFACE])
+        .expect("ethtool -k in the client namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for feature in ["tx-checksumming: on", "tcp-segmentation-offload: on"] {
+        assert!(
+            text.contains(feature),
+            "client {IFACE}: want {feature}:\n{text}"
+        );
+    }
+}
+
+/// Bytes the service's counter shows (counted by the program per packet) once it
+/// reaches `at_least`, or its last value. `status` reports the monitor's latest
+/// sample, taken every interval: asked a bounded number of times.
+fn service_bytes(lb: &xdp_lb_tests::lb::XdpLbProcess, at_least: u64) -> u64 {
+    let admin = AdminCli::new(lb);
+    let mut bytes = 0;
+    for _ in 0..60 {
+        let s = admin.status();
+        bytes = s["services"][0]["bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no service bytes in {s}"));
+        if bytes >= at_least {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    bytes
+}
+
+fn tcp_through_tc(mode: Forwarding, v6: bool) {
+    require_root();
+    let topo = tc_topology(3, mode);
+    assert_offloads_on(&topo);
+    let svc = scenario::service(&topo, v6, TCP_PORT, "tcp", &[1, 1, 1]);
+    let lb = start_tc(&topo, &svc);
+    let vip = topo.vip(v6, TCP_PORT);
+    let data = scenario::test_data(TRANSFER);
+    let want = hex(&Sha256::digest(&data));
+    let (tally, transfer) = topo
+        .client
+        .run(|| {
+            let mut tally = Tally::default();
+            for _ in 0..CONNECTIONS {
+                if tally.gave_up() {
+                    break;
+                }
+                match client::tcp_name(vip) {
+                    Ok((name, _)) => tally.add(&name),
+                    Err(e) => tally.error(e),
+                }
+            }
+            let transfer = LineClient::connect(vip).and_then(|mut c| {
+                let digest = c.sha(&data)?;
+                Ok((c.greeting().to_string(), digest))
+            });
+            (tally, transfer)
+        })
+        .expect("entering the client namespace");
+    let report = format!("{mode:?} TCP to {vip}: {}\n{}", tally.report(), lb.output());
+    assert!(tally.errors.is_empty(), "{report}");
+    assert_eq!(tally.total(), CONNECTIONS, "{report}");
+    assert!(
+        tally
+            .counts
+            .keys()
+            .all(|k| topo.backends.iter().any(|b| &b.name == k)),
+        "answers from unknown backends: {report}"
+    );
+    assert!(
+        tally.counts.len() >= 2,
+        "all connections on one backend: {report}"
+    );
+    let (greeting, got) = transfer.unwrap_or_else(|e| panic!("transfer failed: {e}\n{report}"));
+    assert!(
+        topo.backends.iter().any(|b| b.name == greeting),
+        "unexpected greeting {greeting:?}"
+    );
+    assert_eq!(got, want, "{greeting} received different bytes than sent");
+    // Every byte to the VIP crossed the program (GSO segments counted whole).
+    let bytes = service_bytes(&lb, TRANSFER as u64);
+    assert!(
+        bytes >= TRANSFER as u64,
+        "service counted {bytes} bytes, less than the {TRANSFER} sent: {report}"
+    );
+}
+
+#[test]
+fn nat_tcp_ipv4_through_tc_with_offloads_on() {
+    tcp_through_tc(Forwarding::Nat, false);
+}
+
+#[test]
+fn nat_tcp_ipv6_through_tc_with_offloads_on() {
+    tcp_through_tc(Forwarding::Nat, true);
+}
+
+#[test]
+fn dsr_tcp_ipv4_through_tc_with_offloads_on() {
+    tcp_through_tc(Forwarding::Dsr, false);
+}
+
+#[test]
+fn nat_udp_through_tc_with_offloads_on() {
+    require_root();
+    let topo = tc_topology(3, Forwarding::Nat);
+    assert_offloads_on(&topo);
+    for v6 in [false, true] {
+        let svc = scenario::service(&topo, v6, UDP_PORT, "udp", &[1, 1, 1]);
+        let mut lb = start_tc(&topo, &svc);
+        let vip = topo.vip(v6, UDP_PORT);
+        let tally = topo
+            .client
+            .run(|| {
+                let mut tally = Tally::default();
+                for _ in 0..REQUESTS {
+                    if tally.gave_up() {
+                        break;
+                    }
+                    match client::udp_ask(vip) {
+                        Ok((name, from, _)) if from == vip => tally.add(&name),
+                        Ok((name, from, port)) => tally.error(format!(
+                            "answer {name:?} to port {port} came from {from}, not {vip}"
+                        )),
+                        Err(e) => tally.error(e),
+                    }
+                }
+                tally
+            })
+            .expect("entering the client namespace");
+        let report = format!("UDP to {vip}: {}\n{}", tally.report(), lb.output());
+        assert!(tally.errors.is_empty(), "{report}");
+        assert_eq!(tally.total(), REQUESTS, "{report}");
+        assert!(
+            tally
+                .counts
+                .keys()
+                .all(|k| topo.backends.iter().any(|b| &b.name == k)),
+            "answers from unknown backends: {report}"
+        );
+        assert!(
+            tally.counts.len() >= 2,
+            "all requests on one backend: {report}"
+        );
+        assert!(
+            service_bytes(&lb, 1) > 0,
+            "the service counted nothing: {report}"
+        );
+        let _ = lb.stop();
+    }
+}

@@ -1,0 +1,158 @@
+//! The data path on an skb at tc ingress (`tc_lb`, attached by `xdp-lb run --attach
+//! tc`): the same balancing logic as `xdp_lb`, for virtual interfaces (veth), where
+//! XDP costs a copy of every skb and the loss of GSO. On the skb the balancer keeps
+//! partial checksums and GSO, and a frame for a veth whose peer sits in another
+//! namespace goes straight into that namespace (`bpf_redirect_peer`), skipping both
+//! the veth's transmit path and the balancer namespace's stack.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{
+        bpf_csum_diff, bpf_l4_csum_replace, bpf_redirect, bpf_redirect_peer, bpf_skb_pull_data,
+    },
+    programs::TcContext,
+};
+use xdp_lb_common::{reason, TC_PORT_PEER};
+
+use crate::{ctx::Ctx, maps::TC_PORTS, parse::Packet, stats};
+
+/// Bytes every header the data path reads lies within: Ethernet, IPv6, ICMPv6 and
+/// the quoted IPv6 and TCP headers of an ICMP error (`icmp`), the deepest case.
+const HEADERS: u32 = 14 + 40 + 8 + 40 + 20;
+
+/// Makes the headers directly readable: a TSO/GSO skb from a local socket may hold
+/// only part of them in its linear head.
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let want = core::cmp::min(ctx.len(), HEADERS);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // On failure the parser finds the headers short and passes the packet.
+        unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+    }
+}
+
+impl Ctx for TcContext {
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+    const PARTIAL_CSUM: bool = true;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        TcContext::len(self) as u64
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        unsafe { (*self.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn linearize(&self, len: usize) -> bool {
+        if self.data() + len <= self.data_end() {
+            return true;
+        }
+        unsafe { bpf_skb_pull_data(self.skb.skb, len as u32) == 0 }
+    }
+
+    /// With `bpf_l4_csum_replace`, which is right whatever the skb's checksum state:
+    /// on a partial checksum it changes the pseudo-header part (addresses, with
+    /// BPF_F_PSEUDO_HDR) and leaves the port alone (the device sums the segment
+    /// later); on a complete one it patches both, as XDP does by hand.
+    #[inline(always)]
+    fn l4_csum(
+        &self,
+        check_off: usize,
+        v4: bool,
+        udp: bool,
+        old: &[u32; 4],
+        new: &[u32; 4],
+        old_port: u16,
+        new_port: u16,
+    ) -> Result<(), u32> {
+        // MARK_MANGLED_0: a zero UDP checksum stays zero, a computed zero becomes
+        // 0xffff.
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        let skb = self.skb.skb;
+        let off = check_off as u32;
+        let rc = unsafe {
+            if v4 {
+                bpf_l4_csum_replace(
+                    skb,
+                    off,
+                    old[0] as u64,
+                    new[0] as u64,
+                    BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+                )
+            } else {
+                // 16 bytes are too many for the helper's from/to: pass their
+                // difference as a sum (size 0).
+                let diff = bpf_csum_diff(
+                    old.as_ptr() as *mut u32,
+                    16,
+                    new.as_ptr() as *mut u32,
+                    16,
+                    0,
+                );
+                bpf_l4_csum_replace(
+                    skb,
+                    off,
+                    0,
+                    diff as u32 as u64,
+                    BPF_F_PSEUDO_HDR as u64 | mangled,
+                )
+            }
+        };
+        let rc2 =
+            unsafe { bpf_l4_csum_replace(skb, off, old_port as u64, new_port as u64, mangled | 2) };
+        if rc != 0 || rc2 != 0 {
+            return Err(reason::PASS_MALFORMED);
+        }
+        Ok(())
+    }
+
+    /// Only to interfaces `xdp-lb run` attached to (TC_PORTS), like XDP's TX_PORTS.
+    /// A veth whose peer is in another namespace gets the frame on the peer's
+    /// ingress directly (`bpf_redirect_peer`, valid at tc ingress only); any other
+    /// interface gets it on its egress (`bpf_redirect`), with the MACs the next-hop
+    /// logic wrote. The way back out of the ingress veth (hairpin) is its peer too.
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> Result<u32, u32> {
+        let flags = unsafe { TC_PORTS.get(&ifindex) }.ok_or(reason::PASS_NO_TX_PORT)?;
+        let a = unsafe {
+            if *flags & TC_PORT_PEER != 0 {
+                bpf_redirect_peer(ifindex, 0)
+            } else {
+                bpf_redirect(ifindex, 0)
+            }
+        };
+        stats::reason(if ifindex == Ctx::ingress_ifindex(self) {
+            reason::TX
+        } else {
+            reason::REDIRECT
+        });
+        Ok(a as u32)
+    }
+
+    /// Not answered on the skb: building the ICMP error in place needs the XDP
+    /// head/tail adjustments. The kernel gets the packet as it came and forwards
+    /// or answers it itself (counted as an unanswered too-big packet).
+    #[inline(always)]
+    fn too_big(&self, _pkt: &Packet, _mtu: u16) -> u32 {
+        stats::reason(reason::PASS_TOO_BIG_NO_DF);
+        TC_ACT_OK as u32
+    }
+}
