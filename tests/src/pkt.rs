@@ -352,6 +352,20 @@ impl Bed {
                 .collect();
             self.publish_raw(&mut dp, id as u32, &table, 0);
         }
+        // Each backend's owner, as the control plane records it: the bed's services
+        // of one family share its three backends, so the first service of each family
+        // owns them (the program finds an established flow's service through its
+        // backend's owner; flows of the other services look SERVICES up).
+        let mut owners = Plan::default();
+        for (id, s) in services.iter().enumerate() {
+            for b in 0..3 {
+                let backend = b + s.backend_base();
+                if !owners.owner_writes.iter().any(|(o, _)| *o == backend) {
+                    owners.owner_writes.push((backend, id as u32 + 1));
+                }
+            }
+        }
+        dp.apply(&owners).expect("record backend owners");
         dp
     }
 
