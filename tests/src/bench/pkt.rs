@@ -37,7 +37,16 @@ const NEW_FLOW_REPEAT: u32 = 200_000;
 /// new-flow round (2 cases x 8 rounds x 200k), so no FLOWS insert evicts. SYNs go to
 /// EMBRYOS (a quarter of this): the five SYN cases fill it within two rounds, and from
 /// then on every SYN case pays an LRU eviction alike, as a busy balancer's do.
+/// `XDP_LB_BENCH_FLOW_TABLE=N` loads N entries instead, to compare table sizes on the
+/// established cases (below 8M the new-flow cases evict established flows).
 const FLOW_TABLE: u32 = 8 << 20;
+
+fn flow_table() -> u32 {
+    std::env::var("XDP_LB_BENCH_FLOW_TABLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FLOW_TABLE)
+}
 /// Tables whose type and size the report prints.
 const REPORTED_MAPS: [&str; 5] = [
     "FLOWS",
@@ -691,7 +700,8 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     let started = std::time::Instant::now();
     let load_before = loadavg();
     let cpu = pin_to_last_cpu();
-    eprintln!("bench: pinned to CPU {cpu}; loading with a {FLOW_TABLE}-entry flow table");
+    let flow_table = flow_table();
+    eprintln!("bench: pinned to CPU {cpu}; loading with a {flow_table}-entry flow table");
     let mut services = vec![
         svc_v4(PROTO_TCP, 0),
         svc_v6(PROTO_TCP),
@@ -704,7 +714,7 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
         );
         services.push(svc_v4(PROTO_TCP, flags).on_port(port));
     }
-    let mut dp = bed.load_sized(&services, FLOW_TABLE);
+    let mut dp = bed.load_sized(&services, flow_table);
     // One backend, so every reply of every flow comes from the same address.
     for id in 0..3 {
         bed.publish_ring(&mut dp, id, &[0; RING as usize], 1);
