@@ -84,6 +84,38 @@ fn absent(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError>
     }
 }
 
+/// The outcome of swapping a program into the link pinned at `path` (`kind`: "" for
+/// XDP, "tc " for tc): true when swapped; false when the link outlived its interface
+/// (deleted and re-created), after removing the dead pin, so the caller attaches anew.
+fn link_swapped(
+    iface: &str,
+    kind: &str,
+    path: &std::path::Path,
+    swapped: Result<(), aya::programs::ProgramError>,
+) -> Result<bool, DataplaneError> {
+    match swapped {
+        Ok(()) => {
+            log::info!("{iface}: replaced the {kind}program on the pinned link in place");
+            Ok(true)
+        }
+        Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
+            log::info!(
+                "{iface}: the pinned {kind}link is defunct (interface re-created); attaching anew"
+            );
+            std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(false)
+        }
+        Err(source) => Err(DataplaneError::Attach {
+            iface: iface.to_string(),
+            mode: "replace",
+            source,
+        }),
+    }
+}
+
 /// Loads a program through the verifier. The verifier gives up with EAGAIN as soon as
 /// a signal is pending on the loading thread (a child's SIGCHLD, an operator's
 /// SIGHUP), which a long verification of a busy process can meet every time; so the
@@ -489,27 +521,8 @@ impl AyaDataplane {
         let fd: FdLink = link.into();
         let tc_link = SchedClassifierLink::try_from(fd).map_err(link_err)?;
         let prog = self.load_tc_program()?;
-        match prog.attach_to_link(tc_link) {
-            Ok(_) => {
-                log::info!("{iface}: replaced the tc program on the pinned link in place");
-                Ok(true)
-            }
-            Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
-                log::info!(
-                    "{iface}: the pinned tc link is defunct (interface re-created); attaching anew"
-                );
-                std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                Ok(false)
-            }
-            Err(source) => Err(DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode: "replace",
-                source,
-            }),
-        }
+        let swapped = prog.attach_to_link(tc_link).map(|_| ());
+        link_swapped(iface, "tc ", path, swapped)
     }
 
     /// Lets the tc program redirect to interface `ifindex`, into the peer's
@@ -546,28 +559,8 @@ impl AyaDataplane {
             source,
         })?;
         let prog = self.load_program(program)?;
-        match prog.attach_to_link(xdp_link) {
-            Ok(_) => {
-                log::info!("{iface}: replaced the program on the pinned link in place");
-                Ok(true)
-            }
-            // The link outlived its interface (deleted and re-created): attach anew.
-            Err(e) if os_error(&e) == Some(libc::ENOLINK) => {
-                log::info!(
-                    "{iface}: the pinned link is defunct (interface re-created); attaching anew"
-                );
-                std::fs::remove_file(path).map_err(|source| DataplaneError::PinIo {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                Ok(false)
-            }
-            Err(source) => Err(DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode: "replace",
-                source,
-            }),
-        }
+        let swapped = prog.attach_to_link(xdp_link).map(|_| ());
+        link_swapped(iface, "", path, swapped)
     }
 
     /// Lets the program XDP_REDIRECT frames to interface `ifindex` (every interface
