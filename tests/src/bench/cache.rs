@@ -282,8 +282,9 @@ const HOT_LONG: usize = 4;
 struct Ratios([f64; Self::NAMES.len()]);
 
 impl Ratios {
-    const NAMES: [&'static str; 14] = [
+    const NAMES: [&'static str; 15] = [
         "redis hits / nginx hits (goal >= 0.75)",
+        "redis hits per server CPU s / nginx's",
         "hot-tier hits / bare upstream (goal >= 0.9)",
         "hot-tier hits / nginx hits",
         "hot-tier p99 / nginx p99 (goal <= 1)",
@@ -305,6 +306,7 @@ impl Ratios {
         let p = paced.map(|m| m.fig);
         Self([
             c[REDIS].requests_per_s / c[NGINX].requests_per_s,
+            per_cpu[REDIS] / per_cpu[NGINX],
             c[HOT].requests_per_s / c[DIRECT].requests_per_s,
             c[HOT].requests_per_s / c[NGINX].requests_per_s,
             c[HOT].p99_ms / c[NGINX].p99_ms,
