@@ -202,9 +202,13 @@ fn plain(status: StatusCode, msg: impl Into<Bytes>) -> Resp {
     r
 }
 
+/// Built at compile time: a name given as `&str` is parsed and validated on every insert or
+/// lookup, and every answer (hits included) sets and reads this one.
+const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
 fn with_x_cache(mut r: Resp, label: &'static str) -> Resp {
     r.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(label));
+        .insert(X_CACHE, HeaderValue::from_static(label));
     r
 }
 
@@ -421,7 +425,7 @@ impl Proxy {
 
     /// Counts a response by its X-Cache label and status.
     fn account(&self, resp: Resp) -> Resp {
-        let label = resp.headers().get("x-cache").map(|v| v.as_bytes());
+        let label = resp.headers().get(X_CACHE).map(|v| v.as_bytes());
         let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
@@ -841,9 +845,8 @@ impl Proxy {
         now: SystemTime,
     ) -> Resp {
         let mut headers = entry.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
-            headers.insert(AGE, v);
-        }
+        // Formatted by `http` into the value itself: no `String` per answer.
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
         // Ranges are answered from the identity body only.
         let coded = if entry.variants.is_empty() {

@@ -79,6 +79,9 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         if plain(host) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return match port.parse::<u16>().ok()? {
                 80 => Some(host.to_string()),
+                // Already in the form `format!` would give (no leading zero): copied as is,
+                // since formatting the port costs more than the rest of a hot hit's key.
+                _ if !port.starts_with('0') || port == "0" => Some(raw.to_string()),
                 p => Some(format!("{host}:{p}")),
             };
         }
@@ -132,6 +135,8 @@ mod tests {
             normalize_host("127.0.0.1:0800").as_deref(),
             Some("127.0.0.1:800")
         );
+        assert_eq!(normalize_host("h:0080").as_deref(), Some("h"));
+        assert_eq!(normalize_host("h:0").as_deref(), Some("h:0"));
         for bad in ["", "a@b", "a/b", "a b", "h:99999", "h:x", ":80", "h:"] {
             assert_eq!(normalize_host(bad), None, "{bad:?}");
         }
