@@ -94,6 +94,8 @@ enum Outcome {
 
 pub struct Proxy {
     cfg: CacheConfig,
+    /// `cfg.key`, parsed once.
+    key: key::Template,
     rules: Rules,
     pool: Arc<Pool>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -360,6 +362,7 @@ impl Proxy {
         let hot = (cfg.hot_ttl_ms > 0)
             .then(|| HotTier::new(Duration::from_millis(cfg.hot_ttl_ms), cfg.hot_max_bytes));
         Ok(Arc::new(Self {
+            key: key::Template::parse(&cfg.key),
             upstream_timeout: Duration::from_millis(cfg.upstream_timeout_ms),
             cfg,
             rules,
@@ -407,7 +410,7 @@ impl Proxy {
         if freshness::bypass_request(parts, &self.rules).is_some() {
             return None;
         }
-        let key = key::render_for_host(&self.cfg.key, parts, Some(&host));
+        let key = self.key.render(parts, Some(&host));
         let primary = self.store.entry_key(&key);
         let mut stored = hot.get(&primary)?;
         if let Stored::Vary(m) = &*stored {
@@ -476,7 +479,7 @@ impl Proxy {
             self.stats.bypassed(reason);
             return self.bypass(&parts, client, body).await;
         }
-        let key = key::render_for_host(&self.cfg.key, &parts, host.as_deref());
+        let key = self.key.render(&parts, host.as_deref());
         self.cached(key, parts, client).await
     }
 
@@ -522,7 +525,7 @@ impl Proxy {
             }
         }
         for p in targets {
-            let k = self.store.entry_key(&key::render(&self.cfg.key, &p));
+            let k = self.store.entry_key(&self.key.render(&p, None));
             let _ = self.store.del(&k).await;
         }
     }
@@ -531,9 +534,7 @@ impl Proxy {
         if !self.cfg.purge_allow.contains(&client) {
             return plain(StatusCode::FORBIDDEN, "purge not allowed\n");
         }
-        let k = self
-            .store
-            .entry_key(&key::render(&self.cfg.key, &as_get(parts)));
+        let k = self.store.entry_key(&self.key.render(&as_get(parts), None));
         match self.store.del(&k).await {
             Ok(true) => plain(StatusCode::OK, "purged\n"),
             Ok(false) => plain(StatusCode::NOT_FOUND, "not cached\n"),
@@ -740,7 +741,7 @@ impl Proxy {
             policy_json: Entry::encode_policy(&policy)?,
             variants,
         };
-        let key = key::render(&self.cfg.key, &parts);
+        let key = self.key.render(&parts, None);
         if entry.headers.contains_key(VARY) {
             self.store_entry(&key, &parts, &entry, decision.keep_for)
                 .await;
