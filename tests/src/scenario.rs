@@ -135,6 +135,15 @@ pub fn start_service(topo: &Topology, svc: &ServiceSpec) -> crate::lb::XdpLbProc
         .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
 }
 
+/// `start_service` with the XDP program (`--attach xdp`), for the tests of the XDP
+/// data path: the default (`auto`) attaches the tc program on the topology's veths.
+pub fn start_service_xdp(topo: &Topology, svc: &ServiceSpec) -> crate::lb::XdpLbProcess {
+    let mut args = svc.run_args(crate::topology::IFACE);
+    args.extend(["--attach".to_string(), "xdp".to_string()]);
+    topo.start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
 /// Deterministic, incompressible-looking test data (xorshift64).
 pub fn test_data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -13,7 +13,7 @@ fn udp_through_vip(mode: Forwarding, v6: bool) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let svc = scenario::service(&topo, v6, UDP_PORT, "udp", &[1, 1, 1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let vip = topo.vip(v6, UDP_PORT);
     let tally = topo
         .client
