@@ -9,9 +9,8 @@
 use sha2::{Digest, Sha256};
 use xdp_lb_tests::{
     admin::AdminCli,
-    client::{self, LineClient},
-    require_root,
-    scenario::{self, Tally},
+    client::LineClient,
+    require_root, scenario,
     servers::hex,
     topology::{Topology, TopologyBuilder, IFACE, TCP_PORT, UDP_PORT},
     Forwarding,
@@ -92,16 +91,7 @@ fn tcp_through_tc(mode: Forwarding, v6: bool) {
     let (tally, transfer) = topo
         .client
         .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..CONNECTIONS {
-                if tally.gave_up() {
-                    break;
-                }
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
+            let tally = scenario::tcp_answers(vip, CONNECTIONS);
             let transfer = LineClient::connect(vip).and_then(|mut c| {
                 let digest = c.sha(&data)?;
                 Ok((c.greeting().to_string(), digest))
@@ -110,19 +100,7 @@ fn tcp_through_tc(mode: Forwarding, v6: bool) {
         })
         .expect("entering the client namespace");
     let report = format!("{mode:?} TCP to {vip}: {}\n{}", tally.report(), lb.output());
-    assert!(tally.errors.is_empty(), "{report}");
-    assert_eq!(tally.total(), CONNECTIONS, "{report}");
-    assert!(
-        tally
-            .counts
-            .keys()
-            .all(|k| topo.backends.iter().any(|b| &b.name == k)),
-        "answers from unknown backends: {report}"
-    );
-    assert!(
-        tally.counts.len() >= 2,
-        "all connections on one backend: {report}"
-    );
+    tally.assert_spread(&topo, CONNECTIONS, &report);
     let (greeting, got) = transfer.unwrap_or_else(|e| panic!("transfer failed: {e}\n{report}"));
     assert!(
         topo.backends.iter().any(|b| b.name == greeting),
@@ -163,37 +141,10 @@ fn nat_udp_through_tc_with_offloads_on() {
         let vip = topo.vip(v6, UDP_PORT);
         let tally = topo
             .client
-            .run(|| {
-                let mut tally = Tally::default();
-                for _ in 0..REQUESTS {
-                    if tally.gave_up() {
-                        break;
-                    }
-                    match client::udp_ask(vip) {
-                        Ok((name, from, _)) if from == vip => tally.add(&name),
-                        Ok((name, from, port)) => tally.error(format!(
-                            "answer {name:?} to port {port} came from {from}, not {vip}"
-                        )),
-                        Err(e) => tally.error(e),
-                    }
-                }
-                tally
-            })
+            .run(|| scenario::udp_answers(vip, REQUESTS))
             .expect("entering the client namespace");
         let report = format!("UDP to {vip}: {}\n{}", tally.report(), lb.output());
-        assert!(tally.errors.is_empty(), "{report}");
-        assert_eq!(tally.total(), REQUESTS, "{report}");
-        assert!(
-            tally
-                .counts
-                .keys()
-                .all(|k| topo.backends.iter().any(|b| &b.name == k)),
-            "answers from unknown backends: {report}"
-        );
-        assert!(
-            tally.counts.len() >= 2,
-            "all requests on one backend: {report}"
-        );
+        tally.assert_spread(&topo, REQUESTS, &report);
         assert!(
             service_bytes(&lb, 1) > 0,
             "the service counted nothing: {report}"
@@ -232,16 +183,7 @@ fn the_default_attaches_tc_on_veth_and_xdp_elsewhere() {
     let vip = topo.vip(false, TCP_PORT);
     let tally = topo
         .client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..REQUESTS {
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
+        .run(|| scenario::tcp_answers(vip, REQUESTS))
         .expect("entering the client namespace");
     let report = format!("TCP to {vip}: {}\n{out}", tally.report());
     assert!(tally.errors.is_empty(), "{report}");

@@ -240,16 +240,7 @@ fn nat_exit_report_counts_every_connection() {
     const N: usize = 40;
     let tally = topo
         .client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..N {
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
+        .run(|| scenario::tcp_answers(vip, N))
         .expect("entering the client namespace");
     assert!(tally.errors.is_empty(), "{}", tally.report());
     let status = lb.stop();
