@@ -91,6 +91,8 @@ enum Target {
     IpCsum,
     /// The service path stopped after this step (xdp_bench_step1..6).
     Step(u8),
+    /// A flow's first packet stopped after this step (xdp_bench_new1..7).
+    New(u8),
 }
 
 /// The steps `xdp_bench_stepN` stops after, in order (see `service_path_until`).
@@ -109,6 +111,27 @@ const STEPS_1M: [&str; 6] = [
     "step 4: + counters, 1M flows",
     "step 5: + next hop, 1M flows",
     "step 6: + NAT rewrite, 1M flows",
+];
+
+/// The steps `xdp_bench_newN` stops after (see `first_packet_until`), for a SYN
+/// and for a DSR service's first datagram, each with fresh keys.
+const NEW_STEPS: [&str; 7] = [
+    "new SYN step 1: parse",
+    "new SYN step 2: + SERVICES",
+    "new SYN step 3: + header checks",
+    "new SYN step 4: + L4 checksum",
+    "new SYN step 5: + stale FLOWS lookup",
+    "new SYN step 6: + scheduler pick",
+    "new SYN step 7: + EMBRYOS insert",
+];
+const NEW_STEPS_DSR: [&str; 7] = [
+    "new DSR step 1: parse",
+    "new DSR step 2: + FLOWS miss, SERVICES",
+    "new DSR step 3: + EMBRYOS miss",
+    "new DSR step 4: + L4 checksum",
+    "new DSR step 5: (no stale lookup)",
+    "new DSR step 6: + scheduler pick",
+    "new DSR step 7: + EMBRYOS insert",
 ];
 
 /// What a case's frames look like and how they vary.
@@ -610,6 +633,24 @@ fn cases() -> Vec<Case> {
         v.push(c(one, step, v4_frame(0), ONE_FLOW_REPEAT, expect_step));
         v.push(c(many, step, v4_frame(MANY_FLOWS), MANY_FLOWS, expect_step));
     }
+    // A new flow step by step: a SYN and a DSR service's first datagram, fresh keys.
+    for (i, (syn, dsr)) in NEW_STEPS.into_iter().zip(NEW_STEPS_DSR).enumerate() {
+        let step = Target::New(i as u8 + 1);
+        for (name, spec) in [
+            (syn, v4_syn_frame(NEW_FLOW_REPEAT)),
+            (dsr, dsr_frame(NEW_FLOW_REPEAT)),
+        ] {
+            v.push(Case {
+                name,
+                target: step,
+                spec,
+                repeat: NEW_FLOW_REPEAT,
+                fresh_base: true,
+                base: 0,
+                check: expect_step,
+            });
+        }
+    }
     // `XDP_LB_BENCH_CASES=a,b` runs only the cases whose names contain a or b.
     if let Ok(filter) = std::env::var("XDP_LB_BENCH_CASES") {
         let words: Vec<&str> = filter.split(',').filter(|w| !w.is_empty()).collect();
@@ -676,6 +717,13 @@ impl Target {
             Target::Step(4) => "xdp_bench_step4",
             Target::Step(5) => "xdp_bench_step5",
             Target::Step(_) => "xdp_bench_step6",
+            Target::New(1) => "xdp_bench_new1",
+            Target::New(2) => "xdp_bench_new2",
+            Target::New(3) => "xdp_bench_new3",
+            Target::New(4) => "xdp_bench_new4",
+            Target::New(5) => "xdp_bench_new5",
+            Target::New(6) => "xdp_bench_new6",
+            Target::New(_) => "xdp_bench_new7",
         }
     }
 }
