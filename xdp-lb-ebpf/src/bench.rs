@@ -197,7 +197,7 @@ fn service_path_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let Ok(choice) =
-        validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc, false))
+        validate::l4_header(&pkt).and_then(|()| select::backend_for(ctx, &pkt, &svc, None))
     else {
         return xdp_action::XDP_PASS;
     };
@@ -255,13 +255,12 @@ pub fn xdp_bench_step6(ctx: XdpContext) -> u32 {
 
 /// A flow's first packet (a SYN, a first datagram) through `lb::process` stopped
 /// after step `STEP` with XDP_TX: where a new flow's time goes. 1: parse; 2: + the
-/// established fast path's `FLOWS` miss (not for a SYN), `ENDPOINT_FILTER` and
-/// `SERVICES`; 3: + header checks and the `EMBRYOS` lookup that would promote a second
-/// packet (not for a SYN); 4: + L4 checksum; 5: + the stale-entry `FLOWS` lookup (a SYN
-/// only); 6: + the scheduler's pick; 7: + the `EMBRYOS` insert. The full program adds
-/// counters, next hop, rewrite and send. Kept in step with `lb::process` and
-/// `select::backend_for` by hand; anything off the new-flow path answers XDP_PASS,
-/// which the bench rejects.
+/// established fast path's `FLOWS` miss and the `EMBRYOS` miss next to it (not for a
+/// SYN), `ENDPOINT_FILTER` and `SERVICES`; 3: + header checks; 4: + L4 checksum;
+/// 5: + the stale-entry `FLOWS` lookup (a SYN only); 6: + the scheduler's pick;
+/// 7: + the `EMBRYOS` insert. The full program adds counters, next hop, rewrite and
+/// send. Kept in step with `lb::process` and `select::backend_for` by hand; anything
+/// off the new-flow path answers XDP_PASS, which the bench rejects.
 #[inline(always)]
 fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     let Ok(pkt) = parse::parse(ctx) else {
@@ -271,7 +270,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let key = &pkt.key;
-    if !pkt.syn && unsafe { FLOWS.get(key) }.is_some() {
+    if !pkt.syn && (unsafe { FLOWS.get(key) }.is_some() || unsafe { EMBRYOS.get(key) }.is_some()) {
         return xdp_action::XDP_PASS;
     }
     let skey = xdp_lb_common::ServiceKey {
@@ -290,9 +289,6 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     if validate::l4_header(&pkt).is_err() {
-        return xdp_action::XDP_PASS;
-    }
-    if !pkt.syn && unsafe { EMBRYOS.get(key) }.is_some() {
         return xdp_action::XDP_PASS;
     }
     if STEP == 3 {
