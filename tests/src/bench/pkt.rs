@@ -33,12 +33,13 @@ const MANY_FLOWS: u32 = 1_000_000;
 /// New keys per new-flow run; every round takes fresh ones, so the tables must hold
 /// (ROUNDS + 1) x this per new-flow case besides the established flows.
 const NEW_FLOW_REPEAT: u32 = 200_000;
-/// Flow-table capacity: the 2M established flows (IPv4 and IPv6) plus every DSR
-/// new-flow round (2 cases x 8 rounds x 200k), so no FLOWS insert evicts. SYNs go to
-/// EMBRYOS (a quarter of this): the five SYN cases fill it within two rounds, and from
-/// then on every SYN case pays an LRU eviction alike, as a busy balancer's do.
-/// `XDP_LB_BENCH_FLOW_TABLE=N` loads N entries instead, to compare table sizes on the
-/// established cases (below 8M the new-flow cases evict established flows).
+/// Flow-table capacity: the 2M established flows (IPv4 and IPv6) plus every
+/// promotion round (8 rounds x 200k), so no FLOWS insert evicts. First packets go to
+/// EMBRYOS (`embryo_table_size` of this): the new-flow cases fill it within the first
+/// rounds, and from then on every one pays an LRU eviction alike, as a busy
+/// balancer's do. `XDP_LB_BENCH_FLOW_TABLE=N` loads N entries instead, to compare
+/// table sizes on the established cases (below 8M the new-flow cases evict
+/// established flows).
 const FLOW_TABLE: u32 = 8 << 20;
 
 fn flow_table() -> u32 {
@@ -126,8 +127,8 @@ const NEW_STEPS: [&str; 7] = [
 ];
 const NEW_STEPS_DSR: [&str; 7] = [
     "new DSR step 1: parse",
-    "new DSR step 2: + FLOWS miss, SERVICES",
-    "new DSR step 3: + EMBRYOS miss",
+    "new DSR step 2: + FLOWS+EMBRYOS miss",
+    "new DSR step 3: + header checks",
     "new DSR step 4: + L4 checksum",
     "new DSR step 5: (no stale lookup)",
     "new DSR step 6: + scheduler pick",
@@ -161,6 +162,8 @@ struct Case {
     repeat: u32,
     /// New keys every round (the new-flow case).
     fresh_base: bool,
+    /// The keys of the previous fresh-key case of the round (its flows' next packet).
+    reuse_base: bool,
     base: u32,
     check: fn(&mut AyaDataplane, &Outcome) -> anyhow::Result<()>,
 }
@@ -177,6 +180,7 @@ struct Outcome {
 struct Counts {
     new_flows: u64,
     nat_reply: u64,
+    promoted: u64,
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -379,6 +383,17 @@ fn expect_new_flows(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn expect_promotions(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_established(dp, o)?;
+    let n = o.after.promoted - o.before.promoted;
+    ensure!(
+        n == o.repeat as u64,
+        "{n} promotions in {} packets",
+        o.repeat
+    );
+    Ok(())
+}
+
 fn expect_replies(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     expect_tx(dp, o)?;
     ensure!(o.out[0..6] == CLIENT_MAC, "reply not sent to the client");
@@ -453,6 +468,7 @@ fn cases() -> Vec<Case> {
         spec,
         repeat,
         fresh_base: false,
+        reuse_base: false,
         base: established_base,
         check,
     };
@@ -506,8 +522,21 @@ fn cases() -> Vec<Case> {
             spec: v4_syn_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
+        },
+        // The same flows' ACKs, right after their SYNs: each moves from EMBRYOS to
+        // FLOWS, the insert into the large table a new flow pays on its second packet.
+        Case {
+            name: "VIP flow's 2nd packet (promotion)",
+            target: Target::Lb,
+            spec: v4_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: false,
+            reuse_base: true,
+            base: 0,
+            check: expect_promotions,
         },
         Case {
             name: "DSR new flow (flow-table write)",
@@ -515,6 +544,7 @@ fn cases() -> Vec<Case> {
             spec: dsr_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -524,6 +554,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(81, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -533,6 +564,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(82, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -542,6 +574,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(83, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -551,6 +584,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(84, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -560,6 +594,7 @@ fn cases() -> Vec<Case> {
             spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -646,6 +681,7 @@ fn cases() -> Vec<Case> {
                 spec,
                 repeat: NEW_FLOW_REPEAT,
                 fresh_base: true,
+                reuse_base: false,
                 base: 0,
                 check: expect_step,
             });
@@ -813,6 +849,8 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
             let base = if case.fresh_base {
                 fresh = fresh.wrapping_add(case.repeat);
                 fresh
+            } else if case.reuse_base {
+                fresh
             } else {
                 case.base
             };
@@ -897,11 +935,8 @@ fn publish_pool(bed: &Bed, dp: &mut AyaDataplane) {
 impl Harness {
     fn counts(&mut self) -> anyhow::Result<Counts> {
         let g = self.dp.global_counters()?;
-        let nat_reply = g
-            .iter()
-            .find(|(n, _)| *n == "nat_reply")
-            .map(|x| x.1)
-            .unwrap_or(0);
+        let count = |name: &str| g.iter().find(|(n, _)| *n == name).map(|x| x.1).unwrap_or(0);
+        let (nat_reply, promoted) = (count("nat_reply"), count("flow_promoted"));
         let mut new_flows = 0;
         for id in 0..3 + SCHED_SERVICES.len() as u32 {
             new_flows += self.dp.service_counters(id)?.new_flows;
@@ -909,6 +944,7 @@ impl Harness {
         Ok(Counts {
             new_flows,
             nat_reply,
+            promoted,
         })
     }
 
