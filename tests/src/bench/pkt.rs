@@ -825,16 +825,30 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
 
     // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
     // flows create them too (a flow-table miss re-dispatches): the first pass puts
-    // them in the embryonic table, the second promotes them to FLOWS.
+    // them in the embryonic table, the second promotes them to FLOWS. In chunks of
+    // half the embryonic table, so that no entry is evicted before its promotion.
+    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).max(1);
     for spec in [
         v4_frame(0),
         v6_frame(0),
         v4_frame(MANY_FLOWS),
         v6_frame(MANY_FLOWS),
     ] {
-        for _ in 0..2 {
-            let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
-            ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+        let n = spec.flows.max(1);
+        let mut done = 0;
+        while done < n {
+            // Every run walks its `flows` keys exactly once, so the wrapper's flow
+            // counter ends where it started (see `vary`).
+            let len = chunk.min(n - done);
+            let part = FrameSpec {
+                flows: if spec.flows == 0 { 0 } else { len },
+                ..spec.clone()
+            };
+            for _ in 0..2 {
+                let r = h.run(Target::Lb, &part, (1 << 20) + done, len)?;
+                ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+            }
+            done += len;
         }
     }
 
