@@ -851,3 +851,72 @@ pub fn icmp_error(
     written.expect("building an ICMP error");
     out
 }
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The program under test: the same data path as XDP (`xdp_lb`) or on an skb at tc
+/// ingress (`tc_lb`). Cases whose behaviour must not differ run on both.
+#[derive(Clone, Copy, Debug)]
+pub enum Prog {
+    Xdp,
+    Tc,
+}
+
+pub const BOTH: [Prog; 2] = [Prog::Xdp, Prog::Tc];
+
+impl Prog {
+    /// Runs the program on `input` arriving on the bed's interface.
+    pub fn run(self, dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run_gso(dp, input, 0)
+    }
+
+    /// `run`; on tc with `input` a GSO skb of `gso_size` payload bytes per segment
+    /// (0: not GSO). An XDP buffer is never GSO.
+    pub fn run_gso(self, dp: &mut AyaDataplane, input: &[u8], gso_size: u32) -> (u32, Vec<u8>) {
+        let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
+        let r = match self {
+            Prog::Xdp => {
+                assert_eq!(gso_size, 0, "an XDP buffer is never GSO");
+                dp.test_run(xdp_lb::dataplane::PROGRAM, input, ifindex, 1)
+                    .expect("BPF_PROG_TEST_RUN")
+            }
+            Prog::Tc => {
+                // As `run` adds every attached interface; the way back out of the
+                // ingress is a redirect on tc, so it must be listed too.
+                dp.add_tc_port(LB_IF, ifindex).expect("TC_PORTS");
+                let segs = if gso_size == 0 {
+                    0
+                } else {
+                    (input.len() as u32).div_ceil(gso_size)
+                };
+                dp.test_run_tc_gso(input, ifindex, gso_size, segs)
+                    .expect("BPF_PROG_TEST_RUN (tc)")
+            }
+        };
+        (r.action, r.frame)
+    }
+
+    /// The program's action for what XDP does with `xdp_action`: on tc, TX and
+    /// REDIRECT are both a redirect (TC_ACT_REDIRECT), PASS is TC_ACT_OK, DROP is
+    /// TC_ACT_SHOT.
+    pub fn act(self, xdp_action: u32) -> u32 {
+        match (self, xdp_action) {
+            (Prog::Xdp, a) => a,
+            (Prog::Tc, XDP_PASS) => 0,
+            (Prog::Tc, XDP_DROP) => 2,
+            (Prog::Tc, XDP_TX | XDP_REDIRECT) => 7,
+            (Prog::Tc, a) => panic!("no tc equivalent of XDP action {a}"),
+        }
+    }
+
+    /// Lets the program send through `iface`, as `run` does for each interface.
+    pub fn add_port(self, dp: &mut AyaDataplane, iface: &str, ifindex: u32) {
+        match self {
+            Prog::Xdp => dp.add_tx_port(ifindex).unwrap(),
+            Prog::Tc => dp.add_tc_port(iface, ifindex).unwrap(),
+        }
+    }
+}

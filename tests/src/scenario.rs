@@ -1,6 +1,9 @@
 //! Pieces the integration tests share: the service definition for a topology, counting
 //! answers per backend, and the distribution report printed on failure.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::{
     lbconfig::{BackendSpec, ServiceSpec},
@@ -135,6 +138,15 @@ pub fn start_service(topo: &Topology, svc: &ServiceSpec) -> crate::lb::XdpLbProc
         .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
 }
 
+/// `start_service` with the XDP program (`--attach xdp`), for the tests of the XDP
+/// data path: the default (`auto`) attaches the tc program on the topology's veths.
+pub fn start_service_xdp(topo: &Topology, svc: &ServiceSpec) -> crate::lb::XdpLbProcess {
+    let mut args = svc.run_args(crate::topology::IFACE);
+    args.extend(["--attach".to_string(), "xdp".to_string()]);
+    topo.start_lb(&args)
+        .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
+}
+
 /// Deterministic, incompressible-looking test data (xorshift64).
 pub fn test_data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -168,18 +180,61 @@ pub fn start_with_file(
 pub fn connections(topo: &Topology, n: usize) -> Tally {
     let vip = topo.vip(false, crate::topology::TCP_PORT);
     topo.client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..n {
-                if tally.gave_up() {
-                    break;
-                }
-                match crate::client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
+        .run(|| tcp_answers(vip, n))
         .expect("entering the client namespace")
+}
+
+/// `n` new TCP connections to `vip` from the calling namespace, counted by the backend
+/// that answered; stops after `MAX_ERRORS` failures.
+pub fn tcp_answers(vip: SocketAddr, n: usize) -> Tally {
+    let mut tally = Tally::default();
+    for _ in 0..n {
+        if tally.gave_up() {
+            break;
+        }
+        match crate::client::tcp_name(vip) {
+            Ok((name, _)) => tally.add(&name),
+            Err(e) => tally.error(e),
+        }
+    }
+    tally
+}
+
+/// `n` UDP requests to `vip`, each from a fresh source port, from the calling
+/// namespace, counted by the backend that answered; an answer from any address but the
+/// VIP is an error (the reply path's rewrite failed).
+pub fn udp_answers(vip: SocketAddr, n: usize) -> Tally {
+    let mut tally = Tally::default();
+    for _ in 0..n {
+        if tally.gave_up() {
+            break;
+        }
+        match crate::client::udp_ask(vip) {
+            Ok((name, from, _)) if from == vip => tally.add(&name),
+            Ok((name, from, port)) => tally.error(format!(
+                "answer {name:?} to port {port} came from {from}, not {vip}"
+            )),
+            Err(e) => tally.error(e),
+        }
+    }
+    tally
+}
+
+impl Tally {
+    /// Panics with `report` unless all `n` answers came, without errors, from the
+    /// topology's backends, and from at least two of them.
+    pub fn assert_spread(&self, topo: &Topology, n: usize, report: &str) {
+        assert!(self.errors.is_empty(), "{report}");
+        assert_eq!(self.total(), n, "{report}");
+        assert!(
+            self.counts
+                .keys()
+                .all(|k| topo.backends.iter().any(|b| &b.name == k)),
+            "answers from unknown backends: {report}"
+        );
+        assert!(
+            self.counts.len() >= 2,
+            "all {n} answers from one backend: {report}"
+        );
+    }
 }

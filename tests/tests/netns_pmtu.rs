@@ -13,30 +13,79 @@
 //! the balancer answers the client with fragmentation-needed / packet-too-big from
 //! the VIP and the client lowers its path MTU. Checked by the backend's SHA-256 of
 //! what it received and by the balancer's counter of errors it sent.
+//!
+//! Each runs with the XDP program (`--attach xdp`, TX checksum offload off where
+//! traffic starts, an XDP_PASS program on the bridge's port to the balancer) and
+//! with the tc program (`--attach tc`, offloads at their defaults: the client's TSO
+//! skbs reach the balancer whole, so its too-big answer is for a GSO packet whose
+//! segments do not fit).
 use sha2::{Digest, Sha256};
 use xdp_lb_common::reason;
 use xdp_lb_tests::{
     client::LineClient,
+    lb::XdpLbProcess,
+    lbconfig::ServiceSpec,
     pins, require_root, scenario,
     servers::hex,
-    topology::{IFACE, TCP_PORT},
+    topology::{Topology, IFACE, TCP_PORT},
     Forwarding, TopologyBuilder,
 };
+
+/// The program `xdp-lb run` attaches (`--attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    Xdp,
+    Tc,
+}
+
+impl Attach {
+    fn name(self) -> &'static str {
+        match self {
+            Attach::Xdp => "xdp",
+            Attach::Tc => "tc",
+        }
+    }
+
+    /// What each program needs around it: XDP_TX out of a veth needs a program on
+    /// the peer, and XDP loses partial checksums (TOOLCHAIN.md); tc needs neither.
+    fn topology(self, b: TopologyBuilder) -> TopologyBuilder {
+        match self {
+            Attach::Xdp => b.xdp_pass(true),
+            Attach::Tc => b.default_offloads(),
+        }
+    }
+
+    /// `xdp-lb run` for `svc` with this program; checks it attached as asked.
+    fn start(self, topo: &Topology, svc: &ServiceSpec) -> XdpLbProcess {
+        let mut args = svc.run_args(IFACE);
+        args.extend(["--attach".to_string(), self.name().to_string()]);
+        let lb = topo
+            .start_lb(&args)
+            .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
+        if self == Attach::Tc {
+            assert!(
+                lb.output().contains(&format!("attached to {IFACE} in tc")),
+                "not attached in tc mode:\n{}",
+                lb.output()
+            );
+        }
+        lb
+    }
+}
 
 /// Large enough that many full-size segments must cross the router.
 const LEN: usize = 4 << 20;
 /// The router's MTU towards the client.
 const MTU: u32 = 1280;
 
-fn download_through_a_smaller_mtu(mode: Forwarding, v6: bool) {
+fn download_through_a_smaller_mtu(attach: Attach, mode: Forwarding, v6: bool) {
     require_root();
-    let topo = TopologyBuilder::new(2, mode)
-        .xdp_pass(true)
-        .client_behind_router(MTU)
+    let topo = attach
+        .topology(TopologyBuilder::new(2, mode).client_behind_router(MTU))
         .build()
         .unwrap_or_else(|e| panic!("building the routed {mode:?} topology: {e}"));
     let svc = scenario::service(&topo, v6, TCP_PORT, "tcp", &[1, 1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = attach.start(&topo, &svc);
     let vip = topo.vip(v6, TCP_PORT);
     let (backend, got) = topo
         .client
@@ -48,7 +97,7 @@ fn download_through_a_smaller_mtu(mode: Forwarding, v6: bool) {
         .expect("client namespace")
         .unwrap_or_else(|e| {
             panic!(
-                "{mode:?} v6={v6}: download through the {MTU}-byte link failed: {e}\n{}",
+                "{attach:?} {mode:?} v6={v6}: download through the {MTU}-byte link failed: {e}\n{}",
                 lb.output()
             )
         });
@@ -56,7 +105,7 @@ fn download_through_a_smaller_mtu(mode: Forwarding, v6: bool) {
     assert_eq!(
         hex(&Sha256::digest(&got)),
         want,
-        "{mode:?} v6={v6}: other bytes from {backend}"
+        "{attach:?} {mode:?} v6={v6}: other bytes from {backend}"
     );
     let translated = pins::reason_count(topo.lb.name(), reason::ICMP_TO_BACKEND);
     assert!(
@@ -64,37 +113,37 @@ fn download_through_a_smaller_mtu(mode: Forwarding, v6: bool) {
         "the download completed without an ICMP error reaching {backend}: the path never needed PMTU discovery"
     );
     eprintln!(
-        "{mode:?} v6={v6}: {LEN} bytes from {backend} through a {MTU}-byte hop intact; {translated} ICMP errors sent on to backends"
+        "{attach:?} {mode:?} v6={v6}: {LEN} bytes from {backend} through a {MTU}-byte hop intact; {translated} ICMP errors sent on to backends"
     );
 }
 
 #[test]
 fn nat_ipv4_download_through_a_smaller_mtu_completes() {
-    download_through_a_smaller_mtu(Forwarding::Nat, false);
+    download_through_a_smaller_mtu(Attach::Xdp, Forwarding::Nat, false);
 }
 
 #[test]
 fn nat_ipv6_download_through_a_smaller_mtu_completes() {
-    download_through_a_smaller_mtu(Forwarding::Nat, true);
+    download_through_a_smaller_mtu(Attach::Xdp, Forwarding::Nat, true);
 }
 
 #[test]
 fn dsr_ipv4_download_through_a_smaller_mtu_completes() {
-    download_through_a_smaller_mtu(Forwarding::Dsr, false);
+    download_through_a_smaller_mtu(Attach::Xdp, Forwarding::Dsr, false);
 }
 
 #[test]
 fn dsr_ipv6_download_through_a_smaller_mtu_completes() {
-    download_through_a_smaller_mtu(Forwarding::Dsr, true);
+    download_through_a_smaller_mtu(Attach::Xdp, Forwarding::Dsr, true);
 }
 
 /// Large enough for hundreds of full-size segments.
 const UPLOAD: usize = 1 << 20;
 
-fn upload_through_a_smaller_backend_link(mode: Forwarding, v6: bool) {
+fn upload_through_a_smaller_backend_link(attach: Attach, mode: Forwarding, v6: bool) {
     require_root();
-    let topo = TopologyBuilder::new(1, mode)
-        .xdp_pass(true)
+    let topo = attach
+        .topology(TopologyBuilder::new(1, mode))
         .build()
         .unwrap_or_else(|e| panic!("building the {mode:?} topology: {e}"));
     let b = topo.backend(1);
@@ -115,7 +164,7 @@ fn upload_through_a_smaller_backend_link(mode: Forwarding, v6: bool) {
         ])
         .expect("the balancer's route to the backend");
     let svc = scenario::service(&topo, v6, TCP_PORT, "tcp", &[1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = attach.start(&topo, &svc);
     let vip = topo.vip(v6, TCP_PORT);
     let data = scenario::test_data(UPLOAD);
     let want = hex(&Sha256::digest(&data));
@@ -137,14 +186,14 @@ fn upload_through_a_smaller_backend_link(mode: Forwarding, v6: bool) {
             .map(|(n, r)| format!("{n}={}", pins::reason_count(topo.lb.name(), *r)))
             .collect();
             panic!(
-                "{mode:?} v6={v6}: upload through the {MTU}-byte backend link failed: {e}; balancer counters: {}\n{}",
+                "{attach:?} {mode:?} v6={v6}: upload through the {MTU}-byte backend link failed: {e}; balancer counters: {}\n{}",
                 counters.join(" "),
                 lb.output()
             )
         });
     assert_eq!(
         got, want,
-        "{mode:?} v6={v6}: the backend received other bytes"
+        "{attach:?} {mode:?} v6={v6}: the backend received other bytes"
     );
     let sent = pins::reason_count(topo.lb.name(), reason::ICMP_TOO_BIG_SENT);
     assert!(
@@ -152,26 +201,51 @@ fn upload_through_a_smaller_backend_link(mode: Forwarding, v6: bool) {
         "the upload completed without a too-big answer: the client never sent a segment over {MTU} bytes"
     );
     eprintln!(
-        "{mode:?} v6={v6}: {UPLOAD} bytes uploaded through a {MTU}-byte backend link intact; {sent} too-big errors sent to the client"
+        "{attach:?} {mode:?} v6={v6}: {UPLOAD} bytes uploaded through a {MTU}-byte backend link intact; {sent} too-big errors sent to the client"
     );
 }
 
 #[test]
 fn nat_ipv4_upload_through_a_smaller_backend_link_completes() {
-    upload_through_a_smaller_backend_link(Forwarding::Nat, false);
+    upload_through_a_smaller_backend_link(Attach::Xdp, Forwarding::Nat, false);
 }
 
 #[test]
 fn nat_ipv6_upload_through_a_smaller_backend_link_completes() {
-    upload_through_a_smaller_backend_link(Forwarding::Nat, true);
+    upload_through_a_smaller_backend_link(Attach::Xdp, Forwarding::Nat, true);
 }
 
 #[test]
 fn dsr_ipv4_upload_through_a_smaller_backend_link_completes() {
-    upload_through_a_smaller_backend_link(Forwarding::Dsr, false);
+    upload_through_a_smaller_backend_link(Attach::Xdp, Forwarding::Dsr, false);
 }
 
 #[test]
 fn dsr_ipv6_upload_through_a_smaller_backend_link_completes() {
-    upload_through_a_smaller_backend_link(Forwarding::Dsr, true);
+    upload_through_a_smaller_backend_link(Attach::Xdp, Forwarding::Dsr, true);
+}
+
+#[test]
+fn tc_nat_ipv4_download_through_a_smaller_mtu_completes() {
+    download_through_a_smaller_mtu(Attach::Tc, Forwarding::Nat, false);
+}
+
+#[test]
+fn tc_nat_ipv6_download_through_a_smaller_mtu_completes() {
+    download_through_a_smaller_mtu(Attach::Tc, Forwarding::Nat, true);
+}
+
+#[test]
+fn tc_nat_ipv4_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Attach::Tc, Forwarding::Nat, false);
+}
+
+#[test]
+fn tc_nat_ipv6_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Attach::Tc, Forwarding::Nat, true);
+}
+
+#[test]
+fn tc_dsr_ipv4_upload_through_a_smaller_backend_link_completes() {
+    upload_through_a_smaller_backend_link(Attach::Tc, Forwarding::Dsr, false);
 }

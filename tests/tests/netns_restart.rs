@@ -59,11 +59,15 @@ fn start(topo: &Topology, file: &ConfigFile, extra: &[&str]) -> XdpLbProcess {
         .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"))
 }
 
+/// `run` with the XDP program: these tests follow its pinned XDP link (`link-IF`);
+/// the tc link's restart is `netns_tc.rs`'s.
 fn run_args(file: &ConfigFile, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "run".to_string(),
         "--config".into(),
         file.path().display().to_string(),
+        "--attach".into(),
+        "xdp".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args

@@ -12,7 +12,7 @@ fn nat_direct_traffic_to_backends_passes_through() {
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     // Backends 1 and 2 serve the VIP; backend 3 is not part of the service.
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let failures = topo
         .client
         .run(|| {

@@ -209,7 +209,7 @@ fn second_balancer_on_the_same_interface_is_refused() {
     require_root();
     let topo = scenario::xdp_topology(1, Forwarding::Nat);
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let bin = xdp_lb_tests::binary::xdp_lb_bin().unwrap_or_else(|e| panic!("{e}"));
     // Its own admin socket and no /metrics port: what is refused must be the interface.
     let dir = tempfile::tempdir().unwrap();
@@ -217,7 +217,7 @@ fn second_balancer_on_the_same_interface_is_refused() {
         .lb
         .command(&bin)
         .args(svc.run_args(IFACE))
-        .args(["--metrics-listen", "off"])
+        .args(["--attach", "xdp", "--metrics-listen", "off"])
         .env("XDP_LB_ADMIN_SOCKET", dir.path().join("second.sock"))
         .output()
         .expect("running a second xdp-lb");

@@ -23,7 +23,7 @@ fn weighted_spread(mode: Forwarding) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &WEIGHTS);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let vip = topo.vip(false, TCP_PORT);
     let (tally, ports) = topo
         .client
@@ -83,7 +83,7 @@ fn transfer_10mb(mode: Forwarding) {
     require_root();
     let topo = scenario::xdp_topology(2, mode);
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let vip = topo.vip(false, TCP_PORT);
     let data = scenario::test_data(10 * 1024 * 1024);
     let want = hex(&Sha256::digest(&data));
@@ -121,7 +121,7 @@ fn ipv6_vip(mode: Forwarding) {
     require_root();
     let topo = scenario::xdp_topology(3, mode);
     let svc = scenario::service(&topo, true, TCP_PORT, "tcp", &[1, 1, 1]);
-    let lb = scenario::start_service(&topo, &svc);
+    let lb = scenario::start_service_xdp(&topo, &svc);
     let vip = topo.vip(true, TCP_PORT);
     let tally = topo
         .client
@@ -185,7 +185,7 @@ fn nat_generic_mode_serves_tcp() {
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
     let mut args = svc.run_args(xdp_lb_tests::topology::IFACE);
-    args.extend(["--xdp-mode".to_string(), "generic".to_string()]);
+    args.extend(["--attach", "xdp", "--xdp-mode", "generic"].map(String::from));
     let lb = topo
         .start_lb(&args)
         .unwrap_or_else(|e| panic!("starting xdp-lb: {e}"));
@@ -235,21 +235,12 @@ fn nat_exit_report_counts_every_connection() {
     require_root();
     let topo = scenario::xdp_topology(2, Forwarding::Nat);
     let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
-    let mut lb = scenario::start_service(&topo, &svc);
+    let mut lb = scenario::start_service_xdp(&topo, &svc);
     let vip = topo.vip(false, TCP_PORT);
     const N: usize = 40;
     let tally = topo
         .client
-        .run(|| {
-            let mut tally = Tally::default();
-            for _ in 0..N {
-                match client::tcp_name(vip) {
-                    Ok((name, _)) => tally.add(&name),
-                    Err(e) => tally.error(e),
-                }
-            }
-            tally
-        })
+        .run(|| scenario::tcp_answers(vip, N))
         .expect("entering the client namespace");
     assert!(tally.errors.is_empty(), "{}", tally.report());
     let status = lb.stop();

@@ -16,61 +16,6 @@ use xdp_lb_common::{
 };
 use xdp_lb_tests::pkt::*;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-/// The program under test: the same data path as XDP (`xdp_lb`) or on an skb at tc
-/// ingress (`tc_lb`). Cases whose behaviour must not differ run on both.
-#[derive(Clone, Copy, Debug)]
-enum Prog {
-    Xdp,
-    Tc,
-}
-
-const BOTH: [Prog; 2] = [Prog::Xdp, Prog::Tc];
-
-impl Prog {
-    /// Runs the program on `input` arriving on the bed's interface.
-    fn run(self, dp: &mut AyaDataplane, input: &[u8]) -> (u32, Vec<u8>) {
-        let ifindex = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
-        match self {
-            Prog::Xdp => run(dp, input),
-            Prog::Tc => {
-                // As `run` adds every attached interface; the way back out of the
-                // ingress is a redirect on tc, so it must be listed too.
-                dp.add_tc_port(LB_IF, ifindex).expect("TC_PORTS");
-                let r = dp
-                    .test_run_tc(input, ifindex)
-                    .expect("BPF_PROG_TEST_RUN (tc)");
-                (r.action, r.frame)
-            }
-        }
-    }
-
-    /// The program's action for what XDP does with `xdp_action`: on tc, TX and
-    /// REDIRECT are both a redirect (TC_ACT_REDIRECT), PASS is TC_ACT_OK, DROP is
-    /// TC_ACT_SHOT.
-    fn act(self, xdp_action: u32) -> u32 {
-        match (self, xdp_action) {
-            (Prog::Xdp, a) => a,
-            (Prog::Tc, XDP_PASS) => 0,
-            (Prog::Tc, XDP_DROP) => 2,
-            (Prog::Tc, XDP_TX | XDP_REDIRECT) => 7,
-            (Prog::Tc, a) => panic!("no tc equivalent of XDP action {a}"),
-        }
-    }
-
-    /// Lets the program send through `iface`, as `run` does for each interface.
-    fn add_port(self, dp: &mut AyaDataplane, iface: &str, ifindex: u32) {
-        match self {
-            Prog::Xdp => dp.add_tx_port(ifindex).unwrap(),
-            Prog::Tc => dp.add_tc_port(iface, ifindex).unwrap(),
-        }
-    }
-}
-
 #[test]
 fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
     for prog in BOTH {

@@ -360,12 +360,15 @@ pub mod reason {
     /// ICMP error that quotes a service's or NAT backend's packet of no flow in the
     /// flow tables.
     pub const PASS_ICMP_NO_FLOW: u32 = 27;
-    /// Packet for a backend longer than the egress MTU, with DF (always, for IPv6):
-    /// the balancer answered the client with fragmentation-needed / packet-too-big
-    /// from the VIP, quoting the packet as it arrived, out of the ingress (XDP_TX).
+    /// Packet for a backend longer than the egress MTU (a GSO skb: whose segments
+    /// are), with DF (always, for IPv6): the balancer answered the client with
+    /// fragmentation-needed / packet-too-big from the VIP, quoting the packet as it
+    /// arrived, out of the ingress (XDP_TX; tc: a redirect back the way it came).
     pub const ICMP_TOO_BIG_SENT: u32 = 28;
     /// IPv4 packet for a backend longer than the egress MTU without DF: rewritten as
-    /// usual and passed to the kernel, which fragments it when it forwards it.
+    /// usual and passed to the kernel, which fragments it when it forwards it. Also a
+    /// too-big packet whose answer could not be built (no room, no memory): passed
+    /// as it came, or dropped if tc had already cut it.
     pub const PASS_TOO_BIG_NO_DF: u32 = 29;
     pub const COUNT: u32 = 30;
 

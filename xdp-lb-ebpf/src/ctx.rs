@@ -31,9 +31,9 @@ pub trait Ctx: EbpfContext {
     fn len(&self) -> u64;
     /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
-    /// A GSO packet (an skb the stack or the egress device segments later): its IP
-    /// length is not a wire length, so it is not checked against an MTU.
-    fn is_gso(&self) -> bool;
+    /// The payload bytes per segment of a GSO packet (an skb the stack or the egress
+    /// device segments later, whose IP length is no wire length), 0 for any other.
+    fn gso_size(&self) -> u32;
     /// Makes the first `len` bytes directly accessible. Invalidates packet pointers.
     fn linearize(&self, len: usize) -> bool;
     /// Updates the L4 checksum at `check_off` for a changed address (IPv4: word 0
@@ -84,8 +84,8 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn is_gso(&self) -> bool {
-        false
+    fn gso_size(&self) -> u32 {
+        0
     }
 
     #[inline(always)]

@@ -154,12 +154,38 @@ pub fn next_hop<C: Ctx>(
         }
         c.checked_jiffies = jiffies;
     }
-    // One compare on the fast path. 0: MTU unknown (not checked, as before). A GSO
-    // skb is segmented to the egress's size later: its IP length is no wire length.
-    if pkt.ip_len > c.mtu && c.mtu != 0 && !ctx.is_gso() {
+    // One compare on the fast path. 0: MTU unknown (not checked, as before).
+    let len = wire_len(ctx, pkt);
+    if len > c.mtu && c.mtu != 0 {
         return Hop::TooBig(c.mtu);
     }
     Hop::Via(cache)
+}
+
+/// The longest IP packet this one puts on the wire, to check against an MTU: its own
+/// length, or for a GSO skb (cut into segments later, by the stack or the device,
+/// each with the IP and L4 headers and `gso_size` bytes of payload) one segment's, as
+/// the kernel checks a GSO packet it forwards (skb_gso_validate_network_len). So a
+/// GSO packet whose segments fit goes on whole, and one whose segments do not is
+/// answered like a single packet too big.
+#[inline(always)]
+fn wire_len<C: Ctx>(ctx: &C, pkt: &Packet) -> u16 {
+    let gso = ctx.gso_size();
+    if gso == 0 {
+        return pkt.ip_len;
+    }
+    let l4_hdr = if pkt.key.proto == PROTO_TCP {
+        pkt.tcp_doff as u32 * 4
+    } else {
+        8
+    };
+    let seg = (pkt.l4 - pkt.l3) as u32 + l4_hdr + gso;
+    // A GSO skb may hold a single short segment.
+    if seg < pkt.ip_len as u32 {
+        seg as u16
+    } else {
+        pkt.ip_len
+    }
 }
 
 /// Sends the (rewritten) frame through `hop`. A packet without a usable next hop is
@@ -244,8 +270,7 @@ fn fib<C: Ctx>(
 ) -> Result<(), Fib> {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.l4_protocol = pkt.key.proto;
-    // A GSO skb's length is no wire length: 0 skips the FIB's MTU check for it.
-    p.__bindgen_anon_1.tot_len = if ctx.is_gso() { 0 } else { pkt.ip_len };
+    p.__bindgen_anon_1.tot_len = wire_len(ctx, pkt);
     p.ifindex = ctx.ingress_ifindex();
     if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;

@@ -43,8 +43,12 @@ mod toobig;
 #[cfg(target_arch = "bpf")]
 mod validate;
 
+// `inline(always)` on both entry points: the macro wraps each in the program's
+// section and calls it, and LLVM may leave the call (a BPF-to-BPF call on every
+// packet) once the body is large, as it did when `toobig` became generic.
 #[cfg(target_arch = "bpf")]
 #[aya_ebpf::macros::xdp]
+#[inline(always)]
 pub fn xdp_lb(ctx: aya_ebpf::programs::XdpContext) -> u32 {
     #[cfg(feature = "upgrade-variant")]
     upgrade_variant(&ctx);
@@ -55,6 +59,7 @@ pub fn xdp_lb(ctx: aya_ebpf::programs::XdpContext) -> u32 {
 /// virtual interfaces: see `tc`.
 #[cfg(target_arch = "bpf")]
 #[aya_ebpf::macros::classifier]
+#[inline(always)]
 pub fn tc_lb(ctx: aya_ebpf::programs::TcContext) -> i32 {
     tc::pull_headers(&ctx);
     lb::process(&ctx) as i32

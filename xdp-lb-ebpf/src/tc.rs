@@ -56,8 +56,8 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn is_gso(&self) -> bool {
-        unsafe { (*self.skb.skb).gso_size != 0 }
+    fn gso_size(&self) -> u32 {
+        unsafe { (*self.skb.skb).gso_size }
     }
 
     #[inline(always)]
@@ -124,35 +124,44 @@ impl Ctx for TcContext {
         Ok(())
     }
 
-    /// Only to interfaces `xdp-lb run` attached to (TC_PORTS), like XDP's TX_PORTS.
-    /// A veth whose peer is in another namespace gets the frame on the peer's
-    /// ingress directly (`bpf_redirect_peer`, valid at tc ingress only); any other
-    /// interface gets it on its egress (`bpf_redirect`), with the MACs the next-hop
-    /// logic wrote. The way back out of the ingress veth (hairpin) is its peer too.
+    /// Only to interfaces `xdp-lb run` attached to (TC_PORTS): see `send_to`.
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> Result<u32, u32> {
-        let flags = unsafe { TC_PORTS.get(&ifindex) }.ok_or(reason::PASS_NO_TX_PORT)?;
-        let a = unsafe {
-            if *flags & TC_PORT_PEER != 0 {
-                bpf_redirect_peer(ifindex, 0)
-            } else {
-                bpf_redirect(ifindex, 0)
-            }
-        };
+        let a = send_to(ifindex)?;
         stats::reason(if ifindex == Ctx::ingress_ifindex(self) {
             reason::TX
         } else {
             reason::REDIRECT
         });
-        Ok(a as u32)
+        Ok(a)
     }
 
-    /// Not answered on the skb: building the ICMP error in place needs the XDP
-    /// head/tail adjustments. The kernel gets the packet as it came and forwards
-    /// or answers it itself (counted as an unanswered too-big packet).
+    /// Answered on the skb and redirected back the way it came (`toobig`), if the
+    /// ingress is one the program may send on; else the kernel gets it as it came.
     #[inline(always)]
-    fn too_big(&self, _pkt: &Packet, _mtu: u16) -> u32 {
-        stats::reason(reason::PASS_TOO_BIG_NO_DF);
-        TC_ACT_OK as u32
+    fn too_big(&self, pkt: &Packet, mtu: u16) -> u32 {
+        if unsafe { TC_PORTS.get(&Ctx::ingress_ifindex(self)) }.is_none() {
+            stats::reason(reason::PASS_NO_TX_PORT);
+            return TC_ACT_OK as u32;
+        }
+        crate::toobig::answer(self, pkt, mtu)
     }
+}
+
+/// The redirect to `ifindex`, an interface `xdp-lb run` attached to (TC_PORTS), like
+/// XDP's TX_PORTS. A veth whose peer is in another namespace gets the frame on the
+/// peer's ingress directly (`bpf_redirect_peer`, valid at tc ingress only); any other
+/// interface gets it on its egress (`bpf_redirect`), with the MACs the caller wrote.
+/// The way back out of the ingress veth (hairpin) is its peer too.
+#[inline(always)]
+pub fn send_to(ifindex: u32) -> Result<u32, u32> {
+    let flags = unsafe { TC_PORTS.get(&ifindex) }.ok_or(reason::PASS_NO_TX_PORT)?;
+    let a = unsafe {
+        if *flags & TC_PORT_PEER != 0 {
+            bpf_redirect_peer(ifindex, 0)
+        } else {
+            bpf_redirect(ifindex, 0)
+        }
+    };
+    Ok(a as u32)
 }

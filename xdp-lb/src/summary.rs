@@ -230,7 +230,7 @@ state = "down"
         let text = render(&cfg);
         println!("{text}");
         assert!(
-            text.contains("interfaces: veth0 (attach xdp, xdp mode auto)"),
+            text.contains("interfaces: veth0 (attach auto, xdp mode auto)"),
             "{text}"
         );
         assert!(text.contains("2 services:"), "{text}");

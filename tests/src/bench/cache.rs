@@ -2,39 +2,33 @@
 //! with wrk against the same upstream served directly and against nginx `proxy_cache`
 //! configured for the same content, in the same run. The upstream, the proxy and the
 //! hot-tier proxies each run on their own one-thread tokio runtime (nginx runs one worker).
-//! Each run prints the CPU each party used (server, Redis, wrk, the rest of the machine) and
-//! which one ran out, so the comparison with nginx's single worker is fair; several rounds
-//! give the ratios' spread on a shared machine.
+//! On a machine with two cores or more, wrk (one thread) and Redis run on core 0 and the
+//! server under test on core 1, so no server waits behind the load generator for a CPU
+//! (`XDP_LB_BENCH_PIN=0` turns that off: wrk -t2, everything anywhere). Every target is
+//! loaded twice per round: closed (capacity, saturated latency) and paced at a rate below
+//! every server's capacity (latency with time to spare). Each run prints the CPU each party
+//! used (server, Redis, wrk, the rest of the machine, and with pinning each core's load) and
+//! which one ran out; several rounds give the ratios' spread on a shared machine.
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::cpu::{self, Side};
+use super::wrk::{self, Figures, Load, Wrk};
 use crate::cache_support::{
     free_port, test_config, HttpClient, ProxyInstance, RedisServer, Reply, TempDir, Upstream,
 };
 
 const PATH: &str = "/bench/object";
 const BODY_BYTES: usize = 1024;
-const WRK_THREADS: &str = "2";
-const WRK_CONNECTIONS: &str = "32";
+const WRK_CONNECTIONS: u32 = 32;
 const WRK_SECONDS: u64 = 5;
-
-/// One wrk run. wrk corrects its latency histogram for coordinated omission before it prints
-/// percentiles: every request slower than twice the mean per-connection interval is counted
-/// again at that latency minus one, two, ... intervals. So one stall of D ms (the server, or
-/// the whole machine, not running) adds about D / interval samples per waiting connection,
-/// and in a 5 s run a single stall of 60 ms moves p99 to about 10 ms whatever the server's
-/// speed. p99 therefore tells how long the longest stalls were; p50 and p90 tell the rest.
-#[derive(Debug, Clone, Copy)]
-pub struct Figures {
-    pub requests_per_s: f64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
+/// Each connection's pause between an answer and its next request in the paced runs: about
+/// 32 / 2.1 ms = 15k requests/s, below every server's capacity here (Redis hits, the slowest,
+/// answer 40-50k/s).
+const PACE_MS: u32 = 2;
 
 /// nginx with a proxy_cache in front of the upstream, killed by PID on drop.
 struct Nginx {
@@ -96,202 +90,41 @@ impl Drop for Nginx {
     }
 }
 
-/// A wrk duration such as `786.39us`, `1.52ms` or `1.02s`, in milliseconds.
-fn wrk_ms(v: &str) -> anyhow::Result<f64> {
-    let v = v.trim();
-    let (num, unit) = v.split_at(
-        v.find(|c: char| c.is_ascii_alphabetic())
-            .with_context(|| format!("latency unit in {v:?}"))?,
-    );
-    let num: f64 = num
-        .parse()
-        .with_context(|| format!("latency number in {v:?}"))?;
-    Ok(match unit {
-        "us" => num / 1000.0,
-        "ms" => num,
-        "s" => num * 1000.0,
-        "m" => num * 60_000.0,
-        other => bail!("unknown wrk latency unit {other}"),
-    })
+/// Where the parties run: with pinning, the load side (wrk, Redis, the bench's own client)
+/// on one core and the server under test alone on another. Redis goes with the load side
+/// because it stands for a service of its own (nginx's cache needs no other process), so the
+/// tier gets one core as nginx's worker does, plus Redis's time, which is printed.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    load_cpu: usize,
+    server_cpu: usize,
 }
 
-fn parse_wrk(out: &str) -> anyhow::Result<Figures> {
-    let rps = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .context("wrk printed no Requests/sec")?;
-    let pct = |p: &str| {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(p))
-            .with_context(|| format!("wrk printed no {p} latency"))
-            .and_then(wrk_ms)
-    };
-    // `Latency   786.39us    1.46ms  20.52ms   91.47%`: average, stdev, max, share within a stdev.
-    let max = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Latency "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .context("wrk printed no latency summary")?;
-    Ok(Figures {
-        requests_per_s: rps,
-        p50_ms: pct("50%")?,
-        p90_ms: pct("90%")?,
-        p99_ms: pct("99%")?,
-        max_ms: wrk_ms(max)?,
-    })
-}
-
-/// Runs wrk for a bounded time and parses its summary.
-fn wrk(addr: SocketAddr) -> anyhow::Result<Figures> {
-    let mut child = Command::new("wrk")
-        .args([
-            "-t",
-            WRK_THREADS,
-            "-c",
-            WRK_CONNECTIONS,
-            "-d",
-            &format!("{WRK_SECONDS}s"),
-            "--latency",
-        ])
-        .arg(format!("http://{addr}{PATH}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting wrk (cargo xtask setup installs it)")?;
-    let deadline = Instant::now() + Duration::from_secs(WRK_SECONDS + 20);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("wrk did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+impl Layout {
+    /// Core 0 for the load, core 1 for the server; `None` on one core or when
+    /// `XDP_LB_BENCH_PIN=0`.
+    fn choose(cores: usize) -> Option<Self> {
+        let off = std::env::var("XDP_LB_BENCH_PIN").is_ok_and(|v| v == "0");
+        (cores >= 2 && !off).then_some(Self {
+            load_cpu: 0,
+            server_cpu: 1,
+        })
     }
-    let out = child.wait_with_output()?;
-    parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// A one-thread runtime whose thread carries `name`, so its CPU time can be read.
-fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()?)
-}
-
-/// CPU seconds (user + system) in a `/proc/.../stat` file, 0 when unreadable.
-fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (num(14) + num(15)) as f64 / ticks
-}
-
-/// Seconds a task spent runnable but waiting for a CPU (the second field of
-/// `/proc/.../schedstat`), 0 when unreadable.
-fn schedstat_wait_seconds(path: &std::path::Path) -> f64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
-}
-
-/// Where a side's CPU time is read: this process's threads of one name (tokio's
-/// blocking-pool threads carry the name too), or another process.
-enum Side {
-    Threads(&'static str),
-    Process(u32),
-}
-
-impl Side {
-    /// The `/proc` task directories of this side's threads.
-    fn tasks(&self) -> Vec<std::path::PathBuf> {
-        let (dir, name) = match self {
-            Side::Process(pid) => (format!("/proc/{pid}/task"), None),
-            Side::Threads(name) => ("/proc/self/task".to_string(), Some(*name)),
-        };
-        let Ok(tasks) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        tasks
-            .flatten()
-            .map(|t| t.path())
-            .filter(|t| {
-                name.is_none_or(|n| {
-                    std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == n)
-                })
-            })
-            .collect()
-    }
-
-    /// Seconds this side's threads waited on a run queue: the time the server wanted a CPU
-    /// and the machine gave it to something else.
-    fn wait_seconds(&self) -> f64 {
-        self.tasks()
-            .iter()
-            .map(|t| schedstat_wait_seconds(&t.join("schedstat")))
-            .sum()
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        match self {
-            Side::Process(pid) => {
-                stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+/// A one-thread runtime whose threads carry `name`, so their CPU time can be read, and run on
+/// `cpu` when given.
+fn runtime(name: &str, cpu: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(1).thread_name(name).enable_all();
+    if let Some(cpu) = cpu {
+        b.on_thread_start(move || {
+            if let Err(e) = cpu::pin_task(0, cpu) {
+                eprintln!("bench: could not pin a server thread to core {cpu}: {e}");
             }
-            Side::Threads(name) => {
-                let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-                    return 0.0;
-                };
-                tasks
-                    .flatten()
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm"))
-                            .is_ok_and(|c| c.trim() == *name)
-                    })
-                    .map(|t| stat_cpu_seconds(&t.path().join("stat")))
-                    .sum()
-            }
-        }
+        });
     }
-}
-
-/// CPU seconds used by this process's reaped children (wrk, once waited for).
-fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage struct.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
-}
-
-/// CPU seconds all cores of the machine spent busy (everything but idle and iowait).
-fn machine_busy_seconds() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (f.iter().sum::<u64>().saturating_sub(idle)) as f64 / ticks
+    Ok(b.build()?)
 }
 
 /// One server under wrk: where it runs, and the Redis it reads from, if any.
@@ -314,15 +147,25 @@ struct Measured {
     /// Everything else on the machine (other builds, the kernel's softirq time not charged
     /// to a task).
     other: f64,
+    /// With pinning: how busy the load core and the server's core were.
+    load_core: f64,
+    server_core: f64,
 }
 
 impl Measured {
-    /// Which resource ran out: the server's one thread, the machine's cores, or neither
-    /// (then the limit is latency: wrk's connections waiting on answers).
-    fn bottleneck(&self, cores: f64) -> String {
+    /// Which resource ran out: the server's one thread, a core, the machine's cores, or
+    /// neither (then the limit is latency: wrk's connections waiting on answers, or the pace).
+    fn bottleneck(&self, cores: f64, layout: Option<Layout>) -> String {
         let busy = self.server + self.redis + self.wrk + self.other;
         if self.server >= 0.9 {
             "server thread saturated".into()
+        } else if layout.is_some() && self.server_core >= 0.9 {
+            format!(
+                "server core busy ({:.2} of it not the server)",
+                self.server_core - self.server
+            )
+        } else if layout.is_some() && self.load_core >= 0.9 {
+            "load core busy (wrk, redis)".into()
         } else if busy >= 0.9 * cores {
             let mut parts = [
                 ("wrk", self.wrk),
@@ -338,19 +181,57 @@ impl Measured {
     }
 }
 
-fn measure(t: &Target) -> anyhow::Result<Measured> {
+/// Runs wrk once against `t`; with `realtime`, the server, its Redis and wrk run at
+/// `SCHED_FIFO` for the run (see [`realtime_paced`]).
+fn measure(
+    t: &Target,
+    w: &Wrk,
+    load: Load,
+    layout: Option<Layout>,
+    realtime: bool,
+) -> anyhow::Result<Measured> {
+    let sides = || std::iter::once(&t.server).chain(&t.redis);
+    if realtime {
+        for s in sides() {
+            s.set_realtime(true)
+                .with_context(|| format!("making {}'s threads real-time", t.name))?;
+        }
+    }
+    let w = Wrk { realtime, ..*w };
+    let res = measure_now(t, &w, load, layout);
+    if realtime {
+        for s in sides() {
+            s.set_realtime(false)
+                .with_context(|| format!("making {}'s threads normal again", t.name))?;
+        }
+    }
+    res
+}
+
+fn measure_now(
+    t: &Target,
+    w: &Wrk,
+    load: Load,
+    layout: Option<Layout>,
+) -> anyhow::Result<Measured> {
     let server0 = t.server.cpu_seconds();
     let wait0 = t.server.wait_seconds();
     let redis0 = t.redis.as_ref().map_or(0.0, Side::cpu_seconds);
-    let (wrk0, busy0) = (children_cpu_seconds(), machine_busy_seconds());
+    let (wrk0, busy0) = (cpu::children_cpu_seconds(), cpu::busy_seconds_per_core());
     let started = Instant::now();
-    let fig = wrk(t.addr)?;
+    let fig = w.run(&wrk::url(t.addr, PATH), load)?;
     let wall = started.elapsed().as_secs_f64();
     let server = (t.server.cpu_seconds() - server0) / wall;
     let server_wait = (t.server.wait_seconds() - wait0) / wall;
     let redis = (t.redis.as_ref().map_or(0.0, Side::cpu_seconds) - redis0) / wall;
-    let wrk = (children_cpu_seconds() - wrk0) / wall;
-    let busy = (machine_busy_seconds() - busy0) / wall;
+    let wrk = (cpu::children_cpu_seconds() - wrk0) / wall;
+    let per_core: Vec<f64> = cpu::busy_seconds_per_core()
+        .iter()
+        .zip(&busy0)
+        .map(|(b, b0)| (b - b0) / wall)
+        .collect();
+    let busy: f64 = per_core.iter().sum();
+    let core = |c: Option<usize>| c.and_then(|c| per_core.get(c).copied()).unwrap_or(0.0);
     Ok(Measured {
         fig,
         server,
@@ -358,6 +239,8 @@ fn measure(t: &Target) -> anyhow::Result<Measured> {
         redis,
         wrk,
         other: (busy - server - redis - wrk).max(0.0),
+        load_core: core(layout.map(|l| l.load_cpu)),
+        server_core: core(layout.map(|l| l.server_cpu)),
     })
 }
 
@@ -368,30 +251,40 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Whether the paced runs use `SCHED_FIFO` for the server, its Redis and wrk: on unless
+/// `XDP_LB_BENCH_RT=0`, when this process may (root or CAP_SYS_NICE). On a machine shared
+/// with builds a woken server otherwise waits behind them on its core, and that wait, not the
+/// server, makes the paced p99. Only the paced runs: there nothing saturates a core, so the
+/// real-time tasks never meet the kernel's real-time throttling (95% of a core), which
+/// would stall a saturating closed run for tens of milliseconds every second.
+fn realtime_paced() -> Result<bool, String> {
+    if std::env::var("XDP_LB_BENCH_RT").is_ok_and(|v| v == "0") {
+        return Err("XDP_LB_BENCH_RT=0".into());
+    }
+    cpu::set_realtime(0, true)
+        .and_then(|()| cpu::set_realtime(0, false))
+        .map(|()| true)
+        .map_err(|e| format!("cannot use SCHED_FIFO: {e}"))
+}
+
 /// How many rounds of the five wrk runs; `XDP_LB_BENCH_RUNS` overrides.
 const ROUNDS: usize = 3;
 
-/// The ratios the goals are stated in, for one round.
-struct Ratios {
-    redis_per_nginx: f64,
-    hot_per_direct: f64,
-    hot_per_nginx: f64,
-    hot_p99_per_nginx: f64,
-    hot_p50_per_nginx: f64,
-    hot_p90_per_nginx: f64,
-    /// The hot tier with a TTL longer than the run: no entry expires, so no request waits on
-    /// the Redis refresh that the 1 s tier makes every second with all its connections.
-    hot_long_p99_per_nginx: f64,
-    redis_p99_per_nginx: f64,
-    /// Requests per CPU second of the serving thread, which other load on a shared machine
-    /// does not change as much as the throughput.
-    hot_cpu_per_direct: f64,
-    hot_cpu_per_nginx: f64,
-}
+/// The targets, in the order they run in every round.
+const DIRECT: usize = 0;
+const REDIS: usize = 1;
+const HOT: usize = 2;
+const NGINX: usize = 3;
+const HOT_LONG: usize = 4;
+
+/// The ratios the goals are stated in, for one round: from the closed runs (capacity) and
+/// from the paced runs (latency below capacity).
+struct Ratios([f64; Self::NAMES.len()]);
 
 impl Ratios {
-    const NAMES: [&'static str; 10] = [
+    const NAMES: [&'static str; 15] = [
         "redis hits / nginx hits (goal >= 0.75)",
+        "redis hits per server CPU s / nginx's",
         "hot-tier hits / bare upstream (goal >= 0.9)",
         "hot-tier hits / nginx hits",
         "hot-tier p99 / nginx p99 (goal <= 1)",
@@ -399,41 +292,56 @@ impl Ratios {
         "hot-tier p90 / nginx p90",
         "hot-tier (60 s TTL) p99 / nginx p99",
         "redis-hit p99 / nginx p99",
+        "bare upstream p99 / nginx p99",
         "hot-tier hits per server CPU s / bare upstream's",
         "hot-tier hits per server CPU s / nginx's",
+        "paced: hot-tier p99 / nginx p99",
+        "paced: hot-tier p50 / nginx p50",
+        "paced: redis-hit p99 / nginx p99",
     ];
 
-    fn of(m: &[Measured; 5]) -> Self {
-        let per_cpu = m.map(|m| m.fig.requests_per_s / m.server.max(1e-9));
-        let [direct, redis, hot, nginx, hot_long] = m.map(|m| m.fig);
-        Self {
-            hot_cpu_per_direct: per_cpu[2] / per_cpu[0],
-            hot_cpu_per_nginx: per_cpu[2] / per_cpu[3],
-            redis_per_nginx: redis.requests_per_s / nginx.requests_per_s,
-            hot_per_direct: hot.requests_per_s / direct.requests_per_s,
-            hot_per_nginx: hot.requests_per_s / nginx.requests_per_s,
-            hot_p99_per_nginx: hot.p99_ms / nginx.p99_ms,
-            hot_p50_per_nginx: hot.p50_ms / nginx.p50_ms,
-            hot_p90_per_nginx: hot.p90_ms / nginx.p90_ms,
-            hot_long_p99_per_nginx: hot_long.p99_ms / nginx.p99_ms,
-            redis_p99_per_nginx: redis.p99_ms / nginx.p99_ms,
-        }
+    fn of(closed: &[Measured; 5], paced: &[Measured; 5]) -> Self {
+        let per_cpu = closed.map(|m| m.fig.requests_per_s / m.server.max(1e-9));
+        let c = closed.map(|m| m.fig);
+        let p = paced.map(|m| m.fig);
+        Self([
+            c[REDIS].requests_per_s / c[NGINX].requests_per_s,
+            per_cpu[REDIS] / per_cpu[NGINX],
+            c[HOT].requests_per_s / c[DIRECT].requests_per_s,
+            c[HOT].requests_per_s / c[NGINX].requests_per_s,
+            c[HOT].p99_ms / c[NGINX].p99_ms,
+            c[HOT].p50_ms / c[NGINX].p50_ms,
+            c[HOT].p90_ms / c[NGINX].p90_ms,
+            c[HOT_LONG].p99_ms / c[NGINX].p99_ms,
+            c[REDIS].p99_ms / c[NGINX].p99_ms,
+            c[DIRECT].p99_ms / c[NGINX].p99_ms,
+            per_cpu[HOT] / per_cpu[DIRECT],
+            per_cpu[HOT] / per_cpu[NGINX],
+            p[HOT].p99_ms / p[NGINX].p99_ms,
+            p[HOT].p50_ms / p[NGINX].p50_ms,
+            p[REDIS].p99_ms / p[NGINX].p99_ms,
+        ])
     }
+}
 
-    fn values(&self) -> [f64; 10] {
-        [
-            self.redis_per_nginx,
-            self.hot_per_direct,
-            self.hot_per_nginx,
-            self.hot_p99_per_nginx,
-            self.hot_p50_per_nginx,
-            self.hot_p90_per_nginx,
-            self.hot_long_p99_per_nginx,
-            self.redis_p99_per_nginx,
-            self.hot_cpu_per_direct,
-            self.hot_cpu_per_nginx,
-        ]
-    }
+fn print_header(what: &str) {
+    println!(
+        "  {:<28} {:>8} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>4} {:>5} {:>5} {:>5} {:>8}  bottleneck ({what})",
+        "target",
+        "req/s",
+        "p50 ms",
+        "p90",
+        "p99",
+        "max",
+        "server",
+        "wait",
+        "redis",
+        "wrk",
+        "other",
+        "core0",
+        "core1",
+        "req/CPU s"
+    );
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -442,15 +350,24 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(ROUNDS)
         .clamp(1, 20);
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let layout = Layout::choose(cores);
+    // This thread, and what it spawns from now on (Redis, wrk, nginx before it is moved),
+    // goes to the load core; the servers' runtimes move their own threads.
+    if let Some(l) = layout {
+        cpu::pin_task(0, l.load_cpu).context("pinning the bench to the load core")?;
+    }
+    let server_cpu = layout.map(|l| l.server_cpu);
     // The test bed's client runs here; the servers each have their own runtime.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (up_rt, proxy_rt, hot_rt, hot_long_rt) = (
-        runtime("bench-up")?,
-        runtime("bench-proxy")?,
-        runtime("bench-hot")?,
-        runtime("bench-hot-60s")?,
+        runtime("bench-up", server_cpu)?,
+        runtime("bench-proxy", server_cpu)?,
+        runtime("bench-hot", server_cpu)?,
+        runtime("bench-hot-60s", server_cpu)?,
     );
     let redis = RedisServer::start();
     let upstream = up_rt.block_on(async {
@@ -468,6 +385,11 @@ pub fn run() -> anyhow::Result<()> {
     hot_long_cfg.hot_ttl_ms = 60_000;
     let hot_long = hot_long_rt.block_on(ProxyInstance::start(hot_long_cfg));
     let nginx = Nginx::start(upstream.addr)?;
+    if let Some(l) = layout {
+        let pid = redis.pid().context("redis-server is not running")?;
+        cpu::pin_process(pid, l.load_cpu).context("pinning redis-server")?;
+        cpu::pin_process(nginx.child.id(), l.server_cpu).context("pinning nginx")?;
+    }
     // Fill the caches with the Host wrk will send, and check they answer hits.
     rt.block_on(async {
         let c = HttpClient::default();
@@ -514,12 +436,40 @@ pub fn run() -> anyhow::Result<()> {
             redis: None,
         },
     ];
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
+    // One wrk thread when it has a core of its own: a second one would only contend for it.
+    let w = Wrk {
+        threads: if layout.is_some() { 1 } else { 2 },
+        connections: WRK_CONNECTIONS,
+        seconds: WRK_SECONDS,
+        realtime: false,
+    };
+    let realtime = realtime_paced();
     println!(
-        "cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, \
-         {rounds} rounds on {cores:.0} cores"
+        "cache-hit benchmark: GET {PATH} ({BODY_BYTES} B body), wrk -t{} -c{} -d{}s, closed and \
+         paced ({PACE_MS} ms between an answer and the next request on each connection), \
+         {rounds} rounds on {cores} cores",
+        w.threads, w.connections, w.seconds
     );
+    match layout {
+        Some(l) => println!(
+            "layout: core {} wrk, redis-server and the bench's client; core {} the server under \
+             test (each upstream/proxy runtime's threads, nginx's one process); the idle servers \
+             and the tier's upstream (not asked during hits) stay on core {}; nothing keeps other \
+             work on the machine off either core (core0/core1 columns)",
+            l.load_cpu, l.server_cpu, l.server_cpu
+        ),
+        None => {
+            println!("layout: not pinned (XDP_LB_BENCH_PIN=0 or one core): every party anywhere")
+        }
+    }
+    match &realtime {
+        Ok(_) => println!(
+            "paced runs: the server under test, its Redis and wrk at SCHED_FIFO priority 1, so \
+             other work on the machine does not delay their wake-ups; closed runs: normal policy"
+        ),
+        Err(why) => println!("paced runs: normal scheduling policy ({why})"),
+    }
+    let realtime = realtime.unwrap_or(false);
     println!(
         "servers: one thread each (the upstream, each proxy on its own tokio runtime; nginx one \
          process); CPU columns are cores used during the run (CPU s per s); `wait` is the time \
@@ -530,56 +480,51 @@ pub fn run() -> anyhow::Result<()> {
     let mut all = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         println!("round {round}/{rounds} (load average {})", load_average());
-        println!(
-            "  {:<28} {:>8} {:>6} {:>6} {:>7} {:>7} {:>6} {:>5} {:>5} {:>4} {:>5} {:>8}  bottleneck",
-            "target",
-            "req/s",
-            "p50 ms",
-            "p90",
-            "p99",
-            "max",
-            "server",
-            "wait",
-            "redis",
-            "wrk",
-            "other",
-            "req/CPU s"
-        );
-        let mut m = Vec::with_capacity(targets.len());
-        for (i, t) in targets.iter().enumerate() {
-            let fetched = upstream.hits(PATH);
-            let x = measure(t)?;
-            if i > 0 {
-                from_upstream += upstream.hits(PATH) - fetched;
+        let mut by_load = Vec::with_capacity(2);
+        for (what, load, rt) in [
+            ("closed", Load::Closed, false),
+            ("paced", Load::Paced { pause_ms: PACE_MS }, realtime),
+        ] {
+            print_header(what);
+            let mut m = Vec::with_capacity(targets.len());
+            for (i, t) in targets.iter().enumerate() {
+                let fetched = upstream.hits(PATH);
+                let x = measure(t, &w, load, layout, rt)?;
+                if i != DIRECT {
+                    from_upstream += upstream.hits(PATH) - fetched;
+                }
+                println!(
+                    "  {:<28} {:>8.0} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>5.2} {:>5.2} {:>4.2} {:>5.2} {:>5.2} {:>5.2} {:>8.0}  {}",
+                    t.name,
+                    x.fig.requests_per_s,
+                    x.fig.p50_ms,
+                    x.fig.p90_ms,
+                    x.fig.p99_ms,
+                    x.fig.max_ms,
+                    x.server,
+                    x.server_wait,
+                    x.redis,
+                    x.wrk,
+                    x.other,
+                    x.load_core,
+                    x.server_core,
+                    x.fig.requests_per_s / x.server.max(1e-9),
+                    x.bottleneck(cores as f64, layout)
+                );
+                m.push(x);
             }
-            println!(
-                "  {:<28} {:>8.0} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>5.2} {:>5.2} {:>4.2} {:>5.2} {:>8.0}  {}",
-                t.name,
-                x.fig.requests_per_s,
-                x.fig.p50_ms,
-                x.fig.p90_ms,
-                x.fig.p99_ms,
-                x.fig.max_ms,
-                x.server,
-                x.server_wait,
-                x.redis,
-                x.wrk,
-                x.other,
-                x.fig.requests_per_s / x.server.max(1e-9),
-                x.bottleneck(cores)
-            );
-            m.push(x);
+            let m: [Measured; 5] = m.try_into().expect("five targets");
+            by_load.push(m);
         }
-        let m: [Measured; 5] = m.try_into().expect("five targets");
-        let r = Ratios::of(&m);
-        for (name, v) in Ratios::NAMES.iter().zip(r.values()) {
+        let r = Ratios::of(&by_load[0], &by_load[1]);
+        for (name, v) in Ratios::NAMES.iter().zip(r.0) {
             println!("  {name}: {v:.2}");
         }
         all.push(r);
     }
     println!("summary over {rounds} rounds (median, min-max):");
     for (i, name) in Ratios::NAMES.iter().enumerate() {
-        let mut vals: Vec<f64> = all.iter().map(|r| r.values()[i]).collect();
+        let mut vals: Vec<f64> = all.iter().map(|r| r.0[i]).collect();
         vals.sort_by(f64::total_cmp);
         let (min, max) = (vals[0], vals[vals.len() - 1]);
         let median = vals[vals.len() / 2];
@@ -594,20 +539,4 @@ pub fn run() -> anyhow::Result<()> {
     hot_long_rt.block_on(async { drop(hot_long) });
     up_rt.block_on(async { drop(upstream) });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_wrk_summary() {
-        let out = "    Latency   786.39us    1.46ms  20.52ms   91.47%\n  Latency Distribution\n     50%  210.00us\n     75%  400.00us\n     90%  900.00us\n     99%    1.52ms\n  Requests/sec:  41234.56\n";
-        let f = parse_wrk(out).unwrap();
-        assert_eq!(f.requests_per_s, 41234.56);
-        assert!((f.p50_ms - 0.21).abs() < 1e-9);
-        assert!((f.p90_ms - 0.9).abs() < 1e-9);
-        assert!((f.p99_ms - 1.52).abs() < 1e-9);
-        assert!((f.max_ms - 20.52).abs() < 1e-9);
-    }
 }

@@ -331,19 +331,18 @@ impl Bed {
             // not, and a native peer program would turn TSO off on the lb's side.
             self.topo.set_xdp_pass(want_mode == Some("native"))?;
             if let Some(mode) = want_mode {
-                // "tc" is an attach mode of its own, the rest are XDP modes.
-                let (flag, value) = if mode == "tc" {
-                    ("--attach", "tc")
-                } else {
-                    ("--xdp-mode", mode)
-                };
-                let args = [
+                // "tc" is an attach mode of its own, the rest are XDP modes (said
+                // explicitly: the default, auto, attaches tc on these veths).
+                let mut args = vec![
                     "run".to_string(),
                     "--config".into(),
                     self.config.path().display().to_string(),
-                    flag.into(),
-                    value.into(),
                 ];
+                if mode == "tc" {
+                    args.extend(["--attach", "tc"].map(String::from));
+                } else {
+                    args.extend(["--attach", "xdp", "--xdp-mode", mode].map(String::from));
+                }
                 self.lb = Some((self.topo.start_lb(&args).context("starting xdp-lb")?, mode));
             }
         }

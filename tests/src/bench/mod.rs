@@ -1,9 +1,11 @@
 //! Benchmarks run by `cargo xtask bench [pkt|status|e2e|veth|cache|all]` through the
 //! `xdp-lb-bench` bin (`all` leaves out `veth`, the long veth investigation).
 pub mod cache;
+mod cpu;
 pub mod e2e;
 pub mod pkt;
 pub mod status;
+mod wrk;
 
 type Bench = fn() -> anyhow::Result<()>;
 

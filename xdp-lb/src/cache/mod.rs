@@ -6,6 +6,7 @@ pub mod config;
 pub mod encode;
 pub mod entry;
 pub mod freshness;
+mod get_batch;
 pub mod headers;
 pub mod hot;
 pub mod interim;

@@ -11,6 +11,7 @@ use redis::{Cmd, FromRedisValue};
 use tokio::sync::Mutex;
 
 use super::config::{ConfigError, RedisConfig};
+use super::get_batch::GetBatch;
 use super::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ pub struct Store {
     down: Arc<AtomicBool>,
     /// The configured nodes, for log lines.
     nodes: Arc<str>,
+    /// GETs on a single node go out pipelined, one batch per scheduling round.
+    gets: Arc<GetBatch>,
     /// Whether outages are logged as warnings; only a serving proxy does (the one-shot verbs
     /// report the error themselves).
     announce: Arc<AtomicBool>,
@@ -118,6 +121,7 @@ impl Store {
             skip_until_ms: Arc::new(AtomicU64::new(0)),
             down: Arc::new(AtomicBool::new(false)),
             nodes: cfg.nodes.join(", ").into(),
+            gets: Arc::default(),
             announce: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -245,10 +249,18 @@ impl Store {
         }
     }
 
+    /// Whether Redis is being left alone after a failure; counts the skipped call as an error.
+    fn skipping(&self) -> bool {
+        let skip = now_ms() < self.skip_until_ms.load(Ordering::Relaxed);
+        if skip {
+            Stats::bump(&self.stats.errors);
+        }
+        skip
+    }
+
     /// Runs one command under the timeout; skipped while Redis is known to be unreachable.
     async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
-        if now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
-            Stats::bump(&self.stats.errors);
+        if self.skipping() {
             return Err(StoreError::Unavailable);
         }
         let res = self.run(cmd).await;
@@ -256,8 +268,25 @@ impl Store {
         res
     }
 
+    /// One value. On a single node the GET joins the round's pipelined batch (see
+    /// `get_batch`); a cluster spreads keys over nodes, so there each GET goes alone.
     pub async fn get(&self, redis_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(redis::cmd("GET").arg(redis_key).clone()).await
+        let Conn::Single(m) = &*self.conn else {
+            return self.query(redis::cmd("GET").arg(redis_key).clone()).await;
+        };
+        if self.skipping() {
+            return Err(StoreError::Unavailable);
+        }
+        let started = Instant::now();
+        let rx = self.gets.get(redis_key.to_string(), m, self.timeout);
+        let res = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(reply)) => reply.map_err(StoreError::from),
+            // The batch gave up (its own timeout) or this one ran out first.
+            Ok(Err(_)) | Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        self.stats.redis_latency(started.elapsed());
+        self.note(&res, true);
+        res
     }
 
     /// Writes an entry and tells every instance's hot tier.

@@ -126,7 +126,7 @@ fn options_defaulted_outside_clap_state_their_default() {
         (
             &["run"],
             "--attach",
-            "[default: xdp, or `attach` in the file]",
+            "[default: auto, or `attach` in the file]",
         ),
         (&["run"], "--flow-table-size", &flow),
         (&["check"], "--flow-table-size", &flow),

@@ -170,11 +170,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(XdpMode::NAMES)
         .map(|s| s.parse::<XdpMode>().expect("listed value")))]
     pub xdp_mode: Option<XdpMode>,
-    /// Program type per interface: xdp (XDP in --xdp-mode everywhere), tc (tc
-    /// ingress everywhere: keeps GSO and partial checksums on veth and delivers
-    /// into the peer's namespace), or auto (tc on veth, XDP elsewhere). XDP is the
-    /// default because the tc program leaves too-big packets to the kernel instead
-    /// of answering them itself. [default: xdp, or `attach` in the file]
+    /// Program type per interface: auto (tc on veth interfaces, where it keeps GSO
+    /// and partial checksums and delivers into the peer's namespace, and XDP in
+    /// --xdp-mode on the others, which is where a NIC with native XDP is fastest;
+    /// XDP everywhere before kernel 6.6, which has no TCX), xdp (XDP everywhere), or
+    /// tc (tc ingress everywhere). [default: auto, or `attach` in the file]
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Attach::NAMES)
         .map(|s| s.parse::<Attach>().expect("listed value")))]
     pub attach: Option<Attach>,

@@ -6,7 +6,7 @@
 //! ```toml
 //! interfaces = ["eth0"]          # required unless --iface is given; --iface replaces it
 //! xdp_mode = "auto"              # auto (default) | native | generic
-//! attach = "xdp"                 # xdp (default) | tc | auto (tc on veth, XDP elsewhere)
+//! attach = "auto"                # auto (default: tc on veth, XDP elsewhere) | xdp | tc
 //! flow_table_size = 262144       # optional: connections remembered per flow table
 //! max_services = 32              # optional: service slots the ring map is sized for (1..=1024)
 //! max_table_size = 65537         # optional: largest table_size any service may use
@@ -119,15 +119,15 @@ impl fmt::Display for XdpMode {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attach {
-    /// XDP (`xdp_lb`) in `xdp_mode`, on every interface. The default: the tc
-    /// program does not answer packets too big for their egress itself (see README
-    /// "Known limits"), and XDP is what a physical NIC wants.
-    #[default]
+    /// XDP (`xdp_lb`) in `xdp_mode`, on every interface.
     Xdp,
     /// tc ingress (`tc_lb`, a TCX link), on every interface: for veth, where it
     /// keeps GSO and partial checksums and delivers into the peer's namespace.
     Tc,
-    /// tc on veth interfaces, XDP on every other one.
+    /// The default: tc on veth interfaces (XDP costs a veth a copy of every skb and
+    /// its peer's TSO), XDP on every other one (a NIC with native XDP sees frames
+    /// before any skb exists); XDP everywhere on a kernel without TCX (before 6.6).
+    #[default]
     Auto,
 }
 
@@ -1943,10 +1943,10 @@ state = "down"
     }
 
     #[test]
-    fn attach_defaults_to_xdp_comes_from_the_file_and_the_flag_wins() {
-        assert_eq!(parse_str(GOOD).unwrap().attach, Attach::Xdp);
-        let text = format!("attach = \"auto\"\n{GOOD}");
-        assert_eq!(parse_str(&text).unwrap().attach, Attach::Auto);
+    fn attach_defaults_to_auto_comes_from_the_file_and_the_flag_wins() {
+        assert_eq!(parse_str(GOOD).unwrap().attach, Attach::Auto);
+        let text = format!("attach = \"xdp\"\n{GOOD}");
+        assert_eq!(parse_str(&text).unwrap().attach, Attach::Xdp);
         let args = Sources {
             attach: Some(Attach::Tc),
             ..Sources::default()

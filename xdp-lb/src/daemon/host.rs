@@ -53,6 +53,19 @@ fn release_version(release: &str) -> Option<(u32, u32)> {
     }
 }
 
+/// The first kernel with TCX links, which the tc program is attached through.
+pub const TCX_KERNEL: (u32, u32) = (6, 6);
+
+/// Whether this kernel has TCX links. A release that does not parse is taken to:
+/// the attach then says what is missing.
+pub fn has_tcx() -> bool {
+    release_has_tcx(&kernel_release().unwrap_or_default())
+}
+
+fn release_has_tcx(release: &str) -> bool {
+    release_version(release).is_none_or(|v| v >= TCX_KERNEL)
+}
+
 /// Refuses a kernel older than `MIN_KERNEL` with a message naming both, instead of the
 /// verifier's "unknown func bpf_loop". A release that does not parse is let through:
 /// the load then says what is missing.
@@ -219,6 +232,16 @@ mod kernel_tests {
         assert_eq!(release_version("5.15.167-generic"), Some((5, 15)));
         assert_eq!(release_version("4.19.0"), Some((4, 19)));
         assert_eq!(release_version("garbage"), None);
+    }
+
+    #[test]
+    fn tcx_from_6_6_on() {
+        assert!(!release_has_tcx("6.1.0-27-amd64"));
+        assert!(!release_has_tcx("5.17.0"));
+        assert!(release_has_tcx("6.6.0"));
+        assert!(release_has_tcx("6.18.0-1-amd64"));
+        assert!(release_has_tcx("7.0.0"));
+        assert!(release_has_tcx("garbage"));
     }
 
     #[test]

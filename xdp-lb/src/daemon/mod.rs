@@ -217,10 +217,16 @@ pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), Da
     };
     // Program the maps before attaching, so the first packet already sees the services.
     dp.apply(&plan).map_err(DaemonError::Dataplane)?;
+    let tcx = host::has_tcx();
+    if cfg.attach == Attach::Auto && !tcx {
+        log::warn!(
+            "attach auto: this kernel has no TCX links (6.6+) for the tc program: XDP on every interface, veth too"
+        );
+    }
     let tc: Vec<bool> = cfg
         .interfaces
         .iter()
-        .map(|i| uses_tc(cfg.attach, i))
+        .map(|i| uses_tc(cfg.attach, tcx, i))
         .collect();
     let keep: Vec<String> = cfg
         .interfaces
@@ -626,12 +632,13 @@ pub fn detach(dir: &std::path::Path) -> Result<(), DaemonError> {
 }
 
 /// Whether `iface` gets the tc program: always with `--attach tc`, on veth with
-/// `auto` (where XDP copies every skb and costs the peer its GSO).
-fn uses_tc(attach: Attach, iface: &str) -> bool {
+/// `auto` (where XDP copies every skb and costs the peer its GSO) if the kernel has
+/// TCX links (`tcx`).
+fn uses_tc(attach: Attach, tcx: bool, iface: &str) -> bool {
     match attach {
         Attach::Xdp => false,
         Attach::Tc => true,
-        Attach::Auto => dataplane::iface::is_veth(iface),
+        Attach::Auto => tcx && dataplane::iface::is_veth(iface),
     }
 }
 

@@ -700,13 +700,28 @@ impl AyaDataplane {
         frame: &[u8],
         ifindex: u32,
     ) -> Result<TestRunOutcome, DataplaneError> {
+        self.test_run_tc_gso(frame, ifindex, 0, 0)
+    }
+
+    /// `test_run_tc` on a GSO skb: one the stack segments later into `gso_segs`
+    /// packets of `gso_size` payload bytes each (the frame itself stays linear).
+    pub fn test_run_tc_gso(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        gso_size: u32,
+        gso_segs: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
         let name = TC_PROGRAM;
         let prog = self.load_tc_program()?;
-        // struct __sk_buff up to `tc_index`: zero but for ingress_ifindex (offset 36)
-        // and ifindex (40), the fields the kernel takes from ctx_in here.
-        let mut ctx = [0u8; 48];
+        // struct __sk_buff up to `gso_size`: zero but for ingress_ifindex (offset
+        // 36), ifindex (40), gso_segs (164) and gso_size (176), fields the kernel
+        // takes from ctx_in.
+        let mut ctx = [0u8; 180];
         ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
             .test_run(TestRunOptions {

@@ -1,0 +1,58 @@
+//! The cache tier's Redis access against a real `redis-server`: GETs issued by many requests at
+//! once travel together.
+use std::sync::Arc;
+
+use xdp_lb::cache::config::RedisConfig;
+use xdp_lb::cache::stats::Stats;
+use xdp_lb::cache::store::Store;
+use xdp_lb_tests::cache_support::RedisServer;
+
+/// Redis's count of socket reads it processed (`INFO stats`), which includes the reads that
+/// redis-cli's own connection makes.
+fn reads_processed(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_reads_processed in INFO stats: {info}"))
+}
+
+// One worker: the requests' tasks wake each other on one thread, as in a busy proxy, where
+// each GET used to go out in a write of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn concurrent_gets_share_one_pipelined_request() {
+    let redis = RedisServer::start();
+    for i in (0..32).step_by(2) {
+        redis.cli(&["SET", &format!("k{i}"), &format!("v{i}")]);
+    }
+    let cfg = RedisConfig {
+        nodes: vec![redis.url()],
+        ..RedisConfig::default()
+    };
+    let stats = Arc::new(Stats::default());
+    let store = Store::new(&cfg, Arc::clone(&stats)).expect("store");
+    // Connects (the connection is made lazily), so the batch below is on an open connection.
+    assert_eq!(store.get("absent").await.expect("redis answers"), None);
+
+    // What asking costs (redis-cli's connection's own reads), measured rather than assumed.
+    let idle = reads_processed(&redis);
+    let before = reads_processed(&redis);
+    let asking = before - idle;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { (i, store.get(&format!("k{i}")).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, got) = t.await.expect("task");
+        let want = (i % 2 == 0).then(|| format!("v{i}").into_bytes());
+        assert_eq!(got.expect("redis answers"), want, "GET k{i}");
+    }
+    let reads = reads_processed(&redis) - before - asking;
+    assert_eq!(
+        reads, 1,
+        "32 concurrent GETs took {reads} reads in Redis, expected one pipelined request"
+    );
+    assert_eq!(stats.snapshot().errors, 0);
+}
