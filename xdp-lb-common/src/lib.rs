@@ -41,21 +41,30 @@ pub const MAX_RING_SIZE: u32 = 1_000_003;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
 /// Capacity of the embryonic tables (EMBRYOS, EMBRYO_REVERSE) for a flow table of
-/// `flows` entries: a quarter of it, at least 1024 (or `flows` if smaller). Flows that
-/// have sent one packet (a SYN, a first datagram, an ACK the tables do not know) live
-/// there until their next packet promotes them to FLOWS, so a flood of one-packet
-/// spoofed flows only evicts other one-packet flows. A handshake survives a flood of
-/// R spoofed SYNs per second if it completes within `embryo_table_size / R` seconds
-/// (65536 entries at 1M SYN/s: 65 ms).
+/// `flows` entries: a quarter of it, at least 1024 (or `flows` if smaller), at most
+/// `EMBRYO_TABLE_MAX`. Flows that have sent one packet (a SYN, a first datagram, an
+/// ACK the tables do not know) live there until their next packet promotes them to
+/// FLOWS, so a flood of one-packet spoofed flows only evicts other one-packet flows.
+/// A handshake survives a flood of R spoofed SYNs per second if it completes within
+/// `embryo_table_size / R` seconds (65536 entries at 1M SYN/s: 65 ms).
 pub const fn embryo_table_size(flows: u32) -> u32 {
     let quarter = flows / 4;
     let floor = if flows < 1024 { flows } else { 1024 };
-    if quarter > floor {
-        quarter
+    let size = if quarter > floor { quarter } else { floor };
+    if size > EMBRYO_TABLE_MAX {
+        EMBRYO_TABLE_MAX
     } else {
-        floor
+        size
     }
 }
+
+/// Most entries an embryonic table gets. Every new flow inserts into EMBRYOS and, once
+/// it is full, evicts from it: a small table keeps those lines in the CPU caches,
+/// where a table sized with a large flow table (2M entries for 8M flows, ~300 MB)
+/// makes every insert and eviction a run of cache misses (`cargo xtask bench pkt`,
+/// new-flow cases). 262144 entries still hold 262 ms of handshakes under a flood of
+/// 1M SYN/s.
+pub const EMBRYO_TABLE_MAX: u32 = 1 << 18;
 
 /// Longest L4 segment (header and payload) whose checksum the program verifies
 /// before it creates a flow: a full 1500-byte IPv4 packet's payload. Longer

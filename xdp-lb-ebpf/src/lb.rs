@@ -34,12 +34,14 @@ pub fn process<C: Ctx>(ctx: &C) -> u32 {
     };
     // An established flow's packet finds its service through the flow (one hash
     // lookup); the others look the service up.
-    let mut flows_missed = false;
+    let mut missed = None;
     let found = if may_be_endpoint(&skey.addr, skey.port) {
         match select::established(&pkt, &skey) {
             select::Lookup::Hit(svc, est) => Some((svc, Some(est))),
             miss => {
-                flows_missed = matches!(miss, select::Lookup::Miss);
+                if let select::Lookup::Miss(embryo) = miss {
+                    missed = Some(embryo);
+                }
                 unsafe { SERVICES.get(&skey) }.map(|s| (s, None))
             }
         }
@@ -49,7 +51,7 @@ pub fn process<C: Ctx>(ctx: &C) -> u32 {
     if let Some((svc, est)) = found {
         let choice = match validate::l4_header(&pkt).and_then(|()| match est {
             Some(e) => Ok(e.choose(&pkt)),
-            None => select::backend_for(ctx, &pkt, svc, flows_missed),
+            None => select::backend_for(ctx, &pkt, svc, missed),
         }) {
             Ok(c) => c,
             Err(r) => {

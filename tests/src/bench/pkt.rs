@@ -33,12 +33,13 @@ const MANY_FLOWS: u32 = 1_000_000;
 /// New keys per new-flow run; every round takes fresh ones, so the tables must hold
 /// (ROUNDS + 1) x this per new-flow case besides the established flows.
 const NEW_FLOW_REPEAT: u32 = 200_000;
-/// Flow-table capacity: the 2M established flows (IPv4 and IPv6) plus every DSR
-/// new-flow round (2 cases x 8 rounds x 200k), so no FLOWS insert evicts. SYNs go to
-/// EMBRYOS (a quarter of this): the five SYN cases fill it within two rounds, and from
-/// then on every SYN case pays an LRU eviction alike, as a busy balancer's do.
-/// `XDP_LB_BENCH_FLOW_TABLE=N` loads N entries instead, to compare table sizes on the
-/// established cases (below 8M the new-flow cases evict established flows).
+/// Flow-table capacity: the 2M established flows (IPv4 and IPv6) plus every
+/// promotion round (8 rounds x 200k), so no FLOWS insert evicts. First packets go to
+/// EMBRYOS (`embryo_table_size` of this): the new-flow cases fill it within the first
+/// rounds, and from then on every one pays an LRU eviction alike, as a busy
+/// balancer's do. `XDP_LB_BENCH_FLOW_TABLE=N` loads N entries instead, to compare
+/// table sizes on the established cases (below 8M the new-flow cases evict
+/// established flows).
 const FLOW_TABLE: u32 = 8 << 20;
 
 fn flow_table() -> u32 {
@@ -91,6 +92,8 @@ enum Target {
     IpCsum,
     /// The service path stopped after this step (xdp_bench_step1..6).
     Step(u8),
+    /// A flow's first packet stopped after this step (xdp_bench_new1..7).
+    New(u8),
 }
 
 /// The steps `xdp_bench_stepN` stops after, in order (see `service_path_until`).
@@ -109,6 +112,27 @@ const STEPS_1M: [&str; 6] = [
     "step 4: + counters, 1M flows",
     "step 5: + next hop, 1M flows",
     "step 6: + NAT rewrite, 1M flows",
+];
+
+/// The steps `xdp_bench_newN` stops after (see `first_packet_until`), for a SYN
+/// and for a DSR service's first datagram, each with fresh keys.
+const NEW_STEPS: [&str; 7] = [
+    "new SYN step 1: parse",
+    "new SYN step 2: + SERVICES",
+    "new SYN step 3: + header checks",
+    "new SYN step 4: + L4 checksum",
+    "new SYN step 5: + stale FLOWS lookup",
+    "new SYN step 6: + scheduler pick",
+    "new SYN step 7: + EMBRYOS insert",
+];
+const NEW_STEPS_DSR: [&str; 7] = [
+    "new DSR step 1: parse",
+    "new DSR step 2: + FLOWS+EMBRYOS miss",
+    "new DSR step 3: + header checks",
+    "new DSR step 4: + L4 checksum",
+    "new DSR step 5: (no stale lookup)",
+    "new DSR step 6: + scheduler pick",
+    "new DSR step 7: + EMBRYOS insert",
 ];
 
 /// What a case's frames look like and how they vary.
@@ -138,6 +162,8 @@ struct Case {
     repeat: u32,
     /// New keys every round (the new-flow case).
     fresh_base: bool,
+    /// The keys of the previous fresh-key case of the round (its flows' next packet).
+    reuse_base: bool,
     base: u32,
     check: fn(&mut AyaDataplane, &Outcome) -> anyhow::Result<()>,
 }
@@ -154,6 +180,7 @@ struct Outcome {
 struct Counts {
     new_flows: u64,
     nat_reply: u64,
+    promoted: u64,
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -356,6 +383,17 @@ fn expect_new_flows(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn expect_promotions(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
+    expect_established(dp, o)?;
+    let n = o.after.promoted - o.before.promoted;
+    ensure!(
+        n == o.repeat as u64,
+        "{n} promotions in {} packets",
+        o.repeat
+    );
+    Ok(())
+}
+
 fn expect_replies(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     expect_tx(dp, o)?;
     ensure!(o.out[0..6] == CLIENT_MAC, "reply not sent to the client");
@@ -430,6 +468,7 @@ fn cases() -> Vec<Case> {
         spec,
         repeat,
         fresh_base: false,
+        reuse_base: false,
         base: established_base,
         check,
     };
@@ -483,8 +522,21 @@ fn cases() -> Vec<Case> {
             spec: v4_syn_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
+        },
+        // The same flows' ACKs, right after their SYNs: each moves from EMBRYOS to
+        // FLOWS, the insert into the large table a new flow pays on its second packet.
+        Case {
+            name: "VIP flow's 2nd packet (promotion)",
+            target: Target::Lb,
+            spec: v4_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            fresh_base: false,
+            reuse_base: true,
+            base: 0,
+            check: expect_promotions,
         },
         Case {
             name: "DSR new flow (flow-table write)",
@@ -492,6 +544,7 @@ fn cases() -> Vec<Case> {
             spec: dsr_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -501,6 +554,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(81, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -510,6 +564,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(82, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -519,6 +574,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(83, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -528,6 +584,7 @@ fn cases() -> Vec<Case> {
             spec: sched_syn_frame(84, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -537,6 +594,7 @@ fn cases() -> Vec<Case> {
             spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
             repeat: NEW_FLOW_REPEAT,
             fresh_base: true,
+            reuse_base: false,
             base: 0,
             check: expect_new_flows,
         },
@@ -610,6 +668,25 @@ fn cases() -> Vec<Case> {
         v.push(c(one, step, v4_frame(0), ONE_FLOW_REPEAT, expect_step));
         v.push(c(many, step, v4_frame(MANY_FLOWS), MANY_FLOWS, expect_step));
     }
+    // A new flow step by step: a SYN and a DSR service's first datagram, fresh keys.
+    for (i, (syn, dsr)) in NEW_STEPS.into_iter().zip(NEW_STEPS_DSR).enumerate() {
+        let step = Target::New(i as u8 + 1);
+        for (name, spec) in [
+            (syn, v4_syn_frame(NEW_FLOW_REPEAT)),
+            (dsr, dsr_frame(NEW_FLOW_REPEAT)),
+        ] {
+            v.push(Case {
+                name,
+                target: step,
+                spec,
+                repeat: NEW_FLOW_REPEAT,
+                fresh_base: true,
+                reuse_base: false,
+                base: 0,
+                check: expect_step,
+            });
+        }
+    }
     // `XDP_LB_BENCH_CASES=a,b` runs only the cases whose names contain a or b.
     if let Ok(filter) = std::env::var("XDP_LB_BENCH_CASES") {
         let words: Vec<&str> = filter.split(',').filter(|w| !w.is_empty()).collect();
@@ -676,6 +753,13 @@ impl Target {
             Target::Step(4) => "xdp_bench_step4",
             Target::Step(5) => "xdp_bench_step5",
             Target::Step(_) => "xdp_bench_step6",
+            Target::New(1) => "xdp_bench_new1",
+            Target::New(2) => "xdp_bench_new2",
+            Target::New(3) => "xdp_bench_new3",
+            Target::New(4) => "xdp_bench_new4",
+            Target::New(5) => "xdp_bench_new5",
+            Target::New(6) => "xdp_bench_new6",
+            Target::New(_) => "xdp_bench_new7",
         }
     }
 }
@@ -741,16 +825,30 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
 
     // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
     // flows create them too (a flow-table miss re-dispatches): the first pass puts
-    // them in the embryonic table, the second promotes them to FLOWS.
+    // them in the embryonic table, the second promotes them to FLOWS. In chunks of
+    // half the embryonic table, so that no entry is evicted before its promotion.
+    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).max(1);
     for spec in [
         v4_frame(0),
         v6_frame(0),
         v4_frame(MANY_FLOWS),
         v6_frame(MANY_FLOWS),
     ] {
-        for _ in 0..2 {
-            let r = h.run(Target::Lb, &spec, 1 << 20, spec.flows.max(1))?;
-            ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+        let n = spec.flows.max(1);
+        let mut done = 0;
+        while done < n {
+            // Every run walks its `flows` keys exactly once, so the wrapper's flow
+            // counter ends where it started (see `vary`).
+            let len = chunk.min(n - done);
+            let part = FrameSpec {
+                flows: if spec.flows == 0 { 0 } else { len },
+                ..spec.clone()
+            };
+            for _ in 0..2 {
+                let r = h.run(Target::Lb, &part, (1 << 20) + done, len)?;
+                ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+            }
+            done += len;
         }
     }
 
@@ -764,6 +862,8 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
         for (i, case) in cases.iter().enumerate() {
             let base = if case.fresh_base {
                 fresh = fresh.wrapping_add(case.repeat);
+                fresh
+            } else if case.reuse_base {
                 fresh
             } else {
                 case.base
@@ -849,11 +949,8 @@ fn publish_pool(bed: &Bed, dp: &mut AyaDataplane) {
 impl Harness {
     fn counts(&mut self) -> anyhow::Result<Counts> {
         let g = self.dp.global_counters()?;
-        let nat_reply = g
-            .iter()
-            .find(|(n, _)| *n == "nat_reply")
-            .map(|x| x.1)
-            .unwrap_or(0);
+        let count = |name: &str| g.iter().find(|(n, _)| *n == name).map(|x| x.1).unwrap_or(0);
+        let (nat_reply, promoted) = (count("nat_reply"), count("flow_promoted"));
         let mut new_flows = 0;
         for id in 0..3 + SCHED_SERVICES.len() as u32 {
             new_flows += self.dp.service_counters(id)?.new_flows;
@@ -861,6 +958,7 @@ impl Harness {
         Ok(Counts {
             new_flows,
             nat_reply,
+            promoted,
         })
     }
 

@@ -56,6 +56,12 @@ pub const PINNED_MAPS: [&str; 14] = [
 /// zeroed new entries, a smaller one keeps the first entries.
 const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"];
 
+/// Pinned maps replaced by an empty one when their number of entries differs (a
+/// version that sizes them otherwise, `embryo_table_size`): the embryonic tables hold
+/// only flows that have sent one packet, and such a flow's next packet is dispatched
+/// afresh, to the same backend unless the service's table changed meanwhile.
+const REPLACEABLE: [&str; 2] = ["EMBRYOS", "EMBRYO_REVERSE"];
+
 /// Counter values read from a pinned map of another size, to be written into the
 /// map this binary creates in its place.
 pub struct Migration {
@@ -322,6 +328,7 @@ fn prepare_locked(
     check_record(&ours.join("LAYOUT"), &opts.layout(sizes)).map_err(incompatible)?;
     let expected = expected_maps(sizes)?;
     let mut migrations = Vec::new();
+    let mut replaced = Vec::new();
     for (name, want) in expected {
         let path = ours.join(name);
         if !path.exists() {
@@ -336,7 +343,17 @@ fn prepare_locked(
             max_entries: info.max_entries(),
         };
         if let Some(diff) = want.diff(name, &got) {
-            if !want.migratable(name, &got) {
+            if want.resized(REPLACEABLE.as_slice(), name, &got) {
+                log::info!(
+                    "{name}: pinned with {} entries, this version makes {}: an empty one \
+                     replaces it (flows that have sent one packet are dispatched afresh)",
+                    got.max_entries,
+                    want.max_entries
+                );
+                replaced.push(name);
+                continue;
+            }
+            if !want.resized(MIGRATABLE.as_slice(), name, &got) {
                 return Err(incompatible(diff));
             }
             migrations.push(Migration::read(
@@ -348,9 +365,10 @@ fn prepare_locked(
         }
     }
     // Only once everything else is known to be adoptable: the loader creates and
-    // pins these maps again at the new size, and `Migration::write` fills them.
-    for m in &migrations {
-        let path = ours.join(m.map);
+    // pins these maps again at the new size, and `Migration::write` fills the
+    // migrated ones.
+    for name in migrations.iter().map(|m| m.map).chain(replaced) {
+        let path = ours.join(name);
         std::fs::remove_file(&path).map_err(io(&path))?;
     }
     Ok((Found::Adoptable, migrations))
@@ -366,9 +384,9 @@ struct MapShape {
 }
 
 impl MapShape {
-    /// A pinned counter array that differs from ours in its number of entries only.
-    fn migratable(&self, map: &str, pinned: &MapShape) -> bool {
-        MIGRATABLE.contains(&map)
+    /// A pinned map of `kinds` that differs from ours in its number of entries only.
+    fn resized(&self, kinds: &[&str], map: &str, pinned: &MapShape) -> bool {
+        kinds.contains(&map)
             && MapShape {
                 max_entries: self.max_entries,
                 ..*pinned
@@ -719,15 +737,46 @@ mod tests {
             max_entries: 24,
             ..ours
         };
-        assert!(ours.migratable("GLOBAL_STATS", &fewer));
-        assert!(!ours.migratable("FLOWS", &fewer), "not a counter array");
+        assert!(ours.resized(&MIGRATABLE, "GLOBAL_STATS", &fewer));
+        assert!(
+            !ours.resized(&MIGRATABLE, "FLOWS", &fewer),
+            "not a counter array"
+        );
         let wider = MapShape {
             value_size: 16,
             ..fewer
         };
         assert!(
-            !ours.migratable("GLOBAL_STATS", &wider),
+            !ours.resized(&MIGRATABLE, "GLOBAL_STATS", &wider),
             "a changed value shape is refused"
+        );
+    }
+
+    #[test]
+    fn only_embryonic_tables_of_another_size_are_replaced() {
+        let ours = MapShape {
+            map_type: 9,
+            key_size: 40,
+            value_size: 32,
+            max_entries: 1 << 18,
+        };
+        let larger = MapShape {
+            max_entries: 1 << 21,
+            ..ours
+        };
+        assert!(ours.resized(&REPLACEABLE, "EMBRYOS", &larger));
+        assert!(ours.resized(&REPLACEABLE, "EMBRYO_REVERSE", &larger));
+        assert!(
+            !ours.resized(&REPLACEABLE, "FLOWS", &larger),
+            "established flows are never dropped"
+        );
+        let wider = MapShape {
+            value_size: 48,
+            ..larger
+        };
+        assert!(
+            !ours.resized(&REPLACEABLE, "EMBRYOS", &wider),
+            "another entry layout is refused"
         );
     }
 
