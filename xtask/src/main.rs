@@ -82,6 +82,8 @@ enum BenchKind {
     /// The veth investigation: generic vs native XDP, segmentation offloads on and off.
     Veth,
     Cache,
+    /// Instructions per hot-tier hit against the bare upstream's answer, under callgrind.
+    CacheCost,
     All,
 }
 
@@ -93,6 +95,7 @@ impl BenchKind {
             BenchKind::E2e => "e2e",
             BenchKind::Veth => "veth",
             BenchKind::Cache => "cache",
+            BenchKind::CacheCost => "cache-cost",
             BenchKind::All => "all",
         }
     }
@@ -181,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench { what } => {
-            if !matches!(what, BenchKind::Cache) {
+            if !matches!(what, BenchKind::Cache | BenchKind::CacheCost) {
                 require_root("bench")?;
             }
             setup::run(setup::Need::Test)?;

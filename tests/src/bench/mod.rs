@@ -1,6 +1,8 @@
-//! Benchmarks run by `cargo xtask bench [pkt|status|e2e|veth|cache|all]` through the
-//! `xdp-lb-bench` bin (`all` leaves out `veth`, the long veth investigation).
+//! Benchmarks run by `cargo xtask bench [pkt|status|e2e|veth|cache|cache-cost|all]` through the
+//! `xdp-lb-bench` bin (`all` leaves out `veth`, the long veth investigation, and
+//! `cache-cost`, which needs valgrind).
 pub mod cache;
+pub mod cache_cost;
 mod cpu;
 pub mod e2e;
 pub mod pkt;
@@ -28,6 +30,7 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
         "pkt" => pkt(),
         "e2e" => e2e::run(),
         "cache" => cache(),
+        "cache-cost" => cache_cost::run(),
         "status" => status::run(),
         "veth" => e2e::run_veth(),
         "all" => {
@@ -49,7 +52,7 @@ pub fn dispatch(what: &str) -> anyhow::Result<()> {
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: expected pkt, status, e2e, veth, cache or all"
+                "unknown benchmark {other:?}: expected pkt, status, e2e, veth, cache, cache-cost or all"
             )
         }
     }

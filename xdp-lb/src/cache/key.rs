@@ -13,66 +13,105 @@ const KEEP: usize = 128;
 /// host is normalised (lowercase, default port dropped, see [`normalize_host`]) so instances
 /// reached as `Example.org:80` and `example.org` share entries.
 pub fn render(template: &str, req: &Parts) -> String {
-    render_for_host(template, req, None)
+    Template::parse(template).render(req, None)
 }
 
-/// [`render`] with the request's host already normalised (by `request::target_host`), so a
-/// hit does not parse it twice.
-pub fn render_for_host(template: &str, req: &Parts, normalized: Option<&str>) -> String {
-    let method = if req.method == http::Method::HEAD {
-        "GET"
-    } else {
-        req.method.as_str()
-    };
-    let host = match normalized {
-        Some(h) => h.to_string(),
-        None => {
-            let raw = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("");
-            // Requests with a host that does not normalise were refused before; keep the text.
-            normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase())
-        }
-    };
-    // One pass over the template (it runs on every request, hits included).
-    let mut key = String::with_capacity(template.len() + host.len() + req.uri.path().len() + 16);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        key.push_str(&rest[..open]);
-        let after = &rest[open..];
-        let (value, used) = [
-            ("{method}", method),
-            ("{scheme}", "http"),
-            ("{host}", host.as_str()),
-            ("{path}", req.uri.path()),
-        ]
-        .into_iter()
-        .find(|(p, _)| after.starts_with(p))
-        .map(|(p, v)| (Some(v), p.len()))
-        .unwrap_or_else(|| {
-            if after.starts_with("{query}") {
-                (None, "{query}".len())
-            } else {
-                (Some("{"), 1)
-            }
-        });
-        match value {
-            Some(v) => key.push_str(v),
-            // {query} includes its `?` when there is a query.
-            None => {
-                if let Some(q) = req.uri.query() {
-                    key.push('?');
-                    key.push_str(q);
+/// One piece of a key template.
+#[derive(Clone, Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    Method,
+    Scheme,
+    Host,
+    Path,
+    /// Includes its `?` when there is a query.
+    Query,
+}
+
+/// A key template split into its pieces once, at start: every request renders it, hot hits
+/// included, and scanning the text for placeholders each time cost as much as the rest of the key.
+#[derive(Clone, Debug)]
+pub struct Template(Vec<Piece>);
+
+impl Template {
+    /// Splits `{method}`, `{scheme}`, `{host}`, `{path}` and `{query}` out of the text; any
+    /// other brace is text.
+    pub fn parse(template: &str) -> Self {
+        const NAMED: [(&str, Piece); 5] = [
+            ("{method}", Piece::Method),
+            ("{scheme}", Piece::Scheme),
+            ("{host}", Piece::Host),
+            ("{path}", Piece::Path),
+            ("{query}", Piece::Query),
+        ];
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            text.push_str(&rest[..open]);
+            let after = &rest[open..];
+            match NAMED.iter().find(|(p, _)| after.starts_with(p)) {
+                Some((p, piece)) => {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(piece.clone());
+                    rest = &after[p.len()..];
+                }
+                None => {
+                    text.push('{');
+                    rest = &after[1..];
                 }
             }
         }
-        rest = &after[used..];
+        text.push_str(rest);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Self(pieces)
     }
-    key.push_str(rest);
-    shorten(key)
+
+    /// [`render`] with the template already parsed and, when given, the request's host already
+    /// normalised (by `request::target_host`), so a hit does not parse either again.
+    pub fn render(&self, req: &Parts, normalized: Option<&str>) -> String {
+        let method = if req.method == http::Method::HEAD {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
+        let owned;
+        let host = match normalized {
+            Some(h) => h,
+            None => {
+                let raw = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                    .unwrap_or("");
+                // Requests with a host that does not normalise were refused before; keep the text.
+                owned = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
+                &owned
+            }
+        };
+        let mut key = String::with_capacity(64 + host.len() + req.uri.path().len());
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => key.push_str(t),
+                Piece::Method => key.push_str(method),
+                Piece::Scheme => key.push_str("http"),
+                Piece::Host => key.push_str(host),
+                Piece::Path => key.push_str(req.uri.path()),
+                Piece::Query => {
+                    if let Some(q) = req.uri.query() {
+                        key.push('?');
+                        key.push_str(q);
+                    }
+                }
+            }
+        }
+        shorten(key)
+    }
 }
 
 pub fn shorten(key: String) -> String {

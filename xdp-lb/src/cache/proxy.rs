@@ -94,6 +94,8 @@ enum Outcome {
 
 pub struct Proxy {
     cfg: CacheConfig,
+    /// `cfg.key`, parsed once.
+    key: key::Template,
     rules: Rules,
     pool: Arc<Pool>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -202,9 +204,13 @@ fn plain(status: StatusCode, msg: impl Into<Bytes>) -> Resp {
     r
 }
 
+/// Built at compile time: a name given as `&str` is parsed and validated on every insert or
+/// lookup, and every answer (hits included) sets and reads this one.
+const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+
 fn with_x_cache(mut r: Resp, label: &'static str) -> Resp {
     r.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(label));
+        .insert(X_CACHE, HeaderValue::from_static(label));
     r
 }
 
@@ -356,6 +362,7 @@ impl Proxy {
         let hot = (cfg.hot_ttl_ms > 0)
             .then(|| HotTier::new(Duration::from_millis(cfg.hot_ttl_ms), cfg.hot_max_bytes));
         Ok(Arc::new(Self {
+            key: key::Template::parse(&cfg.key),
             upstream_timeout: Duration::from_millis(cfg.upstream_timeout_ms),
             cfg,
             rules,
@@ -403,7 +410,7 @@ impl Proxy {
         if freshness::bypass_request(parts, &self.rules).is_some() {
             return None;
         }
-        let key = key::render_for_host(&self.cfg.key, parts, Some(&host));
+        let key = self.key.render(parts, Some(&host));
         let primary = self.store.entry_key(&key);
         let mut stored = hot.get(&primary)?;
         if let Stored::Vary(m) = &*stored {
@@ -421,7 +428,7 @@ impl Proxy {
 
     /// Counts a response by its X-Cache label and status.
     fn account(&self, resp: Resp) -> Resp {
-        let label = resp.headers().get("x-cache").map(|v| v.as_bytes());
+        let label = resp.headers().get(X_CACHE).map(|v| v.as_bytes());
         let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
@@ -472,7 +479,7 @@ impl Proxy {
             self.stats.bypassed(reason);
             return self.bypass(&parts, client, body).await;
         }
-        let key = key::render_for_host(&self.cfg.key, &parts, host.as_deref());
+        let key = self.key.render(&parts, host.as_deref());
         self.cached(key, parts, client).await
     }
 
@@ -518,7 +525,7 @@ impl Proxy {
             }
         }
         for p in targets {
-            let k = self.store.entry_key(&key::render(&self.cfg.key, &p));
+            let k = self.store.entry_key(&self.key.render(&p, None));
             let _ = self.store.del(&k).await;
         }
     }
@@ -527,9 +534,7 @@ impl Proxy {
         if !self.cfg.purge_allow.contains(&client) {
             return plain(StatusCode::FORBIDDEN, "purge not allowed\n");
         }
-        let k = self
-            .store
-            .entry_key(&key::render(&self.cfg.key, &as_get(parts)));
+        let k = self.store.entry_key(&self.key.render(&as_get(parts), None));
         match self.store.del(&k).await {
             Ok(true) => plain(StatusCode::OK, "purged\n"),
             Ok(false) => plain(StatusCode::NOT_FOUND, "not cached\n"),
@@ -736,7 +741,7 @@ impl Proxy {
             policy_json: Entry::encode_policy(&policy)?,
             variants,
         };
-        let key = key::render(&self.cfg.key, &parts);
+        let key = self.key.render(&parts, None);
         if entry.headers.contains_key(VARY) {
             self.store_entry(&key, &parts, &entry, decision.keep_for)
                 .await;
@@ -841,9 +846,8 @@ impl Proxy {
         now: SystemTime,
     ) -> Resp {
         let mut headers = entry.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&entry.age(now).as_secs().to_string()) {
-            headers.insert(AGE, v);
-        }
+        // Formatted by `http` into the value itself: no `String` per answer.
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
         // Ranges are answered from the identity body only.
         let coded = if entry.variants.is_empty() {

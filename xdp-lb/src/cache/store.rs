@@ -158,7 +158,12 @@ impl Store {
     }
 
     pub fn entry_key(&self, key: &str) -> String {
-        format!("{}e:{key}", self.prefix)
+        // Built by hand rather than with `format!`: every hit, hot ones included, makes one.
+        let mut k = String::with_capacity(self.prefix.len() + 2 + key.len());
+        k.push_str(&self.prefix);
+        k.push_str("e:");
+        k.push_str(key);
+        k
     }
 
     pub fn lock_key(&self, key: &str) -> String {
