@@ -31,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // A real pseudo-terminal for the `xdp-lb top` test (new-session, capture-pane).
     "tmux",
+    // Instructions per cache hit in `cargo xtask bench cache-cost` (callgrind).
+    "valgrind",
 ];
 
 /// Services the packages above ship: installing them must not leave them enabled or
