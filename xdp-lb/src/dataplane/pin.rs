@@ -341,6 +341,7 @@ fn prepare_locked(
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
+            flags: info.map_flags(),
         };
         if let Some(diff) = want.diff(name, &got) {
             if want.resized(REPLACEABLE.as_slice(), name, &got) {
@@ -381,6 +382,9 @@ struct MapShape {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    /// `map_flags` (e.g. `BPF_F_NO_COMMON_LRU`, `BPF_F_NO_PREALLOC`): a table made with
+    /// other flags behaves differently under the same key and value.
+    flags: u32,
 }
 
 impl MapShape {
@@ -399,6 +403,7 @@ impl MapShape {
             ("key size", pinned.key_size, self.key_size),
             ("value size", pinned.value_size, self.value_size),
             ("max_entries", pinned.max_entries, self.max_entries),
+            ("flags", pinned.flags, self.flags),
         ];
         fields
             .into_iter()
@@ -436,6 +441,7 @@ fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, Data
                     key_size: m.key_size(),
                     value_size: m.value_size(),
                     max_entries,
+                    flags: m.map_flags(),
                 },
             ))
         })
@@ -732,6 +738,7 @@ mod tests {
             key_size: 4,
             value_size: 8,
             max_entries: 28,
+            flags: 0,
         };
         let fewer = MapShape {
             max_entries: 24,
@@ -759,6 +766,7 @@ mod tests {
             key_size: 40,
             value_size: 32,
             max_entries: 1 << 18,
+            flags: 0,
         };
         let larger = MapShape {
             max_entries: 1 << 21,
@@ -787,6 +795,7 @@ mod tests {
             key_size: 40,
             value_size: 24,
             max_entries: 1024,
+            flags: 0,
         };
         assert_eq!(ours.diff("FLOWS", &ours), None);
         let pinned = MapShape {
@@ -802,6 +811,28 @@ mod tests {
                 pinned: 32,
                 ours: 24
             })
+        );
+        // BPF_F_NO_COMMON_LRU: same key, value and size, another table.
+        let per_cpu_lru = MapShape { flags: 2, ..ours };
+        assert_eq!(
+            ours.diff("FLOWS", &per_cpu_lru),
+            Some(LayoutDiff::Map {
+                map: "FLOWS",
+                what: "flags",
+                pinned: 2,
+                ours: 0
+            })
+        );
+        assert!(
+            !ours.resized(
+                &REPLACEABLE,
+                "EMBRYOS",
+                &MapShape {
+                    max_entries: 4096,
+                    ..per_cpu_lru
+                }
+            ),
+            "other flags are not a resize"
         );
     }
 }
