@@ -2,7 +2,7 @@
 //! `run` attaches (XDP and tc), and the benchmark and veth-peer programs the other tests use.
 //! The balancers' sizes and the verifier's work on them are printed (`--nocapture`),
 //! to follow how close they get to its limits.
-use xdp_lb::dataplane::{AyaDataplane, MapSizes, PASS_PROGRAM, PROGRAM, TC_PROGRAM};
+use xdp_lb::dataplane::{AyaDataplane, MapSizes, EBPF_OBJECT, PASS_PROGRAM, PROGRAM, TC_PROGRAM};
 
 #[test]
 fn every_program_passes_the_verifier() {
@@ -39,5 +39,33 @@ fn print_sizes(name: &str, info: aya::programs::ProgramInfo) {
         "{name}: {:?} bytes translated, {:?} instructions verified",
         info.size_translated(),
         info.verified_instruction_count()
+    );
+}
+
+/// The per-packet path is inlined into each balancer's entry: a module of it left
+/// out of line costs a BPF-to-BPF call on every packet, and LLVM has done that
+/// unasked once already (when `toobig` became generic). Rare paths (too-big answers,
+/// events, the least-conn step, the first packet's checksum) may stay out of line.
+#[test]
+fn the_per_packet_path_is_inlined_into_the_balancers() {
+    assert!(
+        !EBPF_OBJECT.is_empty(),
+        "the eBPF object is a stub (AYA_BUILD_SKIP): run through `cargo xtask test`"
+    );
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the eBPF object");
+    let names: Vec<&str> = obj.functions.values().map(|f| f.name.as_str()).collect();
+    for entry in [PROGRAM, TC_PROGRAM] {
+        assert!(names.contains(&entry), "no function {entry} in {names:#?}");
+    }
+    // Rust v0 mangling: the crate, then each path segment as <length><name>.
+    let hot = ["2lb", "5parse", "6select", "7forward"].map(|m| format!("11xdp_lb_ebpf{m}"));
+    let outlined: Vec<&&str> = names
+        .iter()
+        .filter(|n| hot.iter().any(|h| n.contains(h.as_str())))
+        .collect();
+    assert!(
+        outlined.is_empty(),
+        "per-packet functions compiled out of line (mark them or their callers \
+         #[inline(always)]): {outlined:#?}"
     );
 }
