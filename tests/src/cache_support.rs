@@ -593,28 +593,19 @@ impl HttpClient {
 /// Sends raw bytes on a fresh connection and returns what came back until the server closed
 /// or went quiet (for malformed requests hyper's client would refuse to send).
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to proxy");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    exchange(addr, bytes, true)
 }
 
 /// Sends raw bytes on a fresh connection and returns everything that came back until the
 /// server closed it (bounded by a 5 s read timeout): for requests with `Connection: close`
 /// whose whole answer matters, e.g. interim 1xx heads before the final response.
 pub fn raw_exchange_to_close(addr: SocketAddr, bytes: &[u8]) -> String {
+    exchange(addr, bytes, false)
+}
+
+/// Reads until the server closes or a read times out (5 s), or, with `first_head`, until
+/// the end of the first response head has arrived.
+fn exchange(addr: SocketAddr, bytes: &[u8], first_head: bool) -> String {
     let mut s = TcpStream::connect(addr).expect("connect to proxy");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -626,6 +617,9 @@ pub fn raw_exchange_to_close(addr: SocketAddr, bytes: &[u8]) -> String {
             break;
         }
         out.extend_from_slice(&buf[..n]);
+        if first_head && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
     }
     String::from_utf8_lossy(&out).into_owned()
 }
