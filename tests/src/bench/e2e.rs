@@ -117,6 +117,23 @@ struct Sample {
     server_cores: f64,
 }
 
+/// Rows both `run` and `run_veth` measure.
+const TC_VIP: Row = Row {
+    label: "xdp-lb tc -> VIP, offloads on",
+    path: Path::Vip("tc"),
+    offloads: Offloads::Default,
+};
+const PLAIN_OFFLOADS_ON: Row = Row {
+    label: "plain routing, offloads on",
+    path: Path::Plain,
+    offloads: Offloads::Default,
+};
+const PLAIN_NO_XDP: Row = Row {
+    label: "plain routing, no XDP",
+    path: Path::Plain,
+    offloads: Offloads::Topology,
+};
+
 pub fn run() -> anyhow::Result<()> {
     let rows = [
         Row {
@@ -124,26 +141,14 @@ pub fn run() -> anyhow::Result<()> {
             path: Path::Vip("native"),
             offloads: Offloads::Topology,
         },
-        Row {
-            label: "xdp-lb tc -> VIP, offloads on",
-            path: Path::Vip("tc"),
-            offloads: Offloads::Default,
-        },
-        Row {
-            label: "plain routing, offloads on",
-            path: Path::Plain,
-            offloads: Offloads::Default,
-        },
+        TC_VIP,
+        PLAIN_OFFLOADS_ON,
         Row {
             label: "routed past xdp-lb (XDP_PASS)",
             path: Path::PastLb,
             offloads: Offloads::Topology,
         },
-        Row {
-            label: "plain routing, no XDP",
-            path: Path::Plain,
-            offloads: Offloads::Topology,
-        },
+        PLAIN_NO_XDP,
     ];
     bench(&rows, 3, 5, true)
 }
@@ -161,11 +166,7 @@ pub fn run_veth() -> anyhow::Result<()> {
             path: Path::Vip("generic"),
             offloads: Offloads::Topology,
         },
-        Row {
-            label: "plain routing, no XDP",
-            path: Path::Plain,
-            offloads: Offloads::Topology,
-        },
+        PLAIN_NO_XDP,
         Row {
             label: "xdp-lb native -> VIP, seg off",
             path: Path::Vip("native"),
@@ -176,16 +177,8 @@ pub fn run_veth() -> anyhow::Result<()> {
             path: Path::Plain,
             offloads: Offloads::SegOff,
         },
-        Row {
-            label: "xdp-lb tc -> VIP, offloads on",
-            path: Path::Vip("tc"),
-            offloads: Offloads::Default,
-        },
-        Row {
-            label: "plain routing, offloads on",
-            path: Path::Plain,
-            offloads: Offloads::Default,
-        },
+        TC_VIP,
+        PLAIN_OFFLOADS_ON,
     ];
     // Failures are findings here (a mode that breaks a path): reported, not fatal.
     bench(&rows, 2, 4, false)
