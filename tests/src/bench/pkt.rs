@@ -123,7 +123,7 @@ const NEW_STEPS: [&str; 7] = [
     "new SYN step 2: + SERVICES",
     "new SYN step 3: + header checks",
     "new SYN step 4: + L4 checksum",
-    "new SYN step 5: + stale FLOWS lookup",
+    "new SYN step 5: + FLOWS, EMBRYOS miss",
     "new SYN step 6: + scheduler pick",
     "new SYN step 7: + EMBRYOS insert",
 ];
