@@ -117,6 +117,9 @@ pub fn backend_for<C: Ctx>(
     missed: Option<Option<&'static FlowValue>>,
 ) -> Result<Choice, u32> {
     let key = &pkt.key;
+    // The flow's EMBRYOS entry, if any: a retransmitted first packet replaces its
+    // own (least-conn gives its count back below).
+    let mut embryo = None;
     if !pkt.syn {
         if let Some(p) = if missed.is_some() {
             None
@@ -135,7 +138,7 @@ pub fn backend_for<C: Ctx>(
                 });
             }
         }
-        let embryo = match missed {
+        embryo = match missed {
             Some(e) => e,
             None => unsafe { EMBRYOS.get(key) },
         };
@@ -172,7 +175,13 @@ pub fn backend_for<C: Ctx>(
         // a forged SYN must not remove an established flow's entry. Looked up first:
         // the usual miss is a lockless lookup, a delete takes the bucket lock (measured
         // with `cargo xtask bench pkt`: ~650 ns more per SYN in an 8M-entry table).
-        if let Some(old) = unsafe { FLOWS.get(key) } {
+        let stale = unsafe { FLOWS.get(key) };
+        // Next to the FLOWS lookup, so that their two cache misses overlap, and the
+        // insert at the end finds the EMBRYOS bucket in cache instead of paying its
+        // miss alone (a first datagram looks it up early for the same reason, see
+        // `established`).
+        embryo = unsafe { EMBRYOS.get(key) };
+        if let Some(old) = stale {
             sched::forget(old);
             let _ = FLOWS.remove(key);
         }
@@ -193,7 +202,7 @@ pub fn backend_for<C: Ctx>(
     if svc.flags & SVC_SCHED_LC != 0 {
         // A retransmitted first packet replaces its own embryonic entry, which was
         // counted already.
-        if let Some(old) = unsafe { EMBRYOS.get(key) } {
+        if let Some(old) = embryo {
             sched::forget(old);
         }
     }
