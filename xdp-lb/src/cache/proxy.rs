@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 use super::body::ProxyBody;
-use super::compress::{self, Variants};
+use super::compress::{self, Coding, Variants};
 use super::config::{CacheConfig, ConfigError};
 use super::encode::{self, Encoder};
 use super::entry::{self, Entry, Stored, VaryMarker};
@@ -32,6 +32,7 @@ use super::hot::HotTier;
 use super::interim;
 use super::key;
 use super::range::{self, RangeAnswer};
+use super::ready::{Head, Ready};
 use super::request::target_host;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
@@ -302,6 +303,31 @@ fn merge_304(stored: &http::HeaderMap, new: &http::HeaderMap) -> http::HeaderMap
     merged
 }
 
+/// The headers of every answer made from `entry` but for `Age` and `X-Cache`: the stored ones,
+/// and with compressed variants `Vary: Accept-Encoding` (the answer depends on it, whichever
+/// body is sent) and, for a `coded` one (coding, length), its encoding, length and weak ETag.
+fn entry_head(entry: &Entry, coded: Option<(Coding, usize)>) -> http::HeaderMap {
+    let mut headers = entry.headers.clone();
+    if !entry.variants.is_empty() {
+        add_vary_accept_encoding(&mut headers);
+    }
+    if let Some((coding, len)) = coded {
+        headers.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.token()),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        weaken_etag(&mut headers);
+    }
+    headers
+}
+
+/// A request whose answer from a fresh entry is the entry's prepared head (see `ready`): no
+/// condition to evaluate (a 304) and no range (a 206 or 416).
+fn plain_request(req: &request::Parts) -> bool {
+    !client_conditional(req) && !req.headers.contains_key(http::header::RANGE)
+}
+
 fn client_conditional(req: &request::Parts) -> bool {
     req.headers.contains_key(IF_NONE_MATCH) || req.headers.contains_key(IF_MODIFIED_SINCE)
 }
@@ -420,10 +446,44 @@ impl Proxy {
             return None;
         };
         let now = SystemTime::now();
-        let resp = freshness::is_fresh_for(e, parts, now)
-            .then(|| self.serve_entry(e, parts, "HIT", now))?;
+        if !freshness::is_fresh_for(e, parts, now) {
+            return None;
+        }
+        let resp = if plain_request(parts) {
+            Self::ready_answer(e, parts, now)
+        } else {
+            self.serve_entry(e, parts, "HIT", now)
+        };
         Stats::bump(&self.stats.hot_hits);
         Some(resp)
+    }
+
+    /// What `serve_entry` answers to a plain request (see [`plain_request`]) with `HIT`, from
+    /// the entry's head prepared for the chosen coding.
+    fn ready_answer(entry: &Entry, req: &request::Parts, now: SystemTime) -> Resp {
+        let coding = if entry.variants.is_empty() {
+            None
+        } else {
+            compress::choose(&req.headers, &entry.variants)
+        };
+        let head = entry.ready.head(coding, || {
+            let body = coding
+                .and_then(|c| entry.variants.get(c))
+                .unwrap_or(&entry.body)
+                .clone();
+            let mut headers = entry_head(entry, coding.map(|c| (c, body.len())));
+            headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
+            Head::new(entry.status, headers, body)
+        });
+        let body = if req.method == Method::HEAD {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(head.body.clone())
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = head.status;
+        *r.headers_mut() = head.headers(entry.age(now).as_secs());
+        r
     }
 
     /// Counts a response by its X-Cache label and status.
@@ -740,6 +800,7 @@ impl Proxy {
             body,
             policy_json: Entry::encode_policy(&policy)?,
             variants,
+            ready: Ready::default(),
         };
         let key = self.key.render(&parts, None);
         if entry.headers.contains_key(VARY) {
@@ -845,27 +906,17 @@ impl Proxy {
         label: &'static str,
         now: SystemTime,
     ) -> Resp {
-        let mut headers = entry.headers.clone();
-        // Formatted by `http` into the value itself: no `String` per answer.
-        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
-        // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
         // Ranges are answered from the identity body only.
         let coded = if entry.variants.is_empty() {
             None
         } else {
-            add_vary_accept_encoding(&mut headers);
             compress::choose(&req.headers, &entry.variants)
                 .filter(|_| !req.headers.contains_key(http::header::RANGE))
                 .and_then(|c| Some((c, entry.variants.get(c)?.clone())))
         };
-        if let Some((coding, data)) = &coded {
-            headers.insert(
-                http::header::CONTENT_ENCODING,
-                HeaderValue::from_static(coding.token()),
-            );
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-            weaken_etag(&mut headers);
-        }
+        let mut headers = entry_head(entry, coded.as_ref().map(|(c, d)| (*c, d.len())));
+        // Formatted by `http` into the value itself: no `String` per answer.
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         let (status, body) = if client_not_modified(entry, req) {
             headers.remove(CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, ProxyBody::empty())
@@ -1266,6 +1317,7 @@ impl Proxy {
             body,
             policy_json,
             variants,
+            ready: Ready::default(),
         };
         self.store_entry(key, &get, &entry, decision.keep_for).await;
         self.serve_entry(&entry, parts, label, now)
