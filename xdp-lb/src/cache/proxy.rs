@@ -433,7 +433,8 @@ impl Proxy {
             return None;
         }
         let host = target_host(parts).ok()??;
-        if freshness::bypass_request(parts, &self.rules).is_some() {
+        let cc = freshness::Directives::parse(&parts.headers);
+        if freshness::bypass_with(parts, &self.rules, &cc).is_some() {
             return None;
         }
         let key = self.key.render(parts, Some(&host));
@@ -446,11 +447,12 @@ impl Proxy {
             return None;
         };
         let now = SystemTime::now();
-        if !freshness::is_fresh_for(e, parts, now) {
+        let age = e.age(now);
+        if !freshness::is_fresh_with(e, parts, now, &cc, age) {
             return None;
         }
         let resp = if plain_request(parts) {
-            Self::ready_answer(e, parts, now)
+            Self::ready_answer(e, parts, age)
         } else {
             self.serve_entry(e, parts, "HIT", now)
         };
@@ -460,7 +462,7 @@ impl Proxy {
 
     /// What `serve_entry` answers to a plain request (see [`plain_request`]) with `HIT`, from
     /// the entry's head prepared for the chosen coding.
-    fn ready_answer(entry: &Entry, req: &request::Parts, now: SystemTime) -> Resp {
+    fn ready_answer(entry: &Entry, req: &request::Parts, age: Duration) -> Resp {
         let coding = if entry.variants.is_empty() {
             None
         } else {
@@ -482,7 +484,7 @@ impl Proxy {
         };
         let mut r = Response::new(body);
         *r.status_mut() = head.status;
-        *r.headers_mut() = head.headers(entry.age(now).as_secs());
+        *r.headers_mut() = head.headers(age.as_secs());
         r
     }
 
