@@ -412,7 +412,9 @@ impl Proxy {
     pub fn serve(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Answer {
         let (parts, body) = req.into_parts();
         if let Some(resp) = self.hot_hit(&parts, &body) {
-            return Either::Left(std::future::ready(Ok(self.account(resp))));
+            // A hot hit is a HIT: counted without looking its label up again.
+            self.count(Some(b"HIT"), &resp);
+            return Either::Left(std::future::ready(Ok(resp)));
         }
         let req = Request::from_parts(parts, body);
         let this = Arc::clone(self);
@@ -490,7 +492,11 @@ impl Proxy {
 
     /// Counts a response by its X-Cache label and status.
     fn account(&self, resp: Resp) -> Resp {
-        let label = resp.headers().get(X_CACHE).map(|v| v.as_bytes());
+        self.count(resp.headers().get(X_CACHE).map(|v| v.as_bytes()), &resp);
+        resp
+    }
+
+    fn count(&self, label: Option<&[u8]>, resp: &Resp) {
         let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
@@ -509,7 +515,6 @@ impl Proxy {
                 .unwrap_or(0);
             self.stats.bytes_from_cache.fetch_add(n, Ordering::Relaxed);
         }
-        resp
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
