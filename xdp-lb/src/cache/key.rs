@@ -90,7 +90,8 @@ impl Template {
                     .or_else(|| req.uri.authority().map(|a| a.as_str()))
                     .unwrap_or("");
                 // Requests with a host that does not normalise were refused before; keep the text.
-                owned = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
+                owned = normalize_host(raw)
+                    .unwrap_or_else(|| std::borrow::Cow::Owned(raw.to_ascii_lowercase()));
                 &owned
             }
         };

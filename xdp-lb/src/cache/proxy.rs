@@ -439,7 +439,7 @@ impl Proxy {
         if freshness::bypass_with(parts, &self.rules, &cc).is_some() {
             return None;
         }
-        let key = self.key.render(parts, Some(&host));
+        let key = self.key.render(parts, Some(&*host));
         let primary = self.store.entry_key(&key);
         let mut stored = hot.get(&primary)?;
         if let Stored::Vary(m) = &*stored {

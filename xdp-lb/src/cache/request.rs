@@ -6,6 +6,8 @@
 //! `Transfer-Encoding` and closes the connection after it. What it leaves to us is the target
 //! host: a cache keys on it, so any ambiguity there lets one client store a response under
 //! another host's key.
+use std::borrow::Cow;
+
 use http::header::HOST;
 use http::request::Parts;
 use http::uri::Authority;
@@ -26,8 +28,9 @@ pub enum Refusal {
 }
 
 /// The host a request is for, normalised as in the cache key (see [`normalize_host`]); `None`
-/// for an HTTP/1.0 request that names none.
-pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
+/// for an HTTP/1.0 request that names none. Borrowed from the request when it is already in
+/// normal form, as it mostly is: every request, hot hits included, asks.
+pub fn target_host(req: &Parts) -> Result<Option<Cow<'_, str>>, Refusal> {
     let mut hosts = req.headers.get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(Refusal::SeveralHosts),
@@ -64,7 +67,7 @@ pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
 /// Lowercase `host[:port]` with the default port 80 dropped, so `Example.org:80` and
 /// `example.org` share cache entries. `None` for anything that is not a plain host and
 /// optional port (user info, paths, empty hosts, ports out of range).
-pub fn normalize_host(raw: &str) -> Option<String> {
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     // The common cases, a lowercase name or IPv4 address with or without a port, need no URI
     // parsing (this runs on every request, hits included).
     // One pass: every byte a lowercase name's, but for at most one `:` (the port's).
@@ -74,17 +77,17 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             || (b == b':' && colon.replace(i).is_none())
     });
     if plain_bytes && !raw.is_empty() && colon.is_none() {
-        return Some(raw.to_string());
+        return Some(Cow::Borrowed(raw));
     }
     if let (true, Some(at)) = (plain_bytes, colon) {
         let (host, port) = (&raw[..at], &raw[at + 1..]);
         if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return match port.parse::<u16>().ok()? {
-                80 => Some(host.to_string()),
-                // Already in the form `format!` would give (no leading zero): copied as is,
+                80 => Some(Cow::Borrowed(host)),
+                // Already in the form `format!` would give (no leading zero): used as is,
                 // since formatting the port costs more than the rest of a hot hit's key.
-                _ if !port.starts_with('0') || port == "0" => Some(raw.to_string()),
-                p => Some(format!("{host}:{p}")),
+                _ if !port.starts_with('0') || port == "0" => Some(Cow::Borrowed(raw)),
+                p => Some(Cow::Owned(format!("{host}:{p}"))),
             };
         }
     }
@@ -100,10 +103,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     let has_port = host_port.len() > a.host().len();
     let port = if has_port { Some(a.port_u16()?) } else { None };
     let host = a.host().to_ascii_lowercase();
-    Some(match port {
+    Some(Cow::Owned(match port {
         None | Some(80) => host,
         Some(p) => format!("{host}:{p}"),
-    })
+    }))
 }
 
 #[cfg(test)]
