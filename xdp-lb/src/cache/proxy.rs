@@ -443,8 +443,9 @@ impl Proxy {
         if freshness::bypass_with(parts, &self.rules, &cc).is_some() {
             return None;
         }
-        let key = self.key.render(parts, Some(&*host));
-        let primary = self.store.entry_key(&key);
+        let primary = self
+            .key
+            .render_after(self.store.entry_prefix(), parts, Some(&*host));
         let mut stored = hot.get(&primary)?;
         if let Stored::Vary(m) = &*stored {
             stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
