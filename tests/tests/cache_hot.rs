@@ -126,6 +126,13 @@ async fn hot_tier_keeps_serving_during_a_redis_outage() {
     assert!(up.hits("/k") >= 2);
 }
 
+/// A request to send: method, path, headers.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Hot-tier hits are answered from a head prepared once per entry (`cache::ready`) when the
 /// request is plain, and the general way otherwise: either way the answer must be the one a
 /// Redis hit gets. A second instance without a hot tier, on the same Redis, gives the reference.
@@ -162,7 +169,7 @@ async fn hot_hits_answer_as_redis_hits_do() {
     let hot = ProxyInstance::start(hot_config(up.addr, &redis)).await;
     let cold = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
     let c = HttpClient::default();
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    let cases: &[Case] = &[
         ("GET", "/plain", &[]),
         ("HEAD", "/plain", &[]),
         ("GET", "/plain", &[("if-none-match", "\"p1\"")]),
