@@ -125,3 +125,124 @@ async fn hot_tier_keeps_serving_during_a_redis_outage() {
     // At least once more; more if Redis was still reconnecting when the first refetch ran.
     assert!(up.hits("/k") >= 2);
 }
+
+/// A request to send: method, path, headers.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// Hot-tier hits are answered from a head prepared once per entry (`cache::ready`) when the
+/// request is plain, and the general way otherwise: either way the answer must be the one a
+/// Redis hit gets. A second instance without a hot tier, on the same Redis, gives the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_hits_answer_as_redis_hits_do() {
+    let redis = RedisServer::start();
+    let text = "compressible text ".repeat(100);
+    let up = Upstream::start(move |s, _| match s.path.as_str() {
+        "/text" => Reply::ok(&text)
+            .header("cache-control", "max-age=600")
+            .header("content-type", "text/plain")
+            .header("etag", "\"t1\""),
+        "/gone" => Reply::ok("not here")
+            .status(404)
+            .header("cache-control", "max-age=600"),
+        "/vary" => Reply::ok(&format!(
+            "for {}",
+            s.headers
+                .get("x-lang")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        ))
+        .header("cache-control", "max-age=600")
+        .header("vary", "x-lang"),
+        _ => Reply::ok("plain body")
+            .header("cache-control", "max-age=600")
+            .header("age", "5")
+            .header("etag", "\"p1\"")
+            .header("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT")
+            .header("x-multi", "a")
+            .header("x-multi", "b"),
+    })
+    .await;
+    let hot = ProxyInstance::start(hot_config(up.addr, &redis)).await;
+    let cold = ProxyInstance::start(test_config(&[up.addr], vec![redis.url()])).await;
+    let c = HttpClient::default();
+    let cases: &[Case] = &[
+        ("GET", "/plain", &[]),
+        ("HEAD", "/plain", &[]),
+        ("GET", "/plain", &[("if-none-match", "\"p1\"")]),
+        (
+            "GET",
+            "/plain",
+            &[("if-modified-since", "Mon, 02 Nov 2026 11:00:00 GMT")],
+        ),
+        ("GET", "/plain", &[("range", "bytes=2-4")]),
+        ("GET", "/plain", &[("range", "bytes=900-")]),
+        ("GET", "/text", &[]),
+        ("HEAD", "/text", &[("accept-encoding", "gzip")]),
+        ("GET", "/text", &[("accept-encoding", "gzip")]),
+        ("GET", "/text", &[("accept-encoding", "gzip, br")]),
+        ("GET", "/text", &[("accept-encoding", "br;q=0, *")]),
+        (
+            "GET",
+            "/text",
+            &[("accept-encoding", "br"), ("range", "bytes=0-9")],
+        ),
+        (
+            "GET",
+            "/text",
+            &[("accept-encoding", "gzip"), ("if-none-match", "W/\"t1\"")],
+        ),
+        ("GET", "/gone", &[]),
+        ("GET", "/vary", &[("x-lang", "fr")]),
+        ("GET", "/vary", &[("x-lang", "de")]),
+    ];
+    for (method, path, headers) in cases {
+        let case = format!("{method} {path} {headers:?}");
+        // Bounded: the hot tier takes entries only once its subscription is up.
+        let before = hot.stats.snapshot().hot_hits;
+        let mut from_hot = None;
+        for _ in 0..100 {
+            let r = c.send(hot.addr, method, path, headers, b"").await;
+            if hot.stats.snapshot().hot_hits > before && r.x_cache() == "HIT" {
+                from_hot = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut from_hot = from_hot.unwrap_or_else(|| panic!("{case}: no hot-tier hit"));
+        let mut from_redis = c.send(cold.addr, method, path, headers, b"").await;
+        assert_eq!(from_redis.x_cache(), "HIT", "{case}: reference from Redis");
+        let age = |g: &mut xdp_lb_tests::cache_support::Got| -> u64 {
+            let a = g.headers.remove("age").expect("an Age header");
+            assert!(g.headers.get("age").is_none(), "one Age header");
+            a.to_str().unwrap().parse().unwrap()
+        };
+        let (hot_age, redis_age) = (age(&mut from_hot), age(&mut from_redis));
+        // Two clocks read at different moments: a second boundary may fall between them.
+        assert!(
+            hot_age.abs_diff(redis_age) <= 1,
+            "{case}: Age {hot_age} vs {redis_age}"
+        );
+        if *path == "/plain" {
+            assert!(hot_age >= 5, "{case}: the upstream's Age counts");
+        }
+        assert_eq!(from_hot.status, from_redis.status, "{case}");
+        assert_eq!(from_hot.headers, from_redis.headers, "{case}");
+        assert_eq!(from_hot.body, from_redis.body, "{case}");
+    }
+    // Each answer made from a prepared head writes its own Age: it grows with time.
+    let first = c.get(hot.addr, "/plain").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let later = c.get(hot.addr, "/plain").await;
+    let secs =
+        |g: &xdp_lb_tests::cache_support::Got| -> u64 { g.header("age").unwrap().parse().unwrap() };
+    assert!(secs(&later) > secs(&first), "Age grows on hot hits");
+    assert_eq!(
+        up.hits("/plain"),
+        1,
+        "every answer above came from the cache"
+    );
+}

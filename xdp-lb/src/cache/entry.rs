@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 
 use super::compress::Variants;
+use super::ready::Ready;
 
 /// Version 2 adds the compressed variants; version 1 values (no variants) are still read.
 const ENTRY_MAGIC: &[u8; 4] = b"XLE2";
@@ -39,6 +40,8 @@ pub struct Entry {
     pub policy_json: Bytes,
     /// gzip / brotli forms of `body`, made when it was stored (see `compress`).
     pub variants: Variants,
+    /// Fresh-hit answer heads made from this entry while the hot tier holds it; not stored.
+    pub ready: Ready,
 }
 
 /// Marker at the primary key of a resource whose responses carry `Vary`.
@@ -185,6 +188,7 @@ pub fn decode(raw: Vec<u8>) -> Result<Stored, EntryError> {
         body,
         policy_json,
         variants,
+        ready: Ready::default(),
     })))
 }
 
@@ -215,6 +219,7 @@ mod tests {
                 gzip: None,
                 brotli: Some(Bytes::from_static(b"br")),
             },
+            ready: Ready::default(),
         };
         let Stored::Entry(d) = decode(e.encode().unwrap()).unwrap() else {
             panic!("not an entry")

@@ -80,15 +80,19 @@ impl Directives {
 
 /// Why a request does not use the cache at all, if it does not.
 pub fn bypass_request(req: &request::Parts, rules: &Rules) -> Option<BypassReason> {
+    bypass_with(req, rules, &Directives::parse(&req.headers))
+}
+
+/// [`bypass_request`] with the request's `Cache-Control` already parsed (a hot hit parses it
+/// once for this and [`is_fresh_with`]).
+pub fn bypass_with(req: &request::Parts, rules: &Rules, cc: &Directives) -> Option<BypassReason> {
     if req.method != Method::GET && req.method != Method::HEAD {
         return Some(BypassReason::Method);
     }
     if req.headers.contains_key(http::header::AUTHORIZATION) && !rules.cache_authorized {
         return Some(BypassReason::Authorization);
     }
-    Directives::parse(&req.headers)
-        .has("no-store")
-        .then_some(BypassReason::NoStore)
+    cc.has("no-store").then_some(BypassReason::NoStore)
 }
 
 /// The policy object, built from views of the messages that apply the operator's opt-ins.
@@ -324,11 +328,29 @@ pub fn millis(t: SystemTime) -> u64 {
 /// Whether a stored entry answers this request without contacting the upstream, honouring the
 /// request's own `no-cache`, `max-age` and `min-fresh`.
 pub fn is_fresh_for(entry: &Entry, req: &request::Parts, now: SystemTime) -> bool {
+    millis(now) < entry.fresh_until_ms
+        && is_fresh_with(
+            entry,
+            req,
+            now,
+            &Directives::parse(&req.headers),
+            entry.age(now),
+        )
+}
+
+/// [`is_fresh_for`] with the request's `Cache-Control` parsed and the entry's current age
+/// computed by the caller, which needs both again (a hot hit writes the age into its answer).
+pub fn is_fresh_with(
+    entry: &Entry,
+    req: &request::Parts,
+    now: SystemTime,
+    cc: &Directives,
+    age: Duration,
+) -> bool {
     let now_ms = millis(now);
     if now_ms >= entry.fresh_until_ms {
         return false;
     }
-    let cc = Directives::parse(&req.headers);
     let pragma_no_cache = !req.headers.contains_key(http::header::CACHE_CONTROL)
         && req
             .headers
@@ -338,7 +360,7 @@ pub fn is_fresh_for(entry: &Entry, req: &request::Parts, now: SystemTime) -> boo
     if cc.has("no-cache") || pragma_no_cache {
         return false;
     }
-    let age = entry.age(now).as_secs();
+    let age = age.as_secs();
     if cc.seconds("max-age").is_some_and(|max| age > max) {
         return false;
     }

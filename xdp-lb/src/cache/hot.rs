@@ -36,11 +36,17 @@ impl HotTier {
                 let size = k.len()
                     + match &**v {
                         Stored::Entry(e) => {
+                            // The stored header map, and the answer heads hits may prepare
+                            // beside it (`ready`: one per coding, a few headers more each).
+                            let heads = 1
+                                + usize::from(e.variants.gzip.is_some())
+                                + usize::from(e.variants.brotli.is_some());
                             e.body.len()
                                 + e.variants.gzip.as_ref().map_or(0, |v| v.len())
                                 + e.variants.brotli.as_ref().map_or(0, |v| v.len())
                                 + e.policy_json.len()
                                 + 64 * e.headers.len()
+                                + 64 * (e.headers.len() + 4) * heads
                         }
                         Stored::Vary(m) => m.vary.len(),
                     };

@@ -74,6 +74,12 @@ impl Template {
     /// [`render`] with the template already parsed and, when given, the request's host already
     /// normalised (by `request::target_host`), so a hit does not parse either again.
     pub fn render(&self, req: &Parts, normalized: Option<&str>) -> String {
+        self.render_after("", req, normalized)
+    }
+
+    /// `prefix` followed by [`Template::render`]'s key, built in one string: a hot hit needs
+    /// only the Redis key (`Store::entry_prefix` then the key), not the key alone.
+    pub fn render_after(&self, prefix: &str, req: &Parts, normalized: Option<&str>) -> String {
         let method = if req.method == http::Method::HEAD {
             "GET"
         } else {
@@ -90,11 +96,13 @@ impl Template {
                     .or_else(|| req.uri.authority().map(|a| a.as_str()))
                     .unwrap_or("");
                 // Requests with a host that does not normalise were refused before; keep the text.
-                owned = normalize_host(raw).unwrap_or_else(|| raw.to_ascii_lowercase());
+                owned = normalize_host(raw)
+                    .unwrap_or_else(|| std::borrow::Cow::Owned(raw.to_ascii_lowercase()));
                 &owned
             }
         };
-        let mut key = String::with_capacity(64 + host.len() + req.uri.path().len());
+        let mut key = String::with_capacity(prefix.len() + 64 + host.len() + req.uri.path().len());
+        key.push_str(prefix);
         for piece in &self.0 {
             match piece {
                 Piece::Text(t) => key.push_str(t),
@@ -110,7 +118,12 @@ impl Template {
                 }
             }
         }
-        shorten(key)
+        if key.len() - prefix.len() <= MAX_KEY {
+            return key;
+        }
+        let short = shorten(key.split_off(prefix.len()));
+        key.push_str(&short);
+        key
     }
 }
 
@@ -165,6 +178,18 @@ mod tests {
             render("{method} {path}", &parts("HEAD", "/a", "x")),
             "GET /a"
         );
+    }
+
+    #[test]
+    fn rendered_after_a_prefix_as_alone() {
+        let t = Template::parse("{scheme}://{host}{path}{query}");
+        for path in ["/a?b=1".to_string(), format!("/{}", "x".repeat(500))] {
+            let req = parts("GET", &path, "Example");
+            assert_eq!(
+                t.render_after("xlc:e:", &req, None),
+                format!("xlc:e:{}", t.render(&req, None))
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod interim;
 pub mod key;
 pub mod proxy;
 pub mod range;
+pub mod ready;
 pub mod request;
 pub mod server;
 pub mod stats;

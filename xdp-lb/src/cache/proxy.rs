@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 use super::body::ProxyBody;
-use super::compress::{self, Variants};
+use super::compress::{self, Coding, Variants};
 use super::config::{CacheConfig, ConfigError};
 use super::encode::{self, Encoder};
 use super::entry::{self, Entry, Stored, VaryMarker};
@@ -32,6 +32,7 @@ use super::hot::HotTier;
 use super::interim;
 use super::key;
 use super::range::{self, RangeAnswer};
+use super::ready::{Head, Ready};
 use super::request::target_host;
 use super::stats::Stats;
 use super::store::{Store, StoreError};
@@ -302,6 +303,35 @@ fn merge_304(stored: &http::HeaderMap, new: &http::HeaderMap) -> http::HeaderMap
     merged
 }
 
+/// The headers of every answer made from `entry` but for `Age` and `X-Cache`: the stored ones,
+/// and with compressed variants `Vary: Accept-Encoding` (the answer depends on it, whichever
+/// body is sent) and, for a `coded` one (coding, length), its encoding, length and weak ETag.
+fn entry_head(entry: &Entry, coded: Option<(Coding, usize)>) -> http::HeaderMap {
+    let mut headers = entry.headers.clone();
+    if !entry.variants.is_empty() {
+        add_vary_accept_encoding(&mut headers);
+    }
+    if let Some((coding, len)) = coded {
+        headers.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.token()),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        weaken_etag(&mut headers);
+    }
+    headers
+}
+
+/// A request whose answer from a fresh entry is the entry's prepared head (see `ready`): no
+/// condition to evaluate (a 304) and no range (a 206 or 416).
+fn plain_request(req: &request::Parts) -> bool {
+    // One pass over the request's names (a few, bounded by hyper's header limit) costs less
+    // than three hash lookups.
+    !req.headers.keys().any(|name| {
+        name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE || name == http::header::RANGE
+    })
+}
+
 fn client_conditional(req: &request::Parts) -> bool {
     req.headers.contains_key(IF_NONE_MATCH) || req.headers.contains_key(IF_MODIFIED_SINCE)
 }
@@ -386,7 +416,9 @@ impl Proxy {
     pub fn serve(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Answer {
         let (parts, body) = req.into_parts();
         if let Some(resp) = self.hot_hit(&parts, &body) {
-            return Either::Left(std::future::ready(Ok(self.account(resp))));
+            // A hot hit is a HIT: counted without looking its label up again.
+            self.count(Some(b"HIT"), &resp);
+            return Either::Left(std::future::ready(Ok(resp)));
         }
         let req = Request::from_parts(parts, body);
         let this = Arc::clone(self);
@@ -407,11 +439,13 @@ impl Proxy {
             return None;
         }
         let host = target_host(parts).ok()??;
-        if freshness::bypass_request(parts, &self.rules).is_some() {
+        let cc = freshness::Directives::parse(&parts.headers);
+        if freshness::bypass_with(parts, &self.rules, &cc).is_some() {
             return None;
         }
-        let key = self.key.render(parts, Some(&host));
-        let primary = self.store.entry_key(&key);
+        let primary = self
+            .key
+            .render_after(self.store.entry_prefix(), parts, Some(&*host));
         let mut stored = hot.get(&primary)?;
         if let Stored::Vary(m) = &*stored {
             stored = hot.get(&Self::variant_key(&primary, m, &parts.headers))?;
@@ -420,15 +454,54 @@ impl Proxy {
             return None;
         };
         let now = SystemTime::now();
-        let resp = freshness::is_fresh_for(e, parts, now)
-            .then(|| self.serve_entry(e, parts, "HIT", now))?;
+        let age = e.age(now);
+        if !freshness::is_fresh_with(e, parts, now, &cc, age) {
+            return None;
+        }
+        let resp = if plain_request(parts) {
+            Self::ready_answer(e, parts, age)
+        } else {
+            self.serve_entry(e, parts, "HIT", now)
+        };
         Stats::bump(&self.stats.hot_hits);
         Some(resp)
     }
 
+    /// What `serve_entry` answers to a plain request (see [`plain_request`]) with `HIT`, from
+    /// the entry's head prepared for the chosen coding.
+    fn ready_answer(entry: &Entry, req: &request::Parts, age: Duration) -> Resp {
+        let coding = if entry.variants.is_empty() {
+            None
+        } else {
+            compress::choose(&req.headers, &entry.variants)
+        };
+        let head = entry.ready.head(coding, || {
+            let body = coding
+                .and_then(|c| entry.variants.get(c))
+                .unwrap_or(&entry.body)
+                .clone();
+            let mut headers = entry_head(entry, coding.map(|c| (c, body.len())));
+            headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
+            Head::new(entry.status, headers, body)
+        });
+        let body = if req.method == Method::HEAD {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(head.body.clone())
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = head.status;
+        *r.headers_mut() = head.headers(age.as_secs());
+        r
+    }
+
     /// Counts a response by its X-Cache label and status.
     fn account(&self, resp: Resp) -> Resp {
-        let label = resp.headers().get(X_CACHE).map(|v| v.as_bytes());
+        self.count(resp.headers().get(X_CACHE).map(|v| v.as_bytes()), &resp);
+        resp
+    }
+
+    fn count(&self, label: Option<&[u8]>, resp: &Resp) {
         let counter = match label {
             Some(b"HIT") => Some(&self.stats.hits),
             Some(b"MISS") => Some(&self.stats.misses),
@@ -447,7 +520,6 @@ impl Proxy {
                 .unwrap_or(0);
             self.stats.bytes_from_cache.fetch_add(n, Ordering::Relaxed);
         }
-        resp
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, client: IpAddr) -> Resp {
@@ -740,6 +812,7 @@ impl Proxy {
             body,
             policy_json: Entry::encode_policy(&policy)?,
             variants,
+            ready: Ready::default(),
         };
         let key = self.key.render(&parts, None);
         if entry.headers.contains_key(VARY) {
@@ -845,27 +918,17 @@ impl Proxy {
         label: &'static str,
         now: SystemTime,
     ) -> Resp {
-        let mut headers = entry.headers.clone();
-        // Formatted by `http` into the value itself: no `String` per answer.
-        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
-        // With compressed variants the answer depends on Accept-Encoding, whichever is sent.
         // Ranges are answered from the identity body only.
         let coded = if entry.variants.is_empty() {
             None
         } else {
-            add_vary_accept_encoding(&mut headers);
             compress::choose(&req.headers, &entry.variants)
                 .filter(|_| !req.headers.contains_key(http::header::RANGE))
                 .and_then(|c| Some((c, entry.variants.get(c)?.clone())))
         };
-        if let Some((coding, data)) = &coded {
-            headers.insert(
-                http::header::CONTENT_ENCODING,
-                HeaderValue::from_static(coding.token()),
-            );
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
-            weaken_etag(&mut headers);
-        }
+        let mut headers = entry_head(entry, coded.as_ref().map(|(c, d)| (*c, d.len())));
+        // Formatted by `http` into the value itself: no `String` per answer.
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         let (status, body) = if client_not_modified(entry, req) {
             headers.remove(CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, ProxyBody::empty())
@@ -1266,6 +1329,7 @@ impl Proxy {
             body,
             policy_json,
             variants,
+            ready: Ready::default(),
         };
         self.store_entry(key, &get, &entry, decision.keep_for).await;
         self.serve_entry(&entry, parts, label, now)

@@ -6,6 +6,8 @@
 //! `Transfer-Encoding` and closes the connection after it. What it leaves to us is the target
 //! host: a cache keys on it, so any ambiguity there lets one client store a response under
 //! another host's key.
+use std::borrow::Cow;
+
 use http::header::HOST;
 use http::request::Parts;
 use http::uri::Authority;
@@ -26,8 +28,9 @@ pub enum Refusal {
 }
 
 /// The host a request is for, normalised as in the cache key (see [`normalize_host`]); `None`
-/// for an HTTP/1.0 request that names none.
-pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
+/// for an HTTP/1.0 request that names none. Borrowed from the request when it is already in
+/// normal form, as it mostly is: every request, hot hits included, asks.
+pub fn target_host(req: &Parts) -> Result<Option<Cow<'_, str>>, Refusal> {
     let mut hosts = req.headers.get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(Refusal::SeveralHosts),
@@ -61,30 +64,40 @@ pub fn target_host(req: &Parts) -> Result<Option<String>, Refusal> {
     }
 }
 
+/// The bytes of a host name already in normal form: lowercase letters, digits, `.` and `-`.
+static NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b as u8, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-');
+        b += 1;
+    }
+    t
+};
+
 /// Lowercase `host[:port]` with the default port 80 dropped, so `Example.org:80` and
 /// `example.org` share cache entries. `None` for anything that is not a plain host and
 /// optional port (user info, paths, empty hosts, ports out of range).
-pub fn normalize_host(raw: &str) -> Option<String> {
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     // The common cases, a lowercase name or IPv4 address with or without a port, need no URI
-    // parsing (this runs on every request, hits included).
-    // One pass: every byte a lowercase name's, but for at most one `:` (the port's).
-    let mut colon = None;
-    let plain_bytes = raw.bytes().enumerate().all(|(i, b)| {
-        matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-')
-            || (b == b':' && colon.replace(i).is_none())
-    });
-    if plain_bytes && !raw.is_empty() && colon.is_none() {
-        return Some(raw.to_string());
+    // parsing (this runs on every request, hits included): one table lookup per byte up to
+    // the first that is not a lowercase name's, which must be the port's `:`.
+    let name_end = raw
+        .bytes()
+        .position(|b| !NAME_BYTE[usize::from(b)])
+        .unwrap_or(raw.len());
+    if name_end == raw.len() && !raw.is_empty() {
+        return Some(Cow::Borrowed(raw));
     }
-    if let (true, Some(at)) = (plain_bytes, colon) {
-        let (host, port) = (&raw[..at], &raw[at + 1..]);
+    if raw.as_bytes().get(name_end) == Some(&b':') {
+        let (host, port) = (&raw[..name_end], &raw[name_end + 1..]);
         if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return match port.parse::<u16>().ok()? {
-                80 => Some(host.to_string()),
-                // Already in the form `format!` would give (no leading zero): copied as is,
+                80 => Some(Cow::Borrowed(host)),
+                // Already in the form `format!` would give (no leading zero): used as is,
                 // since formatting the port costs more than the rest of a hot hit's key.
-                _ if !port.starts_with('0') || port == "0" => Some(raw.to_string()),
-                p => Some(format!("{host}:{p}")),
+                _ if !port.starts_with('0') || port == "0" => Some(Cow::Borrowed(raw)),
+                p => Some(Cow::Owned(format!("{host}:{p}"))),
             };
         }
     }
@@ -100,10 +113,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     let has_port = host_port.len() > a.host().len();
     let port = if has_port { Some(a.port_u16()?) } else { None };
     let host = a.host().to_ascii_lowercase();
-    Some(match port {
+    Some(Cow::Owned(match port {
         None | Some(80) => host,
         Some(p) => format!("{host}:{p}"),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -139,7 +152,11 @@ mod tests {
         );
         assert_eq!(normalize_host("h:0080").as_deref(), Some("h"));
         assert_eq!(normalize_host("h:0").as_deref(), Some("h:0"));
-        for bad in ["", "a@b", "a/b", "a b", "h:99999", "h:x", ":80", "h:"] {
+        assert_eq!(normalize_host("H:8080").as_deref(), Some("h:8080"));
+        assert_eq!(normalize_host("a.b-c").as_deref(), Some("a.b-c"));
+        for bad in [
+            "", "a@b", "a/b", "a b", "h:99999", "h:x", ":80", "h:", "h:8:8", "h:8a",
+        ] {
             assert_eq!(normalize_host(bad), None, "{bad:?}");
         }
     }

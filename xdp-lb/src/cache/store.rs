@@ -73,6 +73,8 @@ pub struct Store {
     conn: Arc<Conn>,
     timeout: Duration,
     prefix: Arc<str>,
+    /// `prefix` and `e:`: what every entry key starts with.
+    entry_prefix: Arc<str>,
     stats: Arc<Stats>,
     /// Until this time (ms since the epoch) Redis is not asked at all: after a connection
     /// failure or timeout, requests skip it instead of each waiting out the timeout.
@@ -117,6 +119,7 @@ impl Store {
             conn: Arc::new(conn),
             timeout,
             prefix: cfg.key_prefix.as_str().into(),
+            entry_prefix: format!("{}e:", cfg.key_prefix).into(),
             stats,
             skip_until_ms: Arc::new(AtomicU64::new(0)),
             down: Arc::new(AtomicBool::new(false)),
@@ -158,12 +161,16 @@ impl Store {
     }
 
     pub fn entry_key(&self, key: &str) -> String {
-        // Built by hand rather than with `format!`: every hit, hot ones included, makes one.
-        let mut k = String::with_capacity(self.prefix.len() + 2 + key.len());
-        k.push_str(&self.prefix);
-        k.push_str("e:");
+        // Built by hand rather than with `format!`: every Redis hit makes one.
+        let mut k = String::with_capacity(self.entry_prefix.len() + key.len());
+        k.push_str(&self.entry_prefix);
         k.push_str(key);
         k
+    }
+
+    /// What [`Store::entry_key`] puts before the cache key (for `key::Template::render_after`).
+    pub fn entry_prefix(&self) -> &str {
+        &self.entry_prefix
     }
 
     pub fn lock_key(&self, key: &str) -> String {
