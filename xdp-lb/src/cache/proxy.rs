@@ -1000,7 +1000,18 @@ impl Proxy {
                         let this = Arc::clone(self);
                         let (p, u, stale) = (parts.clone(), client, e.clone());
                         tokio::spawn(async move {
-                            let _ = this.fetch(&key, &p, u, Some(stale), "EXPIRED", true).await;
+                            // The lock says no refresh runs now, not that none ran since this
+                            // request read the stale copy: one that finished in between has
+                            // stored a newer copy, and a second fetch would only repeat it.
+                            let newer = matches!(
+                                this.lookup(&key, &p).await,
+                                Ok(Some(f)) if f.stored_at_ms != stale.stored_at_ms
+                            );
+                            if newer {
+                                log::debug!("cache: {key}: refreshed meanwhile, not again");
+                            } else {
+                                let _ = this.fetch(&key, &p, u, Some(stale), "EXPIRED", true).await;
+                            }
                             let _ = this.store.unlock(&rkey, &token).await;
                         });
                     }
