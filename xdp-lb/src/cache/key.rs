@@ -9,13 +9,6 @@ use super::request::normalize_host;
 const MAX_KEY: usize = 200;
 const KEEP: usize = 128;
 
-/// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it). The
-/// host is normalised (lowercase, default port dropped, see [`normalize_host`]) so instances
-/// reached as `Example.org:80` and `example.org` share entries.
-pub fn render(template: &str, req: &Parts) -> String {
-    Template::parse(template).render(req, None)
-}
-
 /// One piece of a key template.
 #[derive(Clone, Debug, PartialEq)]
 enum Piece {
@@ -71,8 +64,11 @@ impl Template {
         Self(pieces)
     }
 
-    /// [`render`] with the template already parsed and, when given, the request's host already
-    /// normalised (by `request::target_host`), so a hit does not parse either again.
+    /// Renders the key of a request. HEAD shares the GET entry (a HEAD is answered from it).
+    /// The host is normalised (lowercase, default port dropped, see [`normalize_host`]) so
+    /// instances reached as `Example.org:80` and `example.org` share entries; `normalized` is
+    /// that host when the caller has it already (from `request::target_host`), so a hit does
+    /// not normalise it twice.
     pub fn render(&self, req: &Parts, normalized: Option<&str>) -> String {
         self.render_after("", req, normalized)
     }
@@ -143,6 +139,10 @@ pub fn shorten(key: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(template: &str, req: &Parts) -> String {
+        Template::parse(template).render(req, None)
+    }
 
     fn parts(method: &str, uri: &str, host: &str) -> Parts {
         http::Request::builder()
