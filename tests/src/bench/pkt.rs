@@ -157,16 +157,23 @@ const V4_TCP_CHECK: u16 = 14 + 20 + 16;
 const V4_UDP_CHECK: u16 = 14 + 20 + 6;
 const V6_TCP_CHECK: u16 = 14 + 40 + 16;
 
+/// Where a case's flow numbers start.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// The same flows every round (established flows made before the rounds).
+    At(u32),
+    /// New keys every round (the new-flow cases).
+    Fresh,
+    /// The keys of the previous fresh-key case of the round (its flows' next packet).
+    LastFresh,
+}
+
 struct Case {
     name: &'static str,
     target: Target,
     spec: FrameSpec,
     repeat: u32,
-    /// New keys every round (the new-flow case).
-    fresh_base: bool,
-    /// The keys of the previous fresh-key case of the round (its flows' next packet).
-    reuse_base: bool,
-    base: u32,
+    keys: Keys,
     check: fn(&mut AyaDataplane, &Outcome) -> anyhow::Result<()>,
 }
 
@@ -469,9 +476,7 @@ fn cases() -> Vec<Case> {
         target,
         spec,
         repeat,
-        fresh_base: false,
-        reuse_base: false,
-        base: established_base,
+        keys: Keys::At(established_base),
         check,
     };
     let mut v = vec![
@@ -523,9 +528,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: v4_syn_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         // The same flows' ACKs, right after their SYNs: each moves from EMBRYOS to
@@ -535,9 +538,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: v4_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: false,
-            reuse_base: true,
-            base: 0,
+            keys: Keys::LastFresh,
             check: expect_promotions,
         },
         Case {
@@ -545,9 +546,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: dsr_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         Case {
@@ -555,9 +554,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: sched_syn_frame(81, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         Case {
@@ -565,9 +562,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: sched_syn_frame(82, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         Case {
@@ -575,9 +570,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: sched_syn_frame(83, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         Case {
@@ -585,9 +578,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: sched_syn_frame(84, NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         Case {
@@ -595,9 +586,7 @@ fn cases() -> Vec<Case> {
             target: Target::Lb,
             spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
             repeat: NEW_FLOW_REPEAT,
-            fresh_base: true,
-            reuse_base: false,
-            base: 0,
+            keys: Keys::Fresh,
             check: expect_new_flows,
         },
         c(
@@ -703,9 +692,7 @@ fn cases() -> Vec<Case> {
                 target: step,
                 spec,
                 repeat: NEW_FLOW_REPEAT,
-                fresh_base: true,
-                reuse_base: false,
-                base: 0,
+                keys: Keys::Fresh,
                 check: expect_step,
             });
         }
@@ -882,13 +869,13 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     for round in 0..=ROUNDS {
         eprintln!("bench: round {round}/{ROUNDS} (load {})", loadavg());
         for (i, case) in cases.iter().enumerate() {
-            let base = if case.fresh_base {
-                fresh = fresh.wrapping_add(case.repeat);
-                fresh
-            } else if case.reuse_base {
-                fresh
-            } else {
-                case.base
+            let base = match case.keys {
+                Keys::At(base) => base,
+                Keys::Fresh => {
+                    fresh = fresh.wrapping_add(case.repeat);
+                    fresh
+                }
+                Keys::LastFresh => fresh,
             };
             // Alternate which of the pair runs first, so a drift within the round
             // does not always favour one side.
