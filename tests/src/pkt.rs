@@ -286,11 +286,24 @@ impl Bed {
     }
 
     pub fn load_sized(&self, services: &[SvcSpec], flow_table_size: u32) -> AyaDataplane {
+        self.load_resized(services, flow_table_size, &[])
+    }
+
+    /// `load_sized` with some maps' capacities replaced (`AyaDataplane::load_resized`).
+    pub fn load_resized(
+        &self,
+        services: &[SvcSpec],
+        flow_table_size: u32,
+        resize: &[(&str, u32)],
+    ) -> AyaDataplane {
         *self.specs.borrow_mut() = services.to_vec();
-        let mut dp = AyaDataplane::load(MapSizes {
-            ring_entries: (services.len() as u32).max(1) * 2 * RING_STRIDE,
-            flow_table_size,
-        })
+        let mut dp = AyaDataplane::load_resized(
+            MapSizes {
+                ring_entries: (services.len() as u32).max(1) * 2 * RING_STRIDE,
+                flow_table_size,
+            },
+            resize,
+        )
         .expect("load XDP object");
         let mut plan = Plan::default();
         for i in 0..3u32 {

@@ -632,8 +632,10 @@ fn repin(dir: &std::path::Path, name: &str, shape: &[&str]) -> String {
 
 /// A layout change between versions. GLOBAL_STATS pinned with 24 entries is what
 /// the version before the ICMP verdict reasons leaves: that counter array is
-/// migrated (entries copied into one of this binary's size). FLOWS with another
-/// value size cannot be read: refused, with a message that says what to do.
+/// migrated (entries copied into one of this binary's size). FLOWS with exactly
+/// flow_table_size entries (the sizing before `hash_table_entries`) is adopted as it
+/// is. FLOWS with another value size cannot be read: refused, with a message that
+/// says what to do.
 #[test]
 fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     require_root();
@@ -694,8 +696,49 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
         .expect("client namespace");
     lb2.stop();
 
-    // A value 8 bytes larger than this binary's, as an older or newer FlowValue would be.
+    // A flow table made with exactly flow_table_size entries (half the hash buckets),
+    // as versions before `hash_table_entries` left it: adopted as it is.
     let ours = std::mem::size_of::<xdp_lb_common::FlowValue>();
+    let flows = repin(
+        &dir,
+        "FLOWS",
+        &[
+            "type",
+            "lru_hash",
+            "key",
+            "40",
+            "value",
+            &ours.to_string(),
+            "entries",
+            "4096",
+        ],
+    );
+    let mut lb_earlier = start(&topo, &file, &[]);
+    assert!(
+        adopted_flows(&lb_earlier).is_some(),
+        "{}",
+        lb_earlier.output()
+    );
+    assert!(
+        lb_earlier
+            .output()
+            .contains("FLOWS: pinned with 4096 entries by an earlier version, adopted as it is"),
+        "{}",
+        lb_earlier.output()
+    );
+    topo.client
+        .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection over the adopted table"))
+        .expect("client namespace");
+    let shown = bpftool(&["map", "show", "pinned", &flows]);
+    assert_eq!(shown["max_entries"].as_u64(), Some(4096), "{shown}");
+    let held = bpftool(&["map", "dump", "pinned", &flows]);
+    assert!(
+        held.as_array().is_some_and(|a| !a.is_empty()),
+        "the connection's flow is not in the adopted table: {held}"
+    );
+    lb_earlier.stop();
+
+    // A value 8 bytes larger than this binary's, as an older or newer FlowValue would be.
     let other = (ours + 8).to_string();
     repin(
         &dir,

@@ -40,6 +40,21 @@ pub const MAX_RING_SIZE: u32 = 1_000_003;
 /// Default flow-table capacity (each of the two LRU maps).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
+/// Entries a kernel hash table is created with to hold `n`: one more when `n` is a
+/// power of two. The kernel gives a hash table the next power of two of its entries as
+/// buckets, so a full table of 2^k entries has one entry per bucket, and a lookup
+/// walks past about one other entry (a cache miss each at scale) before it finds its
+/// own or gives up; 2^k + 1 entries get 2^(k+1) buckets (16 bytes each), half an entry
+/// per bucket. Measured with `cargo xtask bench pkt`'s A/B mode (README, Benchmarks):
+/// 0.83-0.89 of the time for a lookup in a full flow table, 0.90-0.95 for a new flow.
+pub const fn hash_table_entries(n: u32) -> u32 {
+    if n.is_power_of_two() && n < u32::MAX {
+        n + 1
+    } else {
+        n
+    }
+}
+
 /// Capacity of the embryonic tables (EMBRYOS, EMBRYO_REVERSE) for a flow table of
 /// `flows` entries: a quarter of it, at least 1024 (or `flows` if smaller), at most
 /// `EMBRYO_TABLE_MAX`. Flows that have sent one packet (a SYN, a first datagram, an

@@ -712,6 +712,8 @@ struct Row {
     gross: f64,
     /// Net ns per iteration (case minus the empty target, same round): median, min, max.
     net: Spread,
+    /// A/B runs: B's net figure, and the per-round ratio of B's net to A's.
+    b: Option<(Spread, Spread)>,
 }
 
 /// Median and range of one figure over the rounds.
@@ -791,34 +793,54 @@ fn pin_to_last_cpu() -> usize {
     cpu
 }
 
-fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
-    let started = std::time::Instant::now();
-    let load_before = loadavg();
-    let cpu = pin_to_last_cpu();
-    let flow_table = flow_table();
-    eprintln!("bench: pinned to CPU {cpu}; loading with a {flow_table}-entry flow table");
-    let mut services = vec![
-        svc_v4(PROTO_TCP, 0),
-        svc_v6(PROTO_TCP),
-        svc_v4(PROTO_UDP, SVC_FWD_DSR),
-    ];
-    for (id, port, flags) in SCHED_SERVICES {
+/// `XDP_LB_BENCH_AB=MAP=N[,MAP=N]`: a second copy of the program ("B") is loaded
+/// with those maps' capacities, and every case runs on both copies in each round
+/// (order alternating), so both see the same machine; the report adds B's figure and
+/// the per-round ratio B/A. For table-size questions, where runs of their own differ
+/// by more than the effect.
+fn ab_resize() -> anyhow::Result<Vec<(String, u32)>> {
+    let Ok(spec) = std::env::var("XDP_LB_BENCH_AB") else {
+        return Ok(Vec::new());
+    };
+    spec.split(',')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let (name, n) = w
+                .split_once('=')
+                .with_context(|| format!("XDP_LB_BENCH_AB: {w:?} is not MAP=ENTRIES"))?;
+            let n = n
+                .parse()
+                .with_context(|| format!("XDP_LB_BENCH_AB: {n:?} is not a number of entries"))?;
+            Ok((name.to_string(), n))
+        })
+        .collect()
+}
+
+/// One copy of the program, loaded and programmed as every case expects, with its
+/// established flows made.
+fn prepare(
+    bed: &Bed,
+    services: &[SvcSpec],
+    flow_table: u32,
+    resize: &[(String, u32)],
+) -> anyhow::Result<(Harness, Vec<String>)> {
+    let resize_ref: Vec<(&str, u32)> = resize.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let mut dp = bed.load_resized(services, flow_table, &resize_ref);
+    for (name, n) in resize {
+        let got = dp
+            .map_info(map_name(name)?)
+            .with_context(|| format!("XDP_LB_BENCH_AB: map {name}"))?
+            .max_entries();
         ensure!(
-            id as usize == services.len(),
-            "scheduler service ids out of order"
+            got == *n,
+            "XDP_LB_BENCH_AB: {name} loaded with {got} entries, not {n}"
         );
-        services.push(svc_v4(PROTO_TCP, flags).on_port(port));
     }
-    let mut dp = bed.load_sized(&services, flow_table);
     // One backend, so every reply of every flow comes from the same address.
     for id in 0..3 {
         bed.publish_ring(&mut dp, id, &[0; RING as usize], 1);
     }
     publish_pool(bed, &mut dp);
-    // Many-flow replies go to clients 198.18.0.16-31 (flow number's high bits).
-    for i in 0..=255 {
-        bed.add_client_neighbour(&format!("198.18.0.{i}"));
-    }
     let mut tables = Vec::new();
     for name in REPORTED_MAPS {
         let i = dp.map_info(name)?;
@@ -860,10 +882,69 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
             ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
         }
     }
+    Ok((h, tables))
+}
+
+/// The object's name for a map the A/B spec names (map_info wants a static name).
+fn map_name(name: &str) -> anyhow::Result<&'static str> {
+    const RESIZABLE: [&str; 5] = [
+        "FLOWS",
+        "EMBRYOS",
+        "NAT_REVERSE",
+        "EMBRYO_REVERSE",
+        "MAGLEV_RING",
+    ];
+    RESIZABLE
+        .into_iter()
+        .find(|m| *m == name)
+        .with_context(|| format!("XDP_LB_BENCH_AB: {name} is not one of {RESIZABLE:?}"))
+}
+
+fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
+    let started = std::time::Instant::now();
+    let load_before = loadavg();
+    let cpu = pin_to_last_cpu();
+    let flow_table = flow_table();
+    let resize = ab_resize()?;
+    eprintln!("bench: pinned to CPU {cpu}; loading with a {flow_table}-entry flow table");
+    let mut services = vec![
+        svc_v4(PROTO_TCP, 0),
+        svc_v6(PROTO_TCP),
+        svc_v4(PROTO_UDP, SVC_FWD_DSR),
+    ];
+    for (id, port, flags) in SCHED_SERVICES {
+        ensure!(
+            id as usize == services.len(),
+            "scheduler service ids out of order"
+        );
+        services.push(svc_v4(PROTO_TCP, flags).on_port(port));
+    }
+    // Many-flow replies go to clients 198.18.0.16-31 (flow number's high bits).
+    for i in 0..=255 {
+        bed.add_client_neighbour(&format!("198.18.0.{i}"));
+    }
+    let mut variants = vec![Vec::new()];
+    if !resize.is_empty() {
+        eprintln!("bench: A/B, B with {resize:?}");
+        variants.push(resize);
+    }
+    let mut hs = Vec::new();
+    let mut tables = Vec::new();
+    for (v, resize) in variants.iter().enumerate() {
+        let (h, t) = prepare(bed, &services, flow_table, resize)?;
+        let tag = if variants.len() > 1 {
+            ["A: ", "B: "][v]
+        } else {
+            ""
+        };
+        tables.extend(t.into_iter().map(|t| format!("{tag}{t}")));
+        hs.push(h);
+    }
 
     let cases = cases();
-    let mut gross: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut net: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // Per variant, per case: the rounds' gross and net figures.
+    let mut gross = vec![vec![Vec::new(); cases.len()]; hs.len()];
+    let mut net = vec![vec![Vec::new(); cases.len()]; hs.len()];
     let mut fresh = 1u32 << 24;
     // Round 0 warms caches, the JIT'd code and the tables' free lists; not counted.
     for round in 0..=ROUNDS {
@@ -877,33 +958,17 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
                 }
                 Keys::LastFresh => fresh,
             };
-            // Alternate which of the pair runs first, so a drift within the round
-            // does not always favour one side.
-            let empty_first = round % 2 == 1;
-            let run_empty = |h: &mut Harness| -> anyhow::Result<f64> {
-                let (a, _, e) = h.run(Target::Empty, &case.spec, base, case.repeat)?;
-                ensure!(a == XDP_TX, "empty target returned {a}");
-                Ok(e)
+            let order: Vec<usize> = if round % 2 == 1 {
+                (0..hs.len()).rev().collect()
+            } else {
+                (0..hs.len()).collect()
             };
-            let mut e = if empty_first { run_empty(&mut h)? } else { 0.0 };
-            let before = h.counts()?;
-            let (action, out, ns) = h.run(case.target, &case.spec, base, case.repeat)?;
-            let after = h.counts()?;
-            let outcome = Outcome {
-                action,
-                out,
-                repeat: case.repeat,
-                before,
-                after,
-            };
-            (case.check)(&mut h.dp, &outcome)
-                .with_context(|| format!("case {:?}, round {round}", case.name))?;
-            if !empty_first {
-                e = run_empty(&mut h)?;
-            }
-            if round > 0 {
-                gross[i].push(ns);
-                net[i].push(ns - e);
+            for v in order {
+                let (g, n) = run_case(&mut hs[v], case, base, round)?;
+                if round > 0 {
+                    gross[v][i].push(g);
+                    net[v][i].push(n);
+                }
             }
         }
     }
@@ -913,8 +978,16 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
         .map(|(i, c)| Row {
             name: c.name,
             repeat: c.repeat,
-            gross: Spread::of(&gross[i]).median,
-            net: Spread::of(&net[i]),
+            gross: Spread::of(&gross[0][i]).median,
+            net: Spread::of(&net[0][i]),
+            b: (hs.len() > 1).then(|| {
+                let ratios: Vec<f64> = net[1][i]
+                    .iter()
+                    .zip(&net[0][i])
+                    .map(|(b, a)| b / a)
+                    .collect();
+                (Spread::of(&net[1][i]), Spread::of(&ratios))
+            }),
         })
         .collect();
     let setting = Setting {
@@ -925,6 +998,36 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((rows, setting))
+}
+
+/// One case's run on one copy of the program, and the empty target's beside it:
+/// (gross, net) ns per packet. The case's checks must pass.
+fn run_case(h: &mut Harness, case: &Case, base: u32, round: usize) -> anyhow::Result<(f64, f64)> {
+    // Alternate which of the pair runs first, so a drift within the round
+    // does not always favour one side.
+    let empty_first = round % 2 == 1;
+    let run_empty = |h: &mut Harness| -> anyhow::Result<f64> {
+        let (a, _, e) = h.run(Target::Empty, &case.spec, base, case.repeat)?;
+        ensure!(a == XDP_TX, "empty target returned {a}");
+        Ok(e)
+    };
+    let mut e = if empty_first { run_empty(h)? } else { 0.0 };
+    let before = h.counts()?;
+    let (action, out, ns) = h.run(case.target, &case.spec, base, case.repeat)?;
+    let after = h.counts()?;
+    let outcome = Outcome {
+        action,
+        out,
+        repeat: case.repeat,
+        before,
+        after,
+    };
+    (case.check)(&mut h.dp, &outcome)
+        .with_context(|| format!("case {:?}, round {round}", case.name))?;
+    if !empty_first {
+        e = run_empty(h)?;
+    }
+    Ok((ns, ns - e))
 }
 
 /// The 256-backend pool (weights 1..=7) and the four scheduler services' tables:
@@ -1024,11 +1127,34 @@ fn print_report(rows: &[Row], st: &Setting) {
         println!("  {t}");
     }
     println!();
-    println!(
-        "{:<36} {:>9} {:>9} {:>8} {:>15}  Katran (net ns)",
-        "case", "repeats", "gross ns", "net ns", "net min-max"
-    );
+    let ab = rows.iter().any(|r| r.b.is_some());
+    if ab {
+        println!(
+            "{:<36} {:>9} {:>8} {:>15} {:>8} {:>15} {:>6} {:>11}",
+            "case", "repeats", "A net", "A min-max", "B net", "B min-max", "B/A", "B/A min-max"
+        );
+    } else {
+        println!(
+            "{:<36} {:>9} {:>9} {:>8} {:>15}  Katran (net ns)",
+            "case", "repeats", "gross ns", "net ns", "net min-max"
+        );
+    }
+    let range = |s: &Spread| format!("{:.0}-{:.0}", s.min, s.max);
     for r in rows {
+        if let Some((b, ratio)) = &r.b {
+            println!(
+                "{:<36} {:>9} {:>8.1} {:>15} {:>8.1} {:>15} {:>6.2} {:>11}",
+                r.name,
+                r.repeat,
+                r.net.median,
+                range(&r.net),
+                b.median,
+                range(b),
+                ratio.median,
+                format!("{:.2}-{:.2}", ratio.min, ratio.max)
+            );
+            continue;
+        }
         let anchor = ANCHORS
             .iter()
             .find(|(n, _)| *n == r.name)
@@ -1040,7 +1166,7 @@ fn print_report(rows: &[Row], st: &Setting) {
             r.repeat,
             r.gross,
             r.net.median,
-            format!("{:.0}-{:.0}", r.net.min, r.net.max),
+            range(&r.net),
             anchor
         );
     }

@@ -14,8 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use xdp_lb_common::{
-    embryo_table_size, endpoint_bit, reason, Backend, Counters, FlowKey, FlowValue, Layout,
-    ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
+    embryo_table_size, endpoint_bit, hash_table_entries, reason, Backend, Counters, FlowKey,
+    FlowValue, Layout, ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS,
+    MAX_BACKENDS,
 };
 
 use super::{
@@ -156,6 +157,17 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Entries FLOWS and NAT_REVERSE are created with (`hash_table_entries`: twice the
+/// buckets for a power of two).
+pub(crate) fn flow_entries(sizes: MapSizes) -> u32 {
+    hash_table_entries(sizes.flow_table_size)
+}
+
+/// Entries EMBRYOS and EMBRYO_REVERSE are created with.
+pub(crate) fn embryo_entries(sizes: MapSizes) -> u32 {
+    hash_table_entries(embryo_table_size(sizes.flow_table_size))
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
@@ -163,17 +175,27 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
 impl AyaDataplane {
     /// Loads the object and the balancer program; nothing is attached yet.
     pub fn load(sizes: MapSizes) -> Result<Self, DataplaneError> {
+        Self::load_resized(sizes, &[])
+    }
+
+    /// `load` with some maps' capacities replaced (`cargo xtask bench pkt`'s A/B
+    /// runs compare table sizes this way); a name the object lacks changes nothing,
+    /// so callers check the result with `map_info`.
+    pub fn load_resized(sizes: MapSizes, resize: &[(&str, u32)]) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::StubObject);
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
-            .map_max_entries("FLOWS", sizes.flow_table_size)
-            .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
-            .map_max_entries("EMBRYOS", embryo_table_size(sizes.flow_table_size))
-            .map_max_entries("EMBRYO_REVERSE", embryo_table_size(sizes.flow_table_size))
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
+            .map_max_entries("FLOWS", flow_entries(sizes))
+            .map_max_entries("NAT_REVERSE", flow_entries(sizes))
+            .map_max_entries("EMBRYOS", embryo_entries(sizes))
+            .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
+        for (name, n) in resize {
+            loader.map_max_entries(name, *n);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -206,10 +228,10 @@ impl AyaDataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
-            .map_max_entries("FLOWS", sizes.flow_table_size)
-            .map_max_entries("NAT_REVERSE", sizes.flow_table_size)
-            .map_max_entries("EMBRYOS", embryo_table_size(sizes.flow_table_size))
-            .map_max_entries("EMBRYO_REVERSE", embryo_table_size(sizes.flow_table_size));
+            .map_max_entries("FLOWS", flow_entries(sizes))
+            .map_max_entries("NAT_REVERSE", flow_entries(sizes))
+            .map_max_entries("EMBRYOS", embryo_entries(sizes))
+            .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
         for name in pin::PINNED_MAPS {
             loader.map_pin_path(name, map_dir.join(name));
         }

@@ -62,6 +62,12 @@ const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"]
 /// afresh, to the same backend unless the service's table changed meanwhile.
 const REPLACEABLE: [&str; 2] = ["EMBRYOS", "EMBRYO_REVERSE"];
 
+/// Pinned maps adopted as they are when made with exactly the configured number of
+/// entries: versions before `hash_table_entries` created the flow tables that way
+/// (half the buckets). Their flows are kept; `--fresh` remakes them with the current
+/// sizing, dropping the flows.
+const EARLIER_SIZING: [&str; 2] = ["FLOWS", "NAT_REVERSE"];
+
 /// Counter values read from a pinned map of another size, to be written into the
 /// map this binary creates in its place.
 pub struct Migration {
@@ -343,8 +349,16 @@ fn prepare_locked(
             max_entries: info.max_entries(),
             flags: info.map_flags(),
         };
-        if let Some(diff) = want.diff(name, &got) {
-            if want.resized(REPLACEABLE.as_slice(), name, &got) {
+        match adoption(name, &want, &got, sizes) {
+            Adoption::AsItIs => {}
+            Adoption::EarlierSizing => log::info!(
+                "{name}: pinned with {} entries by an earlier version, adopted as it is \
+                 (this version makes {} for twice the hash buckets; `--fresh` would, \
+                 dropping established flows)",
+                got.max_entries,
+                want.max_entries
+            ),
+            Adoption::Replace => {
                 log::info!(
                     "{name}: pinned with {} entries, this version makes {}: an empty one \
                      replaces it (flows that have sent one packet are dispatched afresh)",
@@ -352,17 +366,14 @@ fn prepare_locked(
                     want.max_entries
                 );
                 replaced.push(name);
-                continue;
             }
-            if !want.resized(MIGRATABLE.as_slice(), name, &got) {
-                return Err(incompatible(diff));
-            }
-            migrations.push(Migration::read(
+            Adoption::Migrate => migrations.push(Migration::read(
                 name,
                 &path,
                 got.max_entries,
                 want.max_entries,
-            )?);
+            )?),
+            Adoption::Refuse(diff) => return Err(incompatible(diff)),
         }
     }
     // Only once everything else is known to be adoptable: the loader creates and
@@ -373,6 +384,37 @@ fn prepare_locked(
         std::fs::remove_file(&path).map_err(io(&path))?;
     }
     Ok((Found::Adoptable, migrations))
+}
+
+/// What becomes of one pinned map.
+#[derive(Debug, PartialEq)]
+enum Adoption {
+    /// Same shape: used as it is.
+    AsItIs,
+    /// A flow table as an earlier version sized it (`EARLIER_SIZING`): used as it is.
+    EarlierSizing,
+    /// An embryonic table of another size: an empty one replaces it.
+    Replace,
+    /// A counter array of another size: copied into a new one.
+    Migrate,
+    Refuse(LayoutDiff),
+}
+
+fn adoption(name: &'static str, want: &MapShape, got: &MapShape, sizes: &MapSizes) -> Adoption {
+    let Some(diff) = want.diff(name, got) else {
+        return Adoption::AsItIs;
+    };
+    if want.resized(EARLIER_SIZING.as_slice(), name, got)
+        && got.max_entries == sizes.flow_table_size
+    {
+        Adoption::EarlierSizing
+    } else if want.resized(REPLACEABLE.as_slice(), name, got) {
+        Adoption::Replace
+    } else if want.resized(MIGRATABLE.as_slice(), name, got) {
+        Adoption::Migrate
+    } else {
+        Adoption::Refuse(diff)
+    }
 }
 
 /// The parts of a map definition that must match for a pinned map to be adopted.
@@ -428,10 +470,8 @@ fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, Data
             let m = obj.maps.get(name).ok_or(DataplaneError::Missing(name))?;
             let max_entries = match name {
                 "MAGLEV_RING" => sizes.ring_entries.max(1),
-                "FLOWS" | "NAT_REVERSE" => sizes.flow_table_size,
-                "EMBRYOS" | "EMBRYO_REVERSE" => {
-                    xdp_lb_common::embryo_table_size(sizes.flow_table_size)
-                }
+                "FLOWS" | "NAT_REVERSE" => super::bpf::flow_entries(*sizes),
+                "EMBRYOS" | "EMBRYO_REVERSE" => super::bpf::embryo_entries(*sizes),
                 _ => m.max_entries(),
             };
             Ok((
@@ -756,6 +796,63 @@ mod tests {
         assert!(
             !ours.resized(&MIGRATABLE, "GLOBAL_STATS", &wider),
             "a changed value shape is refused"
+        );
+    }
+
+    #[test]
+    fn flow_tables_of_the_earlier_sizing_are_adopted_and_no_other_size() {
+        let sizes = MapSizes {
+            ring_entries: 1,
+            flow_table_size: 4096,
+        };
+        let ours = MapShape {
+            map_type: 9,
+            key_size: 40,
+            value_size: 32,
+            max_entries: super::super::bpf::flow_entries(sizes),
+            flags: 0,
+        };
+        assert_eq!(ours.max_entries, 4097, "a power of two gets one more entry");
+        assert_eq!(adoption("FLOWS", &ours, &ours, &sizes), Adoption::AsItIs);
+        let earlier = MapShape {
+            max_entries: 4096,
+            ..ours
+        };
+        for name in ["FLOWS", "NAT_REVERSE"] {
+            assert_eq!(
+                adoption(name, &ours, &earlier, &sizes),
+                Adoption::EarlierSizing
+            );
+        }
+        let other = MapShape {
+            max_entries: 8192,
+            ..ours
+        };
+        assert!(matches!(
+            adoption("FLOWS", &ours, &other, &sizes),
+            Adoption::Refuse(_)
+        ));
+        let wider = MapShape {
+            value_size: 48,
+            ..earlier
+        };
+        assert!(matches!(
+            adoption("FLOWS", &ours, &wider, &sizes),
+            Adoption::Refuse(_)
+        ));
+        // An embryonic table of the earlier sizing is replaced, not adopted.
+        let embryos = MapShape {
+            max_entries: super::super::bpf::embryo_entries(sizes),
+            ..ours
+        };
+        let embryos_earlier = MapShape {
+            max_entries: 1024,
+            ..ours
+        };
+        assert_eq!(embryos.max_entries, 1025);
+        assert_eq!(
+            adoption("EMBRYOS", &embryos, &embryos_earlier, &sizes),
+            Adoption::Replace
         );
     }
 
