@@ -286,18 +286,21 @@ impl Bed {
     }
 
     pub fn load_sized(&self, services: &[SvcSpec], flow_table_size: u32) -> AyaDataplane {
-        self.load_resized(services, flow_table_size, &[])
+        self.load_variant(services, flow_table_size, &[], None)
     }
 
-    /// `load_sized` with some maps' capacities replaced (`AyaDataplane::load_resized`).
-    pub fn load_resized(
+    /// `load_sized` with some maps' capacities replaced, of another build's object if
+    /// `object` is given (`AyaDataplane::load_object`).
+    pub fn load_variant(
         &self,
         services: &[SvcSpec],
         flow_table_size: u32,
         resize: &[(&str, u32)],
+        object: Option<&[u8]>,
     ) -> AyaDataplane {
         *self.specs.borrow_mut() = services.to_vec();
-        let mut dp = AyaDataplane::load_resized(
+        let mut dp = AyaDataplane::load_object(
+            object.unwrap_or(xdp_lb::dataplane::EBPF_OBJECT),
             MapSizes {
                 ring_entries: (services.len() as u32).max(1) * 2 * RING_STRIDE,
                 flow_table_size,

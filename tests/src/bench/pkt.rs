@@ -797,7 +797,8 @@ fn pin_to_last_cpu() -> usize {
 /// with those maps' capacities, and every case runs on both copies in each round
 /// (order alternating), so both see the same machine; the report adds B's figure and
 /// the per-round ratio B/A. For table-size questions, where runs of their own differ
-/// by more than the effect.
+/// by more than the effect. `XDP_LB_BENCH_AB_OBJECT=FILE` makes B another build's
+/// object (see `ab_object`).
 fn ab_resize() -> anyhow::Result<Vec<(String, u32)>> {
     let Ok(spec) = std::env::var("XDP_LB_BENCH_AB") else {
         return Ok(Vec::new());
@@ -816,6 +817,19 @@ fn ab_resize() -> anyhow::Result<Vec<(String, u32)>> {
         .collect()
 }
 
+/// `XDP_LB_BENCH_AB_OBJECT=FILE`: B runs this object, another build of
+/// xdp-lb-ebpf (e.g. a copy of `target/release/build/xdp-lb-*/out/xdp-lb-ebpf` made
+/// before a change), so that a change to the program is measured against its
+/// predecessor in the same run. Its cases must pass the same checks.
+fn ab_object() -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = std::env::var_os("XDP_LB_BENCH_AB_OBJECT") else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("XDP_LB_BENCH_AB_OBJECT: reading {}", path.to_string_lossy()))?;
+    Ok(Some(bytes))
+}
+
 /// One copy of the program, loaded and programmed as every case expects, with its
 /// established flows made.
 fn prepare(
@@ -823,9 +837,10 @@ fn prepare(
     services: &[SvcSpec],
     flow_table: u32,
     resize: &[(String, u32)],
+    object: Option<&[u8]>,
 ) -> anyhow::Result<(Harness, Vec<String>)> {
     let resize_ref: Vec<(&str, u32)> = resize.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let mut dp = bed.load_resized(services, flow_table, &resize_ref);
+    let mut dp = bed.load_variant(services, flow_table, &resize_ref, object);
     for (name, n) in resize {
         let got = dp
             .map_info(map_name(name)?)
@@ -906,6 +921,7 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     let cpu = pin_to_last_cpu();
     let flow_table = flow_table();
     let resize = ab_resize()?;
+    let object = ab_object()?;
     eprintln!("bench: pinned to CPU {cpu}; loading with a {flow_table}-entry flow table");
     let mut services = vec![
         svc_v4(PROTO_TCP, 0),
@@ -923,15 +939,22 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     for i in 0..=255 {
         bed.add_client_neighbour(&format!("198.18.0.{i}"));
     }
-    let mut variants = vec![Vec::new()];
-    if !resize.is_empty() {
-        eprintln!("bench: A/B, B with {resize:?}");
-        variants.push(resize);
+    let mut variants = vec![(Vec::new(), None)];
+    if !resize.is_empty() || object.is_some() {
+        eprintln!(
+            "bench: A/B, B with {resize:?}{}",
+            if object.is_some() {
+                " and the object of XDP_LB_BENCH_AB_OBJECT"
+            } else {
+                ""
+            }
+        );
+        variants.push((resize, object.as_deref()));
     }
     let mut hs = Vec::new();
     let mut tables = Vec::new();
-    for (v, resize) in variants.iter().enumerate() {
-        let (h, t) = prepare(bed, &services, flow_table, resize)?;
+    for (v, (resize, object)) in variants.iter().enumerate() {
+        let (h, t) = prepare(bed, &services, flow_table, resize, *object)?;
         let tag = if variants.len() > 1 {
             ["A: ", "B: "][v]
         } else {

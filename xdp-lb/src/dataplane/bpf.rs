@@ -182,7 +182,17 @@ impl AyaDataplane {
     /// runs compare table sizes this way); a name the object lacks changes nothing,
     /// so callers check the result with `map_info`.
     pub fn load_resized(sizes: MapSizes, resize: &[(&str, u32)]) -> Result<Self, DataplaneError> {
-        if EBPF_OBJECT.is_empty() {
+        Self::load_object(EBPF_OBJECT, sizes, resize)
+    }
+
+    /// `load_resized` of another build's object (`cargo xtask bench pkt`'s A/B runs
+    /// compare two builds of the program this way).
+    pub fn load_object(
+        object: &[u8],
+        sizes: MapSizes,
+        resize: &[(&str, u32)],
+    ) -> Result<Self, DataplaneError> {
+        if object.is_empty() {
             return Err(DataplaneError::StubObject);
         }
         let mut loader = EbpfLoader::new();
@@ -195,7 +205,7 @@ impl AyaDataplane {
         for (name, n) in resize {
             loader.map_max_entries(name, *n);
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let mut ebpf = loader.load(object).map_err(DataplaneError::Load)?;
         let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
