@@ -56,8 +56,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 /// first datagram, or a packet of a flow neither table knew). Their next packet
 /// promotes them to FLOWS. Kept apart so that spoofed one-packet flows (a SYN flood)
 /// evict only each other, never an established flow. Size set at load
-/// (`embryo_table_size`). A common LRU: per-CPU lists (BPF_F_NO_COMMON_LRU) and a
-/// 65536-entry cap were measured no cheaper per insert (README, New flows).
+/// (`embryo_table_size`). A common LRU: per-CPU lists (BPF_F_NO_COMMON_LRU) cost a
+/// new flow 1.15-1.21x in `cargo xtask bench pkt`'s paired A/B mode, and a 65536-entry
+/// cap was not measured cheaper (README, New flows).
 #[map]
 pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
