@@ -633,8 +633,8 @@ fn repin(dir: &std::path::Path, name: &str, shape: &[&str]) -> String {
 /// A layout change between versions. GLOBAL_STATS pinned with 24 entries is what
 /// the version before the ICMP verdict reasons leaves: that counter array is
 /// migrated (entries copied into one of this binary's size). FLOWS with exactly
-/// flow_table_size entries (the sizing before `hash_table_entries`) is adopted as it
-/// is. FLOWS with another value size cannot be read: refused, with a message that
+/// flow_table_size entries and EMBRYOS with exactly `embryo_table_size` (the sizing
+/// before `hash_table_entries`) are adopted as they are. FLOWS with another value size cannot be read: refused, with a message that
 /// says what to do.
 #[test]
 fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
@@ -713,19 +713,37 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
             "4096",
         ],
     );
+    // And EMBRYOS as those versions sized it for 4096 flows: adopted too.
+    repin(
+        &dir,
+        "EMBRYOS",
+        &[
+            "type",
+            "lru_hash",
+            "key",
+            "40",
+            "value",
+            &ours.to_string(),
+            "entries",
+            &xdp_lb_common::embryo_table_size(4096).to_string(),
+        ],
+    );
     let mut lb_earlier = start(&topo, &file, &[]);
     assert!(
         adopted_flows(&lb_earlier).is_some(),
         "{}",
         lb_earlier.output()
     );
-    assert!(
-        lb_earlier
-            .output()
-            .contains("FLOWS: pinned with 4096 entries by an earlier version, adopted as it is"),
-        "{}",
-        lb_earlier.output()
-    );
+    for line in [
+        "FLOWS: pinned with 4096 entries by an earlier version, adopted as it is",
+        "EMBRYOS: pinned with 1024 entries by an earlier version, adopted as it is",
+    ] {
+        assert!(
+            lb_earlier.output().contains(line),
+            "{line:?} not in: {}",
+            lb_earlier.output()
+        );
+    }
     topo.client
         .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection over the adopted table"))
         .expect("client namespace");

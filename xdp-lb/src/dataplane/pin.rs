@@ -63,10 +63,21 @@ const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"]
 const REPLACEABLE: [&str; 2] = ["EMBRYOS", "EMBRYO_REVERSE"];
 
 /// Pinned maps adopted as they are when made with exactly the configured number of
-/// entries: versions before `hash_table_entries` created the flow tables that way
-/// (half the buckets). Their flows are kept; `--fresh` remakes them with the current
-/// sizing, dropping the flows.
-const EARLIER_SIZING: [&str; 2] = ["FLOWS", "NAT_REVERSE"];
+/// entries (`earlier_entries`): versions before `hash_table_entries` created the flow
+/// tables that way (half the buckets). Their flows, established and embryonic, are
+/// kept; `--fresh` remakes them with the current sizing, dropping the flows.
+const EARLIER_SIZING: [&str; 4] = ["FLOWS", "NAT_REVERSE", "EMBRYOS", "EMBRYO_REVERSE"];
+
+/// The entries an earlier version created `name` with, for `EARLIER_SIZING`.
+fn earlier_entries(name: &str, sizes: &MapSizes) -> Option<u32> {
+    match name {
+        "FLOWS" | "NAT_REVERSE" => Some(sizes.flow_table_size),
+        "EMBRYOS" | "EMBRYO_REVERSE" => {
+            Some(xdp_lb_common::embryo_table_size(sizes.flow_table_size))
+        }
+        _ => None,
+    }
+}
 
 /// Counter values read from a pinned map of another size, to be written into the
 /// map this binary creates in its place.
@@ -391,7 +402,8 @@ fn prepare_locked(
 enum Adoption {
     /// Same shape: used as it is.
     AsItIs,
-    /// A flow table as an earlier version sized it (`EARLIER_SIZING`): used as it is.
+    /// A flow or embryonic table as an earlier version sized it (`EARLIER_SIZING`):
+    /// used as it is.
     EarlierSizing,
     /// An embryonic table of another size: an empty one replaces it.
     Replace,
@@ -405,7 +417,7 @@ fn adoption(name: &'static str, want: &MapShape, got: &MapShape, sizes: &MapSize
         return Adoption::AsItIs;
     };
     if want.resized(EARLIER_SIZING.as_slice(), name, got)
-        && got.max_entries == sizes.flow_table_size
+        && earlier_entries(name, sizes) == Some(got.max_entries)
     {
         Adoption::EarlierSizing
     } else if want.resized(REPLACEABLE.as_slice(), name, got) {
@@ -800,7 +812,7 @@ mod tests {
     }
 
     #[test]
-    fn flow_tables_of_the_earlier_sizing_are_adopted_and_no_other_size() {
+    fn tables_of_the_earlier_sizing_are_adopted_and_no_other_size() {
         let sizes = MapSizes {
             ring_entries: 1,
             flow_table_size: 4096,
@@ -840,7 +852,8 @@ mod tests {
             adoption("FLOWS", &ours, &wider, &sizes),
             Adoption::Refuse(_)
         ));
-        // An embryonic table of the earlier sizing is replaced, not adopted.
+        // An embryonic table of the earlier sizing is adopted too (handshakes in
+        // progress complete); one of any other size is replaced by an empty one.
         let embryos = MapShape {
             max_entries: super::super::bpf::embryo_entries(sizes),
             ..ours
@@ -850,8 +863,18 @@ mod tests {
             ..ours
         };
         assert_eq!(embryos.max_entries, 1025);
+        for name in ["EMBRYOS", "EMBRYO_REVERSE"] {
+            assert_eq!(
+                adoption(name, &embryos, &embryos_earlier, &sizes),
+                Adoption::EarlierSizing
+            );
+        }
+        let embryos_other = MapShape {
+            max_entries: 2048,
+            ..ours
+        };
         assert_eq!(
-            adoption("EMBRYOS", &embryos, &embryos_earlier, &sizes),
+            adoption("EMBRYOS", &embryos, &embryos_other, &sizes),
             Adoption::Replace
         );
     }
