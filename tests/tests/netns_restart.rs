@@ -630,6 +630,19 @@ fn repin(dir: &std::path::Path, name: &str, shape: &[&str]) -> String {
     path
 }
 
+/// `repin` of a flow table (LRU hash, 40-byte `FlowKey`) with this value size and
+/// number of entries.
+fn repin_flow_table(dir: &std::path::Path, name: &str, value: usize, entries: u32) -> String {
+    let (value, entries) = (value.to_string(), entries.to_string());
+    repin(
+        dir,
+        name,
+        &[
+            "type", "lru_hash", "key", "40", "value", &value, "entries", &entries,
+        ],
+    )
+}
+
 /// A layout change between versions. GLOBAL_STATS pinned with 24 entries is what
 /// the version before the ICMP verdict reasons leaves: that counter array is
 /// migrated (entries copied into one of this binary's size). FLOWS with exactly
@@ -699,34 +712,13 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     // A flow table made with exactly flow_table_size entries (half the hash buckets),
     // as versions before `hash_table_entries` left it: adopted as it is.
     let ours = std::mem::size_of::<xdp_lb_common::FlowValue>();
-    let flows = repin(
-        &dir,
-        "FLOWS",
-        &[
-            "type",
-            "lru_hash",
-            "key",
-            "40",
-            "value",
-            &ours.to_string(),
-            "entries",
-            "4096",
-        ],
-    );
+    let flows = repin_flow_table(&dir, "FLOWS", ours, 4096);
     // And EMBRYOS as those versions sized it for 4096 flows: adopted too.
-    repin(
+    repin_flow_table(
         &dir,
         "EMBRYOS",
-        &[
-            "type",
-            "lru_hash",
-            "key",
-            "40",
-            "value",
-            &ours.to_string(),
-            "entries",
-            &xdp_lb_common::embryo_table_size(4096).to_string(),
-        ],
+        ours,
+        xdp_lb_common::embryo_table_size(4096),
     );
     let mut lb_earlier = start(&topo, &file, &[]);
     assert!(
@@ -757,14 +749,8 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     lb_earlier.stop();
 
     // A value 8 bytes larger than this binary's, as an older or newer FlowValue would be.
-    let other = (ours + 8).to_string();
-    repin(
-        &dir,
-        "FLOWS",
-        &[
-            "type", "lru_hash", "key", "40", "value", &other, "entries", "4096",
-        ],
-    );
+    let other = ours + 8;
+    repin_flow_table(&dir, "FLOWS", other, 4096);
     let refused = topo
         .start_lb(&run_args(&file, &[]))
         .err()

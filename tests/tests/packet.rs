@@ -1271,9 +1271,9 @@ fn a_flow_is_promoted_by_its_second_packet_and_nat_replies_work_throughout() {
 #[test]
 fn spoofed_syns_do_not_evict_established_flows() {
     with_bed(|bed| {
-        // A flow table of 256 (embryonic table 256, created with 257 entries): 20 established connections,
-        // then 16 times the table's size in spoofed SYNs, then a new Maglev table
-        // that sends every new flow elsewhere.
+        // A flow table of 256 (embryonic table 256, created with 257 entries): 20
+        // established connections, then 16 times the table's size in spoofed SYNs,
+        // then a new Maglev table that sends every new flow elsewhere.
         let mut dp = bed.load_sized(&[svc_v4(PROTO_TCP, 0)], 256);
         let conns: Vec<(Vec<u8>, usize)> = (0..20u16)
             .map(|i| {

@@ -168,6 +168,18 @@ pub(crate) fn embryo_entries(sizes: MapSizes) -> u32 {
     hash_table_entries(embryo_table_size(sizes.flow_table_size))
 }
 
+/// A loader with the capacities the configuration sets at load.
+fn sized_loader(sizes: MapSizes) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
+        .map_max_entries("FLOWS", flow_entries(sizes))
+        .map_max_entries("NAT_REVERSE", flow_entries(sizes))
+        .map_max_entries("EMBRYOS", embryo_entries(sizes))
+        .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
+    loader
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
@@ -175,18 +187,12 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneEr
 impl AyaDataplane {
     /// Loads the object and the balancer program; nothing is attached yet.
     pub fn load(sizes: MapSizes) -> Result<Self, DataplaneError> {
-        Self::load_resized(sizes, &[])
+        Self::load_object(EBPF_OBJECT, sizes, &[])
     }
 
-    /// `load` with some maps' capacities replaced (`cargo xtask bench pkt`'s A/B
-    /// runs compare table sizes this way); a name the object lacks changes nothing,
-    /// so callers check the result with `map_info`.
-    pub fn load_resized(sizes: MapSizes, resize: &[(&str, u32)]) -> Result<Self, DataplaneError> {
-        Self::load_object(EBPF_OBJECT, sizes, resize)
-    }
-
-    /// `load_resized` of another build's object (`cargo xtask bench pkt`'s A/B runs
-    /// compare two builds of the program this way).
+    /// `load` of `object` (another build's, in `cargo xtask bench pkt`'s A/B runs)
+    /// with some maps' capacities replaced by `resize`; a name the object lacks
+    /// changes nothing, so callers check the result with `map_info`.
     pub fn load_object(
         object: &[u8],
         sizes: MapSizes,
@@ -195,13 +201,7 @@ impl AyaDataplane {
         if object.is_empty() {
             return Err(DataplaneError::StubObject);
         }
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
-            .map_max_entries("FLOWS", flow_entries(sizes))
-            .map_max_entries("NAT_REVERSE", flow_entries(sizes))
-            .map_max_entries("EMBRYOS", embryo_entries(sizes))
-            .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
+        let mut loader = sized_loader(sizes);
         for (name, n) in resize {
             loader.map_max_entries(name, *n);
         }
@@ -235,13 +235,7 @@ impl AyaDataplane {
         }
         let (found, migrations, lock) = pin::prepare(opts, &sizes)?;
         let map_dir = opts.map_dir();
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries("MAGLEV_RING", sizes.ring_entries.max(1))
-            .map_max_entries("FLOWS", flow_entries(sizes))
-            .map_max_entries("NAT_REVERSE", flow_entries(sizes))
-            .map_max_entries("EMBRYOS", embryo_entries(sizes))
-            .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
+        let mut loader = sized_loader(sizes);
         for name in pin::PINNED_MAPS {
             loader.map_pin_path(name, map_dir.join(name));
         }
