@@ -720,6 +720,9 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
         ours,
         xdp_lb_common::embryo_table_size(4096),
     );
+    // And no EMBRYO_SLOTS, which those versions did not have: an empty one is made.
+    let slots = dir.join("EMBRYO_SLOTS");
+    std::fs::remove_file(&slots).unwrap_or_else(|e| panic!("{}: {e}", slots.display()));
     let mut lb_earlier = start(&topo, &file, &[]);
     assert!(
         adopted_flows(&lb_earlier).is_some(),
@@ -729,6 +732,7 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     for line in [
         "FLOWS: pinned with 4096 entries by an earlier version, adopted as it is",
         "EMBRYOS: pinned with 1024 entries by an earlier version, adopted as it is",
+        "EMBRYO_SLOTS: not pinned (pins of an earlier version, or removed): an empty one is made",
     ] {
         assert!(
             lb_earlier.output().contains(line),
@@ -736,6 +740,7 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
             lb_earlier.output()
         );
     }
+    assert!(slots.exists(), "EMBRYO_SLOTS was not pinned again");
     topo.client
         .run(|| xdp_lb_tests::client::tcp_name(vip).expect("connection over the adopted table"))
         .expect("client namespace");

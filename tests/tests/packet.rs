@@ -812,6 +812,79 @@ fn round_robin_walks_its_schedule_and_flows_stay_put() {
     });
 }
 
+/// New flows of a DSR service that schedules by hash live in EMBRYO_SLOTS, one per
+/// slot, the latest flow of a slot overwriting the one before; every other new flow
+/// (NAT, round-robin) goes to the EMBRYOS LRU. A flow that lost its slot is
+/// dispatched afresh by its next packet, by the same hash to the same backend, and
+/// promoted by the packet after.
+#[test]
+fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, SVC_FWD_DSR),
+            svc_v4(PROTO_TCP, 0).on_port(81),
+            svc_v4(PROTO_TCP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(82),
+        ]);
+        // bed.load's flow table is 4096 entries.
+        let mask = xdp_lb_common::embryo_slots(4096) - 1;
+        let slot_of = |port: u16| hash::flow_hash(&flow_key_of(&syn4(port))) & mask;
+        let a = 40000u16;
+        let b = (a + 1..a + 20000)
+            .find(|&p| slot_of(p) == slot_of(a))
+            .expect("a port sharing the slot");
+        let want_a = dp_expect_backend(&syn4(a), RING);
+        let want_b = dp_expect_backend(&syn4(b), RING);
+
+        assert_eq!(backend_of(&run(&mut dp, &syn4(a)).1), want_a);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(a)),
+            "a: not in its slot"
+        );
+        assert_eq!(flow_counts(&mut dp), (0, 1));
+        // b takes the slot over: a's handshake entry is gone.
+        assert_eq!(backend_of(&run(&mut dp, &syn4(b)).1), want_b);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(b)),
+            "b: not in its slot"
+        );
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &syn4(a)),
+            "a: still embryonic"
+        );
+        assert_eq!(flow_counts(&mut dp), (0, 1));
+        // b's ACK promotes it and frees the slot.
+        assert_eq!(backend_of(&run(&mut dp, &ack4(b, TCP_ACK)).1), want_b);
+        assert_eq!(flow_counts(&mut dp), (1, 0));
+        // a's ACK finds no entry: the same hash, the same backend, embryonic again;
+        // its next packet promotes it.
+        assert_eq!(backend_of(&run(&mut dp, &ack4(a, TCP_ACK)).1), want_a);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(a)),
+            "a: not back in its slot"
+        );
+        assert_eq!(backend_of(&run(&mut dp, &ack4(a, TCP_ACK)).1), want_a);
+        assert_eq!(flow_counts(&mut dp), (2, 0));
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "syn"), 2);
+        assert_eq!(count(&g, "embryo_new"), 3);
+        assert_eq!(count(&g, "flow_promoted"), 2);
+
+        // NAT (its SYN-ACK needs the entry) and round-robin (another pick would be
+        // another backend): the LRU.
+        for port in [81u16, 82] {
+            let syn = v4(
+                PROTO_TCP, CLIENT4, VIP4, a, port, 64, CLIENT_MAC, LB_MAC, b"",
+            );
+            assert_eq!(run(&mut dp, &syn).0, XDP_TX, "port {port}");
+            assert!(
+                has_flow(&mut dp, "EMBRYOS", &syn) && !has_flow(&mut dp, "EMBRYO_SLOTS", &syn),
+                "port {port}: not in the LRU alone"
+            );
+        }
+        assert_eq!(flow_counts(&mut dp), (2, 2));
+    });
+}
+
 #[test]
 fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
     with_bed(|bed| {
@@ -1270,11 +1343,18 @@ fn a_flow_is_promoted_by_its_second_packet_and_nat_replies_work_throughout() {
 
 #[test]
 fn spoofed_syns_do_not_evict_established_flows() {
+    // NAT (the EMBRYOS LRU) and DSR (EMBRYO_SLOTS).
+    for flags in [0, SVC_FWD_DSR] {
+        spoofed_syns_do_not_evict_established_flows_of(flags);
+    }
+}
+
+fn spoofed_syns_do_not_evict_established_flows_of(flags: u32) {
     with_bed(|bed| {
         // A flow table of 256 (embryonic table 256, created with 257 entries): 20
         // established connections, then 16 times the table's size in spoofed SYNs,
         // then a new Maglev table that sends every new flow elsewhere.
-        let mut dp = bed.load_sized(&[svc_v4(PROTO_TCP, 0)], 256);
+        let mut dp = bed.load_sized(&[svc_v4(PROTO_TCP, flags)], 256);
         let conns: Vec<(Vec<u8>, usize)> = (0..20u16)
             .map(|i| {
                 let syn = v4(
@@ -1321,9 +1401,17 @@ fn spoofed_syns_do_not_evict_established_flows() {
             assert_eq!(run(&mut dp, &syn).0, XDP_TX);
         }
         let (flows, embryos) = flow_counts(&mut dp);
-        assert_eq!(flows, 20, "spoofed SYNs evicted established flows");
-        // 257: `hash_table_entries` gives the table one more than its power of two.
-        let cap = xdp_lb_common::hash_table_entries(256) as usize;
+        assert_eq!(
+            flows, 20,
+            "flags {flags:#x}: spoofed SYNs evicted established flows"
+        );
+        // 257: `hash_table_entries` gives the LRU one more than its power of two; a
+        // DSR service's SYNs fill the 256 slots instead.
+        let cap = if flags & SVC_FWD_DSR != 0 {
+            xdp_lb_common::embryo_slots(256)
+        } else {
+            xdp_lb_common::hash_table_entries(256)
+        } as usize;
         assert!(
             embryos <= cap,
             "{embryos} embryonic entries, more than {cap}"

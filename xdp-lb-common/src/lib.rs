@@ -240,6 +240,60 @@ pub struct FlowValue {
     pub flags: u32,
 }
 
+/// One slot of EMBRYO_SLOTS, the direct-mapped embryonic table of DSR services that
+/// schedule by hash (`slot_scheduled`): the flow whose `hash::flow_hash` lands here
+/// (masked), written in place by the program. 128 bytes in a `BPF_F_MMAPABLE` array
+/// (page-aligned values), so a slot is one aligned pair of cache lines.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EmbryoSlot {
+    pub key: FlowKey,
+    pub value: FlowValue,
+    /// `embryo_check` of the key's hash and the value; 0: free. A slot whose check
+    /// does not match (free, or torn by two CPUs writing at once) holds nothing.
+    pub check: u32,
+    pub _pad: [u32; 13],
+}
+
+/// New flows of a service with these flags keep their embryonic entry in
+/// EMBRYO_SLOTS, where a later flow of the same slot overwrites it, instead of the
+/// EMBRYOS LRU: DSR services that pick by hash (Maglev, src-hash). Losing such an
+/// entry loses nothing the flow's next packet needs: the same hash picks the same
+/// backend unless the service's table changed meanwhile, and no reply passes the
+/// balancer. NAT needs the entry for the backend's SYN-ACK, and round-robin and
+/// least-conn would pick another backend, so their flows stay in the LRU.
+#[inline(always)]
+pub const fn slot_scheduled(svc_flags: u32) -> bool {
+    svc_flags & SVC_FWD_DSR != 0 && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
+}
+
+/// The check word of a slot holding a key of `hash::flow_hash` `key_hash` and
+/// `value`: never 0 (0 marks a free slot). Not cryptographic: it tells a slot half
+/// written by one CPU and half by another from a whole one.
+#[inline(always)]
+pub fn embryo_check(key_hash: u32, value: &FlowValue) -> u32 {
+    let mut h = key_hash;
+    for w in [
+        value.backend_id,
+        value.generation,
+        value.ifindex,
+        u32::from_ne_bytes([value.smac[0], value.smac[1], value.smac[2], value.smac[3]]),
+        u32::from_ne_bytes([value.smac[4], value.smac[5], value.dmac[0], value.dmac[1]]),
+        u32::from_ne_bytes([value.dmac[2], value.dmac[3], value.dmac[4], value.dmac[5]]),
+        value.last_seen,
+        value.flags,
+    ] {
+        h = (h ^ w).wrapping_mul(0x9e37_79b1).rotate_left(13);
+    }
+    h | 1
+}
+
+/// Slots of EMBRYO_SLOTS for a flow table of `flows` entries: the embryonic size
+/// rounded up to a power of two (the program masks the flow hash with it).
+pub const fn embryo_slots(flows: u32) -> u32 {
+    embryo_table_size(flows).next_power_of_two()
+}
+
 /// Value of BACKEND_REPLIES, keyed by a NAT backend's endpoint (a `ServiceKey` holding
 /// the backend's address, port and protocol): the VIP and port its replies are
 /// translated back to.
@@ -492,6 +546,7 @@ assert_size!(NextHop, 40);
 assert_size!(Counters, 24);
 assert_size!(BenchFrame, 1556);
 assert_size!(Layout, 24);
+assert_size!(EmbryoSlot, 128);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -509,4 +564,5 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchFrame {}
     unsafe impl aya::Pod for Layout {}
+    unsafe impl aya::Pod for EmbryoSlot {}
 }

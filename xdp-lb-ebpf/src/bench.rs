@@ -282,8 +282,9 @@ pub fn xdp_bench_step6(ctx: XdpContext) -> u32 {
 /// after step `STEP` with XDP_TX: where a new flow's time goes. 1: parse; 2: + the
 /// established fast path's `FLOWS` miss and the `EMBRYOS` miss next to it (not for a
 /// SYN), `ENDPOINT_FILTER` and `SERVICES`; 3: + header checks; 4: + L4 checksum;
-/// 5: + the stale-entry `FLOWS` lookup and the `EMBRYOS` lookup beside it (a SYN only); 6: + the scheduler's pick;
-/// 7: + the `EMBRYOS` insert. The full program adds counters, next hop, rewrite and
+/// 5: + the stale-entry `FLOWS` lookup and the embryonic lookup beside it (a SYN),
+/// or the slot of a DSR service that schedules by hash (not a SYN); 6: + the scheduler's pick; 7: + the embryonic insert (`EMBRYOS`, or the
+/// slot of a DSR service that schedules by hash). The full program adds counters, next hop, rewrite and
 /// send. Kept in step with `lb::process` and `select::backend_for` by hand; anything
 /// off the new-flow path answers XDP_PASS, which the bench rejects.
 #[inline(always)]
@@ -325,7 +326,17 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     if STEP == 4 {
         return xdp_action::XDP_TX;
     }
-    if pkt.syn && (unsafe { FLOWS.get(key) }.is_some() || unsafe { EMBRYOS.get(key) }.is_some()) {
+    let slotted = xdp_lb_common::slot_scheduled(svc.flags);
+    if pkt.syn {
+        let embryo = if slotted {
+            crate::embryo::in_slot(key)
+        } else {
+            unsafe { EMBRYOS.get(key) }
+        };
+        if unsafe { FLOWS.get(key) }.is_some() || embryo.is_some() {
+            return xdp_action::XDP_PASS;
+        }
+    } else if slotted && crate::embryo::in_slot(key).is_some() {
         return xdp_action::XDP_PASS;
     }
     if STEP == 5 {
@@ -346,7 +357,12 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         last_seen: 0,
         flags: 0,
     };
-    if EMBRYOS.insert(key, &value, BPF_ANY as u64).is_err() {
+    let stored = if slotted {
+        crate::embryo::put_in_slot(key, &value)
+    } else {
+        EMBRYOS.insert(key, &value, BPF_ANY as u64)
+    };
+    if stored.is_err() {
         return xdp_action::XDP_PASS;
     }
     xdp_action::XDP_TX

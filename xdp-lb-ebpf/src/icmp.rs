@@ -226,7 +226,7 @@ fn to_backend<C: Ctx>(ctx: &C, err: &IcmpError, svc_flags: u32) -> u32 {
     };
     let flow = match unsafe { FLOWS.get(&key) } {
         Some(f) => *f,
-        None => match unsafe { EMBRYOS.get(&key) } {
+        None => match crate::embryo::get(&key) {
             Some(f) => *f,
             None => return pass::<C>(reason::PASS_ICMP_NO_FLOW),
         },

@@ -1,12 +1,13 @@
 //! Every map of the data plane. Sizes marked "set at load" are overridden by the
 //! control plane (`EbpfLoader::set_max_entries`) from its configuration.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdp_lb_common::{
-    reason, Backend, BenchFrame, Counters, FlowKey, FlowValue, NatReverse, NextHop, ReplyTarget,
-    Service, ServiceEntry, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_FILTER_WORDS,
+    reason, Backend, BenchFrame, Counters, EmbryoSlot, FlowKey, FlowValue, NatReverse, NextHop,
+    ReplyTarget, Service, ServiceEntry, ServiceKey, DEFAULT_FLOW_TABLE_SIZE, ENDPOINT_FILTER_WORDS,
     MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
 };
 
@@ -62,6 +63,21 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 #[map]
 pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
+
+/// The embryonic table of DSR services that schedule by hash (`embryo`,
+/// `xdp_lb_common::slot_scheduled`): a new flow's entry is written in place into the
+/// slot its flow hash (masked with EMBRYO_MASK) picks, the line its lookup just
+/// brought in, where an LRU insert takes a fresh element (a cache miss of its own)
+/// and, once the LRU is full, evicts another. Mmapable only for its page-aligned
+/// values: each 128-byte slot is then one aligned pair of cache lines. Size set at
+/// load (`embryo_slots`).
+#[map]
+pub static EMBRYO_SLOTS: Array<EmbryoSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// EMBRYO_SLOTS's size - 1 (a power of two), written by the control plane at every
+/// load before anything attaches. Not pinned.
+#[map]
+pub static EMBRYO_MASK: Array<u32> = Array::with_max_entries(1, 0);
 
 /// NAT_REVERSE's counterpart for embryonic flows (the backend's SYN-ACK comes before
 /// the client's ACK promotes the flow). Size set at load, as EMBRYOS.

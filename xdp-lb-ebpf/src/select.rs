@@ -2,14 +2,19 @@
 //! backend), then the service's scheduler (`sched`) for new flows or flows whose
 //! backend went down or whose slot was reassigned (generation mismatch).
 //!
-//! Two tables: a new flow's entry goes to the small EMBRYOS LRU, and moves to FLOWS
+//! Two tables: a new flow's entry goes to an embryonic table (`embryo`: the EMBRYOS
+//! LRU, or EMBRYO_SLOTS for DSR services that schedule by hash), and moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
-//! datagram). A flood of spoofed SYNs, each one packet, churns EMBRYOS only.
+//! datagram). A flood of spoofed SYNs, each one packet, churns the embryonic tables
+//! only.
 use aya_ebpf::bindings::BPF_ANY;
-use xdp_lb_common::{reason, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_SCHED_LC};
+use xdp_lb_common::{
+    reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_SCHED_LC,
+};
 
 use crate::{
     ctx::Ctx,
+    embryo,
     maps::{BACKENDS, BACKEND_OWNERS, EMBRYOS, FLOWS, SERVICES_BY_ID},
     parse::{ptr_at, EthHdr, Packet},
     sched, stats, validate,
@@ -22,7 +27,7 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// The flow was (re)dispatched by this packet (it is now embryonic).
     pub new_flow: bool,
-    /// The flow's second packet: it moved from EMBRYOS to FLOWS.
+    /// The flow's second packet: it moved from its embryonic table to FLOWS.
     pub promoted: bool,
 }
 
@@ -59,7 +64,7 @@ impl Established {
 pub enum Lookup {
     /// FLOWS pins the packet to a usable backend of the service at `skey`.
     Hit(&'static Service, Established),
-    /// FLOWS has no entry (`backend_for` need not look again); the flow's EMBRYOS
+    /// FLOWS has no entry (`backend_for` need not look again); the flow's embryonic
     /// entry, if any, looked up right after that miss (see `established`).
     Miss(Option<&'static FlowValue>),
     /// Anything else (a SYN, an unusable backend, a service record that does not
@@ -108,7 +113,7 @@ pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
     Lookup::Hit(&e.svc, Established { flow: p, backend })
 }
 
-/// `missed`: `established` found no FLOWS entry, and this EMBRYOS entry (if any).
+/// `missed`: `established` found no FLOWS entry, and this embryonic entry (if any).
 #[inline(always)]
 pub fn backend_for<C: Ctx>(
     ctx: &C,
@@ -117,7 +122,8 @@ pub fn backend_for<C: Ctx>(
     missed: Option<Option<&'static FlowValue>>,
 ) -> Result<Choice, u32> {
     let key = &pkt.key;
-    // The flow's EMBRYOS entry, if any: a retransmitted first packet replaces its
+    let slotted = slot_scheduled(svc.flags);
+    // The flow's embryonic entry, if any: a retransmitted first packet replaces its
     // own (least-conn gives its count back below).
     let mut embryo = None;
     if !pkt.syn {
@@ -142,6 +148,16 @@ pub fn backend_for<C: Ctx>(
             Some(e) => e,
             None => unsafe { EMBRYOS.get(key) },
         };
+        // Read only now that the service is known: a slot costs a cache miss, which
+        // the flows of other services (looked up in EMBRYOS above, beside the FLOWS
+        // miss) need not pay.
+        let mut from_slot = false;
+        if slotted {
+            if let Some(v) = embryo::in_slot(key) {
+                embryo = Some(v);
+                from_slot = true;
+            }
+        }
         if let Some(f) = embryo {
             let mut f = *f;
             if let Some(backend) = usable(&f) {
@@ -149,7 +165,11 @@ pub fn backend_for<C: Ctx>(
                 // The second packet: the flow is real enough to hold a FLOWS entry.
                 // A failed insert leaves it embryonic, still on its backend.
                 if FLOWS.insert(key, &f, BPF_ANY as u64).is_ok() {
-                    let _ = EMBRYOS.remove(key);
+                    if from_slot {
+                        embryo::clear(key);
+                    } else {
+                        let _ = EMBRYOS.remove(key);
+                    }
                     stats::reason(reason::FLOW_PROMOTED);
                 } else {
                     stats::reason(reason::FLOW_INSERT_FAILED);
@@ -180,7 +200,12 @@ pub fn backend_for<C: Ctx>(
         // insert at the end finds the EMBRYOS bucket in cache instead of paying its
         // miss alone (a first datagram looks it up early for the same reason, see
         // `established`).
-        embryo = unsafe { EMBRYOS.get(key) };
+        // A slot-scheduled flow's slot: the line the write at the end goes to.
+        embryo = if slotted {
+            embryo::in_slot(key)
+        } else {
+            unsafe { EMBRYOS.get(key) }
+        };
         if let Some(old) = stale {
             sched::forget(old);
             let _ = FLOWS.remove(key);
@@ -206,7 +231,12 @@ pub fn backend_for<C: Ctx>(
             sched::forget(old);
         }
     }
-    if let Err(e) = EMBRYOS.insert(key, &value, BPF_ANY as u64) {
+    let stored = if slotted {
+        embryo::put_in_slot(key, &value)
+    } else {
+        EMBRYOS.insert(key, &value, BPF_ANY as u64)
+    };
+    if let Err(e) = stored {
         // The packet still goes to the chosen backend. With Maglev its next packet
         // hashes to the same slot unless the table changes meanwhile; the other
         // schedulers may choose another backend for it (and least-conn did not

@@ -14,9 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use xdp_lb_common::{
-    embryo_table_size, endpoint_bit, hash_table_entries, reason, Backend, Counters, FlowKey,
-    FlowValue, Layout, ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS,
-    MAX_BACKENDS,
+    embryo_check, embryo_slots, embryo_table_size, endpoint_bit, hash::flow_hash,
+    hash_table_entries, reason, Backend, Counters, EmbryoSlot, FlowKey, FlowValue, Layout,
+    ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
 };
 
 use super::{
@@ -176,8 +176,15 @@ fn sized_loader(sizes: MapSizes) -> EbpfLoader<'static> {
         .map_max_entries("FLOWS", flow_entries(sizes))
         .map_max_entries("NAT_REVERSE", flow_entries(sizes))
         .map_max_entries("EMBRYOS", embryo_entries(sizes))
-        .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes));
+        .map_max_entries("EMBRYO_REVERSE", embryo_entries(sizes))
+        .map_max_entries("EMBRYO_SLOTS", embryo_slots(sizes.flow_table_size));
     loader
+}
+
+/// The flow a slot of EMBRYO_SLOTS holds, if it is whole (`embryo_check`).
+fn slot_holds(s: &EmbryoSlot) -> Option<(FlowKey, FlowValue)> {
+    (s.check != 0 && s.check == embryo_check(flow_hash(&s.key), &s.value))
+        .then_some((s.key, s.value))
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -221,6 +228,7 @@ impl AyaDataplane {
             _pin_lock: None,
             kernel_log,
         };
+        dp.set_embryo_mask()?;
         dp.load_program(PROGRAM)?;
         Ok(dp)
     }
@@ -273,8 +281,43 @@ impl AyaDataplane {
         // the program can see a packet.
         dp.rebuild_endpoint_filter()?;
         dp.rebuild_services_by_id()?;
+        dp.set_embryo_mask()?;
         dp.load_program(PROGRAM)?;
         Ok((dp, found == Found::Adoptable))
+    }
+
+    /// EMBRYO_MASK from EMBRYO_SLOTS as it is (made now, or adopted from the pins),
+    /// before the program can see a packet. Until it is written the mask is 0: every
+    /// flow shares slot 0, which is slow but still right.
+    fn set_embryo_mask(&mut self) -> Result<(), DataplaneError> {
+        // Only an earlier build's object (`cargo xtask bench pkt` A/B runs) lacks it.
+        if self.ebpf.map("EMBRYO_SLOTS").is_none() {
+            return Ok(());
+        }
+        let slots = self.map_info("EMBRYO_SLOTS")?.max_entries();
+        let mut mask: Array<&mut MapData, u32> = self.map("EMBRYO_MASK")?;
+        mask.set(0, slots.saturating_sub(1), 0)
+            .map_err(map_err("EMBRYO_MASK"))
+    }
+
+    /// The embryonic entry EMBRYO_SLOTS holds for `key`, if any.
+    fn embryo_slot(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
+        let slots: Array<&MapData, EmbryoSlot> = self.map_ref("EMBRYO_SLOTS")?;
+        let i = flow_hash(key) & slots.len().saturating_sub(1);
+        let s = slots.get(&i, 0).map_err(map_err("EMBRYO_SLOTS"))?;
+        Ok(slot_holds(&s).filter(|(k, _)| k == key).map(|(_, v)| v))
+    }
+
+    /// How many embryonic flows EMBRYO_SLOTS holds (one lookup syscall per slot).
+    fn embryo_slot_count(&self) -> Result<usize, DataplaneError> {
+        let slots: Array<&MapData, EmbryoSlot> = self.map_ref("EMBRYO_SLOTS")?;
+        let mut n = 0;
+        for s in slots.iter() {
+            if slot_holds(&s.map_err(map_err("EMBRYO_SLOTS"))?).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Sets the ENDPOINT_FILTER bits of `pairs` (address, port): before their
@@ -794,8 +837,16 @@ impl AyaDataplane {
         Ok(())
     }
 
-    /// Whether a flow table (`FLOWS`, `EMBRYOS`) holds `key`.
+    /// Whether a flow table (`FLOWS`, `EMBRYOS`) holds `key`; `EMBRYOS` stands for
+    /// both embryonic tables (the LRU and EMBRYO_SLOTS), `EMBRYO_SLOTS` for the slots
+    /// alone.
     pub fn has_flow(&mut self, table: &'static str, key: &FlowKey) -> Result<bool, DataplaneError> {
+        if table == "EMBRYO_SLOTS" || table == "EMBRYOS" {
+            let held = self.embryo_slot(key)?.is_some();
+            if held || table == "EMBRYO_SLOTS" {
+                return Ok(held);
+            }
+        }
         let m: HashMap<&mut MapData, FlowKey, FlowValue> = self.map(table)?;
         match m.get(key, 0) {
             Ok(_) => Ok(true),
@@ -817,9 +868,15 @@ impl AyaDataplane {
     }
 
     /// How many entries a flow table (`FLOWS`, `EMBRYOS`) holds: a full walk, for tests.
+    /// `EMBRYOS` counts both embryonic tables (the LRU and EMBRYO_SLOTS).
     pub fn flow_table_len(&mut self, table: &'static str) -> Result<usize, DataplaneError> {
+        let slots = if table == "EMBRYOS" {
+            self.embryo_slot_count()?
+        } else {
+            0
+        };
         let m: HashMap<&mut MapData, FlowKey, FlowValue> = self.map(table)?;
-        Ok(m.keys().count())
+        Ok(m.keys().count() + slots)
     }
 }
 
@@ -996,6 +1053,7 @@ impl Dataplane for AyaDataplane {
         limit: u64,
     ) -> Result<Option<std::collections::HashMap<u32, i64>>, DataplaneError> {
         let mut entries = Vec::new();
+        // EMBRYO_SLOTS holds no least-conn flow (`xdp_lb_common::slot_scheduled`).
         for map in ["FLOWS", "EMBRYOS"] {
             let table: HashMap<&MapData, FlowKey, FlowValue> = self.map_ref(map)?;
             for entry in table.iter() {

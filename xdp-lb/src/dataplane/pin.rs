@@ -29,7 +29,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Maps pinned and adopted across restarts. NEXTHOPS (a cache with a TTL) and
 /// TX_PORTS (filled by every attach) are rebuilt by each run, and the benchmark maps
 /// are not used by `run`.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     "SERVICES",
     "BACKENDS",
     "MAGLEV_RING",
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     // at a restart completes.
     "EMBRYOS",
     "EMBRYO_REVERSE",
+    "EMBRYO_SLOTS",
     "SERVICE_STATS",
     "BACKEND_STATS",
     "GLOBAL_STATS",
@@ -60,7 +61,8 @@ const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"]
 /// version that sizes them otherwise, `embryo_table_size`): the embryonic tables hold
 /// only flows that have sent one packet, and such a flow's next packet is dispatched
 /// afresh, to the same backend unless the service's table changed meanwhile.
-const REPLACEABLE: [&str; 2] = ["EMBRYOS", "EMBRYO_REVERSE"];
+/// Versions before EMBRYO_SLOTS left no such pin: an empty one is made.
+const REPLACEABLE: [&str; 3] = ["EMBRYOS", "EMBRYO_REVERSE", "EMBRYO_SLOTS"];
 
 /// Pinned maps adopted as they are when made with exactly the configured number of
 /// entries (`earlier_entries`): versions before `hash_table_entries` created the flow
@@ -349,6 +351,13 @@ fn prepare_locked(
     for (name, want) in expected {
         let path = ours.join(name);
         if !path.exists() {
+            if REPLACEABLE.contains(&name) {
+                log::info!(
+                    "{name}: not pinned (pins of an earlier version, or removed): \
+                     an empty one is made"
+                );
+                continue;
+            }
             return Err(incompatible(LayoutDiff::MissingMap(name)));
         }
         let info =
@@ -484,6 +493,7 @@ fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, Data
                 "MAGLEV_RING" => sizes.ring_entries.max(1),
                 "FLOWS" | "NAT_REVERSE" => super::bpf::flow_entries(*sizes),
                 "EMBRYOS" | "EMBRYO_REVERSE" => super::bpf::embryo_entries(*sizes),
+                "EMBRYO_SLOTS" => xdp_lb_common::embryo_slots(sizes.flow_table_size),
                 _ => m.max_entries(),
             };
             Ok((

@@ -1,0 +1,79 @@
+//! The embryonic tables: flows that have sent one packet, until their second one
+//! promotes them to FLOWS. Two of them: EMBRYO_SLOTS, a direct-mapped array indexed
+//! by the flow hash and written in place, for DSR services that schedule by hash
+//! (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every other flow.
+//!
+//! A slot holds the latest flow that hashed to it: a new flow overwrites an older
+//! one's handshake in progress. That flow's next packet, finding no entry, is
+//! dispatched afresh by the same hash, to the same backend unless the service's table
+//! changed meanwhile, as after an LRU eviction. In exchange a new flow costs one write
+//! to the line its lookup brought in, where the LRU takes a cold element and, once
+//! full, evicts another flow's (README, New flows).
+//!
+//! Two CPUs may write one slot at once (two new flows of one slot, the same moment):
+//! the check word then fails and the slot reads as empty, and both flows' next packets
+//! are dispatched afresh. A promotion copies the value after the check, so a write
+//! landing between the two could hand it another flow's backend: a window of a few
+//! instructions, for two flows of one slot on two CPUs at that moment.
+use aya_ebpf::bindings::BPF_ANY;
+use xdp_lb_common::{embryo_check, hash::flow_hash, EmbryoSlot, FlowKey, FlowValue};
+
+use crate::maps::{EMBRYOS, EMBRYO_MASK, EMBRYO_SLOTS};
+
+/// The slot of a key of flow hash `h`.
+#[inline(always)]
+fn slot_at(h: u32) -> Option<&'static mut EmbryoSlot> {
+    let mask = *EMBRYO_MASK.get(0)?;
+    let p = EMBRYO_SLOTS.get_ptr_mut(h & mask)?;
+    Some(unsafe { &mut *p })
+}
+
+/// The slot holds `key` (of hash `h`), whole.
+#[inline(always)]
+fn holds(s: &EmbryoSlot, key: &FlowKey, h: u32) -> bool {
+    s.check != 0 && s.key == *key && s.check == embryo_check(h, &s.value)
+}
+
+/// The flow's embryonic entry in its slot, if it is there.
+#[inline(always)]
+pub fn in_slot(key: &FlowKey) -> Option<&'static FlowValue> {
+    let h = flow_hash(key);
+    let s = slot_at(h)?;
+    holds(s, key, h).then_some(&s.value)
+}
+
+/// The flow's embryonic entry, wherever it is (for a packet whose service is not
+/// known: an ICMP error).
+#[inline(always)]
+pub fn get(key: &FlowKey) -> Option<&'static FlowValue> {
+    match in_slot(key) {
+        Some(v) => Some(v),
+        None => unsafe { EMBRYOS.get(key) },
+    }
+}
+
+/// Writes a new flow's entry into its slot, over whatever the slot held.
+#[inline(always)]
+pub fn put_in_slot(key: &FlowKey, value: &FlowValue) -> Result<(), i32> {
+    let h = flow_hash(key);
+    let Some(s) = slot_at(h) else {
+        // Unreachable (the index is masked below the array's size): the LRU.
+        return EMBRYOS.insert(key, value, BPF_ANY as u64);
+    };
+    s.check = 0;
+    s.key = *key;
+    s.value = *value;
+    s.check = embryo_check(h, value);
+    Ok(())
+}
+
+/// Empties the flow's slot if it holds the flow (it was promoted to FLOWS).
+#[inline(always)]
+pub fn clear(key: &FlowKey) {
+    let h = flow_hash(key);
+    if let Some(s) = slot_at(h) {
+        if holds(s, key, h) {
+            s.check = 0;
+        }
+    }
+}
