@@ -824,6 +824,7 @@ fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
             svc_v4(PROTO_TCP, SVC_FWD_DSR),
             svc_v4(PROTO_TCP, 0).on_port(81),
             svc_v4(PROTO_TCP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(82),
+            svc_v4(PROTO_UDP, SVC_FWD_DSR),
         ]);
         // bed.load's flow table is 4096 entries.
         let mask = xdp_lb_common::embryo_slots(4096) - 1;
@@ -869,19 +870,18 @@ fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
         assert_eq!(count(&g, "embryo_new"), 3);
         assert_eq!(count(&g, "flow_promoted"), 2);
 
-        // NAT (its SYN-ACK needs the entry) and round-robin (another pick would be
-        // another backend): the LRU.
-        for port in [81u16, 82] {
-            let syn = v4(
-                PROTO_TCP, CLIENT4, VIP4, a, port, 64, CLIENT_MAC, LB_MAC, b"",
-            );
-            assert_eq!(run(&mut dp, &syn).0, XDP_TX, "port {port}");
+        // NAT (its SYN-ACK needs the entry), round-robin (another pick would be
+        // another backend) and UDP (a first datagram looks in EMBRYOS before its
+        // service is known): the LRU.
+        for (proto, port) in [(PROTO_TCP, 81u16), (PROTO_TCP, 82), (PROTO_UDP, 80)] {
+            let first = v4(proto, CLIENT4, VIP4, a, port, 64, CLIENT_MAC, LB_MAC, b"");
+            assert_eq!(run(&mut dp, &first).0, XDP_TX, "port {port}");
             assert!(
-                has_flow(&mut dp, "EMBRYOS", &syn) && !has_flow(&mut dp, "EMBRYO_SLOTS", &syn),
-                "port {port}: not in the LRU alone"
+                has_flow(&mut dp, "EMBRYOS", &first) && !has_flow(&mut dp, "EMBRYO_SLOTS", &first),
+                "proto {proto} port {port}: not in the LRU alone"
             );
         }
-        assert_eq!(flow_counts(&mut dp), (2, 2));
+        assert_eq!(flow_counts(&mut dp), (2, 3));
     });
 }
 

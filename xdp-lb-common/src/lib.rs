@@ -255,16 +255,20 @@ pub struct EmbryoSlot {
     pub _pad: [u32; 13],
 }
 
-/// New flows of a service with these flags keep their embryonic entry in
+/// New TCP flows of a service with these flags keep their embryonic entry in
 /// EMBRYO_SLOTS, where a later flow of the same slot overwrites it, instead of the
 /// EMBRYOS LRU: DSR services that pick by hash (Maglev, src-hash). Losing such an
 /// entry loses nothing the flow's next packet needs: the same hash picks the same
 /// backend unless the service's table changed meanwhile, and no reply passes the
 /// balancer. NAT needs the entry for the backend's SYN-ACK, and round-robin and
-/// least-conn would pick another backend, so their flows stay in the LRU.
+/// least-conn would pick another backend, so their flows stay in the LRU. So do UDP
+/// flows: a first datagram looks EMBRYOS up beside its FLOWS miss, before its service
+/// is known, and a slot read after that costs as much as the insert it saves.
 #[inline(always)]
-pub const fn slot_scheduled(svc_flags: u32) -> bool {
-    svc_flags & SVC_FWD_DSR != 0 && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
+pub const fn slot_scheduled(svc_flags: u32, proto: u8) -> bool {
+    proto == PROTO_TCP
+        && svc_flags & SVC_FWD_DSR != 0
+        && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
 }
 
 /// The check word of a slot holding a key of `hash::flow_hash` `key_hash` and

@@ -1,7 +1,8 @@
 //! The embryonic tables: flows that have sent one packet, until their second one
 //! promotes them to FLOWS. Two of them: EMBRYO_SLOTS, a direct-mapped array indexed
-//! by the flow hash and written in place, for DSR services that schedule by hash
-//! (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every other flow.
+//! by the flow hash and written in place, for TCP flows of DSR services that
+//! schedule by hash (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every
+//! other flow.
 //!
 //! A slot holds the latest flow that hashed to it: a new flow overwrites an older
 //! one's handshake in progress. That flow's next packet, finding no entry, is

@@ -3,7 +3,8 @@
 //! backend went down or whose slot was reassigned (generation mismatch).
 //!
 //! Two tables: a new flow's entry goes to an embryonic table (`embryo`: the EMBRYOS
-//! LRU, or EMBRYO_SLOTS for DSR services that schedule by hash), and moves to FLOWS
+//! LRU, or EMBRYO_SLOTS for TCP flows of DSR services that schedule by hash), and
+//! moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns the embryonic tables
 //! only.
@@ -122,7 +123,7 @@ pub fn backend_for<C: Ctx>(
     missed: Option<Option<&'static FlowValue>>,
 ) -> Result<Choice, u32> {
     let key = &pkt.key;
-    let slotted = slot_scheduled(svc.flags);
+    let slotted = slot_scheduled(svc.flags, key.proto);
     // The flow's embryonic entry, if any: a retransmitted first packet replaces its
     // own (least-conn gives its count back below).
     let mut embryo = None;
