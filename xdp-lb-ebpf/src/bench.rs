@@ -283,10 +283,11 @@ pub fn xdp_bench_step6(ctx: XdpContext) -> u32 {
 /// established fast path's `FLOWS` miss and the `EMBRYOS` miss next to it (not for a
 /// SYN), `ENDPOINT_FILTER` and `SERVICES`; 3: + header checks; 4: + L4 checksum;
 /// 5: + the stale-entry `FLOWS` lookup and the embryonic lookup beside it (a SYN),
-/// or a TCP flow's slot (`slot_scheduled`, not a SYN); 6: + the scheduler's pick; 7: + the embryonic insert (`EMBRYOS`, or the
-/// slot of a `slot_scheduled` TCP flow). The full program adds counters, next hop, rewrite and
-/// send. Kept in step with `lb::process` and `select::backend_for` by hand; anything
-/// off the new-flow path answers XDP_PASS, which the bench rejects.
+/// or a TCP flow's slot (`slot_scheduled`, not a SYN); 6: + the scheduler's pick;
+/// 7: + the embryonic insert (`EMBRYOS`, or the slot of a `slot_scheduled` TCP
+/// flow). The full program adds counters, next hop, rewrite and send. Kept in step
+/// with `lb::process` and `select::backend_for` by hand; anything off the new-flow
+/// path answers XDP_PASS, which the bench rejects.
 #[inline(always)]
 fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     let Ok(pkt) = parse::parse(ctx) else {
