@@ -812,17 +812,16 @@ fn round_robin_walks_its_schedule_and_flows_stay_put() {
     });
 }
 
-/// New flows of a DSR service that schedules by hash live in EMBRYO_SLOTS, one per
-/// slot, the latest flow of a slot overwriting the one before; every other new flow
-/// (NAT, round-robin) goes to the EMBRYOS LRU. A flow that lost its slot is
-/// dispatched afresh by its next packet, by the same hash to the same backend, and
-/// promoted by the packet after.
+/// New TCP flows of a DSR service that schedules by hash live in EMBRYO_SLOTS, one
+/// per slot, the latest flow of a slot overwriting the one before; round-robin and
+/// UDP flows go to the EMBRYOS LRU. A flow that lost its slot is dispatched afresh by
+/// its next packet, by the same hash to the same backend, and promoted by the packet
+/// after.
 #[test]
-fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
+fn hash_flows_share_slots_and_the_rest_use_the_lru() {
     with_bed(|bed| {
         let mut dp = bed.load(&[
             svc_v4(PROTO_TCP, SVC_FWD_DSR),
-            svc_v4(PROTO_TCP, 0).on_port(81),
             svc_v4(PROTO_TCP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(82),
             svc_v4(PROTO_UDP, SVC_FWD_DSR),
         ]);
@@ -870,10 +869,9 @@ fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
         assert_eq!(count(&g, "embryo_new"), 3);
         assert_eq!(count(&g, "flow_promoted"), 2);
 
-        // NAT (its SYN-ACK needs the entry), round-robin (another pick would be
-        // another backend) and UDP (a first datagram looks in EMBRYOS before its
-        // service is known): the LRU.
-        for (proto, port) in [(PROTO_TCP, 81u16), (PROTO_TCP, 82), (PROTO_UDP, 80)] {
+        // Round-robin (another pick would be another backend) and UDP (a first
+        // datagram looks in EMBRYOS before its service is known): the LRU.
+        for (proto, port) in [(PROTO_TCP, 82u16), (PROTO_UDP, 80)] {
             let first = v4(proto, CLIENT4, VIP4, a, port, 64, CLIENT_MAC, LB_MAC, b"");
             assert_eq!(run(&mut dp, &first).0, XDP_TX, "port {port}");
             assert!(
@@ -881,7 +879,103 @@ fn dsr_hash_flows_share_slots_and_the_rest_use_the_lru() {
                 "proto {proto} port {port}: not in the LRU alone"
             );
         }
-        assert_eq!(flow_counts(&mut dp), (2, 3));
+        assert_eq!(flow_counts(&mut dp), (2, 2));
+    });
+}
+
+/// A NAT flow's slot entry also translates its backend's SYN-ACK: a later flow of the
+/// slot moves it to EMBRYOS while it is younger than the guard, and overwrites it
+/// once it is older (the SYN-ACK then passes untranslated; the ACK still reaches the
+/// same backend by the hash).
+#[test]
+fn a_young_nat_handshake_is_moved_out_of_its_slot_not_overwritten() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let mask = xdp_lb_common::embryo_slots(4096) - 1;
+        let slot_of = |port: u16| hash::flow_hash(&flow_key_of(&syn4(port))) & mask;
+        let a = 41000u16;
+        let sharing: Vec<u16> = (a + 1..a + 24000)
+            .filter(|&p| slot_of(p) == slot_of(a))
+            .take(2)
+            .collect();
+        assert_eq!(sharing.len(), 2, "no ports sharing slot {}", slot_of(a));
+        let (b, c) = (sharing[0], sharing[1]);
+        let to = |port: u16| dp_expect_backend(&syn4(port), RING);
+        let synack = |port: u16| {
+            let be = to(port);
+            tcp_ack(
+                BACKENDS4[be].into(),
+                CLIENT4.into(),
+                8080,
+                port,
+                64,
+                BACKEND_MACS[be],
+                LB_MAC,
+                b"synack",
+            )
+        };
+        let translated = |port: u16| {
+            tcp_ack(
+                VIP4.into(),
+                CLIENT4.into(),
+                80,
+                port,
+                63,
+                LB_MAC,
+                CLIENT_MAC,
+                b"synack",
+            )
+        };
+
+        // A guard no test outlasts: b's SYN moves a's entry to EMBRYOS.
+        dp.set_slot_guard(u32::MAX / 2).unwrap();
+        assert_eq!(backend_of(&run(&mut dp, &syn4(a)).1), to(a));
+        assert_eq!(backend_of(&run(&mut dp, &syn4(b)).1), to(b));
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(b)),
+            "b: not in its slot"
+        );
+        assert!(
+            has_flow(&mut dp, "EMBRYOS", &syn4(a)) && !has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(a)),
+            "a: not moved to the LRU"
+        );
+        for p in [a, b] {
+            let (action, out) = run(&mut dp, &synack(p));
+            assert_eq!(action, XDP_TX, "port {p}: SYN-ACK not translated");
+            assert_frame_eq(&out, &translated(p), "SYN-ACK of an embryonic NAT flow");
+        }
+
+        // No guard: c's SYN overwrites b's entry.
+        dp.set_slot_guard(0).unwrap();
+        assert_eq!(backend_of(&run(&mut dp, &syn4(c)).1), to(c));
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &syn4(b)),
+            "b: still embryonic"
+        );
+        assert_eq!(
+            run(&mut dp, &synack(b)).0,
+            XDP_PASS,
+            "b's SYN-ACK translated"
+        );
+
+        // a is promoted from the LRU, c from its slot; b's ACK goes to b's backend
+        // by the hash and is embryonic again.
+        for p in [a, c, b] {
+            assert_eq!(
+                backend_of(&run(&mut dp, &ack4(p, TCP_ACK)).1),
+                to(p),
+                "port {p}"
+            );
+        }
+        assert_eq!(flow_counts(&mut dp), (2, 1));
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &syn4(b)),
+            "b: not back in its slot"
+        );
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "flow_promoted"), 2);
+        assert_eq!(count(&g, "embryo_new"), 4);
+        assert_eq!(count(&g, "nat_reply"), 2);
     });
 }
 
@@ -1343,7 +1437,8 @@ fn a_flow_is_promoted_by_its_second_packet_and_nat_replies_work_throughout() {
 
 #[test]
 fn spoofed_syns_do_not_evict_established_flows() {
-    // NAT (the EMBRYOS LRU) and DSR (EMBRYO_SLOTS).
+    // NAT and DSR: both keep their embryonic entries in EMBRYO_SLOTS, NAT moving young
+    // ones to the EMBRYOS LRU.
     for flags in [0, SVC_FWD_DSR] {
         spoofed_syns_do_not_evict_established_flows_of(flags);
     }
@@ -1405,13 +1500,11 @@ fn spoofed_syns_do_not_evict_established_flows_of(flags: u32) {
             flows, 20,
             "flags {flags:#x}: spoofed SYNs evicted established flows"
         );
-        // 257: `hash_table_entries` gives the LRU one more than its power of two; a
-        // DSR service's SYNs fill the 256 slots instead.
-        let cap = if flags & SVC_FWD_DSR != 0 {
-            xdp_lb_common::embryo_slots(256)
-        } else {
-            xdp_lb_common::hash_table_entries(256)
-        } as usize;
+        // The slots (EMBRYO_SLOTS, 256), and the LRU (257: `hash_table_entries` gives
+        // it one more than its power of two), where a NAT flow's SYN moves a young
+        // handshake it finds in its slot.
+        let cap =
+            (xdp_lb_common::embryo_slots(256) + xdp_lb_common::hash_table_entries(256)) as usize;
         assert!(
             embryos <= cap,
             "{embryos} embryonic entries, more than {cap}"

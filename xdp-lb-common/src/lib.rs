@@ -240,10 +240,11 @@ pub struct FlowValue {
     pub flags: u32,
 }
 
-/// One slot of EMBRYO_SLOTS, the direct-mapped embryonic table of DSR services that
-/// schedule by hash (`slot_scheduled`): the flow whose `hash::flow_hash` lands here
-/// (masked), written in place by the program. 128 bytes in a `BPF_F_MMAPABLE` array
-/// (page-aligned values), so a slot is one aligned pair of cache lines.
+/// One slot of EMBRYO_SLOTS, the direct-mapped embryonic table of TCP flows of
+/// services that schedule by hash (`slot_scheduled`): the flow whose
+/// `hash::flow_hash` lands here (masked), written in place by the program. 128 bytes
+/// in a `BPF_F_MMAPABLE` array (page-aligned values), so a slot is one aligned pair of
+/// cache lines.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EmbryoSlot {
@@ -252,24 +253,41 @@ pub struct EmbryoSlot {
     /// `embryo_check` of the key's hash and the value; 0: free. A slot whose check
     /// does not match (free, or torn by two CPUs writing at once) holds nothing.
     pub check: u32,
-    pub _pad: [u32; 13],
+    /// CLOCK_MONOTONIC (coarse) >> `SLOT_TIME_SHIFT` when the slot was written.
+    pub born: u32,
+    /// 1: a NAT flow, whose backend's SYN-ACK needs the entry: a later flow of the
+    /// slot moves it to EMBRYOS instead of overwriting it while it is younger than
+    /// the guard (`SLOT_CONF_GUARD`).
+    pub guard: u32,
+    pub _pad: [u32; 11],
 }
 
 /// New TCP flows of a service with these flags keep their embryonic entry in
 /// EMBRYO_SLOTS, where a later flow of the same slot overwrites it, instead of the
-/// EMBRYOS LRU: DSR services that pick by hash (Maglev, src-hash). Losing such an
-/// entry loses nothing the flow's next packet needs: the same hash picks the same
-/// backend unless the service's table changed meanwhile, and no reply passes the
-/// balancer. NAT needs the entry for the backend's SYN-ACK, and round-robin and
-/// least-conn would pick another backend, so their flows stay in the LRU. So do UDP
-/// flows: a first datagram looks EMBRYOS up beside its FLOWS miss, before its service
-/// is known, and a slot read after that costs as much as the insert it saves.
+/// EMBRYOS LRU: services that pick by hash (Maglev, src-hash). Losing such an entry
+/// costs the flow's ACK nothing: the same hash picks the same backend unless the
+/// service's table changed meanwhile. A NAT flow's entry is also what translates the
+/// backend's SYN-ACK, so it is moved to EMBRYOS rather than overwritten while younger
+/// than the guard. Round-robin and least-conn would pick another backend, so their
+/// flows stay in the LRU. So do UDP flows: a first datagram looks EMBRYOS up beside
+/// its FLOWS miss, before its service is known, and a slot read after that costs as
+/// much as the insert it saves.
 #[inline(always)]
 pub const fn slot_scheduled(svc_flags: u32, proto: u8) -> bool {
-    proto == PROTO_TCP
-        && svc_flags & SVC_FWD_DSR != 0
-        && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
+    proto == PROTO_TCP && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
 }
+
+/// `EmbryoSlot::born` and the guard count CLOCK_MONOTONIC in units of 2^20 ns
+/// (1.05 ms).
+pub const SLOT_TIME_SHIFT: u32 = 20;
+/// EMBRYO_SLOT_CONF[SLOT_CONF_MASK]: the slot count - 1 (a power of two).
+pub const SLOT_CONF_MASK: u32 = 0;
+/// EMBRYO_SLOT_CONF[SLOT_CONF_GUARD]: how long a NAT flow's slot is kept from other
+/// flows, in `SLOT_TIME_SHIFT` units.
+pub const SLOT_CONF_GUARD: u32 = 1;
+/// The guard `run` sets: 10 units, 10.5 ms, far longer than a backend on the same
+/// network takes to answer a SYN.
+pub const SLOT_GUARD_UNITS: u32 = 10;
 
 /// The check word of a slot holding a key of `hash::flow_hash` `key_hash` and
 /// `value`: never 0 (0 marks a free slot). Not cryptographic: it tells a slot half

@@ -359,7 +359,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         flags: 0,
     };
     let stored = if slotted {
-        crate::embryo::put_in_slot(key, &value)
+        crate::embryo::put_in_slot(key, &value, svc.flags & xdp_lb_common::SVC_FWD_DSR == 0)
     } else {
         EMBRYOS.insert(key, &value, BPF_ANY as u64)
     };

@@ -1,30 +1,34 @@
 //! The embryonic tables: flows that have sent one packet, until their second one
 //! promotes them to FLOWS. Two of them: EMBRYO_SLOTS, a direct-mapped array indexed
-//! by the flow hash and written in place, for TCP flows of DSR services that
-//! schedule by hash (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every
-//! other flow.
+//! by the flow hash and written in place, for TCP flows of services that schedule by
+//! hash (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every other flow.
 //!
 //! A slot holds the latest flow that hashed to it: a new flow overwrites an older
-//! one's handshake in progress. That flow's next packet, finding no entry, is
-//! dispatched afresh by the same hash, to the same backend unless the service's table
-//! changed meanwhile, as after an LRU eviction. In exchange a new flow costs one write
-//! to the line its lookup brought in, where the LRU takes a cold element and, once
-//! full, evicts another flow's (README, New flows).
+//! one's handshake in progress. That flow's ACK, finding no entry, is dispatched
+//! afresh by the same hash, to the same backend unless the service's table changed
+//! meanwhile, as after an LRU eviction. A NAT flow's entry also translates its
+//! backend's SYN-ACK, so while it is younger than the guard (`SLOT_CONF_GUARD`) the
+//! newcomer moves it to EMBRYOS instead. In exchange a new flow costs one write to the
+//! line its lookup brought in, where the LRU takes a cold element and, once full,
+//! evicts another flow's (README, New flows).
 //!
 //! Two CPUs may write one slot at once (two new flows of one slot, the same moment):
 //! the check word then fails and the slot reads as empty, and both flows' next packets
 //! are dispatched afresh. A promotion copies the value after the check, so a write
 //! landing between the two could hand it another flow's backend: a window of a few
 //! instructions, for two flows of one slot on two CPUs at that moment.
-use aya_ebpf::bindings::BPF_ANY;
-use xdp_lb_common::{embryo_check, hash::flow_hash, EmbryoSlot, FlowKey, FlowValue};
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
+use xdp_lb_common::{
+    embryo_check, hash::flow_hash, EmbryoSlot, FlowKey, FlowValue, SLOT_CONF_GUARD, SLOT_CONF_MASK,
+    SLOT_TIME_SHIFT,
+};
 
-use crate::maps::{EMBRYOS, EMBRYO_MASK, EMBRYO_SLOTS};
+use crate::maps::{EMBRYOS, EMBRYO_SLOTS, EMBRYO_SLOT_CONF};
 
 /// The slot of a key of flow hash `h`.
 #[inline(always)]
 fn slot_at(h: u32) -> Option<&'static mut EmbryoSlot> {
-    let mask = *EMBRYO_MASK.get(0)?;
+    let mask = *EMBRYO_SLOT_CONF.get(SLOT_CONF_MASK)?;
     let p = EMBRYO_SLOTS.get_ptr_mut(h & mask)?;
     Some(unsafe { &mut *p })
 }
@@ -53,17 +57,31 @@ pub fn get(key: &FlowKey) -> Option<&'static FlowValue> {
     }
 }
 
-/// Writes a new flow's entry into its slot, over whatever the slot held.
+/// Writes a new flow's entry into its slot, over whatever the slot held, except that
+/// a NAT flow's entry younger than the guard is moved to EMBRYOS first. `guard`: the
+/// new flow is a NAT flow.
 #[inline(always)]
-pub fn put_in_slot(key: &FlowKey, value: &FlowValue) -> Result<(), i32> {
+pub fn put_in_slot(key: &FlowKey, value: &FlowValue, guard: bool) -> Result<(), i32> {
     let h = flow_hash(key);
     let Some(s) = slot_at(h) else {
         // Unreachable (the index is masked below the array's size): the LRU.
         return EMBRYOS.insert(key, value, BPF_ANY as u64);
     };
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> SLOT_TIME_SHIFT) as u32;
+    if s.guard != 0 && s.check != 0 && s.key != *key {
+        let young = EMBRYO_SLOT_CONF
+            .get(SLOT_CONF_GUARD)
+            .is_some_and(|&g| now.wrapping_sub(s.born) < g);
+        // Only a whole entry: a torn one would pair a key with another's backend.
+        if young && s.check == embryo_check(flow_hash(&s.key), &s.value) {
+            let _ = EMBRYOS.insert(&s.key, &s.value, BPF_ANY as u64);
+        }
+    }
     s.check = 0;
     s.key = *key;
     s.value = *value;
+    s.born = now;
+    s.guard = guard as u32;
     s.check = embryo_check(h, value);
     Ok(())
 }

@@ -22,7 +22,7 @@ use xdp_lb_common::{
 use crate::{
     ctx::Ctx,
     forward::{self, Side},
-    maps::{BACKENDS, BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
+    maps::{BACKENDS, BACKEND_REPLIES, EMBRYO_REVERSE, FLOWS, NAT_REVERSE, SERVICES},
     parse::{ipv4_csum_ok, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6},
     stats,
 };
@@ -307,7 +307,7 @@ fn to_client<C: Ctx>(ctx: &C, err: &IcmpError, vip: [u32; 4], vport: u16, flags:
         };
         let flow = match unsafe { FLOWS.get(&key) } {
             Some(f) => *f,
-            None => match unsafe { EMBRYOS.get(&key) } {
+            None => match crate::embryo::get(&key) {
                 Some(f) => *f,
                 None => return pass::<C>(reason::PASS_ICMP_NO_FLOW),
             },

@@ -11,9 +11,7 @@ use crate::{
     ctx::Ctx,
     forward::{self, Side},
     icmp,
-    maps::{
-        BACKEND_REPLIES, EMBRYOS, EMBRYO_REVERSE, ENDPOINT_FILTER, FLOWS, NAT_REVERSE, SERVICES,
-    },
+    maps::{BACKEND_REPLIES, EMBRYO_REVERSE, ENDPOINT_FILTER, FLOWS, NAT_REVERSE, SERVICES},
     parse::{self, Packet},
     select, stats, toobig, validate,
 };
@@ -138,7 +136,8 @@ fn reply<C: Ctx>(ctx: &C, pkt: &Packet, t: ReplyTarget) -> u32 {
             crate::sched::track(f, pkt.tcp_flags);
             unsafe { *f }
         }
-        None => match unsafe { EMBRYOS.get(&client_flow) } {
+        // A SYN-ACK finds its flow in an embryonic table.
+        None => match crate::embryo::get(&client_flow) {
             Some(f) => *f,
             None => return pass::<C>(reason::PASS_NOT_SERVICE),
         },

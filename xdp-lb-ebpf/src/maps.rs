@@ -64,20 +64,19 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
 
-/// The embryonic table of TCP flows of DSR services that schedule by hash (`embryo`,
+/// The embryonic table of TCP flows of services that schedule by hash (`embryo`,
 /// `xdp_lb_common::slot_scheduled`): a new flow's entry is written in place into the
-/// slot its flow hash (masked with EMBRYO_MASK) picks, the line its lookup just
-/// brought in, where an LRU insert takes a fresh element (a cache miss of its own)
-/// and, once the LRU is full, evicts another. Mmapable only for its page-aligned
-/// values: each 128-byte slot is then one aligned pair of cache lines. Size set at
-/// load (`embryo_slots`).
+/// slot its flow hash (masked) picks, the line its lookup just brought in, where an
+/// LRU insert takes a fresh element (a cache miss of its own) and, once the LRU is
+/// full, evicts another. Mmapable only for its page-aligned values: each 128-byte slot
+/// is then one aligned pair of cache lines. Size set at load (`embryo_slots`).
 #[map]
 pub static EMBRYO_SLOTS: Array<EmbryoSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// EMBRYO_SLOTS's size - 1 (a power of two), written by the control plane at every
-/// load before anything attaches. Not pinned.
+/// EMBRYO_SLOTS's mask and the NAT guard (`xdp_lb_common::SLOT_CONF_*`), written by
+/// the control plane at every load before anything attaches. Not pinned.
 #[map]
-pub static EMBRYO_MASK: Array<u32> = Array::with_max_entries(1, 0);
+pub static EMBRYO_SLOT_CONF: Array<u32> = Array::with_max_entries(2, 0);
 
 /// NAT_REVERSE's counterpart for embryonic flows (the backend's SYN-ACK comes before
 /// the client's ACK promotes the flow). Size set at load, as EMBRYOS.

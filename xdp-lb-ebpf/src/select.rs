@@ -3,14 +3,15 @@
 //! backend went down or whose slot was reassigned (generation mismatch).
 //!
 //! Two tables: a new flow's entry goes to an embryonic table (`embryo`: the EMBRYOS
-//! LRU, or EMBRYO_SLOTS for TCP flows of DSR services that schedule by hash), and
+//! LRU, or EMBRYO_SLOTS for TCP flows of services that schedule by hash), and
 //! moves to FLOWS
 //! with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns the embryonic tables
 //! only.
 use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{
-    reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_SCHED_LC,
+    reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_FWD_DSR,
+    SVC_SCHED_LC,
 };
 
 use crate::{
@@ -233,7 +234,7 @@ pub fn backend_for<C: Ctx>(
         }
     }
     let stored = if slotted {
-        embryo::put_in_slot(key, &value)
+        embryo::put_in_slot(key, &value, svc.flags & SVC_FWD_DSR == 0)
     } else {
         EMBRYOS.insert(key, &value, BPF_ANY as u64)
     };

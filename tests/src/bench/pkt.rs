@@ -410,17 +410,6 @@ fn expect_new_flows(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_promotions(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
-    expect_established(dp, o)?;
-    let n = o.after.promoted - o.before.promoted;
-    ensure!(
-        n == o.repeat as u64,
-        "{n} promotions in {} packets",
-        o.repeat
-    );
-    Ok(())
-}
-
 /// Second packets of flows whose entry may have been overwritten in its slot: each
 /// one promoted, or dispatched afresh (by the same hash) and embryonic again.
 fn expect_promoted_or_dispatched(dp: &mut AyaDataplane, o: &Outcome) -> anyhow::Result<()> {
@@ -563,15 +552,17 @@ fn cases() -> Vec<Case> {
             keys: Keys::Fresh,
             check: expect_new_flows,
         },
-        // The same flows' ACKs, right after their SYNs: each moves from EMBRYOS to
-        // FLOWS, the insert into the large table a new flow pays on its second packet.
+        // The same flows' ACKs, right after their SYNs: each moves from its slot (or
+        // EMBRYOS) to FLOWS, the insert into the large table a new flow pays on its
+        // second packet, or, where a later SYN of the slot overwrote the entry once
+        // it was older than the guard, is dispatched again by the hash.
         Case {
             name: "VIP flow's 2nd packet (promotion)",
             target: Target::Lb,
             spec: v4_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             keys: Keys::LastFresh,
-            check: expect_promotions,
+            check: expect_promoted_or_dispatched,
         },
         Case {
             name: "DSR new flow (flow-table write)",
@@ -920,12 +911,16 @@ fn prepare(
     // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
     // flows create them too (a flow-table miss re-dispatches): the first pass puts
     // them in the embryonic table, the second promotes them to FLOWS. In chunks of
-    // half the embryonic table, so that no entry is evicted before its promotion.
+    // 1024, so that few first packets share a slot of EMBRYO_SLOTS (262144) and
+    // none is evicted from EMBRYOS before its promotion; a flow whose slot a later
+    // one of its chunk took (about 0.2%) is dispatched again by the second pass and
+    // promoted by the third. A NAT flow's slot is moved to EMBRYOS, not overwritten,
+    // while younger than the guard (10 ms, about ten chunks).
     // The two families' chunks alternate: a lookup walks past every entry inserted
     // later into its bucket (each a cache miss), so a family inserted whole before
     // the other paid for the other's million as well (+30-55 ns at 1M flows, the
     // "IPv4 slower than IPv6" of earlier runs, which swapped with the order).
-    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).max(1);
+    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).clamp(1, 1024);
     let mut parts = vec![(v4_frame(0), 0, 1), (v6_frame(0), 0, 1)];
     let mut done = 0;
     while done < MANY_FLOWS {
@@ -938,7 +933,7 @@ fn prepare(
     for (part, done, len) in parts {
         // Every run walks its `flows` keys exactly once, so the wrapper's flow
         // counter ends where it started (see `vary`).
-        for _ in 0..2 {
+        for _ in 0..3 {
             let r = h.run(Target::Lb, &part, (1 << 20) + done, len)?;
             ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
         }

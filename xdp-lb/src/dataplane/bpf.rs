@@ -17,6 +17,7 @@ use xdp_lb_common::{
     embryo_check, embryo_slots, embryo_table_size, endpoint_bit, hash::flow_hash,
     hash_table_entries, reason, Backend, Counters, EmbryoSlot, FlowKey, FlowValue, Layout,
     ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
+    SLOT_CONF_GUARD, SLOT_CONF_MASK, SLOT_GUARD_UNITS,
 };
 
 use super::{
@@ -228,7 +229,7 @@ impl AyaDataplane {
             _pin_lock: None,
             kernel_log,
         };
-        dp.set_embryo_mask()?;
+        dp.set_slot_conf()?;
         dp.load_program(PROGRAM)?;
         Ok(dp)
     }
@@ -281,23 +282,32 @@ impl AyaDataplane {
         // the program can see a packet.
         dp.rebuild_endpoint_filter()?;
         dp.rebuild_services_by_id()?;
-        dp.set_embryo_mask()?;
+        dp.set_slot_conf()?;
         dp.load_program(PROGRAM)?;
         Ok((dp, found == Found::Adoptable))
     }
 
-    /// EMBRYO_MASK from EMBRYO_SLOTS as it is (made now, or adopted from the pins),
-    /// before the program can see a packet. Until it is written the mask is 0: every
-    /// flow shares slot 0, which is slow but still right.
-    fn set_embryo_mask(&mut self) -> Result<(), DataplaneError> {
+    /// EMBRYO_SLOT_CONF: the mask of EMBRYO_SLOTS as it is (made now, or adopted from
+    /// the pins) and the NAT guard, before the program can see a packet. Until the
+    /// mask is written it is 0: every flow shares slot 0, which is slow but still right.
+    fn set_slot_conf(&mut self) -> Result<(), DataplaneError> {
         // Only an earlier build's object (`cargo xtask bench pkt` A/B runs) lacks it.
         if self.ebpf.map("EMBRYO_SLOTS").is_none() {
             return Ok(());
         }
         let slots = self.map_info("EMBRYO_SLOTS")?.max_entries();
-        let mut mask: Array<&mut MapData, u32> = self.map("EMBRYO_MASK")?;
-        mask.set(0, slots.saturating_sub(1), 0)
-            .map_err(map_err("EMBRYO_MASK"))
+        let mut conf: Array<&mut MapData, u32> = self.map("EMBRYO_SLOT_CONF")?;
+        conf.set(SLOT_CONF_MASK, slots.saturating_sub(1), 0)
+            .map_err(map_err("EMBRYO_SLOT_CONF"))?;
+        self.set_slot_guard(SLOT_GUARD_UNITS)
+    }
+
+    /// How long a NAT flow's slot is kept from other flows, in units of 2^20 ns
+    /// (`xdp_lb_common::SLOT_TIME_SHIFT`); `run` keeps `SLOT_GUARD_UNITS`.
+    pub fn set_slot_guard(&mut self, units: u32) -> Result<(), DataplaneError> {
+        let mut conf: Array<&mut MapData, u32> = self.map("EMBRYO_SLOT_CONF")?;
+        conf.set(SLOT_CONF_GUARD, units, 0)
+            .map_err(map_err("EMBRYO_SLOT_CONF"))
     }
 
     /// The embryonic entry EMBRYO_SLOTS holds for `key`, if any.
