@@ -910,17 +910,17 @@ fn prepare(
 
     // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
     // flows create them too (a flow-table miss re-dispatches): the first pass puts
-    // them in the embryonic table, the second promotes them to FLOWS. In chunks of
-    // 1024, so that few first packets share a slot of EMBRYO_SLOTS (262144) and
-    // none is evicted from EMBRYOS before its promotion; a flow whose slot a later
-    // one of its chunk took (about 0.2%) is dispatched again by the second pass and
-    // promoted by the third. A NAT flow's slot is moved to EMBRYOS, not overwritten,
-    // while younger than the guard (10 ms, about ten chunks).
+    // them in the embryonic table, the second promotes them to FLOWS. A flow whose
+    // entry a later one of its chunk overwrote in its slot (EMBRYO_SLOTS; a NAT entry
+    // is moved to EMBRYOS instead while younger than the guard) is dispatched again
+    // by the second pass, so a chunk is run until a pass dispatches nothing. Chunks of
+    // 8192 keep those few (and BPF_PROG_TEST_RUN calls, ~18 ms each here, fewer than
+    // with smaller ones), and fit EMBRYOS many times over.
     // The two families' chunks alternate: a lookup walks past every entry inserted
     // later into its bucket (each a cache miss), so a family inserted whole before
     // the other paid for the other's million as well (+30-55 ns at 1M flows, the
     // "IPv4 slower than IPv6" of earlier runs, which swapped with the order).
-    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).clamp(1, 1024);
+    let chunk = (xdp_lb_common::embryo_table_size(flow_table) / 2).clamp(1, 8192);
     let mut parts = vec![(v4_frame(0), 0, 1), (v6_frame(0), 0, 1)];
     let mut done = 0;
     while done < MANY_FLOWS {
@@ -933,9 +933,20 @@ fn prepare(
     for (part, done, len) in parts {
         // Every run walks its `flows` keys exactly once, so the wrapper's flow
         // counter ends where it started (see `vary`).
-        for _ in 0..3 {
+        let mut passes = 0;
+        loop {
+            let before = h.counts()?.new_flows;
             let r = h.run(Target::Lb, &part, (1 << 20) + done, len)?;
             ensure!(r.0 == XDP_TX, "populating flows: action {}", r.0);
+            passes += 1;
+            if passes >= 2 && h.counts()?.new_flows == before {
+                break;
+            }
+            ensure!(
+                passes < 8,
+                "populating flows {done}..{}: still dispatching after {passes} passes",
+                done + len
+            );
         }
     }
     Ok((h, tables))
