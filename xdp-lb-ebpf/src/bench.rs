@@ -328,16 +328,21 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let slotted = xdp_lb_common::slot_scheduled(svc.flags, key.proto);
+    let h = if slotted {
+        xdp_lb_common::hash::flow_hash(key)
+    } else {
+        0
+    };
     if pkt.syn {
         let embryo = if slotted {
-            crate::embryo::in_slot(key)
+            crate::embryo::in_slot(key, h)
         } else {
             unsafe { EMBRYOS.get(key) }
         };
         if unsafe { FLOWS.get(key) }.is_some() || embryo.is_some() {
             return xdp_action::XDP_PASS;
         }
-    } else if slotted && crate::embryo::in_slot(key).is_some() {
+    } else if slotted && crate::embryo::in_slot(key, h).is_some() {
         return xdp_action::XDP_PASS;
     }
     if STEP == 5 {
@@ -359,7 +364,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         flags: 0,
     };
     let stored = if slotted {
-        crate::embryo::put_in_slot(key, &value, svc.flags & xdp_lb_common::SVC_FWD_DSR == 0)
+        crate::embryo::put_in_slot(key, h, &value, svc.flags & xdp_lb_common::SVC_FWD_DSR == 0)
     } else {
         EMBRYOS.insert(key, &value, BPF_ANY as u64)
     };

@@ -39,10 +39,10 @@ fn holds(s: &EmbryoSlot, key: &FlowKey, h: u32) -> bool {
     s.check != 0 && s.key == *key && s.check == embryo_check(h, &s.value)
 }
 
-/// The flow's embryonic entry in its slot, if it is there.
+/// The flow's embryonic entry in its slot, if it is there. `h`: the key's
+/// `flow_hash`, computed once by the caller for every slot access of a packet.
 #[inline(always)]
-pub fn in_slot(key: &FlowKey) -> Option<&'static FlowValue> {
-    let h = flow_hash(key);
+pub fn in_slot(key: &FlowKey, h: u32) -> Option<&'static FlowValue> {
     let s = slot_at(h)?;
     holds(s, key, h).then_some(&s.value)
 }
@@ -51,7 +51,7 @@ pub fn in_slot(key: &FlowKey) -> Option<&'static FlowValue> {
 /// known: an ICMP error).
 #[inline(always)]
 pub fn get(key: &FlowKey) -> Option<&'static FlowValue> {
-    match in_slot(key) {
+    match in_slot(key, flow_hash(key)) {
         Some(v) => Some(v),
         None => unsafe { EMBRYOS.get(key) },
     }
@@ -61,8 +61,7 @@ pub fn get(key: &FlowKey) -> Option<&'static FlowValue> {
 /// a NAT flow's entry younger than the guard is moved to EMBRYOS first. `guard`: the
 /// new flow is a NAT flow.
 #[inline(always)]
-pub fn put_in_slot(key: &FlowKey, value: &FlowValue, guard: bool) -> Result<(), i32> {
-    let h = flow_hash(key);
+pub fn put_in_slot(key: &FlowKey, h: u32, value: &FlowValue, guard: bool) -> Result<(), i32> {
     let Some(s) = slot_at(h) else {
         // Unreachable (the index is masked below the array's size): the LRU.
         return EMBRYOS.insert(key, value, BPF_ANY as u64);
@@ -88,8 +87,7 @@ pub fn put_in_slot(key: &FlowKey, value: &FlowValue, guard: bool) -> Result<(), 
 
 /// Empties the flow's slot if it holds the flow (it was promoted to FLOWS).
 #[inline(always)]
-pub fn clear(key: &FlowKey) {
-    let h = flow_hash(key);
+pub fn clear(key: &FlowKey, h: u32) {
     if let Some(s) = slot_at(h) {
         if holds(s, key, h) {
             s.check = 0;

@@ -10,8 +10,8 @@
 //! only.
 use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{
-    reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN, SVC_FWD_DSR,
-    SVC_SCHED_LC,
+    hash::flow_hash, reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN,
+    SVC_FWD_DSR, SVC_SCHED_LC,
 };
 
 use crate::{
@@ -125,6 +125,8 @@ pub fn backend_for<C: Ctx>(
 ) -> Result<Choice, u32> {
     let key = &pkt.key;
     let slotted = slot_scheduled(svc.flags, key.proto);
+    // The key's slot, for every slot access below (0 unused when not slotted).
+    let h = if slotted { flow_hash(key) } else { 0 };
     // The flow's embryonic entry, if any: a retransmitted first packet replaces its
     // own (least-conn gives its count back below).
     let mut embryo = None;
@@ -155,7 +157,7 @@ pub fn backend_for<C: Ctx>(
         // miss) need not pay.
         let mut from_slot = false;
         if slotted {
-            if let Some(v) = embryo::in_slot(key) {
+            if let Some(v) = embryo::in_slot(key, h) {
                 embryo = Some(v);
                 from_slot = true;
             }
@@ -168,7 +170,7 @@ pub fn backend_for<C: Ctx>(
                 // A failed insert leaves it embryonic, still on its backend.
                 if FLOWS.insert(key, &f, BPF_ANY as u64).is_ok() {
                     if from_slot {
-                        embryo::clear(key);
+                        embryo::clear(key, h);
                     } else {
                         let _ = EMBRYOS.remove(key);
                     }
@@ -204,7 +206,7 @@ pub fn backend_for<C: Ctx>(
         // `established`).
         // A slot-scheduled flow's slot: the line the write at the end goes to.
         embryo = if slotted {
-            embryo::in_slot(key)
+            embryo::in_slot(key, h)
         } else {
             unsafe { EMBRYOS.get(key) }
         };
@@ -234,7 +236,7 @@ pub fn backend_for<C: Ctx>(
         }
     }
     let stored = if slotted {
-        embryo::put_in_slot(key, &value, svc.flags & SVC_FWD_DSR == 0)
+        embryo::put_in_slot(key, h, &value, svc.flags & SVC_FWD_DSR == 0)
     } else {
         EMBRYOS.insert(key, &value, BPF_ANY as u64)
     };
