@@ -190,6 +190,46 @@ fn nat_replies_are_translated_back_to_the_vip() {
     }
 }
 
+/// A NAT service's first datagram is embryonic in its slot (the service schedules by
+/// hash), and its backend's answer, before any second datagram, is translated from
+/// there.
+#[test]
+fn a_first_datagrams_answer_is_translated_from_its_slot() {
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[svc_v4(PROTO_UDP, 0)]);
+            let query = v4(
+                PROTO_UDP, CLIENT4, VIP4, 40004, 80, 64, CLIENT_MAC, LB_MAC, b"query",
+            );
+            let (action, out) = prog.run(&mut dp, &query);
+            assert_eq!(action, prog.act(XDP_TX));
+            let b = backend_of(&out);
+            assert!(
+                has_flow(&mut dp, "EMBRYO_SLOTS", &query) && !has_flow(&mut dp, "FLOWS", &query),
+                "the first datagram's flow is not in its slot alone"
+            );
+            let answer = v4(
+                PROTO_UDP,
+                BACKENDS4[b],
+                CLIENT4,
+                8080,
+                40004,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                b"answer",
+            );
+            let expected = v4(
+                PROTO_UDP, VIP4, CLIENT4, 80, 40004, 63, LB_MAC, CLIENT_MAC, b"answer",
+            );
+            let (action, out) = prog.run(&mut dp, &answer);
+            assert_eq!(action, prog.act(XDP_TX), "answer from {}", BACKENDS4[b]);
+            assert_frame_eq(&out, &expected, "answer to a first datagram");
+            assert_eq!(count(&dp.global_counters().unwrap(), "nat_reply"), 1);
+        });
+    }
+}
+
 #[test]
 fn backend_traffic_outside_balanced_flows_is_not_translated() {
     with_bed(|bed| {
@@ -812,9 +852,9 @@ fn round_robin_walks_its_schedule_and_flows_stay_put() {
     });
 }
 
-/// New TCP flows of a DSR service that schedules by hash live in EMBRYO_SLOTS, one
-/// per slot, the latest flow of a slot overwriting the one before; round-robin and
-/// UDP flows go to the EMBRYOS LRU. A flow that lost its slot is dispatched afresh by
+/// New flows (TCP or UDP) of a DSR service that schedules by hash live in
+/// EMBRYO_SLOTS, one per slot, the latest flow of a slot overwriting the one before;
+/// round-robin flows go to the EMBRYOS LRU. A flow that lost its slot is dispatched afresh by
 /// its next packet, by the same hash to the same backend, and promoted by the packet
 /// after.
 #[test]
@@ -824,6 +864,7 @@ fn hash_flows_share_slots_and_the_rest_use_the_lru() {
             svc_v4(PROTO_TCP, SVC_FWD_DSR),
             svc_v4(PROTO_TCP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(82),
             svc_v4(PROTO_UDP, SVC_FWD_DSR),
+            svc_v4(PROTO_UDP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(83),
         ]);
         // bed.load's flow table is 4096 entries.
         let mask = xdp_lb_common::embryo_slots(4096) - 1;
@@ -869,9 +910,8 @@ fn hash_flows_share_slots_and_the_rest_use_the_lru() {
         assert_eq!(count(&g, "embryo_new"), 3);
         assert_eq!(count(&g, "flow_promoted"), 2);
 
-        // Round-robin (another pick would be another backend) and UDP (a first
-        // datagram looks in EMBRYOS before its service is known): the LRU.
-        for (proto, port) in [(PROTO_TCP, 82u16), (PROTO_UDP, 80)] {
+        // Round-robin, TCP or UDP (another pick would be another backend): the LRU.
+        for (proto, port) in [(PROTO_TCP, 82u16), (PROTO_UDP, 83)] {
             let first = v4(proto, CLIENT4, VIP4, a, port, 64, CLIENT_MAC, LB_MAC, b"");
             assert_eq!(run(&mut dp, &first).0, XDP_TX, "port {port}");
             assert!(
@@ -880,6 +920,62 @@ fn hash_flows_share_slots_and_the_rest_use_the_lru() {
             );
         }
         assert_eq!(flow_counts(&mut dp), (2, 2));
+
+        // Datagrams of a service that schedules by hash: the slots, as TCP flows. A
+        // flow whose slot another took is dispatched afresh by its next datagram, to
+        // the same backend, and promoted by the one after.
+        let dgram = |port: u16| {
+            v4(
+                PROTO_UDP, CLIENT4, VIP4, port, 80, 64, CLIENT_MAC, LB_MAC, b"q",
+            )
+        };
+        let udp_slot = |port: u16| hash::flow_hash(&flow_key_of(&dgram(port))) & mask;
+        let u = 42000u16;
+        let v = (u + 1..u + 20000)
+            .find(|&p| udp_slot(p) == udp_slot(u))
+            .expect("a UDP port sharing the slot");
+        let (want_u, want_v) = (
+            dp_expect_backend(&dgram(u), RING),
+            dp_expect_backend(&dgram(v), RING),
+        );
+        assert_eq!(backend_of(&run(&mut dp, &dgram(u)).1), want_u);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &dgram(u)),
+            "u: not in its slot"
+        );
+        assert!(
+            !has_flow(&mut dp, "FLOWS", &dgram(u)),
+            "u: established by one datagram"
+        );
+        assert_eq!(backend_of(&run(&mut dp, &dgram(v)).1), want_v);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &dgram(v)),
+            "v: not in its slot"
+        );
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &dgram(u)),
+            "u: still embryonic"
+        );
+        assert_eq!(flow_counts(&mut dp), (2, 3));
+        // v's second datagram promotes it from the slot.
+        assert_eq!(backend_of(&run(&mut dp, &dgram(v)).1), want_v);
+        assert!(has_flow(&mut dp, "FLOWS", &dgram(v)), "v: not promoted");
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &dgram(v)),
+            "v: promoted and still embryonic"
+        );
+        // u's finds nothing: embryonic again, then promoted.
+        assert_eq!(backend_of(&run(&mut dp, &dgram(u)).1), want_u);
+        assert!(
+            has_flow(&mut dp, "EMBRYO_SLOTS", &dgram(u)),
+            "u: not back in its slot"
+        );
+        assert_eq!(backend_of(&run(&mut dp, &dgram(u)).1), want_u);
+        assert!(has_flow(&mut dp, "FLOWS", &dgram(u)), "u: not promoted");
+        assert_eq!(flow_counts(&mut dp), (4, 2));
+        let g = dp.global_counters().unwrap();
+        assert_eq!(count(&g, "embryo_new"), 3 + 2 + 3);
+        assert_eq!(count(&g, "flow_promoted"), 2 + 2);
     });
 }
 

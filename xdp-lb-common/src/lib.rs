@@ -240,8 +240,8 @@ pub struct FlowValue {
     pub flags: u32,
 }
 
-/// One slot of EMBRYO_SLOTS, the direct-mapped embryonic table of TCP flows of
-/// services that schedule by hash (`slot_scheduled`): the flow whose
+/// One slot of EMBRYO_SLOTS, the direct-mapped embryonic table of flows of services
+/// that schedule by hash (`slot_scheduled`): the flow whose
 /// `hash::flow_hash` lands here (masked), written in place by the program. 128 bytes
 /// in a `BPF_F_MMAPABLE` array (page-aligned values), so a slot is one aligned pair of
 /// cache lines.
@@ -255,26 +255,26 @@ pub struct EmbryoSlot {
     pub check: u32,
     /// CLOCK_MONOTONIC (coarse) >> `SLOT_TIME_SHIFT` when the slot was written.
     pub born: u32,
-    /// 1: a NAT flow, whose backend's SYN-ACK needs the entry: a later flow of the
-    /// slot moves it to EMBRYOS instead of overwriting it while it is younger than
-    /// the guard (`SLOT_CONF_GUARD`).
+    /// 1: a NAT flow, whose backend's first answer (a SYN-ACK, the answer to a
+    /// first datagram) needs the entry: a later flow of the slot moves it to EMBRYOS
+    /// instead of overwriting it while it is younger than the guard
+    /// (`SLOT_CONF_GUARD`).
     pub guard: u32,
     pub _pad: [u32; 11],
 }
 
-/// New TCP flows of a service with these flags keep their embryonic entry in
-/// EMBRYO_SLOTS, where a later flow of the same slot overwrites it, instead of the
+/// New flows (TCP or UDP) of a service with these flags keep their embryonic entry
+/// in EMBRYO_SLOTS, where a later flow of the same slot overwrites it, instead of the
 /// EMBRYOS LRU: services that pick by hash (Maglev, src-hash). Losing such an entry
-/// costs the flow's ACK nothing: the same hash picks the same backend unless the
-/// service's table changed meanwhile. A NAT flow's entry is also what translates the
-/// backend's SYN-ACK, so it is moved to EMBRYOS rather than overwritten while younger
-/// than the guard. Round-robin and least-conn would pick another backend, so their
-/// flows stay in the LRU. So do UDP flows: a first datagram looks EMBRYOS up beside
-/// its FLOWS miss, before its service is known, and a slot read after that costs as
-/// much as the insert it saves.
+/// costs the flow's second packet nothing: the same hash picks the same backend
+/// unless the service's table changed meanwhile. A NAT flow's entry is also what
+/// translates the backend's first answer (a SYN-ACK, the answer to a first
+/// datagram), so it is moved to EMBRYOS rather than overwritten while younger than
+/// the guard. Round-robin and least-conn would pick another backend, so their flows
+/// stay in the LRU.
 #[inline(always)]
 pub const fn slot_scheduled(svc_flags: u32, proto: u8) -> bool {
-    proto == PROTO_TCP && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
+    (proto == PROTO_TCP || proto == PROTO_UDP) && svc_flags & (SVC_SCHED_RR | SVC_SCHED_LC) == 0
 }
 
 /// `EmbryoSlot::born` and the guard count CLOCK_MONOTONIC in units of 2^20 ns

@@ -280,14 +280,15 @@ pub fn xdp_bench_step6(ctx: XdpContext) -> u32 {
 
 /// A flow's first packet (a SYN, a first datagram) through `lb::process` stopped
 /// after step `STEP` with XDP_TX: where a new flow's time goes. 1: parse; 2: + the
-/// established fast path's `FLOWS` miss and the `EMBRYOS` miss next to it (not for a
-/// SYN), `ENDPOINT_FILTER` and `SERVICES`; 3: + header checks; 4: + L4 checksum;
-/// 5: + the stale-entry `FLOWS` lookup and the embryonic lookup beside it (a SYN),
-/// or a TCP flow's slot (`slot_scheduled`, not a SYN); 6: + the scheduler's pick;
-/// 7: + the embryonic insert (`EMBRYOS`, or the slot of a `slot_scheduled` TCP
-/// flow). The full program adds counters, next hop, rewrite and send. Kept in step
-/// with `lb::process` and `select::backend_for` by hand; anything off the new-flow
-/// path answers XDP_PASS, which the bench rejects.
+/// established fast path's `FLOWS` miss and the `EMBRYOS` miss next to it (a
+/// datagram: and its slot's; not for a SYN), `ENDPOINT_FILTER` and `SERVICES`;
+/// 3: + header checks; 4: + L4 checksum; 5: + the stale-entry `FLOWS` lookup and the
+/// embryonic lookup beside it (a SYN), or a TCP flow's slot (`slot_scheduled`, not a
+/// SYN; a datagram's slot is read in step 2, beside its `FLOWS` miss); 6: + the
+/// scheduler's pick; 7: + the embryonic insert (`EMBRYOS`, or the slot of a
+/// `slot_scheduled` flow). The full program adds counters, next hop, rewrite and
+/// send. Kept in step with `lb::process` and `select::backend_for` by hand; anything
+/// off the new-flow path answers XDP_PASS, which the bench rejects.
 #[inline(always)]
 fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     let Ok(pkt) = parse::parse(ctx) else {
@@ -297,7 +298,17 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let key = &pkt.key;
-    if !pkt.syn && (unsafe { FLOWS.get(key) }.is_some() || unsafe { EMBRYOS.get(key) }.is_some()) {
+    let udp = key.proto == xdp_lb_common::PROTO_UDP;
+    let udp_hash = if udp {
+        xdp_lb_common::hash::flow_hash(key)
+    } else {
+        0
+    };
+    if !pkt.syn
+        && (unsafe { FLOWS.get(key) }.is_some()
+            || (udp && crate::embryo::in_slot(key, udp_hash).is_some())
+            || unsafe { EMBRYOS.get(key) }.is_some())
+    {
         return xdp_action::XDP_PASS;
     }
     let skey = xdp_lb_common::ServiceKey {
@@ -328,7 +339,9 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let slotted = xdp_lb_common::slot_scheduled(svc.flags, key.proto);
-    let h = if slotted {
+    let h = if udp {
+        udp_hash
+    } else if slotted {
         xdp_lb_common::hash::flow_hash(key)
     } else {
         0
@@ -342,7 +355,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         if unsafe { FLOWS.get(key) }.is_some() || embryo.is_some() {
             return xdp_action::XDP_PASS;
         }
-    } else if slotted && crate::embryo::in_slot(key, h).is_some() {
+    } else if slotted && !udp && crate::embryo::in_slot(key, h).is_some() {
         return xdp_action::XDP_PASS;
     }
     if STEP == 5 {

@@ -1,13 +1,15 @@
 //! The embryonic tables: flows that have sent one packet, until their second one
 //! promotes them to FLOWS. Two of them: EMBRYO_SLOTS, a direct-mapped array indexed
-//! by the flow hash and written in place, for TCP flows of services that schedule by
-//! hash (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every other flow.
+//! by the flow hash and written in place, for TCP and UDP flows of services that
+//! schedule by hash (`xdp_lb_common::slot_scheduled`), and the EMBRYOS LRU for every
+//! other flow.
 //!
 //! A slot holds the latest flow that hashed to it: a new flow overwrites an older
-//! one's handshake in progress. That flow's ACK, finding no entry, is dispatched
-//! afresh by the same hash, to the same backend unless the service's table changed
-//! meanwhile, as after an LRU eviction. A NAT flow's entry also translates its
-//! backend's SYN-ACK, so while it is younger than the guard (`SLOT_CONF_GUARD`) the
+//! one's handshake in progress. That flow's second packet (an ACK, a datagram),
+//! finding no entry, is dispatched afresh by the same hash, to the same backend
+//! unless the service's table changed meanwhile, as after an LRU eviction. A NAT
+//! flow's entry also translates its backend's first answer (a SYN-ACK, the answer to
+//! a first datagram), so while it is younger than the guard (`SLOT_CONF_GUARD`) the
 //! newcomer moves it to EMBRYOS instead. In exchange a new flow costs one write to the
 //! line its lookup brought in, where the LRU takes a cold element and, once full,
 //! evicts another flow's (README, New flows).

@@ -37,8 +37,8 @@ pub fn process<C: Ctx>(ctx: &C) -> u32 {
         match select::established(&pkt, &skey) {
             select::Lookup::Hit(svc, est) => Some((svc, Some(est))),
             miss => {
-                if let select::Lookup::Miss(embryo) = miss {
-                    missed = Some(embryo);
+                if let select::Lookup::Miss(m) = miss {
+                    missed = Some(m);
                 }
                 unsafe { SERVICES.get(&skey) }.map(|s| (s, None))
             }

@@ -64,7 +64,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
 pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_EMBRYO_TABLE_SIZE, 0);
 
-/// The embryonic table of TCP flows of services that schedule by hash (`embryo`,
+/// The embryonic table of TCP and UDP flows of services that schedule by hash (`embryo`,
 /// `xdp_lb_common::slot_scheduled`): a new flow's entry is written in place into the
 /// slot its flow hash (masked) picks, the line its lookup just brought in, where an
 /// LRU insert takes a fresh element (a cache miss of its own) and, once the LRU is

@@ -3,15 +3,14 @@
 //! backend went down or whose slot was reassigned (generation mismatch).
 //!
 //! Two tables: a new flow's entry goes to an embryonic table (`embryo`: the EMBRYOS
-//! LRU, or EMBRYO_SLOTS for TCP flows of services that schedule by hash), and
-//! moves to FLOWS
-//! with the flow's second packet (the client's ACK of the handshake, a second
+//! LRU, or EMBRYO_SLOTS for flows of services that schedule by hash), and moves to
+//! FLOWS with the flow's second packet (the client's ACK of the handshake, a second
 //! datagram). A flood of spoofed SYNs, each one packet, churns the embryonic tables
 //! only.
 use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{
     hash::flow_hash, reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN,
-    SVC_FWD_DSR, SVC_SCHED_LC,
+    PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC,
 };
 
 use crate::{
@@ -63,12 +62,24 @@ impl Established {
     }
 }
 
+/// What `established` found besides the FLOWS miss, so that `backend_for` need not
+/// look again.
+#[derive(Clone, Copy)]
+pub struct Missed {
+    /// The flow's embryonic entry, if any, looked up right after the FLOWS miss.
+    embryo: Option<&'static FlowValue>,
+    /// A UDP flow's `flow_hash`: its slot was read too (and `embryo` is the slot's
+    /// when `from_slot`).
+    slot_hash: Option<u32>,
+    from_slot: bool,
+}
+
 pub enum Lookup {
     /// FLOWS pins the packet to a usable backend of the service at `skey`.
     Hit(&'static Service, Established),
     /// FLOWS has no entry (`backend_for` need not look again); the flow's embryonic
     /// entry, if any, looked up right after that miss (see `established`).
-    Miss(Option<&'static FlowValue>),
+    Miss(Missed),
     /// Anything else (a SYN, an unusable backend, a service record that does not
     /// match): the service lookup and `backend_for` decide, as without this path.
     Other,
@@ -91,7 +102,31 @@ pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
         // (a DSR flow's first datagram: 200-580 ns less in `cargo xtask bench pkt`).
         // A packet to an endpoint that is no service (a filter collision, a backend's
         // own address) pays this miss for nothing.
-        return Lookup::Miss(unsafe { EMBRYOS.get(&pkt.key) });
+        //
+        // A datagram reads its slot here too, before its service is known: read after
+        // the SERVICES lookup, the slot's miss cost as much as the LRU insert it saves
+        // (README, New flows). A TCP packet does not: its slot is read only once its
+        // service is known to use slots, so that a NAT flow's ACK pays nothing more.
+        if pkt.key.proto == PROTO_UDP {
+            let h = flow_hash(&pkt.key);
+            if let Some(v) = embryo::in_slot(&pkt.key, h) {
+                return Lookup::Miss(Missed {
+                    embryo: Some(v),
+                    slot_hash: Some(h),
+                    from_slot: true,
+                });
+            }
+            return Lookup::Miss(Missed {
+                embryo: unsafe { EMBRYOS.get(&pkt.key) },
+                slot_hash: Some(h),
+                from_slot: false,
+            });
+        }
+        return Lookup::Miss(Missed {
+            embryo: unsafe { EMBRYOS.get(&pkt.key) },
+            slot_hash: None,
+            from_slot: false,
+        });
     };
     let f = unsafe { &*p };
     let Some(backend) = usable(f) else {
@@ -121,12 +156,21 @@ pub fn backend_for<C: Ctx>(
     ctx: &C,
     pkt: &Packet,
     svc: &Service,
-    missed: Option<Option<&'static FlowValue>>,
+    missed: Option<Missed>,
 ) -> Result<Choice, u32> {
     let key = &pkt.key;
     let slotted = slot_scheduled(svc.flags, key.proto);
     // The key's slot, for every slot access below (0 unused when not slotted).
-    let h = if slotted { flow_hash(key) } else { 0 };
+    let h = match (slotted, missed) {
+        (false, _) => 0,
+        (
+            true,
+            Some(Missed {
+                slot_hash: Some(h), ..
+            }),
+        ) => h,
+        (true, _) => flow_hash(key),
+    };
     // The flow's embryonic entry, if any: a retransmitted first packet replaces its
     // own (least-conn gives its count back below).
     let mut embryo = None;
@@ -149,14 +193,14 @@ pub fn backend_for<C: Ctx>(
             }
         }
         embryo = match missed {
-            Some(e) => e,
+            Some(m) => m.embryo,
             None => unsafe { EMBRYOS.get(key) },
         };
-        // Read only now that the service is known: a slot costs a cache miss, which
-        // the flows of other services (looked up in EMBRYOS above, beside the FLOWS
-        // miss) need not pay.
-        let mut from_slot = false;
-        if slotted {
+        let mut from_slot = missed.is_some_and(|m| m.from_slot);
+        // A TCP flow's slot is read only now that its service is known: a slot costs
+        // a cache miss, which the flows of other services (looked up in EMBRYOS
+        // above, beside the FLOWS miss) need not pay. A datagram's was read there.
+        if slotted && !missed.is_some_and(|m| m.slot_hash.is_some()) {
             if let Some(v) = embryo::in_slot(key, h) {
                 embryo = Some(v);
                 from_slot = true;

@@ -130,12 +130,12 @@ const NEW_STEPS: [&str; 7] = [
 ];
 const NEW_STEPS_DSR: [&str; 7] = [
     "new DSR step 1: parse",
-    "new DSR step 2: + FLOWS+EMBRYOS miss",
+    "new DSR step 2: + FLOWS+slot+EMBRYOS miss",
     "new DSR step 3: + header checks",
     "new DSR step 4: + L4 checksum",
     "new DSR step 5: (no stale lookup)",
     "new DSR step 6: + scheduler pick",
-    "new DSR step 7: + EMBRYOS insert",
+    "new DSR step 7: + slot write",
 ];
 
 /// What a case's frames look like and how they vary.
@@ -571,6 +571,16 @@ fn cases() -> Vec<Case> {
             repeat: NEW_FLOW_REPEAT,
             keys: Keys::Fresh,
             check: expect_new_flows,
+        },
+        // The same flows' second datagrams: promoted from their slots, or dispatched
+        // again where a later flow of the slot overwrote the entry.
+        Case {
+            name: "DSR flow's 2nd datagram",
+            target: Target::Lb,
+            spec: dsr_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            keys: Keys::LastFresh,
+            check: expect_promoted_or_dispatched,
         },
         Case {
             name: "new flow, Maglev, 256 backends (DSR)",
