@@ -541,6 +541,80 @@ fn counters_and_flows_survive_a_restart() {
     );
 }
 
+/// `nat_handshake_guard` reaches the running program's EMBRYO_SLOT_CONF (read from
+/// the kernel through the pinned link's program), is logged, and a reload that
+/// changes it is refused: it changes on restart, as the next start shows.
+#[test]
+fn the_nat_handshake_guard_reaches_the_kernel_and_changes_on_restart() {
+    require_root();
+    let topo = scenario::xdp_topology(2, Forwarding::Nat);
+    let with = |guard: &str| {
+        format!(
+            "nat_handshake_guard = {guard:?}\n{}",
+            config(&topo, &[1, 2], None)
+        )
+    };
+    let file = ConfigFile::new(&with("250ms")).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    assert_eq!(
+        kernel_nat_guard(&topo),
+        239,
+        "250 ms in 2^20 ns units, rounded up"
+    );
+    assert!(
+        lb.output().contains("nat_handshake_guard 250ms"),
+        "{}",
+        lb.output()
+    );
+    file.write(&with("1s")).expect("config file");
+    let refused = lb
+        .reload()
+        .expect_err("a reload changing nat_handshake_guard");
+    assert!(
+        refused.to_string().contains("nat_handshake_guard")
+            || lb.output().contains("nat_handshake_guard and [monitor]"),
+        "{refused}: {}",
+        lb.output()
+    );
+    assert_eq!(kernel_nat_guard(&topo), 239, "changed by a refused reload");
+    lb.stop();
+    let lb2 = start(&topo, &file, &[]);
+    assert_eq!(
+        kernel_nat_guard(&topo),
+        954,
+        "1 s in 2^20 ns units, rounded up"
+    );
+    drop(lb2);
+}
+
+/// EMBRYO_SLOT_CONF[SLOT_CONF_GUARD] of the program behind the lb's pinned link.
+fn kernel_nat_guard(topo: &Topology) -> u32 {
+    let (_, prog) = link_ids(topo);
+    let maps = bpftool(&["prog", "show", "id", &prog.to_string()]);
+    let ids = maps["map_ids"].as_array().expect("map_ids").clone();
+    for id in ids {
+        let id = id.as_u64().expect("map id").to_string();
+        // The kernel keeps 15 characters of a map's name.
+        if bpftool(&["map", "show", "id", &id])["name"].as_str() != Some("EMBRYO_SLOT_CON") {
+            continue;
+        }
+        let key = xdp_lb_common::SLOT_CONF_GUARD
+            .to_le_bytes()
+            .map(|b| b.to_string());
+        let mut args = vec!["map", "lookup", "id", &id, "key"];
+        args.extend(key.iter().map(String::as_str));
+        let entry = bpftool(&args);
+        let bytes: Vec<u8> = entry["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        return u32::from_le_bytes(bytes[..4].try_into().unwrap());
+    }
+    panic!("program {prog} has no EMBRYO_SLOT_CONF map");
+}
+
 /// The configuration changed while the daemon was down: one backend removed. UDP
 /// flows (same socket, same 5-tuple) homed on the others keep their backend; those
 /// homed on the removed one are re-dispatched. This holds only if the restored

@@ -285,9 +285,20 @@ pub const SLOT_CONF_MASK: u32 = 0;
 /// EMBRYO_SLOT_CONF[SLOT_CONF_GUARD]: how long a NAT flow's slot is kept from other
 /// flows, in `SLOT_TIME_SHIFT` units.
 pub const SLOT_CONF_GUARD: u32 = 1;
-/// The guard `run` sets: 10 units, 10.5 ms, far longer than a backend on the same
-/// network takes to answer a SYN.
+/// The guard a load sets: 10 units, 10.5 ms, far longer than a backend on the same
+/// network takes to answer a SYN (`run` then sets `nat_handshake_guard`'s).
 pub const SLOT_GUARD_UNITS: u32 = 10;
+
+/// A guard of `ns` nanoseconds in `SLOT_TIME_SHIFT` units, rounded up so that the
+/// guard is never shorter than asked.
+pub const fn slot_guard_units(ns: u64) -> u32 {
+    let units = ns.div_ceil(1 << SLOT_TIME_SHIFT);
+    if units > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        units as u32
+    }
+}
 
 /// The check word of a slot holding a key of `hash::flow_hash` `key_hash` and
 /// `value`: never 0 (0 marks a free slot). Not cryptographic: it tells a slot half

@@ -10,6 +10,7 @@
 //! flow_table_size = 262144       # optional: connections remembered per flow table
 //! max_services = 32              # optional: service slots the ring map is sized for (1..=1024)
 //! max_table_size = 65537         # optional: largest table_size any service may use
+//! nat_handshake_guard = "10ms"   # optional: a NAT backend's answer time to a new flow (0..=60s)
 //!
 //! [[service]]
 //! name = "web"                   # optional, default "VIP:PORT/PROTO"
@@ -191,6 +192,14 @@ pub const MAX_WEIGHT: u32 = 65535;
 /// Upper bound on `2 * max_services * max_table_size` ring entries (4 bytes each, so
 /// 256 MiB of kernel memory): beyond it the map allocation is likely to fail.
 pub const MAX_RING_ENTRIES: u64 = 1 << 26;
+/// Default `nat_handshake_guard`: far longer than a backend on the balancer's network
+/// takes to answer a SYN, short enough that few SYNs find a young NAT flow in their
+/// slot (those pay an LRU insert).
+pub const DEFAULT_NAT_HANDSHAKE_GUARD: Duration = Duration::from_millis(10);
+/// Largest `nat_handshake_guard`: a TCP client retransmits its SYN after 1 s, but a
+/// UDP backend may answer one datagram for longer; beyond a minute a slot would stay
+/// reserved for flows long gone.
+pub const MAX_NAT_HANDSHAKE_GUARD: Duration = Duration::from_secs(60);
 /// Linux IFNAMSIZ minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
 
@@ -205,6 +214,11 @@ pub struct Config {
     pub max_services: u32,
     /// Largest Maglev table size any service may use (fixed for the life of a `run`).
     pub max_table_size: u32,
+    /// How long a new NAT flow of a hash-scheduled service keeps its embryonic slot
+    /// from later flows (`xdp_lb_common::SLOT_CONF_GUARD`): the time its backend may
+    /// take to answer the flow's first packet before the answer can pass
+    /// untranslated. Fixed for the life of a `run`.
+    pub nat_handshake_guard: Duration,
     pub services: Vec<ServiceConfig>,
     /// The HTTP cache tier to run beside the balancer, if the file has `[cache]`.
     pub cache: Option<CacheConfig>,
@@ -572,6 +586,8 @@ pub enum ConfigError {
         value: u64,
         reason: String,
     },
+    #[error("nat_handshake_guard = {value:?} is invalid: {reason}")]
+    BadNatGuard { value: String, reason: String },
     #[error("[monitor] {key} {value:?}: {reason}")]
     BadMonitor {
         key: &'static str,
@@ -595,6 +611,28 @@ pub enum ConfigError {
         #[source]
         source: UnknownOnAllDown,
     },
+}
+
+/// `nat_handshake_guard`: a duration from 0 to `MAX_NAT_HANDSHAKE_GUARD`.
+fn parse_nat_guard(v: &str) -> Result<Duration, ConfigError> {
+    let bad = |reason: String| ConfigError::BadNatGuard {
+        value: v.to_string(),
+        reason,
+    };
+    // humantime reads "0" as an error; zero is a valid guard (no protection).
+    let d = if v.trim() == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(v)
+            .map_err(|e| bad(format!("{e}; write e.g. \"10ms\" or \"200ms\"")))?
+    };
+    if d > MAX_NAT_HANDSHAKE_GUARD {
+        return Err(bad(format!(
+            "at most {}; set it just above your NAT backends' slowest answer to a new flow",
+            humantime::format_duration(MAX_NAT_HANDSHAKE_GUARD)
+        )));
+    }
+    Ok(d)
 }
 
 /// Loads the file named by `args.config` (if any), adds the flag-defined service (if
@@ -650,6 +688,7 @@ struct RawConfig {
     flow_table_size: Option<u32>,
     max_services: Option<u32>,
     max_table_size: Option<u32>,
+    nat_handshake_guard: Option<String>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
     /// The HTTP cache tier, run beside the balancer (see `crate::cache`).
@@ -864,6 +903,13 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         );
     }
 
+    let nat_handshake_guard = match raw.nat_handshake_guard.as_deref() {
+        None => DEFAULT_NAT_HANDSHAKE_GUARD,
+        Some(v) => m
+            .check("nat_handshake_guard", parse_nat_guard(v))
+            .unwrap_or(DEFAULT_NAT_HANDSHAKE_GUARD),
+    };
+
     let limits_before = m.len();
     let mut max_services = raw.max_services.unwrap_or(DEFAULT_MAX_SERVICES);
     if !(1..=MAX_SERVICES).contains(&max_services) {
@@ -939,6 +985,7 @@ fn build(raw: RawConfig, args: &Sources) -> Result<Config, ConfigError> {
         flow_table_size,
         max_services,
         max_table_size,
+        nat_handshake_guard,
         services,
         cache: raw.cache,
         monitor,
@@ -1674,6 +1721,38 @@ state = "down"
             parse_str(&typo).unwrap_err(),
             ConfigError::UnknownKey { .. }
         ));
+    }
+
+    #[test]
+    fn nat_handshake_guard_is_a_bounded_duration() {
+        let guard = |v: &str| parse_str(&format!("nat_handshake_guard = {v:?}\n{}", one("", "")));
+        assert_eq!(
+            parse_str(&one("", "")).unwrap().nat_handshake_guard,
+            DEFAULT_NAT_HANDSHAKE_GUARD
+        );
+        assert_eq!(
+            guard("250ms").unwrap().nat_handshake_guard,
+            Duration::from_millis(250)
+        );
+        assert_eq!(guard("0").unwrap().nat_handshake_guard, Duration::ZERO);
+        assert_eq!(
+            guard("60s").unwrap().nat_handshake_guard,
+            MAX_NAT_HANDSHAKE_GUARD
+        );
+        for (bad, says) in [("2m", "at most 1m"), ("soon", "10ms"), ("-1s", "10ms")] {
+            let e = guard(bad).expect_err(bad);
+            assert!(matches!(e, ConfigError::BadNatGuard { .. }), "{bad}: {e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("nat_handshake_guard") && text.contains(says),
+                "{bad}: {text}"
+            );
+        }
+        // The kernel's units round up: never shorter than asked.
+        assert_eq!(xdp_lb_common::slot_guard_units(10_000_000), 10);
+        assert_eq!(xdp_lb_common::slot_guard_units(1 << 20), 1);
+        assert_eq!(xdp_lb_common::slot_guard_units((1 << 20) + 1), 2);
+        assert_eq!(xdp_lb_common::slot_guard_units(0), 0);
     }
 
     #[test]

@@ -548,6 +548,7 @@ impl<D: Dataplane> Controller<D> {
                 c.flow_table_size,
                 c.max_services,
                 c.max_table_size,
+                c.nat_handshake_guard,
                 // Alert thresholds apply on reload (the daemon's loop hands them to the
                 // monitor); the sampling, the endpoint and the history size do not.
                 c.monitor.interval,
@@ -558,7 +559,7 @@ impl<D: Dataplane> Controller<D> {
         if fixed(&new) != fixed(&self.cfg) {
             return Err(ApiError::new(
                 ErrorKind::Invalid,
-                "interfaces, xdp_mode, attach, flow_table_size, max_services, max_table_size and [monitor] (except [monitor.alerts]) only change on restart",
+                "interfaces, xdp_mode, attach, flow_table_size, max_services, max_table_size, nat_handshake_guard and [monitor] (except [monitor.alerts]) only change on restart",
             ));
         }
         if new.cache != self.cfg.cache {

@@ -193,6 +193,16 @@ pub fn run(sources: Sources, admin: AdminOptions, pin: PinArgs) -> Result<(), Da
     };
     let (mut dp, adopted) =
         AyaDataplane::load_pinned(sizes, &pin_opts).map_err(DaemonError::Dataplane)?;
+    // Before anything attaches: the load wrote the default.
+    let guard = cfg.nat_handshake_guard;
+    dp.set_slot_guard(xdp_lb_common::slot_guard_units(guard.as_nanos() as u64))
+        .map_err(DaemonError::Dataplane)?;
+    if guard != config::DEFAULT_NAT_HANDSHAKE_GUARD {
+        log::info!(
+            "nat_handshake_guard {}: a new NAT flow of a hash-scheduled service keeps its slot that long for its backend's answer",
+            humantime::format_duration(guard)
+        );
+    }
     let (planner, plan, flows) = if adopted {
         // Ids, generations and table halves come from the kernel, not from a fresh
         // allocation: the configuration is then applied as a diff on top.
