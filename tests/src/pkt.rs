@@ -422,6 +422,18 @@ impl Bed {
         dp.apply(&plan).expect("publish ring");
     }
 
+    /// Gives service `id` other flags (a scheduler or forwarding switch), publishing
+    /// the bed's table again with them, as a reload would.
+    pub fn set_service_flags(&self, dp: &mut AyaDataplane, id: u32, flags: u32) {
+        let base = {
+            let mut specs = self.specs.borrow_mut();
+            specs[id as usize].flags = flags;
+            specs[id as usize].backend_base()
+        };
+        let table: Vec<u32> = ring_pattern(RING).iter().map(|b| b + base).collect();
+        self.publish_raw(dp, id, &table, 0);
+    }
+
     /// Publishes a table of raw backend ids (not bed indexes) for service `id`: the
     /// scheduler cases use backend slots beyond the bed's six.
     pub fn publish_ids(&self, dp: &mut AyaDataplane, id: u32, ids: &[u32], slot: u32) {

@@ -979,6 +979,73 @@ fn hash_flows_share_slots_and_the_rest_use_the_lru() {
     });
 }
 
+/// SLOT_ENDPOINTS marks the endpoints whose services are all DSR and schedule by hash
+/// (their packets that miss FLOWS skip EMBRYOS); a service that turns into another
+/// kind clears its bit before its first handshake can be in EMBRYOS, and the bit stays
+/// clear when it turns back, so a handshake it left there is still promoted.
+#[test]
+fn slot_endpoints_never_hide_a_handshake_in_the_lru() {
+    with_bed(|bed| {
+        let specs = [
+            svc_v4(PROTO_TCP, SVC_FWD_DSR),
+            svc_v4(PROTO_TCP, SVC_FWD_DSR | SVC_SCHED_RR).on_port(82),
+            svc_v4(PROTO_TCP, 0).on_port(86),
+        ];
+        // The bed publishes its services after the load, each on a bit no service
+        // had: the DSR maglev one is marked at once.
+        let mut dp = bed.load(&specs);
+        let marked = |dp: &AyaDataplane, s: &SvcSpec| {
+            let k = s.key();
+            dp.slot_endpoint(k.addr, k.port).expect("SLOT_ENDPOINTS")
+        };
+        assert!(marked(&dp, &specs[0]), "DSR maglev: not marked");
+        assert!(!marked(&dp, &specs[1]), "DSR round-robin: marked");
+        assert!(!marked(&dp, &specs[2]), "NAT maglev: marked");
+        let syn = |port: u16| {
+            v4(
+                PROTO_TCP, CLIENT4, VIP4, port, 80, 64, CLIENT_MAC, LB_MAC, b"",
+            )
+        };
+        let ack = |port: u16| ack4(port, TCP_ACK);
+        let promoted = |dp: &AyaDataplane| count(&dp.global_counters().unwrap(), "flow_promoted");
+
+        // Marked: a handshake lives in its slot and its ACK promotes it from there.
+        let to = backend_of(&run(&mut dp, &syn(43000)).1);
+        assert_eq!(backend_of(&run(&mut dp, &ack(43000)).1), to);
+        assert_eq!(promoted(&dp), 1);
+
+        // Round-robin now: the bit goes, and a handshake in EMBRYOS is found.
+        bed.set_service_flags(&mut dp, 0, SVC_FWD_DSR | SVC_SCHED_RR);
+        assert!(!marked(&dp, &specs[0]), "round-robin now: still marked");
+        let to = backend_of(&run(&mut dp, &syn(43001)).1);
+        assert!(
+            has_flow(&mut dp, "EMBRYOS", &syn(43001))
+                && !has_flow(&mut dp, "EMBRYO_SLOTS", &syn(43001))
+        );
+        assert_eq!(
+            backend_of(&run(&mut dp, &ack(43001)).1),
+            to,
+            "round-robin ACK re-dispatched"
+        );
+        assert_eq!(promoted(&dp), 2);
+
+        // Back to maglev with a round-robin handshake outstanding: the bit stays clear
+        // (until a restart), so the ACK still finds it in EMBRYOS.
+        let to = backend_of(&run(&mut dp, &syn(43002)).1);
+        bed.set_service_flags(&mut dp, 0, SVC_FWD_DSR);
+        assert!(
+            !marked(&dp, &specs[0]),
+            "marked again with a handshake in EMBRYOS"
+        );
+        assert_eq!(backend_of(&run(&mut dp, &ack(43002)).1), to);
+        assert_eq!(
+            promoted(&dp),
+            3,
+            "the round-robin handshake was not promoted"
+        );
+    });
+}
+
 /// A NAT flow's slot entry also translates its backend's SYN-ACK: a later flow of the
 /// slot moves it to EMBRYOS while it is younger than the guard, and overwrites it
 /// once it is older (the SYN-ACK then passes untranslated; the ACK still reaches the

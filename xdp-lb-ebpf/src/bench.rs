@@ -299,15 +299,18 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     }
     let key = &pkt.key;
     let udp = key.proto == xdp_lb_common::PROTO_UDP;
-    let udp_hash = if udp {
+    // The hash of a key whose slot the established path reads (a datagram's, or any
+    // packet's to a SLOT_ENDPOINTS endpoint; a SYN's slot is read in step 5).
+    let udp_hash = if udp || !pkt.syn {
         xdp_lb_common::hash::flow_hash(key)
     } else {
         0
     };
+    let slot_only = crate::lb::slot_endpoint(&key.dst, key.dport);
     if !pkt.syn
         && (unsafe { FLOWS.get(key) }.is_some()
-            || (udp && crate::embryo::in_slot(key, udp_hash).is_some())
-            || unsafe { EMBRYOS.get(key) }.is_some())
+            || ((udp || slot_only) && crate::embryo::in_slot(key, udp_hash).is_some())
+            || (!slot_only && unsafe { EMBRYOS.get(key) }.is_some()))
     {
         return xdp_action::XDP_PASS;
     }

@@ -11,7 +11,10 @@ use crate::{
     ctx::Ctx,
     forward::{self, Side},
     icmp,
-    maps::{BACKEND_REPLIES, EMBRYO_REVERSE, ENDPOINT_FILTER, FLOWS, NAT_REVERSE, SERVICES},
+    maps::{
+        BACKEND_REPLIES, EMBRYO_REVERSE, ENDPOINT_FILTER, FLOWS, NAT_REVERSE, SERVICES,
+        SLOT_ENDPOINTS,
+    },
     parse::{self, Packet},
     select, stats, toobig, validate,
 };
@@ -206,6 +209,17 @@ pub fn may_be_endpoint(addr: &[u32; 4], port: u16) -> bool {
         Some(w) => *w & (1u64 << (bit % 64)) != 0,
         // Unreachable (the index is below the map's size): look it up.
         None => true,
+    }
+}
+
+/// The (address, port) pair's SLOT_ENDPOINTS bit: every service of its bit (DSR,
+/// scheduling by hash) keeps its new flows in EMBRYO_SLOTS only.
+#[inline(always)]
+pub fn slot_endpoint(addr: &[u32; 4], port: u16) -> bool {
+    let bit = xdp_lb_common::endpoint_bit(addr, port);
+    match SLOT_ENDPOINTS.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
     }
 }
 

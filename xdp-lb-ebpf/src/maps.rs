@@ -91,6 +91,16 @@ pub static EMBRYO_REVERSE: LruHashMap<FlowKey, NatReverse> =
 #[map]
 pub static ENDPOINT_FILTER: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
 
+/// Bitmap over `endpoint_bit`, as ENDPOINT_FILTER: a set bit says every SERVICES key
+/// of that bit is a DSR service that schedules by hash, whose new flows are only ever
+/// in EMBRYO_SLOTS (`xdp_lb_common::slot_scheduled`; no NAT guard moves them), so a
+/// packet to it that misses FLOWS reads its slot beside that miss and never looks in
+/// EMBRYOS. Kept by the control plane: a bit is cleared before a key of it turns into
+/// another kind of service, and set only at a load or for a bit no service had, so
+/// that no handshake of another kind is in EMBRYOS unseen. Not pinned.
+#[map]
+pub static SLOT_ENDPOINTS: Array<u64> = Array::with_max_entries(ENDPOINT_FILTER_WORDS, 0);
+
 /// NAT backend endpoint -> VIP and port its replies are translated back to.
 #[map]
 pub static BACKEND_REPLIES: HashMap<ServiceKey, ReplyTarget> =

@@ -105,9 +105,12 @@ pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
         //
         // A datagram reads its slot here too, before its service is known: read after
         // the SERVICES lookup, the slot's miss cost as much as the LRU insert it saves
-        // (README, New flows). A TCP packet does not: its slot is read only once its
-        // service is known to use slots, so that a NAT flow's ACK pays nothing more.
-        if pkt.key.proto == PROTO_UDP {
+        // (README, New flows). So does a TCP packet to an endpoint whose services keep
+        // new flows in the slots alone (SLOT_ENDPOINTS: DSR, by hash), which then skips
+        // EMBRYOS; elsewhere a TCP packet's slot is read only once its service is known
+        // to use slots, so that the flows of other services pay nothing more.
+        let slot_only = crate::lb::slot_endpoint(&skey.addr, skey.port);
+        if pkt.key.proto == PROTO_UDP || slot_only {
             let h = flow_hash(&pkt.key);
             if let Some(v) = embryo::in_slot(&pkt.key, h) {
                 return Lookup::Miss(Missed {
@@ -117,7 +120,11 @@ pub fn established(pkt: &Packet, skey: &ServiceKey) -> Lookup {
                 });
             }
             return Lookup::Miss(Missed {
-                embryo: unsafe { EMBRYOS.get(&pkt.key) },
+                embryo: if slot_only {
+                    None
+                } else {
+                    unsafe { EMBRYOS.get(&pkt.key) }
+                },
                 slot_hash: Some(h),
                 from_slot: false,
             });

@@ -266,6 +266,10 @@ fn v4_frame(flows: u32) -> FrameSpec {
     }
 }
 
+/// The DSR UDP service's port: an endpoint of its own (not the NAT VIP's :80), so
+/// that its packets skip EMBRYOS as a DSR-only endpoint's do (SLOT_ENDPOINTS).
+const DSR_UDP_PORT: u16 = 53;
+
 /// UDP to the DSR service: new flows write the flow table only (no reverse entry).
 fn dsr_frame(flows: u32) -> FrameSpec {
     dsr_frame_with(flows, b"")
@@ -275,7 +279,15 @@ fn dsr_frame(flows: u32) -> FrameSpec {
 fn dsr_frame_with(flows: u32, payload: &[u8]) -> FrameSpec {
     FrameSpec {
         frame: v4(
-            PROTO_UDP, CLIENT4, VIP4, 40000, 80, 64, CLIENT_MAC, LB_MAC, payload,
+            PROTO_UDP,
+            CLIENT4,
+            VIP4,
+            40000,
+            DSR_UDP_PORT,
+            64,
+            CLIENT_MAC,
+            LB_MAC,
+            payload,
         ),
         flows,
         port_off: 14 + 20,
@@ -915,6 +927,26 @@ fn prepare(
             i.map_flags()
         ));
     }
+    // Which services' packets skip EMBRYOS (an earlier build's object lacks the map).
+    if let Ok(specs) = services
+        .iter()
+        .map(|s| {
+            let k = s.key();
+            dp.slot_endpoint(k.addr, k.port)
+                .map(|m| (m, u16::from_be(k.port)))
+        })
+        .collect::<Result<Vec<_>, _>>()
+    {
+        let marked: Vec<String> = specs
+            .iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, p)| format!(":{p}"))
+            .collect();
+        tables.push(format!(
+            "SLOT_ENDPOINTS: set for {} (DSR, by hash: no EMBRYOS lookup)",
+            marked.join(" ")
+        ));
+    }
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).context("bed interface")?;
     let mut h = Harness { dp, ifindex };
 
@@ -989,7 +1021,7 @@ fn measure(bed: &Bed) -> anyhow::Result<(Vec<Row>, Setting)> {
     let mut services = vec![
         svc_v4(PROTO_TCP, 0),
         svc_v6(PROTO_TCP),
-        svc_v4(PROTO_UDP, SVC_FWD_DSR),
+        svc_v4(PROTO_UDP, SVC_FWD_DSR).on_port(DSR_UDP_PORT),
     ];
     for (id, port, flags) in SCHED_SERVICES {
         ensure!(

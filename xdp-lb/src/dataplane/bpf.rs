@@ -15,9 +15,9 @@ use aya::{
 };
 use xdp_lb_common::{
     embryo_check, embryo_slots, embryo_table_size, endpoint_bit, hash::flow_hash,
-    hash_table_entries, reason, Backend, Counters, EmbryoSlot, FlowKey, FlowValue, Layout,
-    ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
-    SLOT_CONF_GUARD, SLOT_CONF_MASK, SLOT_GUARD_UNITS,
+    hash_table_entries, reason, slot_scheduled, Backend, Counters, EmbryoSlot, FlowKey, FlowValue,
+    Layout, ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
+    SLOT_CONF_GUARD, SLOT_CONF_MASK, SLOT_GUARD_UNITS, SVC_FWD_DSR,
 };
 
 use super::{
@@ -182,6 +182,13 @@ fn sized_loader(sizes: MapSizes) -> EbpfLoader<'static> {
     loader
 }
 
+/// A service whose new flows are in EMBRYO_SLOTS only: hash-scheduled DSR. (A NAT
+/// flow's entry may be moved to EMBRYOS by the slot's guard, and round-robin and
+/// least-conn flows are there.) SLOT_ENDPOINTS's bits are those of such services.
+fn slot_only(k: &ServiceKey, v: &Service) -> bool {
+    slot_scheduled(v.flags, k.proto) && v.flags & SVC_FWD_DSR != 0
+}
+
 /// The flow a slot of EMBRYO_SLOTS holds, if it is whole (`embryo_check`).
 fn slot_holds(s: &EmbryoSlot) -> Option<(FlowKey, FlowValue)> {
     (s.check != 0 && s.check == embryo_check(flow_hash(&s.key), &s.value))
@@ -281,6 +288,7 @@ impl AyaDataplane {
         // The filter is this load's own map: fill it from the adopted tables before
         // the program can see a packet.
         dp.rebuild_endpoint_filter()?;
+        dp.refresh_slot_endpoints(None)?;
         dp.rebuild_services_by_id()?;
         dp.set_slot_conf()?;
         dp.load_program(PROGRAM)?;
@@ -382,6 +390,96 @@ impl AyaDataplane {
             }
         }
         Ok(())
+    }
+
+    /// The `endpoint_bit`s of the SERVICES keys, as a bitmap (ENDPOINT_FILTER's shape).
+    fn service_bits(&self) -> Result<Vec<u64>, DataplaneError> {
+        let mut bits = vec![0u64; ENDPOINT_FILTER_WORDS as usize];
+        let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
+        for k in services.keys() {
+            let k = k.map_err(map_err("SERVICES"))?;
+            let bit = endpoint_bit(&k.addr, k.port);
+            bits[(bit / 64) as usize] |= 1u64 << (bit % 64);
+        }
+        Ok(bits)
+    }
+
+    /// Clears the SLOT_ENDPOINTS bit of every service that `writes` make other than a
+    /// hash-scheduled DSR one (`slot_only`), before SERVICES holds it: from then on its
+    /// handshakes may be in EMBRYOS, which packets to its bit must look in.
+    fn slot_endpoints_clear(
+        &mut self,
+        writes: &[(ServiceKey, Service)],
+    ) -> Result<(), DataplaneError> {
+        if self.ebpf.map("SLOT_ENDPOINTS").is_none() {
+            return Ok(());
+        }
+        let mut hint: Array<&mut MapData, u64> = self.map("SLOT_ENDPOINTS")?;
+        for (k, v) in writes {
+            if slot_only(k, v) {
+                continue;
+            }
+            let bit = endpoint_bit(&k.addr, k.port);
+            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+            let w = hint.get(&word, 0).map_err(map_err("SLOT_ENDPOINTS"))?;
+            if w & mask != 0 {
+                hint.set(word, w & !mask, 0)
+                    .map_err(map_err("SLOT_ENDPOINTS"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SLOT_ENDPOINTS from SERVICES as it is now: a bit is set when every key of it is
+    /// `slot_only`, but only where `had` (the bits that had a service before the plan;
+    /// None at a load) is clear or the bit was set already. A bit that held another
+    /// service stays clear until the next start, so no handshake that one left in
+    /// EMBRYOS is skipped (it costs its packets the EMBRYOS lookup, nothing else).
+    fn refresh_slot_endpoints(&mut self, had: Option<&[u64]>) -> Result<(), DataplaneError> {
+        // Only an earlier build's object (`cargo xtask bench pkt` A/B runs) lacks it.
+        if self.ebpf.map("SLOT_ENDPOINTS").is_none() {
+            return Ok(());
+        }
+        let words = ENDPOINT_FILTER_WORDS as usize;
+        let (mut hashed, mut other) = (vec![0u64; words], vec![0u64; words]);
+        {
+            let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
+            for e in services.iter() {
+                let (k, v) = e.map_err(map_err("SERVICES"))?;
+                let bit = endpoint_bit(&k.addr, k.port);
+                let into = if slot_only(&k, &v) {
+                    &mut hashed
+                } else {
+                    &mut other
+                };
+                into[(bit / 64) as usize] |= 1u64 << (bit % 64);
+            }
+        }
+        let mut hint: Array<&mut MapData, u64> = self.map("SLOT_ENDPOINTS")?;
+        for i in 0..words {
+            let old = hint
+                .get(&(i as u32), 0)
+                .map_err(map_err("SLOT_ENDPOINTS"))?;
+            let mut new = hashed[i] & !other[i];
+            if let Some(had) = had {
+                new &= old | !had[i];
+            }
+            if new != old {
+                hint.set(i as u32, new, 0)
+                    .map_err(map_err("SLOT_ENDPOINTS"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether packets to (address, port) skip EMBRYOS (SLOT_ENDPOINTS): for tests.
+    pub fn slot_endpoint(&self, addr: [u32; 4], port: u16) -> Result<bool, DataplaneError> {
+        let hint: Array<&MapData, u64> = self.map_ref("SLOT_ENDPOINTS")?;
+        let bit = endpoint_bit(&addr, port);
+        let w = hint
+            .get(&(bit / 64), 0)
+            .map_err(map_err("SLOT_ENDPOINTS"))?;
+        Ok(w & (1u64 << (bit % 64)) != 0)
     }
 
     /// Fills SERVICES_BY_ID from SERVICES (this load's own, zeroed array; SERVICES
@@ -901,6 +999,14 @@ impl Dataplane for AyaDataplane {
                 .map(|(k, _)| (k.addr, k.port))
                 .chain(plan.reply_writes.iter().map(|(k, _)| (k.addr, k.port))),
         )?;
+        let services_change = !plan.service_writes.is_empty() || !plan.service_deletes.is_empty();
+        let had = if services_change {
+            let had = self.service_bits()?;
+            self.slot_endpoints_clear(&plan.service_writes)?;
+            Some(had)
+        } else {
+            None
+        };
         {
             let mut backends: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
             for (id, b) in &plan.backend_writes {
@@ -965,6 +1071,9 @@ impl Dataplane for AyaDataplane {
         }
         if !plan.service_deletes.is_empty() || !plan.reply_deletes.is_empty() {
             self.rebuild_endpoint_filter()?;
+        }
+        if let Some(had) = had {
+            self.refresh_slot_endpoints(Some(&had))?;
         }
         let mut owners: Array<&mut MapData, u32> = self.map("BACKEND_OWNERS")?;
         for (id, owner) in &plan.owner_writes {
