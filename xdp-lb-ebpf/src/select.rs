@@ -68,8 +68,8 @@ impl Established {
 pub struct Missed {
     /// The flow's embryonic entry, if any, looked up right after the FLOWS miss.
     embryo: Option<&'static FlowValue>,
-    /// A UDP flow's `flow_hash`: its slot was read too (and `embryo` is the slot's
-    /// when `from_slot`).
+    /// The key's `flow_hash` when its slot was read too (a datagram, or any packet to
+    /// a SLOT_ENDPOINTS endpoint); `embryo` is then the slot's when `from_slot`.
     slot_hash: Option<u32>,
     from_slot: bool,
 }
@@ -206,7 +206,8 @@ pub fn backend_for<C: Ctx>(
         let mut from_slot = missed.is_some_and(|m| m.from_slot);
         // A TCP flow's slot is read only now that its service is known: a slot costs
         // a cache miss, which the flows of other services (looked up in EMBRYOS
-        // above, beside the FLOWS miss) need not pay. A datagram's was read there.
+        // above, beside the FLOWS miss) need not pay. A datagram's, or a packet's to a
+        // SLOT_ENDPOINTS endpoint, was read there.
         if slotted && !missed.is_some_and(|m| m.slot_hash.is_some()) {
             if let Some(v) = embryo::in_slot(key, h) {
                 embryo = Some(v);
