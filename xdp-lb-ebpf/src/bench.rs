@@ -364,7 +364,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
     if STEP == 5 {
         return xdp_action::XDP_TX;
     }
-    let Ok((id, backend)) = crate::sched::pick(key, svc) else {
+    let Ok((id, backend)) = crate::sched::pick(key, svc, slotted.then_some(h)) else {
         return xdp_action::XDP_PASS;
     };
     if STEP == 6 {

@@ -19,9 +19,15 @@ use crate::{
     parse::{TCP_FIN, TCP_RST},
 };
 
-/// The backend for a flow no table knows (or whose backend went away).
+/// The backend for a flow no table knows (or whose backend went away). `key_hash`:
+/// the key's `flow_hash` when the caller computed it already (for its slot), which
+/// Maglev's position then reuses.
 #[inline(always)]
-pub fn pick(key: &FlowKey, svc: &Service) -> Result<(u32, &'static Backend), u32> {
+pub fn pick(
+    key: &FlowKey,
+    svc: &Service,
+    key_hash: Option<u32>,
+) -> Result<(u32, &'static Backend), u32> {
     if svc.ring_size == 0 {
         return Err(reason::DROP_NO_BACKEND);
     }
@@ -33,7 +39,7 @@ pub fn pick(key: &FlowKey, svc: &Service) -> Result<(u32, &'static Backend), u32
     } else if svc.flags & SVC_HASH_SRC_ONLY != 0 {
         hash::src_hash(&key.src) % svc.ring_size
     } else {
-        hash::flow_hash(key) % svc.ring_size
+        key_hash.unwrap_or_else(|| hash::flow_hash(key)) % svc.ring_size
     };
     let id = *MAGLEV_RING
         .get(svc.ring_offset.wrapping_add(pos))

@@ -268,7 +268,7 @@ pub fn backend_for<C: Ctx>(
         }
         stats::reason(reason::SYN);
     }
-    let (id, backend) = sched::pick(key, svc)?;
+    let (id, backend) = sched::pick(key, svc, slotted.then_some(h))?;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;
     let mut value = FlowValue {
         backend_id: id,
