@@ -121,17 +121,19 @@ pub fn reason_count(ns: &str, reason: u32) -> u64 {
         .as_array()
         .expect("per-CPU values")
         .iter()
-        .map(|c| {
-            let bytes: Vec<u8> = c["value"]
-                .as_array()
-                .expect("value bytes")
-                .iter()
-                .map(|b| {
-                    u8::from_str_radix(b.as_str().expect("hex byte").trim_start_matches("0x"), 16)
-                        .expect("hex byte")
-                })
-                .collect();
-            u64::from_ne_bytes(bytes[..8].try_into().expect("a u64 value"))
-        })
+        .map(|c| u64::from_ne_bytes(value_bytes(c)[..8].try_into().expect("a u64 value")))
         .sum()
+}
+
+/// The bytes of an entry's `value` as `bpftool -j map lookup` prints them ("0x2a").
+pub fn value_bytes(entry: &serde_json::Value) -> Vec<u8> {
+    entry["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| {
+            u8::from_str_radix(b.as_str().expect("hex byte").trim_start_matches("0x"), 16)
+                .expect("hex byte")
+        })
+        .collect()
 }

@@ -603,13 +603,7 @@ fn kernel_nat_guard(topo: &Topology) -> u32 {
             .map(|b| b.to_string());
         let mut args = vec!["map", "lookup", "id", &id, "key"];
         args.extend(key.iter().map(String::as_str));
-        let entry = bpftool(&args);
-        let bytes: Vec<u8> = entry["value"]
-            .as_array()
-            .expect("value bytes")
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect();
+        let bytes = pins::value_bytes(&bpftool(&args));
         return u32::from_le_bytes(bytes[..4].try_into().unwrap());
     }
     panic!("program {prog} has no EMBRYO_SLOT_CONF map");
@@ -767,12 +761,7 @@ fn a_resized_counter_array_is_migrated_and_a_reshaped_map_is_refused() {
     let per_cpu = entry["values"].as_array().expect("per-CPU values");
     assert!(!per_cpu.is_empty(), "{entry}");
     for v in per_cpu {
-        let bytes: Vec<u8> = v["value"]
-            .as_array()
-            .expect("value bytes")
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect();
+        let bytes = pins::value_bytes(v);
         let n = u64::from_ne_bytes(bytes[..8].try_into().unwrap());
         assert!(n >= 1000, "pass_malformed lost in the migration: {entry}");
     }
