@@ -1,7 +1,7 @@
 //! The balancer's decision for one packet: service lookup, validation, backend
 //! choice, rewrite, send; or, for a packet that is not to a service, the NAT reply
 //! path.
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, maps::Array};
 use xdp_lb_common::{
     reason, FlowKey, NatReverse, ReplyTarget, ServiceKey, REPLY_PER_FLOW, SVC_FWD_DSR,
     SVC_REVERSE_PER_FLOW,
@@ -204,22 +204,25 @@ fn remember_reply<C: Ctx>(
 /// `xdp_lb_common::endpoint_bit`); true may be a false positive.
 #[inline(always)]
 pub fn may_be_endpoint(addr: &[u32; 4], port: u16) -> bool {
-    let bit = xdp_lb_common::endpoint_bit(addr, port);
-    match ENDPOINT_FILTER.get(bit / 64) {
-        Some(w) => *w & (1u64 << (bit % 64)) != 0,
-        // Unreachable (the index is below the map's size): look it up.
-        None => true,
-    }
+    // A missing word is unreachable (the index is below the map's size): look it up.
+    endpoint_bit_set(&ENDPOINT_FILTER, addr, port, true)
 }
 
 /// The (address, port) pair's SLOT_ENDPOINTS bit: every service of its bit (DSR,
 /// scheduling by hash) keeps its new flows in EMBRYO_SLOTS only.
 #[inline(always)]
 pub fn slot_endpoint(addr: &[u32; 4], port: u16) -> bool {
+    endpoint_bit_set(&SLOT_ENDPOINTS, addr, port, false)
+}
+
+/// The pair's `endpoint_bit` in a bitmap of ENDPOINT_FILTER's shape; `missing`: the
+/// answer should its word be missing.
+#[inline(always)]
+fn endpoint_bit_set(bitmap: &Array<u64>, addr: &[u32; 4], port: u16, missing: bool) -> bool {
     let bit = xdp_lb_common::endpoint_bit(addr, port);
-    match SLOT_ENDPOINTS.get(bit / 64) {
+    match bitmap.get(bit / 64) {
         Some(w) => *w & (1u64 << (bit % 64)) != 0,
-        None => false,
+        None => missing,
     }
 }
 
