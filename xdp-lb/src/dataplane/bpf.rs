@@ -182,6 +182,13 @@ fn sized_loader(sizes: MapSizes) -> EbpfLoader<'static> {
     loader
 }
 
+/// The word of an endpoint bitmap (ENDPOINT_FILTER's shape) that holds the pair's
+/// `endpoint_bit`, and the bit's mask in it.
+fn endpoint_word(addr: &[u32; 4], port: u16) -> (u32, u64) {
+    let bit = endpoint_bit(addr, port);
+    (bit / 64, 1u64 << (bit % 64))
+}
+
 /// A service whose new flows are in EMBRYO_SLOTS only: hash-scheduled DSR. (A NAT
 /// flow's entry may be moved to EMBRYOS by the slot's guard, and round-robin and
 /// least-conn flows are there.) SLOT_ENDPOINTS's bits are those of such services.
@@ -345,15 +352,24 @@ impl AyaDataplane {
         &mut self,
         pairs: impl Iterator<Item = ([u32; 4], u16)>,
     ) -> Result<(), DataplaneError> {
-        let mut filter: Array<&mut MapData, u64> = self.map("ENDPOINT_FILTER")?;
+        self.endpoint_bits_write("ENDPOINT_FILTER", pairs, true)
+    }
+
+    /// Sets (`on`) or clears the bits of `pairs` in the endpoint bitmap `name`
+    /// (ENDPOINT_FILTER's shape), writing only the words that change.
+    fn endpoint_bits_write(
+        &mut self,
+        name: &'static str,
+        pairs: impl Iterator<Item = ([u32; 4], u16)>,
+        on: bool,
+    ) -> Result<(), DataplaneError> {
+        let mut bitmap: Array<&mut MapData, u64> = self.map(name)?;
         for (addr, port) in pairs {
-            let bit = endpoint_bit(&addr, port);
-            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
-            let w = filter.get(&word, 0).map_err(map_err("ENDPOINT_FILTER"))?;
-            if w & mask == 0 {
-                filter
-                    .set(word, w | mask, 0)
-                    .map_err(map_err("ENDPOINT_FILTER"))?;
+            let (word, mask) = endpoint_word(&addr, port);
+            let w = bitmap.get(&word, 0).map_err(map_err(name))?;
+            let new = if on { w | mask } else { w & !mask };
+            if new != w {
+                bitmap.set(word, new, 0).map_err(map_err(name))?;
             }
         }
         Ok(())
@@ -366,8 +382,8 @@ impl AyaDataplane {
     fn rebuild_endpoint_filter(&mut self) -> Result<(), DataplaneError> {
         let mut want = vec![0u64; ENDPOINT_FILTER_WORDS as usize];
         let mut mark = |addr: &[u32; 4], port: u16| {
-            let bit = endpoint_bit(addr, port);
-            want[(bit / 64) as usize] |= 1u64 << (bit % 64);
+            let (word, mask) = endpoint_word(addr, port);
+            want[word as usize] |= mask;
         };
         {
             let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
@@ -398,8 +414,8 @@ impl AyaDataplane {
         let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
         for k in services.keys() {
             let k = k.map_err(map_err("SERVICES"))?;
-            let bit = endpoint_bit(&k.addr, k.port);
-            bits[(bit / 64) as usize] |= 1u64 << (bit % 64);
+            let (word, mask) = endpoint_word(&k.addr, k.port);
+            bits[word as usize] |= mask;
         }
         Ok(bits)
     }
@@ -414,20 +430,11 @@ impl AyaDataplane {
         if self.ebpf.map("SLOT_ENDPOINTS").is_none() {
             return Ok(());
         }
-        let mut hint: Array<&mut MapData, u64> = self.map("SLOT_ENDPOINTS")?;
-        for (k, v) in writes {
-            if slot_only(k, v) {
-                continue;
-            }
-            let bit = endpoint_bit(&k.addr, k.port);
-            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
-            let w = hint.get(&word, 0).map_err(map_err("SLOT_ENDPOINTS"))?;
-            if w & mask != 0 {
-                hint.set(word, w & !mask, 0)
-                    .map_err(map_err("SLOT_ENDPOINTS"))?;
-            }
-        }
-        Ok(())
+        let others = writes
+            .iter()
+            .filter(|(k, v)| !slot_only(k, v))
+            .map(|(k, _)| (k.addr, k.port));
+        self.endpoint_bits_write("SLOT_ENDPOINTS", others, false)
     }
 
     /// SLOT_ENDPOINTS from SERVICES as it is now: a bit is set when every key of it is
@@ -446,13 +453,13 @@ impl AyaDataplane {
             let services: HashMap<&MapData, ServiceKey, Service> = self.map_ref("SERVICES")?;
             for e in services.iter() {
                 let (k, v) = e.map_err(map_err("SERVICES"))?;
-                let bit = endpoint_bit(&k.addr, k.port);
+                let (word, mask) = endpoint_word(&k.addr, k.port);
                 let into = if slot_only(&k, &v) {
                     &mut hashed
                 } else {
                     &mut other
                 };
-                into[(bit / 64) as usize] |= 1u64 << (bit % 64);
+                into[word as usize] |= mask;
             }
         }
         let mut hint: Array<&mut MapData, u64> = self.map("SLOT_ENDPOINTS")?;
@@ -475,11 +482,9 @@ impl AyaDataplane {
     /// Whether packets to (address, port) skip EMBRYOS (SLOT_ENDPOINTS): for tests.
     pub fn slot_endpoint(&self, addr: [u32; 4], port: u16) -> Result<bool, DataplaneError> {
         let hint: Array<&MapData, u64> = self.map_ref("SLOT_ENDPOINTS")?;
-        let bit = endpoint_bit(&addr, port);
-        let w = hint
-            .get(&(bit / 64), 0)
-            .map_err(map_err("SLOT_ENDPOINTS"))?;
-        Ok(w & (1u64 << (bit % 64)) != 0)
+        let (word, mask) = endpoint_word(&addr, port);
+        let w = hint.get(&word, 0).map_err(map_err("SLOT_ENDPOINTS"))?;
+        Ok(w & mask != 0)
     }
 
     /// Fills SERVICES_BY_ID from SERVICES (this load's own, zeroed array; SERVICES
