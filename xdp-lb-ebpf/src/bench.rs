@@ -298,18 +298,21 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let key = &pkt.key;
-    let udp = key.proto == xdp_lb_common::PROTO_UDP;
-    // The hash of a key whose slot the established path reads (a datagram's, or any
-    // packet's to a SLOT_ENDPOINTS endpoint; a SYN's slot is read in step 5).
-    let udp_hash = if udp || !pkt.syn {
+    // As `select::established`: a packet that misses FLOWS reads its slot beside that
+    // miss if it is a datagram or goes to a SLOT_ENDPOINTS endpoint (which then skips
+    // EMBRYOS); the hash serves every later slot access.
+    let slot_only = !pkt.syn && crate::lb::slot_endpoint(&key.dst, key.dport);
+    // Plain values, not an Option<u32>: with one, LLVM spilled an undefined register
+    // on the `None` path, which the verifier rejects.
+    let early = !pkt.syn && (key.proto == xdp_lb_common::PROTO_UDP || slot_only);
+    let early_hash = if early {
         xdp_lb_common::hash::flow_hash(key)
     } else {
         0
     };
-    let slot_only = crate::lb::slot_endpoint(&key.dst, key.dport);
     if !pkt.syn
         && (unsafe { FLOWS.get(key) }.is_some()
-            || ((udp || slot_only) && crate::embryo::in_slot(key, udp_hash).is_some())
+            || (early && crate::embryo::in_slot(key, early_hash).is_some())
             || (!slot_only && unsafe { EMBRYOS.get(key) }.is_some()))
     {
         return xdp_action::XDP_PASS;
@@ -342,8 +345,8 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_TX;
     }
     let slotted = xdp_lb_common::slot_scheduled(svc.flags, key.proto);
-    let h = if udp {
-        udp_hash
+    let h = if early {
+        early_hash
     } else if slotted {
         xdp_lb_common::hash::flow_hash(key)
     } else {
@@ -358,7 +361,7 @@ fn first_packet_until<const STEP: u32>(ctx: &XdpContext) -> u32 {
         if unsafe { FLOWS.get(key) }.is_some() || embryo.is_some() {
             return xdp_action::XDP_PASS;
         }
-    } else if slotted && !udp && crate::embryo::in_slot(key, h).is_some() {
+    } else if slotted && !early && crate::embryo::in_slot(key, h).is_some() {
         return xdp_action::XDP_PASS;
     }
     if STEP == 5 {
