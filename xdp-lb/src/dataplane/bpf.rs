@@ -16,8 +16,8 @@ use aya::{
 use xdp_lb_common::{
     embryo_check, embryo_slots, embryo_table_size, endpoint_bit, hash::flow_hash,
     hash_table_entries, reason, slot_scheduled, Backend, Counters, EmbryoSlot, FlowKey, FlowValue,
-    Layout, ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS, MAX_BACKENDS,
-    SLOT_CONF_GUARD, SLOT_CONF_MASK, SLOT_GUARD_UNITS, SVC_FWD_DSR,
+    Layout, NatReverse, ReplyTarget, Service, ServiceEntry, ServiceKey, ENDPOINT_FILTER_WORDS,
+    MAX_BACKENDS, SLOT_CONF_GUARD, SLOT_CONF_MASK, SLOT_GUARD_UNITS, SVC_FWD_DSR,
 };
 
 use super::{
@@ -815,6 +815,67 @@ impl AyaDataplane {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Removes client flows from FLOWS, each with its NAT_REVERSE entry (named by the
+    /// flow's backend): benchmarks put the table back as it was after a case that
+    /// promoted flows. Keys not in FLOWS are skipped; returns how many were removed.
+    pub fn remove_flows(
+        &mut self,
+        keys: impl IntoIterator<Item = FlowKey>,
+    ) -> Result<u64, DataplaneError> {
+        let mut found = Vec::new();
+        {
+            let flows: HashMap<&MapData, FlowKey, FlowValue> = self.map_ref("FLOWS")?;
+            let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+            let mut cache = std::collections::HashMap::new();
+            for k in keys {
+                let v = match flows.get(&k, 0) {
+                    Ok(v) => v,
+                    Err(aya::maps::MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(map_err("FLOWS")(e)),
+                };
+                let b = match cache.get(&v.backend_id) {
+                    Some(b) => *b,
+                    None => {
+                        let b = backends
+                            .get(&v.backend_id, 0)
+                            .map_err(map_err("BACKENDS"))?;
+                        cache.insert(v.backend_id, b);
+                        b
+                    }
+                };
+                let reply = FlowKey {
+                    src: b.addr,
+                    dst: k.src,
+                    sport: b.port,
+                    dport: k.sport,
+                    proto: k.proto,
+                    family: k.family,
+                    _pad: [0; 2],
+                };
+                found.push((k, reply));
+            }
+        }
+        // A delete of a missing key is a syscall error (ENOENT), not KeyNotFound.
+        let gone = |r: Result<(), aya::maps::MapError>, name| match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_err(name)(e)),
+        };
+        let mut reverse: HashMap<&mut MapData, FlowKey, NatReverse> = self.map("NAT_REVERSE")?;
+        for (_, reply) in &found {
+            gone(reverse.remove(reply), "NAT_REVERSE")?;
+        }
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = self.map("FLOWS")?;
+        for (k, _) in &found {
+            gone(flows.remove(k), "FLOWS")?;
+        }
+        Ok(found.len() as u64)
     }
 
     /// The kernel's description of a loaded map (type, sizes, flags): benchmarks print
