@@ -78,10 +78,16 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// A removal whose key is already gone has done its job.
+/// A removal whose key is already gone has done its job. aya reports that as the
+/// delete syscall's ENOENT, not as KeyNotFound.
 fn absent(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -857,23 +863,13 @@ impl AyaDataplane {
                 found.push((k, reply));
             }
         }
-        // A delete of a missing key is a syscall error (ENOENT), not KeyNotFound.
-        let gone = |r: Result<(), aya::maps::MapError>, name| match r {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(map_err(name)(e)),
-        };
         let mut reverse: HashMap<&mut MapData, FlowKey, NatReverse> = self.map("NAT_REVERSE")?;
         for (_, reply) in &found {
-            gone(reverse.remove(reply), "NAT_REVERSE")?;
+            absent(reverse.remove(reply)).map_err(map_err("NAT_REVERSE"))?;
         }
         let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = self.map("FLOWS")?;
         for (k, _) in &found {
-            gone(flows.remove(k), "FLOWS")?;
+            absent(flows.remove(k)).map_err(map_err("FLOWS"))?;
         }
         Ok(found.len() as u64)
     }
