@@ -1142,6 +1142,70 @@ fn a_young_nat_handshake_is_moved_out_of_its_slot_not_overwritten() {
     });
 }
 
+/// The slot index of `frame`'s flow in the bed's EMBRYO_SLOTS (4096-entry flow table).
+fn slot_index(frame: &[u8]) -> u32 {
+    hash::flow_hash(&flow_key_of(frame)) & (xdp_lb_common::embryo_slots(4096) - 1)
+}
+
+/// A CPU writing a slot holds its lock (`EmbryoSlot::lock`, odd). A new flow of that
+/// slot on another CPU meanwhile leaves the slot alone and is not stored: its next
+/// packet is dispatched again by the same hash, to the same backend. Here the test
+/// holds the lock, as a writing CPU would.
+#[test]
+fn a_slot_another_cpu_is_writing_is_left_alone() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[
+            svc_v4(PROTO_TCP, SVC_FWD_DSR).on_port(81),
+            svc_v4(PROTO_TCP, 0).on_port(86),
+        ]);
+        let to_port = |sport: u16, dport: u16| {
+            v4(
+                PROTO_TCP, CLIENT4, VIP4, sport, dport, 64, CLIENT_MAC, LB_MAC, b"",
+            )
+        };
+        let ack_to = |sport: u16, dport: u16| with_tcp_flags(to_port(sport, dport), TCP_ACK);
+        let dsr = 45000u16;
+        let i = slot_index(&to_port(dsr, 81));
+        let nat = (1000u16..60000)
+            .find(|&p| slot_index(&to_port(p, 86)) == i)
+            .expect("a NAT port sharing the slot");
+        let want_dsr = dp_expect_backend(&to_port(dsr, 81), RING);
+        let want_nat = dp_expect_backend(&to_port(nat, 86), RING);
+
+        let mut s = dp.embryo_slot_at(i).unwrap();
+        s.lock |= 1;
+        dp.set_embryo_slot_at(i, &s).unwrap();
+
+        // Forwarded to their backends, stored nowhere; a DSR flow's ACK goes to the
+        // same backend by the hash, and is not stored either while the lock is held.
+        assert_eq!(backend_of(&run(&mut dp, &to_port(nat, 86)).1), want_nat);
+        assert_eq!(backend_of(&run(&mut dp, &to_port(dsr, 81)).1), want_dsr);
+        assert_eq!(backend_of(&run(&mut dp, &ack_to(dsr, 81)).1), want_dsr);
+        for f in [to_port(nat, 86), to_port(dsr, 81)] {
+            assert!(!has_flow(&mut dp, "EMBRYOS", &f), "stored under the lock");
+            assert!(!has_flow(&mut dp, "FLOWS", &f), "promoted under the lock");
+        }
+        assert_eq!(
+            dp.embryo_slot_at(i).unwrap(),
+            s,
+            "the slot changed under its lock"
+        );
+
+        // The lock given back: the next packet writes the slot (taking and giving
+        // back the lock), the one after promotes the flow and empties the slot (the
+        // same again).
+        s.lock += 1;
+        dp.set_embryo_slot_at(i, &s).unwrap();
+        assert_eq!(backend_of(&run(&mut dp, &ack_to(dsr, 81)).1), want_dsr);
+        assert!(has_flow(&mut dp, "EMBRYO_SLOTS", &to_port(dsr, 81)));
+        assert_eq!(dp.embryo_slot_at(i).unwrap().lock, s.lock + 2);
+        assert_eq!(backend_of(&run(&mut dp, &ack_to(dsr, 81)).1), want_dsr);
+        assert!(has_flow(&mut dp, "FLOWS", &to_port(dsr, 81)));
+        assert!(!has_flow(&mut dp, "EMBRYO_SLOTS", &to_port(dsr, 81)));
+        assert_eq!(dp.embryo_slot_at(i).unwrap().lock, s.lock + 4);
+    });
+}
+
 #[test]
 fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
     with_bed(|bed| {

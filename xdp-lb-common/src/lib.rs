@@ -260,7 +260,13 @@ pub struct EmbryoSlot {
     /// instead of overwriting it while it is younger than the guard
     /// (`SLOT_CONF_GUARD`).
     pub guard: u32,
-    pub _pad: [u32; 11],
+    pub _pad0: u32,
+    /// Even: nobody writes the slot; odd: one CPU does. A writer takes it with a
+    /// compare-and-swap (even to odd) and gives it back with an add, so two CPUs never
+    /// write one slot at once (`embryo::put_in_slot` in the program says where the
+    /// flow that finds it taken goes).
+    pub lock: u64,
+    pub _pad: [u32; 8],
 }
 
 /// New flows (TCP or UDP) of a service with these flags keep their embryonic entry

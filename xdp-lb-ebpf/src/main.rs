@@ -7,6 +7,8 @@
 // intrinsic gives BPF's atomic add (least-conn counts, `sched::conns_add`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// The compare-and-swap of EMBRYO_SLOTS's lock is written in assembly (`embryo::cas`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Map keys are passed by reference on purpose: by value they would be copied onto
 // the 512-byte BPF stack once more before the helper call.
 #![allow(clippy::needless_borrows_for_generic_args)]

@@ -331,6 +331,19 @@ impl AyaDataplane {
             .map_err(map_err("EMBRYO_SLOT_CONF"))
     }
 
+    /// EMBRYO_SLOTS[`i`] as it is, lock and age included (tests: to hold a slot's lock
+    /// as a CPU writing it would).
+    pub fn embryo_slot_at(&self, i: u32) -> Result<EmbryoSlot, DataplaneError> {
+        let slots: Array<&MapData, EmbryoSlot> = self.map_ref("EMBRYO_SLOTS")?;
+        slots.get(&i, 0).map_err(map_err("EMBRYO_SLOTS"))
+    }
+
+    /// Writes EMBRYO_SLOTS[`i`] (tests, beside `embryo_slot_at`).
+    pub fn set_embryo_slot_at(&mut self, i: u32, slot: &EmbryoSlot) -> Result<(), DataplaneError> {
+        let mut slots: Array<&mut MapData, EmbryoSlot> = self.map("EMBRYO_SLOTS")?;
+        slots.set(i, slot, 0).map_err(map_err("EMBRYO_SLOTS"))
+    }
+
     /// The embryonic entry EMBRYO_SLOTS holds for `key`, if any.
     fn embryo_slot(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
         let slots: Array<&MapData, EmbryoSlot> = self.map_ref("EMBRYO_SLOTS")?;
