@@ -623,7 +623,7 @@ fn cases() -> Vec<Case> {
         // The same flows' ACKs, promoted from EMBRYOS (here and for least-conn
         // below). Without them each round left 600k handshakes in the 262k-entry
         // EMBRYOS, so that later inserts there evicted one (as under a SYN flood): the
-        // round-robin rows read 785-811 ns in full runs then, 626-643 with them.
+        // round-robin rows read 785-811 ns in full runs then, 626-725 with them.
         Case {
             name: "round-robin flow's 2nd packet",
             target: Target::Lb,
