@@ -263,8 +263,9 @@ pub struct EmbryoSlot {
     pub _pad0: u32,
     /// Even: nobody writes the slot; odd: one CPU does. A writer takes it with a
     /// compare-and-swap (even to odd) and gives it back with an add, so two CPUs never
-    /// write one slot at once (`embryo::put_in_slot` in the program says where the
-    /// flow that finds it taken goes).
+    /// write one slot at once; one that finds it taken writes nothing (the program's
+    /// `embryo::put_in_slot`). Never held across anything but the slot's own writes,
+    /// and no reader or writer waits for it, so it cannot stay odd.
     pub lock: u64,
     pub _pad: [u32; 8],
 }
