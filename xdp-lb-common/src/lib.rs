@@ -217,6 +217,23 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The key of the NAT_REVERSE / EMBRYO_REVERSE entry of this client flow once it
+    /// is sent to the backend at `addr`:`port`: the backend's reply, as on the wire.
+    #[inline(always)]
+    pub const fn nat_reply(&self, addr: [u32; 4], port: u16) -> FlowKey {
+        FlowKey {
+            src: addr,
+            dst: self.src,
+            sport: port,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Value of FLOWS: which backend a client flow is pinned to, and the way back to the
 /// client for NAT replies, taken from the request that created the entry (replies
 /// leave through the interface the request came in on, to the MAC it came from).

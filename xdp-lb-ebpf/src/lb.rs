@@ -170,15 +170,7 @@ fn remember_reply<C: Ctx>(
     };
     let (smac, dmac) = unsafe { ((*eth).dst, (*eth).src) };
     let k = &pkt.key;
-    let reply = FlowKey {
-        src: backend_addr,
-        dst: k.src,
-        sport: backend_port,
-        dport: k.sport,
-        proto: k.proto,
-        family: k.family,
-        _pad: [0; 2],
-    };
+    let reply = k.nat_reply(backend_addr, backend_port);
     let v = NatReverse {
         vip: k.dst,
         vport: k.dport,

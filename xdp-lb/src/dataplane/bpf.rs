@@ -864,16 +864,7 @@ impl AyaDataplane {
                         b
                     }
                 };
-                let reply = FlowKey {
-                    src: b.addr,
-                    dst: k.src,
-                    sport: b.port,
-                    dport: k.sport,
-                    proto: k.proto,
-                    family: k.family,
-                    _pad: [0; 2],
-                };
-                found.push((k, reply));
+                found.push((k, k.nat_reply(b.addr, b.port)));
             }
         }
         let mut reverse: HashMap<&mut MapData, FlowKey, NatReverse> = self.map("NAT_REVERSE")?;
