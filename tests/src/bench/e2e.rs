@@ -16,6 +16,11 @@
 //! every offload on against plain routing with the same offloads. `veth` adds the
 //! variants of the veth investigation: generic (SKB) mode, and TSO/GSO/GRO off on
 //! every veth.
+//!
+//! `XDP_LB_BENCH_PROG_STATS=1` also has the kernel time the balancer's program
+//! (BPF_STATS_RUN_TIME): its runs and ns per request, connection or GB, printed under
+//! each table. Off by default: the kernel then reads the clock twice per run, which
+//! the balancer's rows pay and the routing rows do not.
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
@@ -88,6 +93,14 @@ impl Metric {
             Metric::Bulk => "bulk Gbit/s",
         }
     }
+    /// What one unit of the rate is, for the program-time lines.
+    fn unit_name(self) -> &'static str {
+        match self {
+            Metric::KeepAlive => "request",
+            Metric::NewConns => "connection",
+            Metric::Bulk => "GB",
+        }
+    }
     /// Unit of the machine CPU column.
     fn cpu_unit(self) -> &'static str {
         match self {
@@ -115,6 +128,29 @@ struct Sample {
     /// Cores the client (wrk / iperf3 -c) and the server (nginx workers / iperf3 -s) used.
     client_cores: f64,
     server_cores: f64,
+    /// The balancer program's runs and run time per unit, with XDP_LB_BENCH_PROG_STATS.
+    prog: Option<ProgTime>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ProgTime {
+    runs: f64,
+    ns: f64,
+}
+
+impl ProgTime {
+    /// Runs and run time of the balancer programs loaded now (BPF_STATS_RUN_TIME
+    /// counts only while enabled).
+    fn read() -> Self {
+        let mut t = Self::default();
+        for p in aya::programs::loaded_programs().flatten() {
+            if matches!(p.name_as_str(), Some("xdp_lb" | "tc_lb")) {
+                t.runs += p.run_count() as f64;
+                t.ns += p.run_time().as_nanos() as f64;
+            }
+        }
+        t
+    }
 }
 
 /// Rows both `run` and `run_veth` measure.
@@ -202,6 +238,15 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
     }
     let load_before = loadavg();
     let started = Instant::now();
+    // Held for the run: the kernel counts program run time while this fd is open.
+    let _stats = if std::env::var("XDP_LB_BENCH_PROG_STATS").is_ok_and(|v| v == "1") {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling BPF_STATS_RUN_TIME (XDP_LB_BENCH_PROG_STATS=1)")?,
+        )
+    } else {
+        None
+    };
     let mut bed = Bed::build()?;
     // results[row][metric]: one sample per round, or the error of a failed run.
     let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); METRICS.len()]; rows.len()];
@@ -458,6 +503,7 @@ impl Bed {
     fn measure(&self, path: Path, m: Metric, seconds: u32) -> anyhow::Result<Sample> {
         self.forget_time_wait()?;
         let cpu0 = CpuStat::read()?;
+        let prog0 = ProgTime::read();
         let server0 = procs_cpu(&self.nginx_pids);
         let t0 = Instant::now();
         let (rate, units, client_secs, server_secs) = match m {
@@ -482,6 +528,7 @@ impl Bed {
         };
         let wall = t0.elapsed().as_secs_f64();
         let cpu = CpuStat::read()?.since(&cpu0);
+        let prog1 = ProgTime::read();
         let per_unit = |secs: f64| match m {
             Metric::Bulk => secs * 1e3 / units.max(1e-9),
             _ => secs * 1e6 / units.max(1.0),
@@ -494,6 +541,10 @@ impl Bed {
             softirq_cores: cpu.softirq / wall,
             client_cores: client_secs / wall,
             server_cores: server_secs / wall,
+            prog: (prog1.runs > prog0.runs).then(|| ProgTime {
+                runs: (prog1.runs - prog0.runs) / units.max(1e-9),
+                ns: (prog1.ns - prog0.ns) / units.max(1e-9),
+            }),
         })
     }
 }
@@ -919,6 +970,21 @@ fn print_report(
                 f(|s| s.server_cores),
                 bottleneck(*m, mid, cpus),
                 ratio
+            );
+        }
+        for (ri, r) in rows.iter().enumerate() {
+            let p: Vec<ProgTime> = results[ri][mi].iter().filter_map(|s| s.prog).collect();
+            if p.is_empty() {
+                continue;
+            }
+            let runs = Spread::of(&p.iter().map(|t| t.runs).collect::<Vec<_>>()).median;
+            let ns = Spread::of(&p.iter().map(|t| t.ns).collect::<Vec<_>>()).median;
+            println!(
+                "  program time, {}: {runs:.1} runs and {:.2} us per {}, {:.0} ns per run",
+                r.label,
+                ns / 1e3,
+                m.unit_name(),
+                ns / runs.max(1e-9)
             );
         }
     }
