@@ -227,6 +227,9 @@ struct Bed {
     _nginx: [Nginx; 2],
     _iperf: [KillOnDrop; 2],
     nginx_pids: Vec<u32>,
+    /// With XDP_LB_BENCH_PROG_STATS=1: the kernel counts program run time while this
+    /// fd is open, and each measurement reads it (`ProgTime`).
+    prog_stats: Option<std::os::fd::OwnedFd>,
     config: ConfigFile,
     offloads: Offloads,
     topo: Topology,
@@ -238,16 +241,13 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
     }
     let load_before = loadavg();
     let started = Instant::now();
-    // Held for the run: the kernel counts program run time while this fd is open.
-    let _stats = if std::env::var("XDP_LB_BENCH_PROG_STATS").is_ok_and(|v| v == "1") {
-        Some(
+    let mut bed = Bed::build()?;
+    if std::env::var("XDP_LB_BENCH_PROG_STATS").is_ok_and(|v| v == "1") {
+        bed.prog_stats = Some(
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .context("enabling BPF_STATS_RUN_TIME (XDP_LB_BENCH_PROG_STATS=1)")?,
-        )
-    } else {
-        None
-    };
-    let mut bed = Bed::build()?;
+        );
+    }
     // results[row][metric]: one sample per round, or the error of a failed run.
     let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); METRICS.len()]; rows.len()];
     let mut failures: Vec<String> = Vec::new();
@@ -349,6 +349,7 @@ impl Bed {
             _nginx: nginx,
             _iperf: iperf,
             nginx_pids,
+            prog_stats: None,
             config,
             lb: None,
             offloads: Offloads::Topology,
@@ -502,8 +503,9 @@ impl Bed {
 
     fn measure(&self, path: Path, m: Metric, seconds: u32) -> anyhow::Result<Sample> {
         self.forget_time_wait()?;
+        // Outside the CPU window: it walks every loaded program.
+        let prog0 = self.prog_stats.as_ref().map(|_| ProgTime::read());
         let cpu0 = CpuStat::read()?;
-        let prog0 = ProgTime::read();
         let server0 = procs_cpu(&self.nginx_pids);
         let t0 = Instant::now();
         let (rate, units, client_secs, server_secs) = match m {
@@ -528,7 +530,6 @@ impl Bed {
         };
         let wall = t0.elapsed().as_secs_f64();
         let cpu = CpuStat::read()?.since(&cpu0);
-        let prog1 = ProgTime::read();
         let per_unit = |secs: f64| match m {
             Metric::Bulk => secs * 1e3 / units.max(1e-9),
             _ => secs * 1e6 / units.max(1.0),
@@ -541,10 +542,13 @@ impl Bed {
             softirq_cores: cpu.softirq / wall,
             client_cores: client_secs / wall,
             server_cores: server_secs / wall,
-            prog: (prog1.runs > prog0.runs).then(|| ProgTime {
-                runs: (prog1.runs - prog0.runs) / units.max(1e-9),
-                ns: (prog1.ns - prog0.ns) / units.max(1e-9),
-            }),
+            prog: prog0
+                .map(|p0| (p0, ProgTime::read()))
+                .filter(|(p0, p1)| p1.runs > p0.runs)
+                .map(|(p0, p1)| ProgTime {
+                    runs: (p1.runs - p0.runs) / units.max(1e-9),
+                    ns: (p1.ns - p0.ns) / units.max(1e-9),
+                }),
         })
     }
 }
