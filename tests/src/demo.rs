@@ -391,7 +391,15 @@ fn show_cache(topo: &Topology, at: SocketAddr, redis: &RedisServer) -> anyhow::R
 /// (served on the balancer's loopback, so fetched inside its namespace). One call
 /// each: bounded by the client timeouts, whatever the history holds.
 fn print_monitor(topo: &Topology, cli: &AdminCli) -> anyhow::Result<()> {
-    let report = cli.ok(&["report", "--window", "5m"]);
+    // Rates need two of the monitor's samples (one a second): on a fast machine the
+    // demo gets here sooner. Wait for them within a bound; past it, `ok` fails with
+    // the daemon's own message.
+    let args = ["report", "--window", "5m"];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli.output(&args).status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = cli.ok(&args);
     let mut lines = report.lines();
     for line in lines.by_ref().take(2) {
         println!("  | {line}");
