@@ -11,22 +11,77 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use xdp_lb_common::{reason, TC_PORT_PEER};
+use xdp_lb_common::{reason, PROTO_TCP, PROTO_UDP, TC_PORT_PEER};
 
-use crate::{ctx::Ctx, maps::TC_PORTS, parse::Packet, stats};
+use crate::{
+    ctx::Ctx,
+    maps::TC_PORTS,
+    parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_P_IP, ETH_P_IPV6},
+    stats,
+};
 
 /// Bytes every header the data path reads lies within: Ethernet, IPv6, ICMPv6 and
 /// the quoted IPv6 and TCP headers of an ICMP error (`icmp`), the deepest case.
 const HEADERS: u32 = 14 + 40 + 8 + 40 + 20;
+const ETH_HDR: u32 = 14;
+const IPV4_HDR: u32 = 20;
+const IPV6_HDR: u32 = 40;
+/// The fixed TCP header: all of a TCP segment's headers the parser reads (it takes
+/// no options; the checksum validation and the too-big answer linearize what more
+/// they need themselves).
+const TCP_HDR: u32 = 20;
+const UDP_HDR: u32 = 8;
 
-/// Makes the headers directly readable: a TSO/GSO skb from a local socket may hold
-/// only part of them in its linear head.
+/// Makes the headers the data path reads directly readable: a TSO/GSO skb from a
+/// local socket may hold only part of them in its linear head.
+///
+/// Only those of this packet: TCP keeps its payload in page fragments, so the
+/// linear head of a data segment ends with the TCP header (66 bytes for IPv4 with
+/// timestamps). Pulling the deepest case's 122 bytes into it instead copied the
+/// head of every cloned data segment, and of every segment of a bulk stream
+/// (`bpf_skb_pull_data` makes the head writable and grows it).
 #[inline(always)]
 pub fn pull_headers(ctx: &TcContext) {
-    let want = core::cmp::min(ctx.len(), HEADERS);
+    let want = core::cmp::min(ctx.len(), headers_needed(ctx));
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         // On failure the parser finds the headers short and passes the packet.
         unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+    }
+}
+
+/// The bytes from the frame's start to the end of the headers `lb::process` reads,
+/// judged from the linear head: through the TCP or UDP header for those; HEADERS
+/// for anything else over IP (an ICMP error quotes the flow's headers) and when the
+/// IP header itself is not in the head; the Ethernet header for what is not IP
+/// (the parser passes it).
+#[inline(always)]
+fn headers_needed(ctx: &TcContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + (ETH_HDR + IPV4_HDR) as usize > end {
+        return HEADERS;
+    }
+    let eth = unsafe { &*(data as *const EthHdr) };
+    let (ip_hdr, proto) = if eth.proto == ETH_P_IP {
+        // The parser takes IPv4 without options only.
+        (IPV4_HDR, unsafe {
+            (*((data + ETH_HDR as usize) as *const Ipv4Hdr)).proto
+        })
+    } else if eth.proto == ETH_P_IPV6 {
+        if data + (ETH_HDR + IPV6_HDR) as usize > end {
+            return HEADERS;
+        }
+        // The parser passes extension headers: a next header that is not TCP or
+        // UDP is either that or ICMPv6.
+        (IPV6_HDR, unsafe {
+            (*((data + ETH_HDR as usize) as *const Ipv6Hdr)).nexthdr
+        })
+    } else {
+        return ETH_HDR;
+    };
+    match proto {
+        PROTO_TCP => ETH_HDR + ip_hdr + TCP_HDR,
+        PROTO_UDP => ETH_HDR + ip_hdr + UDP_HDR,
+        _ => HEADERS,
     }
 }
 
