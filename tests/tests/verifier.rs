@@ -56,6 +56,12 @@ fn every_program_passes_the_verifier() {
         .unwrap_or_else(|e| panic!("{TC_PROGRAM}: {e:?}"));
     assert!(tc.fd().is_ok(), "{TC_PROGRAM} has no fd after loading");
     print_sizes(TC_PROGRAM, tc.info().expect("program info"));
+    for name in ["tc_bench_wrapper", "tc_bench_empty"] {
+        let prog = dp
+            .load_classifier(name)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(prog.fd().is_ok(), "{name} has no fd after loading");
+    }
 }
 
 fn print_sizes(name: &str, info: aya::programs::ProgramInfo) {

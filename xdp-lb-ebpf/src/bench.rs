@@ -5,19 +5,20 @@
 //! without restoring it, so a program that rewrites the frame would measure its own
 //! output from the second round on. `xdp_bench_wrapper` copies the saved frame back
 //! in and tail-calls the program under test; the same wrapper around an empty
-//! target gives the overhead to subtract.
+//! target gives the overhead to subtract. `tc_bench_wrapper` does the same on an skb
+//! for `tc_lb`.
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_ANY},
-    helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
-    macros::xdp,
-    programs::XdpContext,
+    bindings::{xdp_action, BPF_ANY, TC_ACT_REDIRECT},
+    helpers::generated::{bpf_skb_store_bytes, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use xdp_lb_common::{csum::Update, BenchFrame, FlowKey, FlowValue, BENCH_FRAME_MAX};
 
 use crate::{
     forward::{self, Side},
-    maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, EMBRYOS, FLOWS, SERVICES},
+    maps::{BENCH_COUNTER, BENCH_FRAME, BENCH_TARGET, BENCH_TARGET_TC, EMBRYOS, FLOWS, SERVICES},
     parse, select, stats, validate,
 };
 
@@ -38,15 +39,7 @@ pub fn xdp_bench_wrapper(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_ABORTED;
         }
     }
-    let rc = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.as_ptr() as *mut _,
-            0,
-            frame.data.as_ptr() as *mut _,
-            want as u32,
-        )
-    };
-    if rc != 0 {
+    if !ctx.put(0, frame.data.as_ptr(), want as u32) {
         return xdp_action::XDP_ABORTED;
     }
     if frame.flows != 0 && vary(&ctx, frame).is_none() {
@@ -56,22 +49,71 @@ pub fn xdp_bench_wrapper(ctx: XdpContext) -> u32 {
     xdp_action::XDP_ABORTED
 }
 
+/// What `tc_bench_wrapper` answers when it cannot restore the frame or the tail
+/// call fails: no action `tc_lb` returns (TC_ACT_UNSPEC).
+const TC_WRAPPER_FAILED: i32 = -1;
+
+/// `xdp_bench_wrapper` for tc programs (`BENCH_TARGET_TC`): restores the saved frame
+/// into the skb and numbers the flow the same way. The test run's skb is linear and
+/// as long as the frame; a case whose program changed its length cannot be
+/// restored and fails the run.
+#[classifier]
+pub fn tc_bench_wrapper(ctx: TcContext) -> i32 {
+    let Some(frame) = BENCH_FRAME.get(0) else {
+        return TC_WRAPPER_FAILED;
+    };
+    let want = frame.len as usize;
+    if want == 0 || want > BENCH_FRAME_MAX || want != ctx.len() as usize {
+        return TC_WRAPPER_FAILED;
+    }
+    if !ctx.put(0, frame.data.as_ptr(), want as u32) {
+        return TC_WRAPPER_FAILED;
+    }
+    if frame.flows != 0 && vary(&ctx, frame).is_none() {
+        return TC_WRAPPER_FAILED;
+    }
+    unsafe { BENCH_TARGET_TC.tail_call(&ctx, 0) };
+    TC_WRAPPER_FAILED
+}
+
+/// The empty tc target: what `tc_bench_wrapper` alone costs.
+#[classifier]
+pub fn tc_bench_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_REDIRECT
+}
+
+/// Writing into the packet through the helper, for both wrappers.
+trait Store {
+    fn put(&self, off: u32, from: *const u8, len: u32) -> bool;
+}
+
+impl Store for XdpContext {
+    #[inline(always)]
+    fn put(&self, off: u32, from: *const u8, len: u32) -> bool {
+        unsafe { bpf_xdp_store_bytes(self.as_ptr() as *mut _, off, from as *mut _, len) == 0 }
+    }
+}
+
+impl Store for TcContext {
+    #[inline(always)]
+    fn put(&self, off: u32, from: *const u8, len: u32) -> bool {
+        unsafe { bpf_skb_store_bytes(self.as_ptr() as *mut _, off, from as *mut _, len, 0) == 0 }
+    }
+}
+
 /// Writes the iteration's flow number into the frame (see `BenchFrame::flows`).
 #[inline(always)]
-fn vary(ctx: &XdpContext, frame: &BenchFrame) -> Option<()> {
+fn vary(ctx: &impl Store, frame: &BenchFrame) -> Option<()> {
     let c = BENCH_COUNTER.get_ptr_mut(0)?;
     let n = unsafe { *c };
     unsafe { *c = if n + 1 >= frame.flows { 0 } else { n + 1 } };
     let v = n.wrapping_add(frame.base);
     let port = (v as u16).to_be_bytes();
     let addr = ((v >> 16) as u16).to_be_bytes();
-    let p = ctx.as_ptr() as *mut _;
-    unsafe {
-        if bpf_xdp_store_bytes(p, frame.port_off as u32, port.as_ptr() as *mut _, 2) != 0
-            || bpf_xdp_store_bytes(p, frame.addr_off as u32, addr.as_ptr() as *mut _, 2) != 0
-        {
-            return None;
-        }
+    if !ctx.put(frame.port_off as u32, port.as_ptr(), 2)
+        || !ctx.put(frame.addr_off as u32, addr.as_ptr(), 2)
+    {
+        return None;
     }
     // The program verifies the IPv4 header checksum of every packet and the L4
     // checksum of flow-creating ones: patch both for the two changed words, as
@@ -107,11 +149,9 @@ fn saved_word(frame: &BenchFrame, off: u16) -> Option<u16> {
 }
 
 #[inline(always)]
-fn store_word(ctx: &XdpContext, off: u16, w: u16) -> Option<()> {
+fn store_word(ctx: &impl Store, off: u16, w: u16) -> Option<()> {
     let b = w.to_ne_bytes();
-    let rc =
-        unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as *mut _, off as u32, b.as_ptr() as *mut _, 2) };
-    (rc == 0).then_some(())
+    ctx.put(off as u32, b.as_ptr(), 2).then_some(())
 }
 
 /// The empty target: what the wrapper alone costs.

@@ -150,6 +150,11 @@ pub static BENCH_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Benchmark only: `BENCH_TARGET` for tc programs (a program array holds programs
+/// of one type).
+#[map]
+pub static BENCH_TARGET_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Control plane only (pinned state): the layout the pinned maps were made with.
 #[map]
 pub static LAYOUT: Array<xdp_lb_common::Layout> = Array::with_max_entries(1, 0);

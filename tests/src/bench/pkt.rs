@@ -24,6 +24,9 @@ use crate::pkt::*;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 /// Measured rounds (after one discarded warm-up round); the figure is their median.
 const ROUNDS: usize = 7;
 /// Iterations of one run of a one-flow case: a one-flow run takes 0.05-0.5 s, long
@@ -97,6 +100,10 @@ enum Target {
     Step(u8),
     /// A flow's first packet stopped after this step (xdp_bench_new1..7).
     New(u8),
+    /// The balancer on an skb (`tc_lb`), through `tc_bench_wrapper`.
+    Tc,
+    /// The empty tc target (`tc_bench_empty`).
+    TcEmpty,
 }
 
 /// The steps `xdp_bench_stepN` stops after, in order (see `service_path_until`).
@@ -535,6 +542,34 @@ fn cases() -> Vec<Case> {
             expect_established,
         ),
         c(
+            "tc: non-VIP packet (TC_ACT_OK)",
+            Target::Tc,
+            non_vip_frame(),
+            ONE_FLOW_REPEAT,
+            expect_pass,
+        ),
+        c(
+            "tc: VIP established, 1 flow",
+            Target::Tc,
+            v4_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_established,
+        ),
+        c(
+            "tc: IPv6 established, 1 flow",
+            Target::Tc,
+            v6_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_established,
+        ),
+        c(
+            "tc: NAT reply, 1 flow",
+            Target::Tc,
+            reply_frame(0),
+            ONE_FLOW_REPEAT,
+            expect_replies,
+        ),
+        c(
             "IPv6 established, 1 flow",
             Target::Lb,
             v6_frame(0),
@@ -571,6 +606,22 @@ fn cases() -> Vec<Case> {
         Case {
             name: "VIP flow's 2nd packet (promotion)",
             target: Target::Lb,
+            spec: v4_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            keys: Keys::LastFresh,
+            check: expect_promoted_or_dispatched,
+        },
+        Case {
+            name: "tc: VIP new flow (flow-table write)",
+            target: Target::Tc,
+            spec: v4_syn_frame(NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            keys: Keys::Fresh,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "tc: VIP flow's 2nd packet (promotion)",
+            target: Target::Tc,
             spec: v4_frame(NEW_FLOW_REPEAT),
             repeat: NEW_FLOW_REPEAT,
             keys: Keys::LastFresh,
@@ -756,6 +807,13 @@ fn cases() -> Vec<Case> {
             MANY_FLOWS,
             expect_replies,
         ),
+        c(
+            "tc: VIP established, 1M flows",
+            Target::Tc,
+            v4_frame(MANY_FLOWS),
+            MANY_FLOWS,
+            expect_established,
+        ),
     ];
     // The established path step by step, one flow and a million.
     for (i, (one, many)) in STEPS.into_iter().zip(STEPS_1M).enumerate() {
@@ -856,6 +914,22 @@ impl Target {
             Target::New(5) => "xdp_bench_new5",
             Target::New(6) => "xdp_bench_new6",
             Target::New(_) => "xdp_bench_new7",
+            Target::Tc => xdp_lb::dataplane::TC_PROGRAM,
+            Target::TcEmpty => "tc_bench_empty",
+        }
+    }
+
+    /// Runs on an skb through `tc_bench_wrapper`.
+    fn is_tc(self) -> bool {
+        matches!(self, Target::Tc | Target::TcEmpty)
+    }
+
+    /// The wrapper around nothing that is subtracted from this target's figures.
+    fn empty(self) -> Target {
+        if self.is_tc() {
+            Target::TcEmpty
+        } else {
+            Target::Empty
         }
     }
 }
@@ -976,6 +1050,8 @@ fn prepare(
         ));
     }
     let ifindex = xdp_lb::dataplane::ifindex(LB_IF).context("bed interface")?;
+    // The tc cases' way back out of the ingress is a redirect (`Prog::run`).
+    dp.add_tc_port(LB_IF, ifindex).context("TC_PORTS")?;
     let mut h = Harness { dp, ifindex };
 
     // Establish the flows the "established" and "reply" cases hit. ACKs of unknown
@@ -1163,7 +1239,7 @@ fn run_case(h: &mut Harness, case: &Case, base: u32, round: usize) -> anyhow::Re
     // does not always favour one side.
     let empty_first = round % 2 == 1;
     let run_empty = |h: &mut Harness| -> anyhow::Result<f64> {
-        let (a, _, e) = h.run(Target::Empty, &case.spec, base, case.repeat)?;
+        let (a, _, e) = h.run(case.target.empty(), &case.spec, base, case.repeat)?;
         ensure!(a == XDP_TX, "empty target returned {a}");
         Ok(e)
     };
@@ -1280,15 +1356,40 @@ impl Harness {
             l4_check_off: spec.l4_check_off,
             data,
         };
-        self.dp.set_bench_case(target.program(), frame)?;
-        let r = self
-            .dp
-            .test_run("xdp_bench_wrapper", &spec.frame, self.ifindex, repeat)?;
-        if r.action == 0 {
-            bail!("wrapper aborted (frame restore or tail call failed)");
-        }
+        self.dp
+            .set_bench_case(target.program(), target.is_tc(), frame)?;
+        let (r, action) = if target.is_tc() {
+            let r = self.dp.test_run_classifier(
+                "tc_bench_wrapper",
+                &spec.frame,
+                self.ifindex,
+                0,
+                0,
+                repeat,
+            )?;
+            // The cases' checks speak XDP: a redirect (to the ingress or elsewhere)
+            // stands for XDP_TX, as in the packet tests (`Prog::act`).
+            let action = match r.action {
+                TC_ACT_OK => XDP_PASS,
+                TC_ACT_SHOT => XDP_DROP,
+                TC_ACT_REDIRECT => XDP_TX,
+                a => {
+                    bail!("tc wrapper or program answered {a} (frame restore or tail call failed?)")
+                }
+            };
+            (r, action)
+        } else {
+            let r = self
+                .dp
+                .test_run("xdp_bench_wrapper", &spec.frame, self.ifindex, repeat)?;
+            if r.action == 0 {
+                bail!("wrapper aborted (frame restore or tail call failed)");
+            }
+            let action = r.action;
+            (r, action)
+        };
         // The kernel reports the mean time per iteration.
-        Ok((r.action, r.frame, r.per_run.as_nanos() as f64))
+        Ok((action, r.frame, r.per_run.as_nanos() as f64))
     }
 }
 
@@ -1359,6 +1460,10 @@ fn print_report(rows: &[Row], st: &Setting) {
     println!("XDP_TX. No rewrite, no checksum, no counters: the least any balancer that looks up");
     println!("a flow table pays on this machine, with the same table type and size. It is not a");
     println!("target and not Katran's figure; the Katran column is issue #13's measurement.");
+    println!("The \"tc:\" rows run `tc_lb` (`--attach tc`) on an skb through `tc_bench_wrapper`,");
+    println!("net of that wrapper around an empty tc target: a linear, uncloned skb whose");
+    println!("checksum is complete, so they leave out what a veth's TCP segments add (an");
+    println!("unclone, a header pull); bench e2e's program time sees those.");
     println!("Figures are the kernel's mean ns per iteration (an integer) and move with the");
     println!("machine's load: compare rows of one run, and read the min-max before a difference.");
     println!();

@@ -641,7 +641,14 @@ impl AyaDataplane {
 
     /// Loads (verifies) the tc program.
     pub fn load_tc_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        let name = TC_PROGRAM;
+        self.load_classifier(TC_PROGRAM)
+    }
+
+    /// Loads the tc program `name` of the object (the balancer or a bench program).
+    pub fn load_classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DataplaneError> {
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -955,8 +962,21 @@ impl AyaDataplane {
         gso_size: u32,
         gso_segs: u32,
     ) -> Result<TestRunOutcome, DataplaneError> {
-        let name = TC_PROGRAM;
-        let prog = self.load_tc_program()?;
+        self.test_run_classifier(TC_PROGRAM, frame, ifindex, gso_size, gso_segs, 1)
+    }
+
+    /// `test_run_tc_gso` of the tc program `name`, `repeat` times: for the per-packet
+    /// bench, whose `tc_bench_wrapper` restores the frame (see `set_bench_case`).
+    pub fn test_run_classifier(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        gso_size: u32,
+        gso_segs: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let prog = self.load_classifier(name)?;
         // struct __sk_buff up to `gso_size`: zero but for ingress_ifindex (offset
         // 36), ifindex (40), gso_segs (164) and gso_size (176), fields the kernel
         // takes from ctx_in.
@@ -971,7 +991,7 @@ impl AyaDataplane {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
-                repeat: 1,
+                repeat,
                 ..Default::default()
             })
             .map_err(|source| DataplaneError::TestRun { name, source })?;
@@ -983,24 +1003,35 @@ impl AyaDataplane {
         })
     }
 
-    /// Prepares `xdp_bench_wrapper`: the program it tail-calls (loaded if needed), the
-    /// frame it restores before each iteration, and its flow counter back at 0.
+    /// Prepares `xdp_bench_wrapper` (or, with `tc`, `tc_bench_wrapper`): the program
+    /// it tail-calls (loaded if needed), the frame it restores before each
+    /// iteration, and its flow counter back at 0.
     pub fn set_bench_case(
         &mut self,
         target: &'static str,
+        tc: bool,
         frame: xdp_lb_common::BenchFrame,
     ) -> Result<(), DataplaneError> {
-        let fd = self
-            .load_program(target)?
-            .fd()
+        let fd = if tc {
+            self.load_classifier(target)?.fd()
+        } else {
+            self.load_program(target)?.fd()
+        };
+        let fd = fd
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .map_err(|source| DataplaneError::Program {
                 name: target,
                 source,
             })?;
-        self.load_program("xdp_bench_wrapper")?;
-        let mut targets: aya::maps::ProgramArray<&mut MapData> = self.map("BENCH_TARGET")?;
-        targets.set(0, &fd, 0).map_err(map_err("BENCH_TARGET"))?;
+        let slots = if tc {
+            self.load_classifier("tc_bench_wrapper")?;
+            "BENCH_TARGET_TC"
+        } else {
+            self.load_program("xdp_bench_wrapper")?;
+            "BENCH_TARGET"
+        };
+        let mut targets: aya::maps::ProgramArray<&mut MapData> = self.map(slots)?;
+        targets.set(0, &fd, 0).map_err(map_err(slots))?;
         let mut frames: Array<&mut MapData, xdp_lb_common::BenchFrame> = self.map("BENCH_FRAME")?;
         frames.set(0, frame, 0).map_err(map_err("BENCH_FRAME"))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
