@@ -697,12 +697,24 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
             first,
             "established flow must stay"
         );
-        // A new SYN on the same 5-tuple (port reuse) starts a new connection.
+        // A new SYN on the same 5-tuple (port reuse) starts a new connection. It
+        // takes the old one's FLOWS entry over in place: nothing embryonic, and its
+        // second packet has nothing to promote.
         assert_eq!(backend_of(&run(&mut dp, &syn).1), other as usize);
+        assert!(has_flow(&mut dp, "FLOWS", &ack), "the entry left FLOWS");
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &ack),
+            "the new connection is embryonic as well"
+        );
+        let promoted = count(&dp.global_counters().unwrap(), "flow_promoted");
         assert_eq!(
             backend_of(&run(&mut dp, &ack).1),
             other as usize,
             "the new connection is pinned"
+        );
+        assert_eq!(
+            count(&dp.global_counters().unwrap(), "flow_promoted"),
+            promoted
         );
         assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
     });
@@ -1282,6 +1294,30 @@ fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
         for i in 0..4 {
             assert_ne!(backend_of(&run(&mut dp, &syn4(47100 + i)).1), 0);
         }
+
+        // A SYN on the 5-tuple of a counted connection whose close was never seen:
+        // the new connection takes the FLOWS entry over, the old one's count goes.
+        for b in 0..3 {
+            set_conns(&mut dp, b, 0);
+        }
+        let first = backend_of(&run(&mut dp, &syn4(47200)).1);
+        assert_eq!(backend_of(&run(&mut dp, &ack4(47200, TCP_ACK)).1), first);
+        assert!(has_flow(&mut dp, "FLOWS", &ack4(47200, TCP_ACK)));
+        assert_eq!(conns(&mut dp, first as u32), 1);
+        let again = backend_of(&run(&mut dp, &syn4(47200)).1);
+        assert_eq!(
+            (0..3).map(|b| conns(&mut dp, b)).sum::<i64>(),
+            1,
+            "one connection on the 5-tuple, counted once"
+        );
+        assert_eq!(conns(&mut dp, again as u32), 1);
+        assert_eq!(backend_of(&run(&mut dp, &ack4(47200, TCP_ACK)).1), again);
+        assert_eq!(backend_of(&run(&mut dp, &ack4(47200, TCP_RST)).1), again);
+        assert_eq!(
+            (0..3).map(|b| conns(&mut dp, b)).sum::<i64>(),
+            0,
+            "its RST took the count back"
+        );
     });
 }
 

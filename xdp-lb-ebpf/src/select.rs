@@ -26,9 +26,11 @@ pub struct Choice {
     /// A reference into BACKENDS, not a copy: the program's stack (512 bytes over
     /// the call chain) has no room for one more.
     pub backend: &'static Backend,
-    /// The flow was (re)dispatched by this packet (it is now embryonic).
+    /// The flow was (re)dispatched by this packet (it is now embryonic, or, for a
+    /// SYN on the 5-tuple of an earlier connection, in that one's FLOWS entry).
     pub new_flow: bool,
-    /// The flow's second packet: it moved from its embryonic table to FLOWS.
+    /// The flow's entry is now in FLOWS, moved there from its embryonic table by
+    /// its second packet (or written there by such a SYN).
     pub promoted: bool,
 }
 
@@ -244,14 +246,14 @@ pub fn backend_for<C: Ctx>(
     if !validate::l4_csum_ok(ctx, pkt) {
         return Err(reason::DROP_L4_CSUM);
     }
+    // An entry an earlier connection on this 5-tuple left in FLOWS (see below).
+    let mut stale = None;
     if pkt.syn {
         // A SYN opens a connection: it is dispatched by the current table (a reused
         // port starts afresh), so any entry of an earlier connection on this 5-tuple
-        // goes, or its next packet would find that one first. Only after the checksum:
-        // a forged SYN must not remove an established flow's entry. Looked up first:
-        // the usual miss is a lockless lookup, a delete takes the bucket lock (measured
-        // with `cargo xtask bench pkt`: ~650 ns more per SYN in an 8M-entry table).
-        let stale = unsafe { FLOWS.get(key) };
+        // is replaced, or its next packet would find that one first. Only after the
+        // checksum: a forged SYN must not replace an established flow's entry.
+        stale = FLOWS.get_ptr_mut(key);
         // Next to the FLOWS lookup, so that their two cache misses overlap, and the
         // insert at the end finds the EMBRYOS bucket in cache instead of paying its
         // miss alone (a first datagram looks it up early for the same reason, see
@@ -263,8 +265,7 @@ pub fn backend_for<C: Ctx>(
             unsafe { EMBRYOS.get(key) }
         };
         if let Some(old) = stale {
-            sched::forget(old);
-            let _ = FLOWS.remove(key);
+            sched::forget(unsafe { &*old });
         }
         stats::reason(reason::SYN);
     }
@@ -286,6 +287,38 @@ pub fn backend_for<C: Ctx>(
         if let Some(old) = embryo {
             sched::forget(old);
         }
+    }
+    if let Some(p) = stale {
+        // The new connection takes the old one's FLOWS entry over in place, where it
+        // would be embryonic elsewhere: the entry costs no table room that was not
+        // taken already, and a reused port (a proxy or NAT in front, a client with
+        // many short connections) then pays neither the delete (a bucket lock and an
+        // LRU free-list lock) nor its second packet's promotion (a FLOWS insert,
+        // the slot or EMBRYOS cleared). `bench e2e`'s single client reuses its ports
+        // every two seconds, so nearly every SYN there took this branch. A reader on
+        // another CPU may see the copy half done: an id/generation pair that does not
+        // match fails `usable` and is dispatched again, by the same table.
+        unsafe { *p = value };
+        if value.flags != 0 {
+            sched::counted(id);
+        }
+        // An embryonic entry of this 5-tuple too (a SYN sent before the old entry was
+        // restored, say): it goes, or it would outlive the count taken back above.
+        if embryo.is_some() {
+            if slotted {
+                embryo::clear(key, h);
+            } else {
+                let _ = EMBRYOS.remove(key);
+            }
+        }
+        // A FLOWS entry already: its reverse entry (per-flow services) goes to
+        // NAT_REVERSE, where SYN floods cannot evict it (`lb::remember_reply`).
+        return Ok(Choice {
+            id,
+            backend,
+            new_flow: true,
+            promoted: true,
+        });
     }
     let stored = if slotted {
         embryo::put_in_slot(key, h, &value, svc.flags & SVC_FWD_DSR == 0)

@@ -17,6 +17,11 @@
 //! variants of the veth investigation: generic (SKB) mode, and TSO/GSO/GRO off on
 //! every veth.
 //!
+//! `XDP_LB_BENCH_E2E_ROWS=word,...` and `XDP_LB_BENCH_E2E_METRICS=word,...` keep only
+//! the rows and metrics whose names contain one of the words (e.g. `tc,offloads on`
+//! and `new conn`): to profile one path (`perf record -a` beside it) or to repeat one
+//! comparison without the rest.
+//!
 //! `XDP_LB_BENCH_PROG_STATS=1` also has the kernel time the balancer's program
 //! (BPF_STATS_RUN_TIME): its runs and ns per request, connection or GB, printed under
 //! each table. Off by default: the kernel then reads the clock twice per run, which
@@ -239,6 +244,20 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
     if !root::is_root() {
         bail!("the e2e benchmark needs root (network namespaces, XDP): run `sudo cargo xtask bench e2e`");
     }
+    let rows: Vec<Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| selected("XDP_LB_BENCH_E2E_ROWS", r.label))
+        .collect();
+    let metrics: Vec<Metric> = METRICS
+        .into_iter()
+        .filter(|m| selected("XDP_LB_BENCH_E2E_METRICS", m.name()))
+        .collect();
+    ensure!(
+        !rows.is_empty() && !metrics.is_empty(),
+        "XDP_LB_BENCH_E2E_ROWS / XDP_LB_BENCH_E2E_METRICS left nothing to measure"
+    );
+    let rows = &rows[..];
     let load_before = loadavg();
     let started = Instant::now();
     let mut bed = Bed::build()?;
@@ -264,6 +283,9 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
             bed.enter(row)?;
             offload_text[ri] = bed.describe_offloads()?;
             for (mi, m) in METRICS.iter().enumerate() {
+                if !metrics.contains(m) {
+                    continue;
+                }
                 match bed.measure(row.path, *m, seconds) {
                     Ok(s) => {
                         eprintln!(
@@ -301,6 +323,18 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
         println!("failed: {f}");
     }
     Ok(())
+}
+
+/// Whether `name` passes the filter in the environment variable `var` (a
+/// comma-separated list of words, one of which it must contain; unset: everything).
+fn selected(var: &str, name: &str) -> bool {
+    match std::env::var(var) {
+        Ok(words) => words
+            .split(',')
+            .filter(|w| !w.is_empty())
+            .any(|w| name.contains(w)),
+        Err(_) => true,
+    }
 }
 
 impl Bed {
@@ -919,6 +953,11 @@ fn print_report(
         started.elapsed().as_secs_f64()
     );
     for (mi, m) in METRICS.iter().enumerate() {
+        // Left out by XDP_LB_BENCH_E2E_METRICS (a metric that failed on every row
+        // is listed under "failed:" below).
+        if results.iter().all(|r| r[mi].is_empty()) {
+            continue;
+        }
         println!();
         println!(
             "{:<32} {:>10} {:>19} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6}  bottleneck",
