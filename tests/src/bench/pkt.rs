@@ -838,6 +838,26 @@ fn cases() -> Vec<Case> {
             });
         }
     }
+    // SYNs on the 5-tuples of the established flows (port reuse): each takes its
+    // flow's FLOWS entry over in place, on the same backend (the rings do not
+    // change), so the established cases of later rounds meet the same table. Last
+    // in the round all the same. An object from before the in-place takeover would
+    // delete those entries and make the flows embryonic instead: its established
+    // rows are then promotions, not comparable.
+    v.push(c(
+        "VIP SYN on a reused 5-tuple, 1 flow",
+        Target::Lb,
+        v4_syn_frame(0),
+        ONE_FLOW_REPEAT,
+        expect_new_flows,
+    ));
+    v.push(c(
+        "VIP SYN on a reused 5-tuple, 1M",
+        Target::Lb,
+        v4_syn_frame(MANY_FLOWS),
+        MANY_FLOWS,
+        expect_new_flows,
+    ));
     // `XDP_LB_BENCH_CASES=a,b` runs only the cases whose names contain a or b.
     if let Ok(filter) = std::env::var("XDP_LB_BENCH_CASES") {
         let words: Vec<&str> = filter.split(',').filter(|w| !w.is_empty()).collect();
