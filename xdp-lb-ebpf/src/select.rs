@@ -264,6 +264,12 @@ pub fn backend_for<C: Ctx>(
         } else {
             unsafe { EMBRYOS.get(key) }
         };
+        // Its count goes before the pick, as a retransmitted SYN's embryonic entry's
+        // does below: least-conn then sees the connection as gone, and a retransmit
+        // stays on its backend. Should the pick fail (no usable backend), the entry
+        // stays marked as counted, and a later SYN or close on it gives the count
+        // back once more (reconciliation repairs that). Undoing it on the failure
+        // path cost the verifier 56k-120k more instructions per program.
         if let Some(old) = stale {
             sched::forget(unsafe { &*old });
         }
@@ -297,7 +303,10 @@ pub fn backend_for<C: Ctx>(
         // the slot or EMBRYOS cleared). `bench e2e`'s single client reuses its ports
         // every two seconds, so nearly every SYN there took this branch. A reader on
         // another CPU may see the copy half done: an id/generation pair that does not
-        // match fails `usable` and is dispatched again, by the same table.
+        // match fails `usable` and is dispatched again, by the same table. And, as
+        // with every pointer into an LRU map, should the entry be evicted and reused
+        // for another flow between the lookup and this write (a few hundred ns, just
+        // after the lookup marked it referenced), that flow would get this value.
         unsafe { *p = value };
         if value.flags != 0 {
             sched::counted(id);
