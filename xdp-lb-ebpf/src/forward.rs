@@ -55,7 +55,7 @@ pub fn nat<C: Ctx>(
         }
     };
     let v4 = pkt.key.family == FAMILY_V4;
-    let mut old = [0u32; 4];
+    let old: [u32; 4];
     if v4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(reason::PASS_MALFORMED)?;
         unsafe {
@@ -67,7 +67,11 @@ pub fn nat<C: Ctx>(
             } else {
                 &mut (*ip).src
             };
-            old[0] = *field;
+            let o = *field;
+            // Words 1-3 are not read for IPv4 (`Ctx::l4_csum`). Copies of word 0,
+            // not zeros: LLVM turned the zeros into a call to a `memset` subprogram
+            // on every NAT packet.
+            old = [o, o, o, o];
             *field = addr[0];
             // TTL shares a 16-bit word with the protocol; patch that word too.
             let ttl_word_ptr = (&mut (*ip).ttl) as *mut u8 as *mut u16;
@@ -75,7 +79,7 @@ pub fn nat<C: Ctx>(
             (*ip).ttl -= 1;
             let new_word = *ttl_word_ptr;
             (*ip).check = Update::new((*ip).check)
-                .u32(old[0], addr[0])
+                .u32(o, addr[0])
                 .u16(old_word, new_word)
                 .finish();
         }
