@@ -6,7 +6,9 @@
 //! program under test. The same wrapper around an empty XDP_TX target, with the same
 //! frame settings, runs right after each case in the same round: the case's net
 //! figure for that round is the difference. Each case's action, output frame and
-//! counters are checked, so every figure is the path it names.
+//! counters are checked, so every figure is the path it names. The "tc:" cases run
+//! `tc_lb` the same way on an skb (`tc_bench_wrapper`, net of its own empty target),
+//! their TC_ACT_* actions read as the XDP ones the checks expect.
 //!
 //! Stability: one-flow cases repeat millions of times per run, a warm-up round is
 //! discarded, and the rounds interleave the cases (the order of case and empty
