@@ -10,6 +10,76 @@ use crate::error::{BedError, IoContext, Result};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A blocking IPv4 TCP connection from local port `port` (bind before connect, which
+/// std's TcpStream cannot do), with `connect`'s timeouts once connected.
+fn connect_from_port(addr: SocketAddr, port: u16) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dst) = addr else {
+        return Err(std::io::Error::other("connect_from: IPv4 only")).ctx(|| "connect_from".into());
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on an fd this function owns; the TcpStream takes it
+    // over (and closes it) once made, and it is closed here on every error before.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "socket".into());
+        }
+        let one: libc::c_int = 1;
+        // Linux bounds a blocking connect by the send timeout.
+        let timeout = libc::timeval {
+            tv_sec: TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
+        let remote = sockaddr(*dst.ip(), dst.port());
+        let step = if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            Some("SO_REUSEADDR")
+        } else if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &timeout as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ) != 0
+        {
+            Some("SO_SNDTIMEO")
+        } else if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            Some("binding the local port")
+        } else if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            Some("connecting")
+        } else {
+            None
+        };
+        if let Some(what) = step {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e).ctx(|| format!("{what} (port {port} to {addr})"));
+        }
+        let s = TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(TIMEOUT))
+            .ctx(|| "setting read timeout".into())?;
+        s.set_write_timeout(Some(TIMEOUT))
+            .ctx(|| "setting write timeout".into())?;
+        Ok(s)
+    }
+}
+
 fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, TIMEOUT).ctx(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(TIMEOUT))
@@ -29,7 +99,44 @@ pub struct LineClient {
 
 impl LineClient {
     pub fn connect(addr: SocketAddr) -> Result<Self> {
-        let out = connect(addr)?;
+        Self::with_stream(connect(addr)?)
+    }
+
+    /// `connect` from local port `port` (IPv4), SO_REUSEADDR set: a second
+    /// connection on the 5-tuple of an earlier one (port reuse).
+    pub fn connect_from(addr: SocketAddr, port: u16) -> Result<Self> {
+        Self::with_stream(connect_from_port(addr, port)?)
+    }
+
+    /// Closes with a RST (SO_LINGER 0): neither side keeps the 5-tuple in TIME_WAIT,
+    /// so `connect_from` can use it again at once.
+    pub fn abort(self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket fd and a linger struct of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.out.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "setting SO_LINGER".into());
+        }
+        Ok(())
+    }
+
+    fn with_stream(out: TcpStream) -> Result<Self> {
+        let addr = out
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
         let rd = BufReader::new(out.try_clone().ctx(|| "cloning socket".into())?);
         let mut c = Self {
             out,

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use xdp_lb_tests::{
     admin::AdminCli,
     client::LineClient,
+    lbconfig::{render, ConfigFile},
     require_root, scenario,
     servers::hex,
     topology::{Topology, TopologyBuilder, IFACE, TCP_PORT, UDP_PORT},
@@ -192,4 +193,65 @@ fn the_default_attaches_tc_on_veth_and_xdp_elsewhere() {
         service_bytes(&lb, 1) > 0,
         "the service counted nothing: {report}"
     );
+}
+
+/// A client that reuses its source port (a proxy or NAT in front of the balancer
+/// does): the second connection's SYN meets the first one's flow entry, and takes it
+/// over for the backend the current table picks. Here the first connection's
+/// backend is drained in between, so the second must reach the other one, its
+/// SYN-ACK translated through the entry the SYN rewrote, and carry data both ways.
+#[test]
+fn a_reused_client_port_reaches_the_current_backend_after_a_drain() {
+    require_root();
+    let topo = tc_topology(2, Forwarding::Nat);
+    let svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1]);
+    // From a file (runtime changes are saved there); `auto` puts tc on the veth.
+    let file = ConfigFile::new(&render(&[IFACE], &[svc])).expect("config file");
+    let lb = scenario::start_with_file(&topo, &file);
+    assert!(
+        lb.output().contains(&format!("attached to {IFACE} in tc")),
+        "not attached in tc mode:\n{}",
+        lb.output()
+    );
+    let vip = topo.vip(false, TCP_PORT);
+    const PORT: u16 = 45123;
+    let first = topo
+        .client
+        .run(|| {
+            let mut c = LineClient::connect_from(vip, PORT)?;
+            let who = c.ping()?;
+            c.abort()?;
+            Ok::<_, xdp_lb_tests::error::BedError>(who)
+        })
+        .expect("client namespace")
+        .unwrap_or_else(|e| panic!("first connection from port {PORT}: {e}\n{}", lb.output()));
+    let (drained, other) = match topo.backends.iter().position(|b| b.name == first) {
+        Some(i) => (&topo.backends[i], &topo.backends[1 - i]),
+        None => panic!("unexpected backend {first:?}"),
+    };
+    let admin = AdminCli::new(&lb);
+    let name = admin.status()["services"][0]["name"]
+        .as_str()
+        .expect("service name in status")
+        .to_string();
+    let addr = std::net::SocketAddr::new(drained.v4().into(), TCP_PORT).to_string();
+    admin.ok(&["backend", "drain", &name, &addr]);
+    let data = scenario::test_data(64 * 1024);
+    let want = hex(&Sha256::digest(&data));
+    let (greeting, got) = topo
+        .client
+        .run(|| {
+            let mut c = LineClient::connect_from(vip, PORT)?;
+            let digest = c.sha(&data)?;
+            let who = c.greeting().to_string();
+            c.abort()?;
+            Ok::<_, xdp_lb_tests::error::BedError>((who, digest))
+        })
+        .expect("client namespace")
+        .unwrap_or_else(|e| panic!("second connection from port {PORT}: {e}\n{}", lb.output()));
+    assert_eq!(
+        greeting, other.name,
+        "the reused port went to {greeting}, not to the one active backend"
+    );
+    assert_eq!(got, want, "{greeting} received different bytes than sent");
 }
