@@ -716,6 +716,7 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
             count(&dp.global_counters().unwrap(), "flow_promoted"),
             promoted
         );
+        assert_eq!(count(&dp.global_counters().unwrap(), "flow_taken_over"), 1);
         assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
     });
 }

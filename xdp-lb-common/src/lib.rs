@@ -496,7 +496,11 @@ pub mod reason {
     /// too-big packet whose answer could not be built (no room, no memory): passed
     /// as it came, or dropped if tc had already cut it.
     pub const PASS_TOO_BIG_NO_DF: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// Event: a valid SYN on the 5-tuple of a flow still in FLOWS (a reused port)
+    /// took that entry over in place for its own backend, instead of becoming
+    /// embryonic (also counted under `syn`).
+    pub const FLOW_TAKEN_OVER: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// The data plane drops packets counted under these reasons (a service owns them
     /// and they are invalid); every other verdict reason passes or forwards.
@@ -536,6 +540,7 @@ pub mod reason {
         "pass_icmp_no_flow",
         "icmp_too_big_sent",
         "pass_too_big_no_df",
+        "flow_taken_over",
     ];
 }
 

@@ -311,6 +311,7 @@ pub fn backend_for<C: Ctx>(
         if value.flags != 0 {
             sched::counted(id);
         }
+        stats::reason(reason::FLOW_TAKEN_OVER);
         // An embryonic entry of this 5-tuple too (a SYN sent before the old entry was
         // restored, say): it goes, or it would outlive the count taken back above.
         if embryo.is_some() {
