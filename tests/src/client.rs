@@ -10,6 +10,34 @@ use crate::error::{BedError, IoContext, Result};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `setsockopt(fd, SOL_SOCKET, opt, value)`.
+fn set_socket_option<T>(fd: libc::c_int, opt: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: `value` points to a live T of the size given; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `connect`'s read and write timeouts on a connected stream.
+fn with_timeouts(s: TcpStream) -> Result<TcpStream> {
+    s.set_read_timeout(Some(TIMEOUT))
+        .ctx(|| "setting read timeout".into())?;
+    s.set_write_timeout(Some(TIMEOUT))
+        .ctx(|| "setting write timeout".into())?;
+    Ok(s)
+}
+
 /// A blocking IPv4 TCP connection from local port `port` (bind before connect, which
 /// std's TcpStream cannot do), with `connect`'s timeouts once connected.
 fn connect_from_port(addr: SocketAddr, port: u16) -> Result<TcpStream> {
@@ -41,23 +69,9 @@ fn connect_from_port(addr: SocketAddr, port: u16) -> Result<TcpStream> {
         };
         let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
         let remote = sockaddr(*dst.ip(), dst.port());
-        let step = if libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) != 0
-        {
+        let step = if set_socket_option(fd, libc::SO_REUSEADDR, &one).is_err() {
             Some("SO_REUSEADDR")
-        } else if libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &timeout as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        ) != 0
-        {
+        } else if set_socket_option(fd, libc::SO_SNDTIMEO, &timeout).is_err() {
             Some("SO_SNDTIMEO")
         } else if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
             Some("binding the local port")
@@ -71,21 +85,14 @@ fn connect_from_port(addr: SocketAddr, port: u16) -> Result<TcpStream> {
             libc::close(fd);
             return Err(e).ctx(|| format!("{what} (port {port} to {addr})"));
         }
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(TIMEOUT))
-            .ctx(|| "setting read timeout".into())?;
-        s.set_write_timeout(Some(TIMEOUT))
-            .ctx(|| "setting write timeout".into())?;
-        Ok(s)
+        with_timeouts(TcpStream::from_raw_fd(fd))
     }
 }
 
 fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, TIMEOUT).ctx(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(TIMEOUT))
-        .ctx(|| "setting read timeout".into())?;
-    s.set_write_timeout(Some(TIMEOUT))
-        .ctx(|| "setting write timeout".into())?;
+    let s = with_timeouts(
+        TcpStream::connect_timeout(&addr, TIMEOUT).ctx(|| format!("connecting to {addr}"))?,
+    )?;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -116,20 +123,8 @@ impl LineClient {
             l_onoff: 1,
             l_linger: 0,
         };
-        // SAFETY: a valid socket fd and a linger struct of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.out.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                &l as *const libc::linger as *const libc::c_void,
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).ctx(|| "setting SO_LINGER".into());
-        }
-        Ok(())
+        set_socket_option(self.out.as_raw_fd(), libc::SO_LINGER, &l)
+            .ctx(|| "setting SO_LINGER".into())
     }
 
     fn with_stream(out: TcpStream) -> Result<Self> {
