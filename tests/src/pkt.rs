@@ -139,7 +139,9 @@ pub struct Bed {
     specs: RefCell<Vec<SvcSpec>>,
 }
 
-fn sh(args: &[&str]) {
+/// Runs a command (in the calling thread's namespace, e.g. `with_bed`'s); panics
+/// with its stderr if it fails.
+pub fn sh(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()

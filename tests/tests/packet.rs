@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{
     hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_RR,
+    TC_PORT_SLOTS,
 };
 use xdp_lb_tests::pkt::*;
 
@@ -746,6 +747,83 @@ fn a_backend_behind_another_interface_is_reached_by_redirect() {
             assert_eq!(count(&dp.global_counters().unwrap(), "redirect"), 1);
         });
     }
+}
+
+/// `tc_lb` sends only through interfaces `run` registered: those with an ifindex
+/// below `TC_PORT_SLOTS` are read from that array, the others from the TC_PORTS hash.
+/// A NAT reply goes out the interface its request came in on, here one of each
+/// kind: passed to the kernel (and counted) until the interface is registered,
+/// translated and redirected after.
+#[test]
+fn tc_sends_only_through_registered_interfaces_of_low_and_high_ifindex() {
+    with_bed(|bed| {
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
+        let lb = xdp_lb::dataplane::ifindex(LB_IF).expect("bed interface");
+        dp.add_tc_port(LB_IF, lb).unwrap();
+        let tc = Prog::Tc;
+        for (iface, index, cport) in [
+            ("in-low", 300, 40100),
+            ("in-high", TC_PORT_SLOTS + 904, 40101),
+        ] {
+            let idx = index.to_string();
+            let peer = format!("{iface}-p");
+            sh(&[
+                "ip", "link", "add", iface, "index", &idx, "type", "veth", "peer", "name", &peer,
+            ]);
+            sh(&["ip", "link", "set", iface, "up"]);
+            let req = tcp_ack(
+                CLIENT4.into(),
+                VIP4.into(),
+                cport,
+                80,
+                64,
+                CLIENT_MAC,
+                LB_MAC,
+                b"req",
+            );
+            let r = dp.test_run_tc(&req, index).expect("BPF_PROG_TEST_RUN (tc)");
+            assert_eq!(
+                r.action,
+                tc.act(XDP_TX),
+                "{iface}: the request goes to a backend"
+            );
+            let b = backend_of(&r.frame);
+            let reply = tcp_ack(
+                BACKENDS4[b].into(),
+                CLIENT4.into(),
+                8080,
+                cport,
+                64,
+                BACKEND_MACS[b],
+                LB_MAC,
+                b"resp",
+            );
+            let expected = tcp_ack(
+                VIP4.into(),
+                CLIENT4.into(),
+                80,
+                cport,
+                63,
+                LB_MAC,
+                CLIENT_MAC,
+                b"resp",
+            );
+            let refused = count(&dp.global_counters().unwrap(), "pass_no_tx_port");
+            let r = dp.test_run_tc(&reply, lb).expect("BPF_PROG_TEST_RUN (tc)");
+            // Translated already (the IP packet; the MACs are the kernel's to write):
+            // the kernel routes it to the client instead.
+            assert_eq!(r.action, tc.act(XDP_PASS), "{iface}: not registered yet");
+            assert_frame_eq(&r.frame[12..], &expected[12..], iface);
+            let g = dp.global_counters().unwrap();
+            assert_eq!(count(&g, "pass_no_tx_port"), refused + 1, "{iface}");
+            dp.add_tc_port(iface, index).unwrap();
+            let r = dp.test_run_tc(&reply, lb).expect("BPF_PROG_TEST_RUN (tc)");
+            assert_eq!(r.action, tc.act(XDP_REDIRECT), "{iface}: registered");
+            assert_frame_eq(&r.frame, &expected, iface);
+            let g = dp.global_counters().unwrap();
+            assert_eq!(count(&g, "pass_no_tx_port"), refused + 1, "{iface}");
+        }
+    });
 }
 
 #[test]

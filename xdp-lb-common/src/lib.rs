@@ -27,6 +27,12 @@ pub const MAX_INTERFACES: u32 = 64;
 /// TC_PORTS value bit: the interface is a veth whose peer is in another namespace,
 /// so `tc_lb` delivers with `bpf_redirect_peer` (into the peer's ingress).
 pub const TC_PORT_PEER: u32 = 1;
+/// TC_PORT_SLOTS value bit: the interface is one `tc_lb` may redirect to (a zeroed
+/// slot is none).
+pub const TC_PORT_ATTACHED: u32 = 2;
+/// Interfaces with an ifindex below this have their TC_PORTS value in the
+/// TC_PORT_SLOTS array too, where `tc_lb` reads it without a hash lookup.
+pub const TC_PORT_SLOTS: u32 = 4096;
 /// Services map capacity (hash map entries).
 pub const MAX_SERVICES: u32 = 1024;
 /// Backend slots across all services (array map entries).

@@ -138,6 +138,14 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0
 #[map]
 pub static TC_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
+/// TC_PORTS's values of the interfaces whose ifindex is below `TC_PORT_SLOTS`, with
+/// `TC_PORT_ATTACHED` set, indexed by ifindex: a packet's redirect reads one array
+/// line here where the hash lookup cost a hash and two or three lines (one lookup on
+/// every forwarded packet). ifindexes count up per network namespace, so nearly every
+/// interface has a slot; the others are found in TC_PORTS. Not pinned, as TC_PORTS.
+#[map]
+pub static TC_PORT_SLOTS: Array<u32> = Array::with_max_entries(xdp_lb_common::TC_PORT_SLOTS, 0);
+
 /// Benchmark only: the frame the wrapper restores before each tail call.
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);

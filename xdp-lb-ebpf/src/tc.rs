@@ -11,11 +11,11 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use xdp_lb_common::{reason, PROTO_TCP, PROTO_UDP, TC_PORT_PEER};
+use xdp_lb_common::{reason, PROTO_TCP, PROTO_UDP, TC_PORT_ATTACHED, TC_PORT_PEER};
 
 use crate::{
     ctx::Ctx,
-    maps::TC_PORTS,
+    maps::{TC_PORTS, TC_PORT_SLOTS},
     parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_P_IP, ETH_P_IPV6},
     stats,
 };
@@ -195,7 +195,7 @@ impl Ctx for TcContext {
     /// ingress is one the program may send on; else the kernel gets it as it came.
     #[inline(always)]
     fn too_big(&self, pkt: &Packet, mtu: u16) -> u32 {
-        if unsafe { TC_PORTS.get(&Ctx::ingress_ifindex(self)) }.is_none() {
+        if port_flags(Ctx::ingress_ifindex(self)).is_none() {
             stats::reason(reason::PASS_NO_TX_PORT);
             return TC_ACT_OK as u32;
         }
@@ -210,13 +210,24 @@ impl Ctx for TcContext {
 /// The way back out of the ingress veth (hairpin) is its peer too.
 #[inline(always)]
 pub fn send_to(ifindex: u32) -> Result<u32, u32> {
-    let flags = unsafe { TC_PORTS.get(&ifindex) }.ok_or(reason::PASS_NO_TX_PORT)?;
+    let flags = port_flags(ifindex).ok_or(reason::PASS_NO_TX_PORT)?;
     let a = unsafe {
-        if *flags & TC_PORT_PEER != 0 {
+        if flags & TC_PORT_PEER != 0 {
             bpf_redirect_peer(ifindex, 0)
         } else {
             bpf_redirect(ifindex, 0)
         }
     };
     Ok(a as u32)
+}
+
+/// TC_PORTS's flags of interface `ifindex`, if `tc_lb` may redirect to it: from the
+/// TC_PORT_SLOTS array for the ifindexes it covers, else from the hash.
+#[inline(always)]
+fn port_flags(ifindex: u32) -> Option<u32> {
+    if ifindex < xdp_lb_common::TC_PORT_SLOTS {
+        let f = *TC_PORT_SLOTS.get(ifindex)?;
+        return (f & TC_PORT_ATTACHED != 0).then_some(f);
+    }
+    unsafe { TC_PORTS.get(&ifindex) }.copied()
 }

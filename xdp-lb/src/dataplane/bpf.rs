@@ -742,7 +742,21 @@ impl AyaDataplane {
             0
         };
         let mut ports: HashMap<&mut MapData, u32, u32> = self.map("TC_PORTS")?;
-        ports.insert(ifindex, flags, 0).map_err(map_err("TC_PORTS"))
+        ports
+            .insert(ifindex, flags, 0)
+            .map_err(map_err("TC_PORTS"))?;
+        if ifindex < xdp_lb_common::TC_PORT_SLOTS {
+            // An object from before the array (`bench pkt`'s A/B of an older build)
+            // finds every port in TC_PORTS.
+            let mut slots: Array<&mut MapData, u32> = match self.map("TC_PORT_SLOTS") {
+                Err(DataplaneError::Missing(_)) => return Ok(()),
+                m => m?,
+            };
+            slots
+                .set(ifindex, flags | xdp_lb_common::TC_PORT_ATTACHED, 0)
+                .map_err(map_err("TC_PORT_SLOTS"))?;
+        }
+        Ok(())
     }
 
     /// Swaps `program` into the link pinned at `path` (one `bpf_link_update`: the
