@@ -50,6 +50,72 @@ fn ipv4_tcp_and_udp_nat_rewrite_exactly() {
     }
 }
 
+/// A service on the backends' own port (VIP:8080 -> backend:8080): only addresses
+/// change, both ways (tc then makes no checksum call for the port), and every
+/// checksum is still exact.
+#[test]
+fn nat_to_the_backends_own_port_rewrites_exactly() {
+    for prog in BOTH {
+        with_bed(|bed| {
+            let mut dp = bed.load(&[
+                svc_v4(PROTO_TCP, 0).on_port(BACKEND_PORT),
+                svc_v4(PROTO_UDP, 0).on_port(BACKEND_PORT),
+                svc_v6(PROTO_TCP).on_port(BACKEND_PORT),
+                svc_v6(PROTO_UDP).on_port(BACKEND_PORT),
+            ]);
+            let families: [(IpAddr, IpAddr, [IpAddr; 3]); 2] = [
+                (CLIENT4.into(), VIP4.into(), BACKENDS4.map(IpAddr::from)),
+                (CLIENT6.into(), VIP6.into(), BACKENDS6.map(IpAddr::from)),
+            ];
+            let p = BACKEND_PORT;
+            for (client, vip, backends) in families {
+                for proto in [PROTO_TCP, PROTO_UDP] {
+                    let what = format!("{vip} proto {proto}");
+                    let (c, b) = (CLIENT_MAC, LB_MAC);
+                    let input = packet(proto, client, vip, 42000, p, 64, (c, b), b"same");
+                    let (action, out) = prog.run(&mut dp, &input);
+                    assert_eq!(action, prog.act(XDP_TX), "{what}: request");
+                    let i = backend_of(&out);
+                    let macs = (LB_MAC, BACKEND_MACS[i]);
+                    let expected = packet(proto, client, backends[i], 42000, p, 63, macs, b"same");
+                    assert_frame_eq(&out, &expected, &what);
+                    let macs = (BACKEND_MACS[i], LB_MAC);
+                    let reply = packet(proto, backends[i], client, p, 42000, 64, macs, b"back");
+                    let (action, out) = prog.run(&mut dp, &reply);
+                    assert_eq!(action, prog.act(XDP_TX), "{what}: reply");
+                    let macs = (LB_MAC, CLIENT_MAC);
+                    let expected = packet(proto, vip, client, p, 42000, 63, macs, b"back");
+                    assert_frame_eq(&out, &expected, &format!("{what}: reply"));
+                }
+            }
+        });
+    }
+}
+
+/// An ACK (TCP) or a datagram (UDP) of either family, for the same-port test.
+#[allow(clippy::too_many_arguments)]
+fn packet(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    payload: &[u8],
+) -> Vec<u8> {
+    match (proto, src, dst) {
+        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, dport, ttl, smac, dmac, payload),
+        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
+            v4(proto, s, d, sport, dport, ttl, smac, dmac, payload)
+        }
+        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
+            v6(proto, s, d, sport, dport, ttl, smac, dmac, payload)
+        }
+        _ => panic!("mixed families"),
+    }
+}
+
 #[test]
 fn ipv4_udp_without_checksum_stays_without() {
     for prog in BOTH {

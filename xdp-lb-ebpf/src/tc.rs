@@ -171,8 +171,12 @@ impl Ctx for TcContext {
                 )
             }
         };
-        let rc2 =
-            unsafe { bpf_l4_csum_replace(skb, off, old_port as u64, new_port as u64, mangled | 2) };
+        // A service on the backends' own port (80 -> 80) changes no port: no call.
+        let rc2 = if old_port == new_port {
+            0
+        } else {
+            unsafe { bpf_l4_csum_replace(skb, off, old_port as u64, new_port as u64, mangled | 2) }
+        };
         if rc != 0 || rc2 != 0 {
             return Err(reason::PASS_MALFORMED);
         }
