@@ -577,6 +577,32 @@ pub fn tcp_ack(
     )
 }
 
+/// A TCP ACK of an established connection (`tcp_ack`) or a UDP datagram (`v4`/`v6`),
+/// of either family: for tests that run the same case over both protocols.
+#[allow(clippy::too_many_arguments)]
+pub fn l4_packet(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
+    match (proto, src, dst) {
+        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, dport, ttl, smac, dmac, payload),
+        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
+            v4(proto, s, d, sport, dport, ttl, smac, dmac, payload)
+        }
+        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
+            v6(proto, s, d, sport, dport, ttl, smac, dmac, payload)
+        }
+        _ => panic!("mixed address families"),
+    }
+}
+
 /// An untagged Ethernet frame built by etherparse, checksums computed in full.
 #[allow(clippy::too_many_arguments)]
 fn frame(

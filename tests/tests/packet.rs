@@ -71,48 +71,44 @@ fn nat_to_the_backends_own_port_rewrites_exactly() {
             for (client, vip, backends) in families {
                 for proto in [PROTO_TCP, PROTO_UDP] {
                     let what = format!("{vip} proto {proto}");
-                    let (c, b) = (CLIENT_MAC, LB_MAC);
-                    let input = packet(proto, client, vip, 42000, p, 64, (c, b), b"same");
+                    let input = l4_packet(
+                        proto, client, vip, 42000, p, 64, CLIENT_MAC, LB_MAC, b"same",
+                    );
                     let (action, out) = prog.run(&mut dp, &input);
                     assert_eq!(action, prog.act(XDP_TX), "{what}: request");
                     let i = backend_of(&out);
-                    let macs = (LB_MAC, BACKEND_MACS[i]);
-                    let expected = packet(proto, client, backends[i], 42000, p, 63, macs, b"same");
+                    let expected = l4_packet(
+                        proto,
+                        client,
+                        backends[i],
+                        42000,
+                        p,
+                        63,
+                        LB_MAC,
+                        BACKEND_MACS[i],
+                        b"same",
+                    );
                     assert_frame_eq(&out, &expected, &what);
-                    let macs = (BACKEND_MACS[i], LB_MAC);
-                    let reply = packet(proto, backends[i], client, p, 42000, 64, macs, b"back");
+                    let reply = l4_packet(
+                        proto,
+                        backends[i],
+                        client,
+                        p,
+                        42000,
+                        64,
+                        BACKEND_MACS[i],
+                        LB_MAC,
+                        b"back",
+                    );
                     let (action, out) = prog.run(&mut dp, &reply);
                     assert_eq!(action, prog.act(XDP_TX), "{what}: reply");
-                    let macs = (LB_MAC, CLIENT_MAC);
-                    let expected = packet(proto, vip, client, p, 42000, 63, macs, b"back");
+                    let expected = l4_packet(
+                        proto, vip, client, p, 42000, 63, LB_MAC, CLIENT_MAC, b"back",
+                    );
                     assert_frame_eq(&out, &expected, &format!("{what}: reply"));
                 }
             }
         });
-    }
-}
-
-/// An ACK (TCP) or a datagram (UDP) of either family, for the same-port test.
-#[allow(clippy::too_many_arguments)]
-fn packet(
-    proto: u8,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    ttl: u8,
-    (smac, dmac): ([u8; 6], [u8; 6]),
-    payload: &[u8],
-) -> Vec<u8> {
-    match (proto, src, dst) {
-        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, dport, ttl, smac, dmac, payload),
-        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
-            v4(proto, s, d, sport, dport, ttl, smac, dmac, payload)
-        }
-        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
-            v6(proto, s, d, sport, dport, ttl, smac, dmac, payload)
-        }
-        _ => panic!("mixed families"),
     }
 }
 

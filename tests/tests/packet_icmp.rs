@@ -60,16 +60,7 @@ fn l4(
     smac: [u8; 6],
     dmac: [u8; 6],
 ) -> Vec<u8> {
-    match (proto, src, dst) {
-        (PROTO_TCP, ..) => tcp_ack(src, dst, sport, dport, ttl, smac, dmac, PAYLOAD),
-        (_, IpAddr::V4(s), IpAddr::V4(d)) => {
-            v4(proto, s, d, sport, dport, ttl, smac, dmac, PAYLOAD)
-        }
-        (_, IpAddr::V6(s), IpAddr::V6(d)) => {
-            v6(proto, s, d, sport, dport, ttl, smac, dmac, PAYLOAD)
-        }
-        _ => panic!("mixed address families"),
-    }
+    l4_packet(proto, src, dst, sport, dport, ttl, smac, dmac, PAYLOAD)
 }
 
 /// The IP packet of a frame, cut to `quote` bytes (as an ICMP error quotes it).
