@@ -1,6 +1,7 @@
 //! The kernel schedulers against the real daemon in namespaces: weighted round
 //! robin spreads sequential connections by weight and interleaves them, round robin
-//! ignores weights, least-conn keeps new connections off a backend holding many.
+//! ignores weights, least-conn and random-two-least-conn keep new connections off a
+//! backend holding many.
 //!
 //! The round-robin cursor is per CPU, so a client whose SYNs were handled on two CPUs
 //! would see two interleaved walks of the schedule. Pinning only the client is not
@@ -199,11 +200,22 @@ fn round_robin_ignores_weights() {
 /// before the next) all go to them: they never get near 20 open connections.
 #[test]
 fn least_conn_keeps_new_connections_off_a_busy_backend() {
+    keeps_new_connections_off_a_busy_backend("least-conn");
+}
+
+/// Of two backends drawn, the one holding 20 connections always loses to an idle
+/// one, so it gets no new connection either.
+#[test]
+fn random_two_least_conn_keeps_new_connections_off_a_busy_backend() {
+    keeps_new_connections_off_a_busy_backend("random-two-least-conn");
+}
+
+fn keeps_new_connections_off_a_busy_backend(algorithm: &'static str) {
     require_root();
     let topo = scenario::xdp_topology(3, Forwarding::Nat);
     let file = ConfigFile::new(&config(
         &topo,
-        "least-conn",
+        algorithm,
         &[(1, 1, "active"), (2, 1, "draining"), (3, 1, "draining")],
     ))
     .expect("config file");
@@ -231,9 +243,10 @@ fn least_conn_keeps_new_connections_off_a_busy_backend() {
     assert!(t.errors.is_empty(), "{report}");
     assert_eq!(t.get("backend-1"), 0, "{report}");
     assert_eq!(t.get("backend-2") + t.get("backend-3"), 100, "{report}");
-    // Ties between the two idle backends take turns, so both serve.
+    // Ties between the two idle backends take turns (least-conn) or go to the one
+    // drawn first (random-two-least-conn), so both serve.
     assert!(t.get("backend-2") > 0 && t.get("backend-3") > 0, "{report}");
-    eprintln!("least-conn after 20 held on backend-1: {}", t.report());
+    eprintln!("{algorithm} after 20 held on backend-1: {}", t.report());
     // The held connections were never disturbed.
     for c in &mut held {
         assert_eq!(c.ping().expect("held connection answers"), "backend-1");

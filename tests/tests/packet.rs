@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{
-    hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_RR,
-    TC_PORT_SLOTS,
+    hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_P2C,
+    SVC_SCHED_RR, TC_PORT_SLOTS,
 };
 use xdp_lb_tests::pkt::*;
 
@@ -1477,6 +1477,55 @@ fn least_conn_ties_take_turns() {
             seen[b] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
+        assert_eq!((0..3).map(|b| conns(&mut dp, b)).sum::<i64>(), 0);
+    });
+}
+
+#[test]
+fn random_two_least_conn_takes_the_less_loaded_of_two_draws_drawn_by_weight() {
+    with_bed(|bed| {
+        pin_to_one_cpu();
+        let mut dp = bed.load(&[svc_v4(PROTO_TCP, SVC_SCHED_LC | SVC_SCHED_P2C)]);
+        // Two table entries: both are drawn every time, so the less loaded one
+        // relative to weight always wins, and its new flow is counted.
+        bed.publish_ring(&mut dp, 0, &[0, 2], 1);
+        set_conns(&mut dp, 0, 5);
+        set_conns(&mut dp, 2, 3);
+        for i in 0..20u16 {
+            assert_eq!(backend_of(&run(&mut dp, &syn4(49000 + i)).1), 2, "SYN {i}");
+            assert_eq!(conns(&mut dp, 2), 4, "a new flow adds one");
+            run(&mut dp, &ack4(49000 + i, TCP_RST));
+            assert_eq!(conns(&mut dp, 2), 3, "its RST takes it back");
+        }
+        // Three: the busiest loses to whichever other is drawn with it, and the
+        // other two share the new flows.
+        bed.publish_ring(&mut dp, 0, &[0, 1, 2], 0);
+        set_conns(&mut dp, 0, 100);
+        set_conns(&mut dp, 2, 0);
+        let mut seen = [0; 3];
+        for i in 0..60u16 {
+            seen[backend_of(&run(&mut dp, &syn4(49100 + i)).1)] += 1;
+            run(&mut dp, &ack4(49100 + i, TCP_RST));
+        }
+        assert_eq!(seen[0], 0, "the busiest backend got new flows: {seen:?}");
+        assert!(
+            seen[1] >= 10 && seen[2] >= 10,
+            "the two idle backends did not share (each is drawn first half the time): {seen:?}"
+        );
+        // Draws follow the table, which repeats a backend in proportion to its
+        // weight: at equal load (every flow closed at once, so every comparison is a
+        // tie and the first draw wins), backend 0 at 8 of 10 entries takes about 80%.
+        bed.publish_ring(&mut dp, 0, &[0, 0, 0, 0, 1, 0, 0, 0, 0, 2], 1);
+        set_conns(&mut dp, 0, 0);
+        let mut seen = [0; 3];
+        for i in 0..100u16 {
+            seen[backend_of(&run(&mut dp, &syn4(49200 + i)).1)] += 1;
+            run(&mut dp, &ack4(49200 + i, TCP_RST));
+        }
+        assert!(
+            seen[0] >= 60 && seen[1] > 0 && seen[2] > 0,
+            "draws did not follow the table (expected about 80/10/10): {seen:?}"
+        );
         assert_eq!((0..3).map(|b| conns(&mut dp, b)).sum::<i64>(), 0);
     });
 }

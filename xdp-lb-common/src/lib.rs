@@ -110,6 +110,13 @@ pub const SVC_SCHED_RR: u32 = 1 << 3;
 /// `LC_MAX_BACKENDS`); a new flow goes to the one with the fewest counted
 /// connections (CONNS) relative to `Backend::weight`.
 pub const SVC_SCHED_LC: u32 = 1 << 4;
+/// With `SVC_SCHED_LC`: `random-two-least-conn`. The service's table is a smooth
+/// weighted round-robin cycle (backends in proportion to weight, any number of them),
+/// and a new flow goes to the less loaded (CONNS relative to `Backend::weight`) of two
+/// entries drawn at random, instead of the least loaded of all: constant work per new
+/// flow where least-conn scans every backend. Counting, closes and reconciliation
+/// are least-conn's.
+pub const SVC_SCHED_P2C: u32 = 1 << 5;
 /// Most active backends a least-conn service may have: the bound of the kernel's
 /// per-new-flow scan.
 pub const LC_MAX_BACKENDS: u32 = 256;

@@ -7,11 +7,12 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop},
 };
 use xdp_lb_common::{
     hash, reason, Backend, FlowKey, FlowValue, Service, BACKEND_ACTIVE, BACKEND_DOWN, FLOW_COUNTED,
-    LAST_SEEN_SHIFT, LC_MAX_BACKENDS, NO_BACKEND, SVC_HASH_SRC_ONLY, SVC_SCHED_LC, SVC_SCHED_RR,
+    LAST_SEEN_SHIFT, LC_MAX_BACKENDS, NO_BACKEND, SVC_HASH_SRC_ONLY, SVC_SCHED_LC, SVC_SCHED_P2C,
+    SVC_SCHED_RR,
 };
 
 use crate::{
@@ -97,13 +98,14 @@ struct LcScan {
 /// budget.
 #[inline(always)]
 fn least_conn(svc: &Service) -> Result<(u32, &'static Backend), u32> {
-    let n = if svc.ring_size > LC_MAX_BACKENDS {
-        LC_MAX_BACKENDS
-    } else {
-        svc.ring_size
-    };
-    let start = next_pos(svc);
-    let best_id = xdp_lb_least_conn(svc.ring_offset, n, if start >= n { 0 } else { start });
+    // One call for both schedulers, the choice made inside: a branch here, around two
+    // calls, took `xdp_lb` past the verifier's 1M instructions.
+    let best_id = xdp_lb_least_conn(
+        svc.ring_offset,
+        svc.ring_size,
+        next_pos(svc),
+        svc.flags & SVC_SCHED_P2C,
+    );
     if best_id == NO_BACKEND {
         return Err(reason::DROP_NO_BACKEND);
     }
@@ -121,9 +123,15 @@ fn least_conn(svc: &Service) -> Result<(u32, &'static Backend), u32> {
 /// new flow at 256 backends only 3% less, and leaving out the BACKENDS read 11% less
 /// (`cargo xtask bench pkt`, paired); what remains is about 3 ns an entry for the
 /// table entry, the count and the compare.
+///
+/// `two`: nonzero for random-two-least-conn (`SVC_SCHED_P2C`), whose two draws
+/// `two_choices` makes instead of the scan. `n`: the table's length (the scan reads
+/// at most `LC_MAX_BACKENDS`); `start`: this CPU's cursor.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn xdp_lb_least_conn(offset: u32, n: u32, start: u32) -> u32 {
+pub extern "C" fn xdp_lb_least_conn(offset: u32, n: u32, start: u32, two: u32) -> u32 {
+    // One LcScan for both: the call chain's stack (the program's frame, this one and
+    // the loop's step) has 512 bytes in all, and the program takes 432.
     let mut scan = LcScan {
         offset,
         n,
@@ -132,16 +140,77 @@ pub extern "C" fn xdp_lb_least_conn(offset: u32, n: u32, start: u32) -> u32 {
         best_c: 1 << 40,
         best_w: 1,
     };
+    if two != 0 {
+        two_choices(&mut scan);
+        return scan.best_id;
+    }
+    scan.n = n.min(LC_MAX_BACKENDS);
+    if scan.start >= scan.n {
+        scan.start = 0;
+    }
+    let count = scan.n;
+    steps(&mut scan, count);
+    scan.best_id
+}
+
+/// `random-two-least-conn`'s choice (`SVC_SCHED_P2C`), made in
+/// `xdp_lb_least_conn` over the whole table (`s.n` entries): two distinct positions of
+/// the service's table (a weighted round-robin cycle, so a backend is drawn in
+/// proportion to its weight) drawn at random, and the less loaded of their backends
+/// relative to weight, as least-conn compares them (a tie goes to the first draw).
+/// Should neither be active (the moment between a backend marked down and its table
+/// published without it), the next `TWO_CHOICES_FALLBACK` entries from the first draw
+/// decide.
+#[inline(always)]
+fn two_choices(s: &mut LcScan) {
+    let n = s.n;
+    if n == 0 {
+        return;
+    }
+    let r = unsafe { bpf_get_prandom_u32() };
+    let a = (r & 0xffff) % n;
+    // The second draw, 1..n-1 positions after the first: never the same entry.
+    let b = if n > 1 {
+        let b = a + 1 + (r >> 16) % (n - 1);
+        if b >= n {
+            b - n
+        } else {
+            b
+        }
+    } else {
+        a
+    };
+    // Each entry is weighed by the scan's own step (one `bpf_loop` round), not
+    // inline: inlined, the draws' code took this function's frame from 56 to 88
+    // bytes, past the 512 of the call chain.
+    s.start = a;
+    steps(s, 1);
+    if b != a {
+        s.start = b;
+        steps(s, 1);
+    }
+    if s.best_id == NO_BACKEND {
+        s.start = a;
+        steps(s, n.min(TWO_CHOICES_FALLBACK));
+    }
+}
+
+/// `count` steps of the scan from `s.start`.
+#[inline(always)]
+fn steps(s: &mut LcScan, count: u32) {
     unsafe {
         bpf_loop(
-            n,
+            count,
             lc_step as *const () as *mut c_void,
-            &mut scan as *mut LcScan as *mut c_void,
+            s as *mut LcScan as *mut c_void,
             0,
         )
     };
-    scan.best_id
 }
+
+/// Table entries `two_choices` weighs after its first draw when neither draw
+/// is active.
+const TWO_CHOICES_FALLBACK: u32 = 16;
 
 /// One step of `least_conn`: table entry `i` positions after the scan's start.
 /// Returns 0 to go on, 1 to stop (a table entry out of the map's range).
@@ -149,18 +218,29 @@ pub extern "C" fn xdp_lb_least_conn(offset: u32, n: u32, start: u32) -> u32 {
 extern "C" fn lc_step(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `least_conn` gave it, to its LcScan.
     let s = unsafe { &mut *(ctx as *mut LcScan) };
+    if consider(s, i) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Weighs table entry `i` positions after the scan's start against the scan's best
+/// so far. False when the entry is out of the map's range.
+#[inline(always)]
+fn consider(s: &mut LcScan, i: u64) -> bool {
     let mut j = s.start.wrapping_add(i as u32);
     if j >= s.n {
         j -= s.n;
     }
     let Some(&id) = MAGLEV_RING.get(s.offset.wrapping_add(j)) else {
-        return 1;
+        return false;
     };
     let Some(b) = BACKENDS.get(id) else {
-        return 0;
+        return true;
     };
     if b.state != BACKEND_ACTIVE {
-        return 0;
+        return true;
     }
     let c = match CONNS.get(id) {
         Some(&c) if c > 0 => c as u64,
@@ -172,7 +252,7 @@ extern "C" fn lc_step(i: u64, ctx: *mut c_void) -> i64 {
         s.best_c = c;
         s.best_w = w;
     }
-    0
+    true
 }
 
 /// Adds `delta` to backend `id`'s connection count. CONNS is one shared array with

@@ -15,7 +15,7 @@ use std::{
 use xdp_lb_common::{
     Backend, ReplyTarget, Service, ServiceKey, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
     MAX_BACKENDS, NO_BACKEND, REPLY_PER_FLOW, SVC_FWD_DSR, SVC_HASH_SRC_ONLY, SVC_REVERSE_PER_FLOW,
-    SVC_SCHED_LC, SVC_SCHED_RR,
+    SVC_SCHED_LC, SVC_SCHED_P2C, SVC_SCHED_RR,
 };
 
 use crate::{
@@ -48,6 +48,7 @@ pub fn service_flags(svc: &ServiceConfig) -> u32 {
         Algorithm::SrcHash => SVC_HASH_SRC_ONLY,
         Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => SVC_SCHED_RR,
         Algorithm::LeastConn => SVC_SCHED_LC,
+        Algorithm::RandomTwoLeastConn => SVC_SCHED_LC | SVC_SCHED_P2C,
     };
     flags
 }
@@ -566,9 +567,10 @@ impl Planner {
                 family,
                 state: state_code(b.state),
                 generation,
-                // Only least-conn reads weights in the kernel; the other schedulers
-                // carry them in their tables, so a reweight there rewrites no record.
-                weight: if svc.algorithm == Algorithm::LeastConn {
+                // Only the least-conn schedulers read weights in the kernel; the
+                // others carry them in their tables, so a reweight there rewrites no
+                // record.
+                weight: if svc.algorithm.counts_connections() {
                     b.weight
                 } else {
                     0
@@ -941,7 +943,9 @@ fn backend_addr(svc: &ServiceConfig, addr: IpAddr, port: u16) -> SocketAddr {
 ///   builds the same one, `table_size` long;
 /// - weighted-round-robin: one smooth WRR cycle (`sched::smooth_wrr`);
 /// - round-robin: each backend once, weights ignored;
-/// - least-conn: the backend ids, each once (weights are in the backend records).
+/// - least-conn: the backend ids, each once (weights are in the backend records);
+/// - random-two-least-conn: a smooth WRR cycle as weighted-round-robin's, so that a
+///   random draw finds a backend in proportion to its weight.
 ///
 /// `[NO_BACKEND]` (or all `NO_BACKEND` for Maglev) when none is active.
 fn table_for(svc: &ServiceConfig, backends: &BTreeMap<SocketAddr, AppliedBackend>) -> Vec<u32> {
@@ -965,7 +969,7 @@ fn table_for(svc: &ServiceConfig, backends: &BTreeMap<SocketAddr, AppliedBackend
             }
             table.into_iter().map(|i| active[i as usize].1.id).collect()
         }
-        Algorithm::WeightedRoundRobin => {
+        Algorithm::WeightedRoundRobin | Algorithm::RandomTwoLeastConn => {
             let weights: Vec<u32> = active.iter().map(|(_, b)| b.weight).collect();
             let table = sched::smooth_wrr(&weights, svc.table_size);
             if table.is_empty() {
@@ -1226,6 +1230,27 @@ mod tests {
         assert!(plan.ring_writes.is_empty(), "{plan:?}");
         assert_eq!(plan.backend_writes.len(), 1);
         assert_eq!(plan.backend_writes[0].1.weight, 5);
+    }
+
+    #[test]
+    fn random_two_least_conn_draws_from_a_wrr_cycle_and_keeps_weights_in_the_records() {
+        let two = [("198.18.1.2", 3, "active"), ("198.18.1.3", 1, "active")];
+        let text = with_algorithm(
+            &service("web", "198.18.100.1", &two),
+            "random-two-least-conn",
+        );
+        let mut p = Planner::new(4, M);
+        let plan = p.apply(&cfg(&text)).unwrap();
+        // One smooth WRR cycle: each backend in proportion to its weight.
+        let mut table = plan.ring_writes[0].1.clone();
+        table.sort();
+        assert_eq!(table, vec![0, 0, 0, 1]);
+        assert_eq!(
+            plan.service_writes[0].1.flags & (SVC_SCHED_LC | SVC_SCHED_P2C | SVC_SCHED_RR),
+            SVC_SCHED_LC | SVC_SCHED_P2C
+        );
+        let weights: Vec<u32> = plan.backend_writes.iter().map(|(_, b)| b.weight).collect();
+        assert_eq!(weights, vec![3, 1]);
     }
 
     #[test]

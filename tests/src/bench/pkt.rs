@@ -18,7 +18,8 @@ use anyhow::{bail, ensure, Context as _};
 use aya::util::nr_cpus;
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{
-    BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_RR,
+    BenchFrame, BENCH_FRAME_MAX, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_P2C,
+    SVC_SCHED_RR,
 };
 
 use crate::pkt::*;
@@ -79,11 +80,12 @@ const POOL_FIRST: u32 = 6;
 const POOL_MAGLEV: u32 = 65521;
 /// Scheduler services (DSR TCP, so they share no NAT reply state with the bed's
 /// port-80 services): (service id, port, flags).
-const SCHED_SERVICES: [(u32, u16, u32); 4] = [
+const SCHED_SERVICES: [(u32, u16, u32); 5] = [
     (3, 81, SVC_FWD_DSR),
     (4, 82, SVC_FWD_DSR | SVC_SCHED_RR),
     (5, 83, SVC_FWD_DSR | SVC_SCHED_RR),
     (6, 84, SVC_FWD_DSR | SVC_SCHED_LC),
+    (7, 85, SVC_FWD_DSR | SVC_SCHED_LC | SVC_SCHED_P2C),
 ];
 
 /// Katran's XDP balancer (`balancer.bpf.c`) measured the same way on this machine
@@ -732,6 +734,22 @@ fn cases() -> Vec<Case> {
             check: expect_promoted_or_dispatched,
         },
         Case {
+            name: "new flow, random-two-least-conn, 256",
+            target: Target::Lb,
+            spec: sched_syn_frame(85, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            keys: Keys::Fresh,
+            check: expect_new_flows,
+        },
+        Case {
+            name: "random-two-least-conn 2nd packet",
+            target: Target::Lb,
+            spec: sched_ack_frame(85, NEW_FLOW_REPEAT),
+            repeat: NEW_FLOW_REPEAT,
+            keys: Keys::LastFresh,
+            check: expect_promoted_or_dispatched,
+        },
+        Case {
             name: "DSR new flow, 1400-byte datagram",
             target: Target::Lb,
             spec: dsr_frame_with(NEW_FLOW_REPEAT, &[0xa5; 1400]),
@@ -1309,9 +1327,9 @@ fn run_case(h: &mut Harness, case: &Case, base: u32, round: usize) -> anyhow::Re
     Ok((ns, ns - e))
 }
 
-/// The 256-backend pool (weights 1..=7) and the four scheduler services' tables:
-/// Maglev over it, each backend once (round-robin), one smooth WRR cycle (1024
-/// entries), and the id list least-conn scans.
+/// The 256-backend pool (weights 1..=7) and the scheduler services' tables: Maglev
+/// over it, each backend once (round-robin), one smooth WRR cycle (1024 entries), the
+/// id list least-conn scans, and the WRR cycle random-two-least-conn draws from.
 fn publish_pool(bed: &Bed, dp: &mut AyaDataplane) {
     let weights: Vec<u32> = (0..POOL).map(|i| 1 + i % 7).collect();
     bed.add_pool(dp, POOL_FIRST, &weights);
@@ -1332,7 +1350,7 @@ fn publish_pool(bed: &Bed, dp: &mut AyaDataplane) {
         .into_iter()
         .map(|i| POOL_FIRST + i)
         .collect();
-    for ((id, _, _), table) in SCHED_SERVICES.iter().zip([&maglev, &ids, &wrr, &ids]) {
+    for ((id, _, _), table) in SCHED_SERVICES.iter().zip([&maglev, &ids, &wrr, &ids, &wrr]) {
         bed.publish_ids(dp, *id, table, 0);
     }
 }

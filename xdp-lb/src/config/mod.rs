@@ -17,7 +17,7 @@
 //! vip = "198.18.100.1"           # IPv4 or IPv6 address (no port)
 //! port = 80                      # 1..=65535
 //! proto = "tcp"                  # tcp (default) | udp
-//! algorithm = "maglev"           # maglev (default) | src-hash | round-robin | weighted-round-robin | least-conn
+//! algorithm = "maglev"           # maglev (default) | src-hash | round-robin | weighted-round-robin | least-conn | random-two-least-conn
 //! forwarding = "nat"             # nat (default) | dsr
 //! table_size = 65537             # optional Maglev table size, a prime (see below)
 //!
@@ -295,6 +295,10 @@ pub enum Algorithm {
     WeightedRoundRobin,
     /// Fewest open connections relative to weight, counted by the data plane.
     LeastConn,
+    /// The less loaded (least-conn's measure) of two backends drawn at random in
+    /// proportion to weight (nginx's `random two least_conn`, HAProxy's `random(2)`):
+    /// constant work per new flow, any number of backends.
+    RandomTwoLeastConn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -337,29 +341,38 @@ impl Algorithm {
             Algorithm::RoundRobin => "round-robin",
             Algorithm::WeightedRoundRobin => "weighted-round-robin",
             Algorithm::LeastConn => "least-conn",
+            Algorithm::RandomTwoLeastConn => "random-two-least-conn",
         }
     }
 
     /// Every algorithm, in the order error messages and `--help` list them.
-    pub const ALL: [Algorithm; 5] = [
+    pub const ALL: [Algorithm; 6] = [
         Algorithm::Maglev,
         Algorithm::SrcHash,
         Algorithm::RoundRobin,
         Algorithm::WeightedRoundRobin,
         Algorithm::LeastConn,
+        Algorithm::RandomTwoLeastConn,
     ];
 
     /// The names `ALL` accepts, for clap's `value_parser`.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "maglev",
         "src-hash",
         "round-robin",
         "weighted-round-robin",
         "least-conn",
+        "random-two-least-conn",
     ];
 
     pub fn parse(s: &str) -> Option<Algorithm> {
         Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The data plane counts this service's connections per backend (CONNS), and
+    /// its backend records carry their weights: least-conn and random-two-least-conn.
+    pub fn counts_connections(self) -> bool {
+        matches!(self, Algorithm::LeastConn | Algorithm::RandomTwoLeastConn)
     }
 }
 
@@ -504,7 +517,7 @@ pub enum ConfigError {
     },
     #[error("service {service:?}: backend {backend} listed twice")]
     DuplicateBackend { service: String, backend: String },
-    #[error("service {service:?}: least-conn takes at most {max} backends ({count} configured): the data plane scans every backend on each new flow; use weighted-round-robin or maglev, or split the service")]
+    #[error("service {service:?}: least-conn takes at most {max} backends ({count} configured): the data plane scans every backend on each new flow; use random-two-least-conn (two backends weighed per new flow, any number of backends), weighted-round-robin or maglev, or split the service")]
     TooManyLeastConnBackends {
         service: String,
         count: usize,
@@ -529,7 +542,7 @@ pub enum ConfigError {
         weight: i64,
         max: u32,
     },
-    #[error("service {service:?}: unknown algorithm {value:?}; use one of maglev (default), src-hash, round-robin, weighted-round-robin, least-conn")]
+    #[error("service {service:?}: unknown algorithm {value:?}; use one of maglev (default), src-hash, round-robin, weighted-round-robin, least-conn, random-two-least-conn")]
     UnknownAlgorithm { service: String, value: String },
     #[error("service {service:?}: unknown forwarding {value:?}; use \"nat\" or \"dsr\"")]
     UnknownForwarding { service: String, value: String },
@@ -1983,7 +1996,11 @@ state = "down"
             "{e:?}"
         );
         assert!(e.to_string().contains("weighted-round-robin"), "{e}");
+        assert!(e.to_string().contains("random-two-least-conn"), "{e}");
         parse_str(&text("weighted-round-robin")).unwrap();
+        // Two draws per new flow: no bound from a scan.
+        let cfg = parse_str(&text("random-two-least-conn")).unwrap();
+        assert_eq!(cfg.services[0].algorithm, Algorithm::RandomTwoLeastConn);
     }
 
     #[test]

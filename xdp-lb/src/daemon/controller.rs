@@ -744,7 +744,7 @@ impl<D: Dataplane> Controller<D> {
             .cfg
             .services
             .iter()
-            .filter(|s| s.algorithm == config::Algorithm::LeastConn)
+            .filter(|s| s.algorithm.counts_connections())
             .map(|s| s.name.as_str())
             .collect();
         if lc.is_empty() {
