@@ -1,7 +1,8 @@
 //! Schedulers that pick a new flow's backend from a service's published table:
-//! Maglev/src-hash hash into it, round-robin walks it with a per-CPU cursor, and
+//! Maglev/src-hash hash into it, round-robin walks it with a per-CPU cursor,
 //! least-conn scans it for the backend with the fewest counted connections per unit
-//! of weight. The control plane builds every table (policy in userspace); this module
+//! of weight, and random-two-least-conn weighs two entries drawn at random the same
+//! way. The control plane builds every table (policy in userspace); this module
 //! only indexes it and keeps the connection counts.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -218,29 +219,18 @@ const TWO_CHOICES_FALLBACK: u32 = 16;
 extern "C" fn lc_step(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `least_conn` gave it, to its LcScan.
     let s = unsafe { &mut *(ctx as *mut LcScan) };
-    if consider(s, i) {
-        0
-    } else {
-        1
-    }
-}
-
-/// Weighs table entry `i` positions after the scan's start against the scan's best
-/// so far. False when the entry is out of the map's range.
-#[inline(always)]
-fn consider(s: &mut LcScan, i: u64) -> bool {
     let mut j = s.start.wrapping_add(i as u32);
     if j >= s.n {
         j -= s.n;
     }
     let Some(&id) = MAGLEV_RING.get(s.offset.wrapping_add(j)) else {
-        return false;
+        return 1;
     };
     let Some(b) = BACKENDS.get(id) else {
-        return true;
+        return 0;
     };
     if b.state != BACKEND_ACTIVE {
-        return true;
+        return 0;
     }
     let c = match CONNS.get(id) {
         Some(&c) if c > 0 => c as u64,
@@ -252,7 +242,7 @@ fn consider(s: &mut LcScan, i: u64) -> bool {
         s.best_c = c;
         s.best_w = w;
     }
-    true
+    0
 }
 
 /// Adds `delta` to backend `id`'s connection count. CONNS is one shared array with
