@@ -64,3 +64,53 @@ async fn concurrent_gets_share_one_pipelined_request() {
     );
     assert_eq!(stats.snapshot().errors, 0);
 }
+
+// A key holding another type (something else writing to the same Redis) answers its GET with an
+// error reply; the other GETs of its round are answered as usual, not failed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_error_reply_fails_only_its_own_get_of_the_round() {
+    let redis = RedisServer::start();
+    for i in (0..16).step_by(2) {
+        redis.cli(&["SET", &format!("k{i}"), &format!("v{i}")]);
+    }
+    redis.cli(&["RPUSH", "k5", "a list"]);
+    let cfg = RedisConfig {
+        nodes: vec![redis.url()],
+        ..RedisConfig::default()
+    };
+    let stats = Arc::new(Stats::default());
+    let store = Store::new(&cfg, Arc::clone(&stats)).expect("store");
+    assert_eq!(store.get("absent").await.expect("redis answers"), None);
+    let spawner = store.clone();
+    let tasks: Vec<_> = tokio::spawn(async move {
+        (0..16)
+            .map(|i| {
+                let store = spawner.clone();
+                tokio::spawn(async move { (i, store.get(&format!("k{i}")).await) })
+            })
+            .collect()
+    })
+    .await
+    .expect("spawner task");
+    for t in tasks {
+        let (i, got) = t.await.expect("task");
+        if i == 5 {
+            let e = got.expect_err("GET of a list answers an error");
+            let mut chain = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain += &format!(": {c}");
+                cause = c.source();
+            }
+            assert!(chain.contains("WRONGTYPE"), "k5: {chain}");
+        } else {
+            let want = (i % 2 == 0).then(|| format!("v{i}").into_bytes());
+            assert_eq!(got.expect("redis answers the other keys"), want, "GET k{i}");
+        }
+    }
+    // Not taken for Redis being unreachable: the next GET goes to Redis.
+    assert_eq!(
+        store.get("k0").await.expect("redis answers"),
+        Some(b"v0".to_vec())
+    );
+}

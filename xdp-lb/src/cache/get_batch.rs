@@ -54,17 +54,19 @@ impl GetBatch {
         for (key, _) in &batch {
             pipe.cmd("GET").arg(key);
         }
+        // Each GET gets its own answer: an error reply for one key (a key of another type,
+        // written by something else sharing the Redis) fails that GET alone, not the round's.
+        pipe.ignore_errors();
         // On a timeout the senders are dropped, and every waiting GET reports it.
         let Ok(res) =
-            tokio::time::timeout(timeout, pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn))
-                .await
+            tokio::time::timeout(timeout, pipe.query_async::<Vec<Reply>>(&mut conn)).await
         else {
             return;
         };
         match res {
             Ok(values) if values.len() == batch.len() => {
                 for ((_, tx), v) in batch.into_iter().zip(values) {
-                    let _ = tx.send(Ok(v));
+                    let _ = tx.send(v);
                 }
             }
             Ok(values) => {
