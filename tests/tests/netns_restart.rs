@@ -4,7 +4,8 @@
 //! backends, or replaced by a build whose XDP program differs (an upgrade); the
 //! program stays attached from pinned state throughout and the next start adopts it.
 //! Also: pinned state of another layout is refused, or migrated where only a counter
-//! array changed size; `--fresh` starts clean, `xdp-lb detach` removes everything.
+//! array or the flow tables' size changed; `--fresh` starts clean, `xdp-lb detach`
+//! removes everything.
 use std::{
     net::UdpSocket,
     sync::{
@@ -368,6 +369,52 @@ fn backends_added_at_restart_leave_established_flows_alone() {
     );
 }
 
+/// Backends 1 and 2 in 4096-entry flow tables, restarted with twice the tables and
+/// backends 1..4: the pinned flows are copied into the new tables, so the uploads
+/// started before stay on 1 and 2 (re-dispatched, about half would go to 3 and 4,
+/// which would reset them), and the next restart adopts the new tables as they are.
+#[test]
+fn a_flow_table_size_change_at_restart_keeps_established_flows() {
+    require_root();
+    let topo = scenario::xdp_topology(4, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
+    let mut lb = start(&topo, &file, &[]);
+    let uploads = start_uploads(&topo, CONNECTIONS);
+    wait_progress(&uploads, 0.25, Some(&lb));
+    lb.stop();
+    file.write(&config(&topo, &[1, 2, 3, 4], Some(8192)))
+        .expect("rewriting the config");
+    let mut lb2 = start(&topo, &file, &[]);
+    let log = lb2.output();
+    assert!(adopted_flows(&lb2).is_some(), "{log}");
+    let copied = log
+        .lines()
+        .find_map(|l| {
+            let rest = l
+                .split("migrated pinned map FLOWS from 4097 to 8193 entries (")
+                .nth(1)?;
+            rest.split(' ').next()?.parse::<usize>().ok()
+        })
+        .unwrap_or_else(|| panic!("no FLOWS migration logged:\n{log}"));
+    assert!(copied >= CONNECTIONS, "{copied} flows copied:\n{log}");
+    let done = finish(uploads, &lb2);
+    assert!(
+        done.iter()
+            .all(|d| d.backend == "backend-1" || d.backend == "backend-2"),
+        "connections started before the resize moved:\n{}",
+        lb2.output()
+    );
+    lb2.stop();
+    // The record now says 8192: the next start adopts the tables as they are.
+    let lb3 = start(&topo, &file, &[]);
+    let log = lb3.output();
+    assert!(adopted_flows(&lb3).is_some(), "{log}");
+    assert!(
+        !log.contains("flow_table_size changes") && !log.contains("migrated pinned map FLOWS"),
+        "the tables were resized again:\n{log}"
+    );
+}
+
 #[test]
 fn layout_mismatch_is_refused_and_fresh_starts_clean() {
     require_root();
@@ -385,16 +432,20 @@ fn layout_mismatch_is_refused_and_fresh_starts_clean() {
         .expect("client namespace");
     lb.stop();
 
-    // A map sized differently by the configuration.
-    file.write(&config(&topo, &[1, 2], Some(8192)))
-        .expect("rewriting the config");
+    // A ring map laid out differently by the configuration (another flow_table_size
+    // is copied instead: see a_flow_table_size_change_at_restart_keeps_established_flows).
+    file.write(&format!(
+        "max_services = 8\n{}",
+        config(&topo, &[1, 2], Some(4096))
+    ))
+    .expect("rewriting the config");
     let refused = topo
         .start_lb(&run_args(&file, &[]))
         .err()
-        .expect("a start over a different flow_table_size must be refused")
+        .expect("a start over a different max_services must be refused")
         .to_string();
     assert!(
-        refused.contains("flow_table_size = 4096") && refused.contains("--fresh"),
+        refused.contains("max_services = ") && refused.contains("--fresh"),
         "{refused}"
     );
 

@@ -284,9 +284,10 @@ impl AyaDataplane {
             _pin_lock: Some(lock),
             kernel_log,
         };
-        if found == Found::Nothing {
+        if found == Found::Nothing || migrations.iter().any(|m| m.map == "FLOWS") {
             // Written once the maps exist: a start interrupted before this leaves
             // pins without a record, which the next start refuses (never misreads).
+            // Rewritten when the flow tables were made at another flow_table_size.
             let mut layout: Array<&mut MapData, Layout> = dp.map("LAYOUT")?;
             layout
                 .set(0, opts.layout(&sizes), 0)
@@ -295,8 +296,8 @@ impl AyaDataplane {
         for m in migrations {
             let (name, from, to) = (m.map, m.from_entries, m.to_entries);
             let map = dp.ebpf.map_mut(name).ok_or(DataplaneError::Missing(name))?;
-            m.write(map)?;
-            log::info!("migrated pinned map {name} from {from} to {to} entries");
+            let copied = m.write(map)?;
+            log::info!("migrated pinned map {name} from {from} to {to} entries ({copied} copied)");
         }
         // The filter is this load's own map: fill it from the adopted tables before
         // the program can see a packet.

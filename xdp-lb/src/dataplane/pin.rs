@@ -5,17 +5,21 @@
 //! creating one), the links through `bpf_link_update`, which swaps the program on
 //! the interface in one step. Before anything is adopted, every pinned map is
 //! checked against what this binary would create, and the LAYOUT record against
-//! the configuration, so state is never misread. The one difference adopted anyway
-//! is a counter array with another number of entries (a version that counts more
-//! verdict reasons): its values are copied into a map of the new size (`MIGRATABLE`).
+//! the configuration, so state is never misread. The differences adopted anyway are
+//! a counter array with another number of entries (a version that counts more
+//! verdict reasons), whose values are copied into a map of the new size
+//! (`MIGRATABLE`), and another `flow_table_size`, whose flow tables' entries are
+//! copied the same way (`RESIZABLE_FLOWS`).
 use std::{
     ffi::CString,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuValues};
-use xdp_lb_common::{Counters, Layout, LAYOUT_MAGIC, LAYOUT_VERSION};
+use aya::maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues};
+use xdp_lb_common::{
+    Counters, FlowKey, FlowValue, Layout, NatReverse, LAYOUT_MAGIC, LAYOUT_VERSION,
+};
 
 use super::{DataplaneError, MapSizes};
 
@@ -57,6 +61,11 @@ pub const PINNED_MAPS: [&str; 15] = [
 /// zeroed new entries, a smaller one keeps the first entries.
 const MIGRATABLE: [&str; 3] = ["GLOBAL_STATS", "SERVICE_STATS", "BACKEND_STATS"];
 
+/// Pinned flow tables copied into tables of the new size when `flow_table_size`
+/// changed: established flows and their reverse NAT entries carry on, as at any
+/// restart. A smaller table keeps as many as fit (the LRU evicts the first copied).
+const RESIZABLE_FLOWS: [&str; 2] = ["FLOWS", "NAT_REVERSE"];
+
 /// Pinned maps replaced by an empty one when their number of entries differs (a
 /// version that sizes them otherwise, `embryo_table_size`): the embryonic tables hold
 /// only flows that have sent one packet, and such a flow's next packet is dispatched
@@ -93,6 +102,12 @@ pub struct Migration {
 enum MigratedValues {
     Reasons(Vec<PerCpuValues<u64>>),
     Counters(Vec<PerCpuValues<Counters>>),
+    /// The pinned flow table itself (its descriptor keeps it alive once unpinned),
+    /// copied entry by entry when written: no second copy of millions of flows in
+    /// memory. The running program keeps writing it until the new one takes over;
+    /// what it writes after the copy is lost (those flows are dispatched afresh).
+    Flows(MapData),
+    Reverse(MapData),
 }
 
 impl Migration {
@@ -101,7 +116,11 @@ impl Migration {
         let err = |source| DataplaneError::Map { map, source };
         let data = MapData::from_pin(path).map_err(err)?;
         let n = from.min(to);
-        let values = if map == "GLOBAL_STATS" {
+        let values = if map == "FLOWS" {
+            MigratedValues::Flows(data)
+        } else if map == "NAT_REVERSE" {
+            MigratedValues::Reverse(data)
+        } else if map == "GLOBAL_STATS" {
             let a: PerCpuArray<MapData, u64> =
                 PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(err)?;
             MigratedValues::Reasons(
@@ -128,8 +147,9 @@ impl Migration {
         })
     }
 
-    /// Writes the saved values into `map`, the one this binary created.
-    pub fn write(self, map: &mut aya::maps::Map) -> Result<(), DataplaneError> {
+    /// Writes the saved values into `map`, the one this binary created. Returns how
+    /// many entries were copied.
+    pub fn write(self, map: &mut aya::maps::Map) -> Result<u64, DataplaneError> {
         let name = self.map;
         let err = |source| DataplaneError::Map { map: name, source };
         match self.values {
@@ -147,9 +167,30 @@ impl Migration {
                     a.set(i, values, 0).map_err(err)?;
                 }
             }
+            MigratedValues::Flows(old) => return copy_entries::<FlowValue>(name, old, map),
+            MigratedValues::Reverse(old) => return copy_entries::<NatReverse>(name, old, map),
         }
-        Ok(())
+        Ok(u64::from(self.from_entries.min(self.to_entries)))
     }
+}
+
+/// Copies every entry of the flow table `old` (keyed by `FlowKey`) into `new`. An
+/// entry gone between the key walk and its read (evicted, closed) is skipped.
+fn copy_entries<V: aya::Pod>(
+    name: &'static str,
+    old: MapData,
+    new: &mut aya::maps::Map,
+) -> Result<u64, DataplaneError> {
+    let err = |source| DataplaneError::Map { map: name, source };
+    let old: HashMap<MapData, FlowKey, V> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(old)).map_err(err)?;
+    let mut new: HashMap<&mut MapData, FlowKey, V> = HashMap::try_from(new).map_err(err)?;
+    let mut copied = 0;
+    for (k, v) in old.iter().filter_map(Result::ok) {
+        new.insert(k, v, 0).map_err(err)?;
+        copied += 1;
+    }
+    Ok(copied)
 }
 
 /// How `run` treats pinned state.
@@ -344,7 +385,17 @@ fn prepare_locked(
         dir: ours.clone(),
         diff,
     };
-    check_record(&ours.join("LAYOUT"), &opts.layout(sizes)).map_err(incompatible)?;
+    let pinned_flow_table = check_record(&ours.join("LAYOUT"), &opts.layout(sizes))
+        .map_err(incompatible)?
+        .flow_table_size;
+    if pinned_flow_table != sizes.flow_table_size {
+        log::info!(
+            "flow_table_size changes from {pinned_flow_table} to {}: the pinned flows are \
+             copied into tables of the new size (flows created during the copy are \
+             dispatched afresh), the embryonic tables start empty",
+            sizes.flow_table_size
+        );
+    }
     let expected = expected_maps(sizes)?;
     let mut migrations = Vec::new();
     let mut replaced = Vec::new();
@@ -431,7 +482,9 @@ fn adoption(name: &'static str, want: &MapShape, got: &MapShape, sizes: &MapSize
         Adoption::EarlierSizing
     } else if want.resized(REPLACEABLE.as_slice(), name, got) {
         Adoption::Replace
-    } else if want.resized(MIGRATABLE.as_slice(), name, got) {
+    } else if want.resized(MIGRATABLE.as_slice(), name, got)
+        || want.resized(RESIZABLE_FLOWS.as_slice(), name, got)
+    {
         Adoption::Migrate
     } else {
         Adoption::Refuse(diff)
@@ -510,10 +563,15 @@ fn expected_maps(sizes: &MapSizes) -> Result<Vec<(&'static str, MapShape)>, Data
         .collect()
 }
 
-/// Reads the pinned LAYOUT record and compares it with what this run needs.
-fn check_record(path: &Path, want: &Layout) -> Result<(), LayoutDiff> {
+/// Reads the pinned LAYOUT record and compares it with what this run needs, but for
+/// `flow_table_size`, which may change (`RESIZABLE_FLOWS`). Returns the record.
+fn check_record(path: &Path, want: &Layout) -> Result<Layout, LayoutDiff> {
     let got = read_record(path).ok_or(LayoutDiff::NoRecord)?;
-    layout_diff(&got, want).map_or(Ok(()), Err)
+    let want = Layout {
+        flow_table_size: got.flow_table_size,
+        ..*want
+    };
+    layout_diff(&got, &want).map_or(Ok(got), Err)
 }
 
 fn read_record(path: &Path) -> Option<Layout> {
@@ -822,7 +880,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_of_the_earlier_sizing_are_adopted_and_no_other_size() {
+    fn tables_of_the_earlier_sizing_are_adopted_and_of_another_size_copied() {
         let sizes = MapSizes {
             ring_entries: 1,
             flow_table_size: 4096,
@@ -846,12 +904,16 @@ mod tests {
                 Adoption::EarlierSizing
             );
         }
+        // Another size (another flow_table_size): the flows are copied.
         let other = MapShape {
             max_entries: 8192,
             ..ours
         };
+        for name in ["FLOWS", "NAT_REVERSE"] {
+            assert_eq!(adoption(name, &ours, &other, &sizes), Adoption::Migrate);
+        }
         assert!(matches!(
-            adoption("FLOWS", &ours, &other, &sizes),
+            adoption("BACKENDS", &ours, &other, &sizes),
             Adoption::Refuse(_)
         ));
         let wider = MapShape {
