@@ -284,10 +284,11 @@ impl AyaDataplane {
             _pin_lock: Some(lock),
             kernel_log,
         };
-        if found == Found::Nothing || migrations.iter().any(|m| m.map == "FLOWS") {
+        {
             // Written once the maps exist: a start interrupted before this leaves
             // pins without a record, which the next start refuses (never misreads).
-            // Rewritten when the flow tables were made at another flow_table_size.
+            // Rewritten at every start: an adopted record can differ only in
+            // flow_table_size, whose tables `prepare` found or made at the new size.
             let mut layout: Array<&mut MapData, Layout> = dp.map("LAYOUT")?;
             layout
                 .set(0, opts.layout(&sizes), 0)
