@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use xdp_lb::cache::config::RedisConfig;
 use xdp_lb::cache::stats::Stats;
-use xdp_lb::cache::store::Store;
+use xdp_lb::cache::store::{Store, StoreError};
+use xdp_lb::cache::Causes;
 use xdp_lb_tests::cache_support::RedisServer;
 
 /// Redis's count of socket reads it processed (`INFO stats`), which includes the reads that
@@ -17,33 +18,30 @@ fn reads_processed(redis: &RedisServer) -> u64 {
         .unwrap_or_else(|| panic!("no total_reads_processed in INFO stats: {info}"))
 }
 
-// One worker: the requests' tasks wake each other on one thread, as in a busy proxy, where
-// each GET used to go out in a write of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn concurrent_gets_share_one_pipelined_request() {
-    let redis = RedisServer::start();
-    for i in (0..32).step_by(2) {
-        redis.cli(&["SET", &format!("k{i}"), &format!("v{i}")]);
-    }
+/// A store on `redis`, connected (the connection is made lazily), so that the GETs a
+/// test batches go out on an open connection; and its stats.
+async fn store_on(redis: &RedisServer) -> (Store, Arc<Stats>) {
     let cfg = RedisConfig {
         nodes: vec![redis.url()],
         ..RedisConfig::default()
     };
     let stats = Arc::new(Stats::default());
     let store = Store::new(&cfg, Arc::clone(&stats)).expect("store");
-    // Connects (the connection is made lazily), so the batch below is on an open connection.
     assert_eq!(store.get("absent").await.expect("redis answers"), None);
+    (store, stats)
+}
 
-    // What asking costs (redis-cli's connection's own reads), measured rather than assumed.
-    let idle = reads_processed(&redis);
-    let before = reads_processed(&redis);
-    let asking = before - idle;
-    // Spawned from a task on the one worker, so none of them runs before all are queued:
-    // spawned from the test's own thread, the worker could start the first GETs while the
-    // rest were still being spawned (a split batch under load, not the proxy's behaviour).
+/// GETs of `k0`..`k{n-1}`, each from a task of its own, all queued in one round: spawned
+/// from a task on the one worker, so none of them runs before all are queued (spawned
+/// from the test's own thread, the worker could start the first GETs while the rest were
+/// still being spawned: a split batch under load, not the proxy's behaviour).
+async fn gets_in_one_round(
+    store: &Store,
+    n: usize,
+) -> Vec<(usize, Result<Option<Vec<u8>>, StoreError>)> {
     let spawner = store.clone();
     let tasks: Vec<_> = tokio::spawn(async move {
-        (0..32)
+        (0..n)
             .map(|i| {
                 let store = spawner.clone();
                 tokio::spawn(async move { (i, store.get(&format!("k{i}")).await) })
@@ -52,8 +50,28 @@ async fn concurrent_gets_share_one_pipelined_request() {
     })
     .await
     .expect("spawner task");
+    let mut answers = Vec::new();
     for t in tasks {
-        let (i, got) = t.await.expect("task");
+        answers.push(t.await.expect("task"));
+    }
+    answers
+}
+
+// One worker: the requests' tasks wake each other on one thread, as in a busy proxy, where
+// each GET used to go out in a write of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn concurrent_gets_share_one_pipelined_request() {
+    let redis = RedisServer::start();
+    for i in (0..32).step_by(2) {
+        redis.cli(&["SET", &format!("k{i}"), &format!("v{i}")]);
+    }
+    let (store, stats) = store_on(&redis).await;
+
+    // What asking costs (redis-cli's connection's own reads), measured rather than assumed.
+    let idle = reads_processed(&redis);
+    let before = reads_processed(&redis);
+    let asking = before - idle;
+    for (i, got) in gets_in_one_round(&store, 32).await {
         let want = (i % 2 == 0).then(|| format!("v{i}").into_bytes());
         assert_eq!(got.expect("redis answers"), want, "GET k{i}");
     }
@@ -74,34 +92,11 @@ async fn an_error_reply_fails_only_its_own_get_of_the_round() {
         redis.cli(&["SET", &format!("k{i}"), &format!("v{i}")]);
     }
     redis.cli(&["RPUSH", "k5", "a list"]);
-    let cfg = RedisConfig {
-        nodes: vec![redis.url()],
-        ..RedisConfig::default()
-    };
-    let stats = Arc::new(Stats::default());
-    let store = Store::new(&cfg, Arc::clone(&stats)).expect("store");
-    assert_eq!(store.get("absent").await.expect("redis answers"), None);
-    let spawner = store.clone();
-    let tasks: Vec<_> = tokio::spawn(async move {
-        (0..16)
-            .map(|i| {
-                let store = spawner.clone();
-                tokio::spawn(async move { (i, store.get(&format!("k{i}")).await) })
-            })
-            .collect()
-    })
-    .await
-    .expect("spawner task");
-    for t in tasks {
-        let (i, got) = t.await.expect("task");
+    let (store, _) = store_on(&redis).await;
+    for (i, got) in gets_in_one_round(&store, 16).await {
         if i == 5 {
             let e = got.expect_err("GET of a list answers an error");
-            let mut chain = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                chain += &format!(": {c}");
-                cause = c.source();
-            }
+            let chain = Causes(&e).to_string();
             assert!(chain.contains("WRONGTYPE"), "k5: {chain}");
         } else {
             let want = (i % 2 == 0).then(|| format!("v{i}").into_bytes());

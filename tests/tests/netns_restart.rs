@@ -330,6 +330,34 @@ fn nat_upgrade_to_a_different_program_mid_transfer_loses_nothing() {
     restart_mid_transfer(Forwarding::Nat, false, Some(next));
 }
 
+/// Uploads through a balancer of backends 1 and 2 (`flow_table_size` `before`),
+/// restarted mid-transfer with backends 1..4 (and `after`): returns the config file
+/// and the restarted balancer once every upload finished intact on 1 or 2. Re-dispatched,
+/// about half would have gone to 3 and 4, which would have reset them.
+fn uploads_stay_on_1_and_2_across_a_restart(
+    topo: &Topology,
+    before: Option<u32>,
+    after: Option<u32>,
+) -> (ConfigFile, XdpLbProcess) {
+    let file = ConfigFile::new(&config(topo, &[1, 2], before)).expect("config file");
+    let mut lb = start(topo, &file, &[]);
+    let uploads = start_uploads(topo, CONNECTIONS);
+    wait_progress(&uploads, 0.25, Some(&lb));
+    lb.stop();
+    file.write(&config(topo, &[1, 2, 3, 4], after))
+        .expect("rewriting the config");
+    let lb2 = start(topo, &file, &[]);
+    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
+    let done = finish(uploads, &lb2);
+    assert!(
+        done.iter()
+            .all(|d| d.backend == "backend-1" || d.backend == "backend-2"),
+        "connections started before the restart moved to backends added by it:\n{}",
+        lb2.output()
+    );
+    (file, lb2)
+}
+
 /// Backends 1 and 2, restarted with 1..4: Maglev now sends about half of the
 /// established 5-tuples to backends 3 and 4, where no connection exists (they would
 /// answer with a reset). Only the adopted flow table keeps them on 1 and 2.
@@ -337,21 +365,7 @@ fn nat_upgrade_to_a_different_program_mid_transfer_loses_nothing() {
 fn backends_added_at_restart_leave_established_flows_alone() {
     require_root();
     let topo = scenario::xdp_topology(4, Forwarding::Nat);
-    let file = ConfigFile::new(&config(&topo, &[1, 2], None)).expect("config file");
-    let mut lb = start(&topo, &file, &[]);
-    let uploads = start_uploads(&topo, CONNECTIONS);
-    wait_progress(&uploads, 0.25, Some(&lb));
-    lb.stop();
-    file.write(&config(&topo, &[1, 2, 3, 4], None))
-        .expect("rewriting the config");
-    let lb2 = start(&topo, &file, &[]);
-    assert!(adopted_flows(&lb2).is_some(), "{}", lb2.output());
-    let done = finish(uploads, &lb2);
-    assert!(
-        done.iter()
-            .all(|d| d.backend == "backend-1" || d.backend == "backend-2"),
-        "connections started before backends 3 and 4 existed"
-    );
+    let (_file, lb2) = uploads_stay_on_1_and_2_across_a_restart(&topo, None, None);
     // New connections do reach the added backends.
     let vip = topo.vip(false, TCP_PORT);
     let names: Vec<String> = topo
@@ -377,16 +391,8 @@ fn backends_added_at_restart_leave_established_flows_alone() {
 fn a_flow_table_size_change_at_restart_keeps_established_flows() {
     require_root();
     let topo = scenario::xdp_topology(4, Forwarding::Nat);
-    let file = ConfigFile::new(&config(&topo, &[1, 2], Some(4096))).expect("config file");
-    let mut lb = start(&topo, &file, &[]);
-    let uploads = start_uploads(&topo, CONNECTIONS);
-    wait_progress(&uploads, 0.25, Some(&lb));
-    lb.stop();
-    file.write(&config(&topo, &[1, 2, 3, 4], Some(8192)))
-        .expect("rewriting the config");
-    let mut lb2 = start(&topo, &file, &[]);
+    let (file, mut lb2) = uploads_stay_on_1_and_2_across_a_restart(&topo, Some(4096), Some(8192));
     let log = lb2.output();
-    assert!(adopted_flows(&lb2).is_some(), "{log}");
     let copied = log
         .lines()
         .find_map(|l| {
@@ -397,13 +403,6 @@ fn a_flow_table_size_change_at_restart_keeps_established_flows() {
         })
         .unwrap_or_else(|| panic!("no FLOWS migration logged:\n{log}"));
     assert!(copied >= CONNECTIONS, "{copied} flows copied:\n{log}");
-    let done = finish(uploads, &lb2);
-    assert!(
-        done.iter()
-            .all(|d| d.backend == "backend-1" || d.backend == "backend-2"),
-        "connections started before the resize moved:\n{}",
-        lb2.output()
-    );
     lb2.stop();
     // The record now says 8192: the next start adopts the tables as they are.
     let lb3 = start(&topo, &file, &[]);
