@@ -9,7 +9,8 @@
 //! the median of interleaved repetitions with its min-max; beside each rate is the
 //! machine's CPU time per request (all CPUs, busy time from /proc/stat: other load on
 //! the machine counts too, which is why the load average is printed) and which side
-//! saturated. A failed request or stream fails the run.
+//! saturated. A failed request or stream fails the run, after one repeat of that
+//! measurement (reported).
 //!
 //! `e2e` compares the balancer against plain routing (no XDP program anywhere) and
 //! routing past the attached balancer (its XDP_PASS path), and the tc attach mode with
@@ -44,6 +45,18 @@ use crate::{
     root,
     topology::{Topology, TopologyBuilder, HTTP_PORT, IFACE, LB_BRIDGE_PORT, VIP4},
 };
+
+/// Why a measurement may be repeated once. Measured with `nstat` in the client
+/// namespace over three rounds of new connections: 8k-14k out-of-order segments
+/// (`TCPOFOQueue`) with native XDP on the veths (the balancer, or only its XDP_PASS),
+/// none by routing or through tc. veth's XDP receive path runs in NAPI, on whichever
+/// CPU scheduled it, and hands skbs on through that CPU's backlog, so two segments of
+/// a flow can overtake each other. With the client reusing ports that often ends a
+/// connection with a reset: about one request in 1-2 million failed on the native XDP
+/// rows (a read error after the server's RST), none on the others.
+const REPEATED: &str =
+    "Repeated once after a failed request (native XDP on veth reorders segments: see \
+                        README, Known limits):";
 
 const BULK_PORT: u16 = 5201;
 const WRK_THREADS: u32 = 2;
@@ -270,6 +283,7 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
     // results[row][metric]: one sample per round, or the error of a failed run.
     let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); METRICS.len()]; rows.len()];
     let mut failures: Vec<String> = Vec::new();
+    let mut repeated: Vec<String> = Vec::new();
     let mut offload_text: Vec<String> = vec![String::new(); rows.len()];
     for round in 1..=rounds {
         // Alternate the order of the rows so no row always runs first.
@@ -286,7 +300,16 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
                 if !metrics.contains(m) {
                     continue;
                 }
-                match bed.measure(row.path, *m, seconds) {
+                let mut measured = bed.measure(row.path, *m, seconds);
+                if let (true, Err(e)) = (strict, &measured) {
+                    // Native XDP on veth reorders a flow's segments (see `REPEATED`); a
+                    // failure is repeated once, and reported, rather than ending the run.
+                    let msg = format!("round {round}: {} {}: {e:#}", row.label, m.name());
+                    eprintln!("REPEATING {msg}");
+                    repeated.push(msg);
+                    measured = bed.measure(row.path, *m, seconds);
+                }
+                match measured {
                     Ok(s) => {
                         eprintln!(
                             "round {round}: {:<32} {:<17} {:>10.1}  (load {})",
@@ -319,6 +342,13 @@ fn bench(rows: &[Row], rounds: usize, seconds: u32, strict: bool) -> anyhow::Res
         &load_before,
         started,
     );
+    if !repeated.is_empty() {
+        println!();
+        println!("{REPEATED}");
+        for r in &repeated {
+            println!("  repeated after: {r}");
+        }
+    }
     for f in &failures {
         println!("failed: {f}");
     }
@@ -661,7 +691,7 @@ impl Nginx {
              http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 60s;\n\
                client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n\
                uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-               server {{\n    listen {listen} backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+               server {{\n    listen {listen} backlog=4096 reuseport;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
         );
         let conf_path = dir.0.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
