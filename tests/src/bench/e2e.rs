@@ -51,12 +51,11 @@ use crate::{
 /// (`TCPOFOQueue`) with native XDP on the veths (the balancer, or only its XDP_PASS),
 /// none by routing or through tc. veth's XDP receive path runs in NAPI, on whichever
 /// CPU scheduled it, and hands skbs on through that CPU's backlog, so two segments of
-/// a flow can overtake each other. With the client reusing ports that often ends a
-/// connection with a reset: about one request in 1-2 million failed on the native XDP
+/// a flow can overtake each other. With the client reusing ports, now and then that ends
+/// a connection with a reset: about one request in 1-2 million failed on the native XDP
 /// rows (a read error after the server's RST), none on the others.
-const REPEATED: &str =
-    "Repeated once after a failed request (native XDP on veth reorders segments: see \
-                        README, Known limits):";
+const REPEATED: &str = "Repeated once after a failed request \
+    (native XDP on veth reorders segments: see README, Known limits):";
 
 const BULK_PORT: u16 = 5201;
 const WRK_THREADS: u32 = 2;
