@@ -26,7 +26,7 @@ use xdp_lb_tests::{
     pkt::{v4, with_bad_l4_checksum, with_tcp_doff, with_tcp_flags},
     raw::{self, RawSocket, PACKET_HOST},
     require_root, scenario,
-    topology::{IFACE, LB_BACK4, TCP_PORT, VIP4},
+    topology::{CLIENT4, IFACE, LB_BACK4, TCP_PORT, VIP4},
     Forwarding, Topology,
 };
 
@@ -357,4 +357,79 @@ fn nat_backends_receive_only_balanced_valid_flows() {
             b.name
         );
     }
+}
+
+/// A SYN forged with a live connection's own addresses and ports, checksum valid,
+/// must not move that connection: with round-robin the next pick is another backend,
+/// which would answer the connection's next segment with a reset. Its backend's stack
+/// answers the SYN with a challenge ACK and the connection goes on.
+#[test]
+fn a_forged_syn_on_a_live_connection_leaves_it_on_its_backend() {
+    require_root();
+    let topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let mut svc = scenario::service(&topo, false, TCP_PORT, "tcp", &[1, 1, 1]);
+    svc.algorithm = "round-robin";
+    let file = ConfigFile::new(&lbconfig::render(&[IFACE], &[svc])).expect("config file");
+    let lb = scenario::start_with_file(&topo, &file);
+    let vip = topo.vip(false, TCP_PORT);
+    const N: usize = 6;
+    let mut conns: Vec<(LineClient, String)> = topo
+        .client
+        .run(|| {
+            (0..N)
+                .map(|_| {
+                    let c = LineClient::connect(vip)?;
+                    let home = c.greeting().to_string();
+                    Ok((c, home))
+                })
+                .collect::<xdp_lb_tests::Result<Vec<_>>>()
+        })
+        .expect("entering the client namespace")
+        .unwrap_or_else(|e| panic!("opening the connections: {e}\n{}", lb.output()));
+    let homes: std::collections::BTreeSet<&str> = conns.iter().map(|(_, h)| h.as_str()).collect();
+    assert!(
+        homes.len() > 1,
+        "round-robin put all {N} connections on {homes:?}"
+    );
+    for (i, (c, home)) in conns.iter_mut().enumerate() {
+        let pong = c.ping().unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(&pong, home, "connection {i} answered from elsewhere");
+    }
+    let lb_mac = raw::mac_of(&topo.lb, IFACE).expect("lb MAC");
+    let client_mac = raw::mac_of(&topo.client, IFACE).expect("client MAC");
+    // Each connection's SYN twice, so that whatever the cursor, a second pick would
+    // name another backend for every one of them.
+    let forged: Vec<Vec<u8>> = (0..2)
+        .flat_map(|_| conns.iter())
+        .map(|(c, _)| {
+            v4(
+                PROTO_TCP,
+                CLIENT4,
+                VIP4,
+                c.local_port(),
+                TCP_PORT,
+                64,
+                client_mac,
+                lb_mac,
+                b"",
+            )
+        })
+        .collect();
+    send_from_client(&topo, forged);
+    thread::sleep(Duration::from_millis(200));
+    let moved: Vec<String> = conns
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, (c, home))| match c.ping() {
+            Ok(name) if &name == home => None,
+            Ok(name) => Some(format!("{i}: {home} -> {name}")),
+            Err(e) => Some(format!("{i} on {home}: {e}")),
+        })
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "forged SYNs broke {} of {N} live connections: {moved:?}\n{}",
+        moved.len(),
+        lb.output()
+    );
 }

@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use xdp_lb::dataplane::{AyaDataplane, Dataplane as _, PROGRAM};
 use xdp_lb_common::{
-    hash, BACKEND_DOWN, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC, SVC_SCHED_P2C,
-    SVC_SCHED_RR, TC_PORT_SLOTS,
+    hash, BACKEND_DOWN, BACKEND_DRAINING, NO_BACKEND, PROTO_TCP, PROTO_UDP, SVC_FWD_DSR,
+    SVC_SCHED_LC, SVC_SCHED_P2C, SVC_SCHED_RR, TC_PORT_SLOTS,
 };
 use xdp_lb_tests::pkt::*;
 
@@ -736,7 +736,7 @@ fn flows_keep_their_backend_when_the_backend_set_changes() {
 }
 
 #[test]
-fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
+fn a_syn_on_a_flows_5_tuple_keeps_its_active_backend_and_a_drained_one_is_left() {
     with_bed(|bed| {
         let mut dp = bed.load(&[svc_v4(PROTO_TCP, 0)]);
         let syn = v4(
@@ -760,9 +760,31 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
             first,
             "established flow must stay"
         );
-        // A new SYN on the same 5-tuple (port reuse) starts a new connection. It
-        // takes the old one's FLOWS entry over in place: nothing embryonic, and its
-        // second packet has nothing to promote.
+        // A SYN on the same 5-tuple (a reused port, or one forged with a live
+        // connection's addresses) stays on the entry's backend while that one is
+        // active, though the table now names another: moving a live connection
+        // would have the other backend reset it.
+        let syns = count(&dp.global_counters().unwrap(), "syn");
+        assert_eq!(backend_of(&run(&mut dp, &syn).1), first);
+        assert_eq!(count(&dp.global_counters().unwrap(), "syn"), syns + 1);
+        assert_eq!(count(&dp.global_counters().unwrap(), "flow_taken_over"), 0);
+        assert!(has_flow(&mut dp, "FLOWS", &ack), "the entry left FLOWS");
+        assert!(
+            !has_flow(&mut dp, "EMBRYOS", &ack),
+            "the SYN made the flow embryonic as well"
+        );
+        assert_eq!(backend_of(&run(&mut dp, &ack).1), first);
+        assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
+
+        // Its backend draining, the next SYN is dispatched by the current table and
+        // takes the entry over in place: nothing embryonic, and its second packet
+        // has nothing to promote.
+        bed.set_backend_state(&mut dp, first as u32, BACKEND_DRAINING);
+        assert_eq!(
+            backend_of(&run(&mut dp, &ack).1),
+            first,
+            "a draining backend keeps its flows"
+        );
         assert_eq!(backend_of(&run(&mut dp, &syn).1), other as usize);
         assert!(has_flow(&mut dp, "FLOWS", &ack), "the entry left FLOWS");
         assert!(
@@ -780,7 +802,7 @@ fn a_syn_is_dispatched_by_the_current_table_even_if_a_flow_exists() {
             promoted
         );
         assert_eq!(count(&dp.global_counters().unwrap(), "flow_taken_over"), 1);
-        assert_eq!(dp.service_counters(0).unwrap().new_flows, 2);
+        assert_eq!(dp.service_counters(0).unwrap().new_flows, 3);
     });
 }
 
@@ -1436,8 +1458,9 @@ fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
             assert_ne!(backend_of(&run(&mut dp, &syn4(47100 + i)).1), 0);
         }
 
-        // A SYN on the 5-tuple of a counted connection whose close was never seen:
-        // the new connection takes the FLOWS entry over, the old one's count goes.
+        // A SYN on the 5-tuple of a counted connection whose close was never seen
+        // (a reused port, or a forged SYN): it stays on that connection's backend,
+        // counted once.
         for b in 0..3 {
             set_conns(&mut dp, b, 0);
         }
@@ -1446,6 +1469,7 @@ fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
         assert!(has_flow(&mut dp, "FLOWS", &ack4(47200, TCP_ACK)));
         assert_eq!(conns(&mut dp, first as u32), 1);
         let again = backend_of(&run(&mut dp, &syn4(47200)).1);
+        assert_eq!(again, first, "the SYN moved a live connection");
         assert_eq!(
             (0..3).map(|b| conns(&mut dp, b)).sum::<i64>(),
             1,
@@ -1458,6 +1482,23 @@ fn least_conn_takes_the_fewest_per_weight_and_counts_opens_and_closes() {
             (0..3).map(|b| conns(&mut dp, b)).sum::<i64>(),
             0,
             "its RST took the count back"
+        );
+        // The port reused after that close: the next connection is counted again,
+        // on the same backend, and its close gives the count back once more.
+        assert_eq!(backend_of(&run(&mut dp, &syn4(47200)).1), first);
+        assert_eq!(
+            conns(&mut dp, first as u32),
+            1,
+            "the reopened flow is counted"
+        );
+        assert_eq!(
+            backend_of(&run(&mut dp, &ack4(47200, TCP_FIN | TCP_ACK)).1),
+            first
+        );
+        assert_eq!(
+            (0..3).map(|b| conns(&mut dp, b)).sum::<i64>(),
+            0,
+            "its FIN took the count back"
         );
     });
 }

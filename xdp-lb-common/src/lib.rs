@@ -510,8 +510,10 @@ pub mod reason {
     /// as it came, or dropped if tc had already cut it.
     pub const PASS_TOO_BIG_NO_DF: u32 = 29;
     /// Event: a valid SYN on the 5-tuple of a flow still in FLOWS (a reused port)
-    /// took that entry over in place for its own backend, instead of becoming
-    /// embryonic (also counted under `syn`).
+    /// whose backend was draining, down or reassigned took that entry over in place
+    /// for the backend the scheduler picked, instead of becoming embryonic (also
+    /// counted under `syn`). While the backend is active, such a SYN keeps it and
+    /// counts under `syn` only.
     pub const FLOW_TAKEN_OVER: u32 = 30;
     pub const COUNT: u32 = 31;
 

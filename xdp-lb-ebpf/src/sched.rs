@@ -273,6 +273,19 @@ pub fn counted(id: u32) {
     conns_add(id, 1);
 }
 
+/// A SYN keeps an earlier connection's entry on this 5-tuple (`select::backend_for`):
+/// counted again if that connection's close was seen, as one connection if not (a
+/// reused port whose close went unseen, or a forged SYN on a live connection).
+#[inline(always)]
+pub fn reopen(svc: &Service, v: *mut FlowValue) {
+    unsafe {
+        if (*v).flags & FLOW_COUNTED == 0 && svc.flags & SVC_SCHED_LC != 0 {
+            count_new(svc, &mut *v);
+            conns_add((*v).backend_id, 1);
+        }
+    }
+}
+
 /// An entry that is going away (overwritten by a new SYN on its 5-tuple, or by a
 /// retransmitted first packet): give its count back.
 #[inline(always)]

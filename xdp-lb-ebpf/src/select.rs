@@ -9,8 +9,8 @@
 //! only.
 use aya_ebpf::bindings::BPF_ANY;
 use xdp_lb_common::{
-    hash::flow_hash, reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey, BACKEND_DOWN,
-    PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC,
+    hash::flow_hash, reason, slot_scheduled, Backend, FlowValue, Service, ServiceKey,
+    BACKEND_ACTIVE, BACKEND_DOWN, PROTO_UDP, SVC_FWD_DSR, SVC_SCHED_LC,
 };
 
 use crate::{
@@ -249,10 +249,10 @@ pub fn backend_for<C: Ctx>(
     // An entry an earlier connection on this 5-tuple left in FLOWS (see below).
     let mut stale = None;
     if pkt.syn {
-        // A SYN opens a connection: it is dispatched by the current table (a reused
-        // port starts afresh), so any entry of an earlier connection on this 5-tuple
-        // is replaced, or its next packet would find that one first. Only after the
-        // checksum: a forged SYN must not replace an established flow's entry.
+        // A SYN opens a connection, so an entry an earlier connection on this
+        // 5-tuple left is kept (below) or replaced, or its next packet would find
+        // the old one first. Only after the checksum: a forged SYN must not change
+        // an established flow's entry.
         stale = FLOWS.get_ptr_mut(key);
         // Next to the FLOWS lookup, so that their two cache misses overlap, and the
         // insert at the end finds the EMBRYOS bucket in cache instead of paying its
@@ -264,16 +264,41 @@ pub fn backend_for<C: Ctx>(
         } else {
             unsafe { EMBRYOS.get(key) }
         };
-        // Its count goes before the pick, as a retransmitted SYN's embryonic entry's
-        // does below: least-conn then sees the connection as gone, and a retransmit
-        // stays on its backend. Should the pick fail (no usable backend), the entry
-        // stays marked as counted, and a later SYN or close on it gives the count
-        // back once more (reconciliation repairs that). Undoing it on the failure
-        // path cost the verifier 56k-120k more instructions per program.
+        stats::reason(reason::SYN);
+        // The new connection stays on the entry's backend while that one is active,
+        // and the entry stays as it is (its MACs and interface too). A reused port
+        // then meets the backend its earlier connection had (any is as good for a
+        // new connection); a SYN forged with a live connection's addresses and a
+        // valid checksum reaches that connection's own backend, whose stack answers
+        // it with a challenge ACK (RFC 5961), instead of moving the connection to
+        // another backend that would reset it (round-robin and least-conn pick
+        // another; a hash does once its table changed). A draining or down backend,
+        // or a reassigned slot, has the connection dispatched afresh, below. Returned
+        // as a takeover is, so that a per-flow service's reverse entry is written
+        // again (`lb::remember_reply`); an embryonic entry of this 5-tuple, should
+        // there be one, is left to age out. Counting the kept SYN under
+        // `flow_taken_over` as well cost the XDP program's verification 225k more
+        // instructions (922k of the 1M limit), so it counts under `syn` alone.
         if let Some(old) = stale {
+            if let Some(backend) = usable(unsafe { &*old }) {
+                if backend.state == BACKEND_ACTIVE {
+                    sched::reopen(svc, old);
+                    return Ok(Choice {
+                        id: unsafe { (*old).backend_id },
+                        backend,
+                        new_flow: true,
+                        promoted: true,
+                    });
+                }
+            }
+            // Its count goes before the pick, as a retransmitted SYN's embryonic
+            // entry's does below: least-conn then sees the connection as gone. Should
+            // the pick fail (no usable backend), the entry stays marked as counted,
+            // and a later SYN or close on it gives the count back once more
+            // (reconciliation repairs that). Undoing it on the failure path cost the
+            // verifier 56k-120k more instructions per program.
             sched::forget(unsafe { &*old });
         }
-        stats::reason(reason::SYN);
     }
     let (id, backend) = sched::pick(key, svc, slotted.then_some(h))?;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(reason::PASS_MALFORMED)?;

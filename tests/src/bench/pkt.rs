@@ -872,12 +872,11 @@ fn cases() -> Vec<Case> {
             });
         }
     }
-    // SYNs on the 5-tuples of the established flows (port reuse): each takes its
-    // flow's FLOWS entry over in place, on the same backend (the rings do not
-    // change), so the established cases of later rounds meet the same table. Last
-    // in the round all the same. An object from before the in-place takeover would
-    // delete those entries and make the flows embryonic instead: its established
-    // rows are then promotions, not comparable.
+    // SYNs on the 5-tuples of the established flows (port reuse): each keeps its
+    // flow's FLOWS entry and backend (active), so the established cases of later
+    // rounds meet the same table. Last in the round all the same. An object from
+    // before the in-place takeover would delete those entries and make the flows
+    // embryonic instead: its established rows are then promotions, not comparable.
     v.push(c(
         "VIP SYN on a reused 5-tuple, 1 flow",
         Target::Lb,
