@@ -196,10 +196,11 @@ fn the_default_attaches_tc_on_veth_and_xdp_elsewhere() {
 }
 
 /// A client that reuses its source port (a proxy or NAT in front of the balancer
-/// does): the second connection's SYN meets the first one's flow entry, and takes it
-/// over for the backend the current table picks. Here the first connection's
-/// backend is drained in between, so the second must reach the other one, its
-/// SYN-ACK translated through the entry the SYN rewrote, and carry data both ways.
+/// does): the second connection's SYN meets the first one's flow entry. While that
+/// entry's backend is active the SYN keeps it; here the backend is drained in
+/// between, so the SYN takes the entry over for the backend the current table picks:
+/// the second connection must reach the other one, its SYN-ACK translated through
+/// the entry the SYN rewrote, and carry data both ways.
 #[test]
 fn a_reused_client_port_reaches_the_current_backend_after_a_drain() {
     require_root();
