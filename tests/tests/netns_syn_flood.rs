@@ -22,6 +22,7 @@ use std::{
 use xdp_lb_common::PROTO_TCP;
 use xdp_lb_tests::{
     client::LineClient,
+    lb::XdpLbProcess,
     lbconfig::{self, ConfigFile},
     pkt::{v4, with_bad_l4_checksum, with_tcp_doff, with_tcp_flags},
     raw::{self, RawSocket, PACKET_HOST},
@@ -76,18 +77,14 @@ fn send_from_client(topo: &Topology, frames: Vec<Vec<u8>>) {
         .expect("sending raw frames");
 }
 
-#[test]
-fn nat_spoofed_syn_flood_breaks_no_idle_connection() {
-    require_root();
-    let topo = scenario::xdp_topology(3, Forwarding::Nat);
-    let file = ConfigFile::new(&config(&topo, &[1, 1, 1])).expect("writing the config file");
-    let mut lb = scenario::start_with_file(&topo, &file);
+/// `n` connections from the client to the service's VIP, each with the backend that
+/// greeted it, and each answering a ping from that backend.
+fn open_answering(topo: &Topology, lb: &XdpLbProcess, n: usize) -> Vec<(LineClient, String)> {
     let vip = topo.vip(false, TCP_PORT);
-
-    let mut conns: Vec<(LineClient, String)> = topo
+    let mut conns = topo
         .client
         .run(|| {
-            (0..CONNECTIONS)
+            (0..n)
                 .map(|_| {
                     let c = LineClient::connect(vip)?;
                     let home = c.greeting().to_string();
@@ -101,6 +98,30 @@ fn nat_spoofed_syn_flood_breaks_no_idle_connection() {
         let pong = c.ping().unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(&pong, home, "connection {i} answered from elsewhere");
     }
+    conns
+}
+
+/// The connections that no longer answer a ping from the backend they started on.
+fn not_at_home(conns: &mut [(LineClient, String)]) -> Vec<String> {
+    conns
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, (c, home))| match c.ping() {
+            Ok(name) if &name == home => None,
+            Ok(name) => Some(format!("{i}: {home} -> {name}")),
+            Err(e) => Some(format!("{i} on {home}: {e}")),
+        })
+        .collect()
+}
+
+#[test]
+fn nat_spoofed_syn_flood_breaks_no_idle_connection() {
+    require_root();
+    let topo = scenario::xdp_topology(3, Forwarding::Nat);
+    let file = ConfigFile::new(&config(&topo, &[1, 1, 1])).expect("writing the config file");
+    let mut lb = scenario::start_with_file(&topo, &file);
+
+    let mut conns = open_answering(&topo, &lb, CONNECTIONS);
     // Idle for a while: the connections send nothing from here on until the end.
     thread::sleep(Duration::from_secs(2));
 
@@ -125,15 +146,7 @@ fn nat_spoofed_syn_flood_breaks_no_idle_connection() {
     lb.reload()
         .unwrap_or_else(|e| panic!("reload failed: {e}\n{}", lb.output()));
 
-    let broken: Vec<String> = conns
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, (c, home))| match c.ping() {
-            Ok(name) if &name == home => None,
-            Ok(name) => Some(format!("{i}: {home} -> {name}")),
-            Err(e) => Some(format!("{i} on {home}: {e}")),
-        })
-        .collect();
+    let broken = not_at_home(&mut conns);
     let status = lb.stop();
     let out = lb.output();
     assert!(status.is_some_and(|s| s.success()), "xdp-lb exit: {out}");
@@ -371,30 +384,13 @@ fn a_forged_syn_on_a_live_connection_leaves_it_on_its_backend() {
     svc.algorithm = "round-robin";
     let file = ConfigFile::new(&lbconfig::render(&[IFACE], &[svc])).expect("config file");
     let lb = scenario::start_with_file(&topo, &file);
-    let vip = topo.vip(false, TCP_PORT);
     const N: usize = 6;
-    let mut conns: Vec<(LineClient, String)> = topo
-        .client
-        .run(|| {
-            (0..N)
-                .map(|_| {
-                    let c = LineClient::connect(vip)?;
-                    let home = c.greeting().to_string();
-                    Ok((c, home))
-                })
-                .collect::<xdp_lb_tests::Result<Vec<_>>>()
-        })
-        .expect("entering the client namespace")
-        .unwrap_or_else(|e| panic!("opening the connections: {e}\n{}", lb.output()));
+    let mut conns = open_answering(&topo, &lb, N);
     let homes: std::collections::BTreeSet<&str> = conns.iter().map(|(_, h)| h.as_str()).collect();
     assert!(
         homes.len() > 1,
         "round-robin put all {N} connections on {homes:?}"
     );
-    for (i, (c, home)) in conns.iter_mut().enumerate() {
-        let pong = c.ping().unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert_eq!(&pong, home, "connection {i} answered from elsewhere");
-    }
     let lb_mac = raw::mac_of(&topo.lb, IFACE).expect("lb MAC");
     let client_mac = raw::mac_of(&topo.client, IFACE).expect("client MAC");
     // Each connection's SYN twice, so that whatever the cursor, a second pick would
@@ -417,15 +413,7 @@ fn a_forged_syn_on_a_live_connection_leaves_it_on_its_backend() {
         .collect();
     send_from_client(&topo, forged);
     thread::sleep(Duration::from_millis(200));
-    let moved: Vec<String> = conns
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, (c, home))| match c.ping() {
-            Ok(name) if &name == home => None,
-            Ok(name) => Some(format!("{i}: {home} -> {name}")),
-            Err(e) => Some(format!("{i} on {home}: {e}")),
-        })
-        .collect();
+    let moved = not_at_home(&mut conns);
     assert!(
         moved.is_empty(),
         "forged SYNs broke {} of {N} live connections: {moved:?}\n{}",
